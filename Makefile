@@ -34,7 +34,7 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 protos: setup
-	$(PY) -m talkingface.protos_build
+	$(PY) scripts/gen_protos.py
 
 demo: setup
 	$(VENV)/bin/talkingface demo
