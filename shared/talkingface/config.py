@@ -1,0 +1,188 @@
+"""Settings for every talkingface process, read from the environment in this one place.
+
+Each setting is one environment variable with a type, a default and a line of help; the table
+in docs/configuration.md is generated from these definitions (`talkingface config --markdown`)
+and a test keeps it in sync. Problems are collected and raised together as one ConfigError
+before anything starts, so a misconfigured pod fails at once with every mistake listed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+PREFIX = "TALKINGFACE_"
+
+
+class ConfigError(ValueError):
+    """One or more settings are missing or malformed."""
+
+
+def _setting(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] = (),
+    secret: bool = False,
+    aliases: tuple[str, ...] = (),
+) -> Any:
+    return field(
+        default=default,
+        metadata={"help": help, "choices": choices, "secret": secret, "aliases": aliases},
+    )
+
+
+def _default_store_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "talkingface" / "store"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process settings. The environment variable of field `x` is TALKINGFACE_X."""
+
+    log_level: str = _setting(
+        "INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    log_format: str = _setting(
+        "json", "`json` (one object per line, for collectors) or `text` (for people).",
+        choices=("json", "text"),
+    )
+    grpc_host: str = _setting("0.0.0.0", "Address the gRPC server binds.")
+    grpc_port: int = _setting(50051, "gRPC port (0 = pick a free port).")
+    grpc_max_message_mb: int = _setting(
+        8, "Largest gRPC message accepted or sent, MiB. Payloads over 4 MiB are chunked or "
+        "passed as object-store references, so this only bounds a chunk plus its envelope."
+    )
+    grpc_workers: int = _setting(8, "Threads serving RPCs concurrently in one process.")
+    metrics_host: str = _setting("0.0.0.0", "Address the Prometheus /metrics endpoint binds.")
+    metrics_port: int = _setting(9464, "Prometheus /metrics port (0 = pick a free port).")
+    shutdown_grace_s: float = _setting(
+        20.0, "Seconds in-flight RPCs get to finish after SIGTERM before being cancelled; "
+        "keep it below the pod's terminationGracePeriodSeconds."
+    )
+    device: str = _setting("auto", "Torch device: `auto` (CUDA when present), `cpu`, `cuda:N`.")
+    store: str = _setting(
+        "local", "Object store: `local` (a directory; the embedded default) or `minio`.",
+        choices=("local", "minio"),
+    )
+    store_dir: Path = _setting(
+        _default_store_dir(), "Root directory of the local store."
+    )
+    minio_endpoint: str = _setting("", "MinIO/S3 endpoint `host:port`; required when store=minio.")
+    minio_access_key: str = _setting("", "MinIO access key; required when store=minio.",
+                                     secret=True)
+    minio_secret_key: str = _setting("", "MinIO secret key; required when store=minio.",
+                                     secret=True)
+    minio_bucket: str = _setting("talkingface", "Bucket holding uploads, avatars and results.")
+    minio_secure: bool = _setting(False, "Use TLS to reach MinIO.")
+    minio_region: str = _setting("", "Bucket region; empty lets the client discover it.")
+    redis_url: str = _setting(
+        "", "Redis for queues and job records, e.g. `redis://host:6379/0`; required by the "
+        "broker (`talkingface up` starts a private one when empty).",
+        secret=True, aliases=("REDIS_URL",),
+    )
+    ray_address: str = _setting("", "Ray cluster address; empty starts or joins a local Ray.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Parse the environment; raise ConfigError listing every bad or missing value."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in fields(cls):
+            name = env_name(f.name)
+            raw = environ.get(name)
+            for alias in f.metadata["aliases"]:
+                if raw is None:
+                    raw = environ.get(alias)
+            if raw is None:
+                continue
+            try:
+                values[f.name] = _parse(raw.strip(), f.type, f.metadata["choices"])
+            except ValueError as exc:
+                problems.append(f"{name}={raw!r}: {exc}")
+        settings = cls(**values) if not problems else None
+        if settings is not None and settings.store == "minio":
+            problems += settings.missing("minio_endpoint", "minio_access_key", "minio_secret_key")
+        if problems:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        return settings  # type: ignore[return-value]
+
+    def missing(self, *names: str) -> list[str]:
+        return [f"{env_name(n)} is required" for n in names if getattr(self, n) in ("", None)]
+
+    def require(self, *names: str, by: str) -> Settings:
+        """Fail fast when a component needs settings that are empty."""
+        problems = self.missing(*names)
+        if problems:
+            raise ConfigError(f"{by} cannot start:\n  " + "\n  ".join(problems))
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict with secrets masked, safe to log."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.metadata["secret"] and value else _plain(value)
+        return out
+
+
+def env_name(field_name: str) -> str:
+    return PREFIX + field_name.upper()
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
+def _parse(raw: str, type_name: Any, choices: Iterable[str]) -> Any:
+    type_name = getattr(type_name, "__name__", type_name)
+    if type_name == "bool":
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError("expected a boolean (true/false)")
+    if type_name == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError("expected an integer") from None
+    if type_name == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError("expected a number") from None
+    if type_name == "Path":
+        return Path(raw).expanduser()
+    choices = tuple(choices)
+    if choices:
+        value = raw.upper() if all(c.isupper() for c in choices) else raw.lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value
+    return raw
+
+
+def markdown_table() -> str:
+    """The documentation table of every setting (docs/configuration.md is built from it)."""
+    rows = ["| Variable | Default | Description |", "| --- | --- | --- |"]
+    for f in fields(Settings):
+        default = f.default
+        if f.name == "store_dir":
+            default = "$XDG_DATA_HOME/talkingface/store (~/.local/share/…)"
+        elif isinstance(default, bool):
+            default = str(default).lower()
+        text = f.metadata["help"]
+        if f.metadata["choices"]:
+            text += " One of: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "."
+        if f.metadata["aliases"]:
+            text += " Also read from " + ", ".join(f"`{a}`" for a in f.metadata["aliases"]) + "."
+        shown = f"`{default}`" if default != "" else "(empty)"
+        rows.append(f"| `{env_name(f.name)}` | {shown} | {text} |")
+    return "\n".join(rows) + "\n"

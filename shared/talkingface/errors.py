@@ -1,0 +1,131 @@
+"""Stable error codes (talkingface.v1.ErrorCode) and their mapping to gRPC status codes.
+
+A TalkingFaceError carries a code and a human message. Servers turn it into a gRPC status
+whose details read "<CODE_NAME>: <message>" and whose trailing metadata carries the code name
+under `talkingface-error-code`; clients turn an RpcError back into a TalkingFaceError with
+`error_from_rpc`. The table below must name every ErrorCode (a test enforces it).
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import grpc
+
+from talkingface.v1 import common_pb2
+
+ErrorCode = common_pb2.ErrorCode
+ERROR_CODE_METADATA_KEY = "talkingface-error-code"
+
+_S = grpc.StatusCode
+GRPC_STATUS: dict[str, grpc.StatusCode] = {
+    "ERROR_CODE_UNSPECIFIED": _S.UNKNOWN,
+    "INVALID_REQUEST": _S.INVALID_ARGUMENT,
+    "PAYLOAD_TOO_LARGE": _S.RESOURCE_EXHAUSTED,
+    "NOT_FOUND": _S.NOT_FOUND,
+    "ALREADY_EXISTS": _S.ALREADY_EXISTS,
+    "PERMISSION_DENIED": _S.PERMISSION_DENIED,
+    "UNAUTHENTICATED": _S.UNAUTHENTICATED,
+    "CANCELLED": _S.CANCELLED,
+    "DEADLINE_EXCEEDED": _S.DEADLINE_EXCEEDED,
+    "UNAVAILABLE": _S.UNAVAILABLE,
+    "INTERNAL": _S.INTERNAL,
+    "NOT_AVAILABLE_YET": _S.UNIMPLEMENTED,
+    "OVERLOADED": _S.RESOURCE_EXHAUSTED,
+    "AUDIO_EMPTY": _S.INVALID_ARGUMENT,
+    "AUDIO_CORRUPT": _S.INVALID_ARGUMENT,
+    "AUDIO_UNSUPPORTED_CODEC": _S.INVALID_ARGUMENT,
+    "AUDIO_TOO_LONG": _S.INVALID_ARGUMENT,
+    "AUDIO_NON_FINITE": _S.INVALID_ARGUMENT,
+    "LANDMARKS_INVALID_SHAPE": _S.INVALID_ARGUMENT,
+    "LANDMARKS_NON_FINITE": _S.INVALID_ARGUMENT,
+    "PROJECTION_INVALID_OPTIONS": _S.INVALID_ARGUMENT,
+    "AVATAR_NOT_FOUND": _S.NOT_FOUND,
+    "AVATAR_VERSION_NOT_FOUND": _S.NOT_FOUND,
+    "AVATAR_BUNDLE_CORRUPT": _S.FAILED_PRECONDITION,
+    "AVATAR_NOT_READY": _S.FAILED_PRECONDITION,
+    "RENDER_INVALID_RANGE": _S.INVALID_ARGUMENT,
+    "VIDEO_NO_FACE": _S.INVALID_ARGUMENT,
+    "VIDEO_CORRUPT": _S.INVALID_ARGUMENT,
+    "JOB_NOT_FOUND": _S.NOT_FOUND,
+    "JOB_ALREADY_FINISHED": _S.FAILED_PRECONDITION,
+    "JOB_RETRIES_EXHAUSTED": _S.ABORTED,
+    "STORE_KEY_INVALID": _S.INVALID_ARGUMENT,
+    "STORE_OBJECT_NOT_FOUND": _S.NOT_FOUND,
+    "STORE_INTEGRITY": _S.DATA_LOSS,
+    "STORE_UNAVAILABLE": _S.UNAVAILABLE,
+}
+
+# Statuses worth retrying with backoff; everything else is the caller's input or a bug.
+TRANSIENT_STATUSES = frozenset({_S.UNAVAILABLE, _S.DEADLINE_EXCEEDED, _S.RESOURCE_EXHAUSTED})
+
+# Used when a peer returns a bare status without one of our codes.
+_CODE_FOR_STATUS = {
+    _S.INVALID_ARGUMENT: "INVALID_REQUEST",
+    _S.NOT_FOUND: "NOT_FOUND",
+    _S.ALREADY_EXISTS: "ALREADY_EXISTS",
+    _S.PERMISSION_DENIED: "PERMISSION_DENIED",
+    _S.UNAUTHENTICATED: "UNAUTHENTICATED",
+    _S.CANCELLED: "CANCELLED",
+    _S.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
+    _S.UNAVAILABLE: "UNAVAILABLE",
+    _S.UNIMPLEMENTED: "NOT_AVAILABLE_YET",
+    _S.RESOURCE_EXHAUSTED: "OVERLOADED",
+}
+
+
+class TalkingFaceError(Exception):
+    """An error with a stable code; `code` is the ErrorCode name, e.g. "AUDIO_CORRUPT"."""
+
+    def __init__(self, code: str, message: str, **metadata: str) -> None:
+        if code not in GRPC_STATUS:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.metadata = {k: str(v) for k, v in metadata.items()}
+
+    @property
+    def status(self) -> grpc.StatusCode:
+        return GRPC_STATUS[self.code]
+
+    @property
+    def transient(self) -> bool:
+        return self.status in TRANSIENT_STATUSES
+
+    def to_proto(self) -> common_pb2.ErrorDetail:
+        return common_pb2.ErrorDetail(
+            code=ErrorCode.Value(self.code), message=self.message, metadata=self.metadata
+        )
+
+    @classmethod
+    def from_proto(cls, detail: common_pb2.ErrorDetail) -> TalkingFaceError:
+        return cls(ErrorCode.Name(detail.code), detail.message, **dict(detail.metadata))
+
+
+class NotAvailableYet(TalkingFaceError):
+    """A capability that a later release builds; never a silent success."""
+
+    def __init__(self, what: str, issue: int | None = None) -> None:
+        where = f" (tracked in issue #{issue})" if issue else ""
+        super().__init__("NOT_AVAILABLE_YET", f"{what} is not available yet{where}")
+
+
+def abort(context: grpc.ServicerContext, error: TalkingFaceError) -> NoReturn:
+    """End the current RPC with the error's status, details and code metadata."""
+    context.set_trailing_metadata(((ERROR_CODE_METADATA_KEY, error.code),))
+    context.abort(error.status, f"{error.code}: {error.message}")
+    raise AssertionError("context.abort returned")  # abort always raises
+
+
+def error_from_rpc(exc: grpc.RpcError) -> TalkingFaceError:
+    """Recover the TalkingFaceError a server sent (or a generic one for a bare status)."""
+    status = exc.code() if hasattr(exc, "code") else _S.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    name, sep, message = details.partition(": ")
+    if sep and name in GRPC_STATUS:
+        return TalkingFaceError(name, message)
+    for key, value in (exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else ()) or ():
+        if key == ERROR_CODE_METADATA_KEY and value in GRPC_STATUS:
+            return TalkingFaceError(value, details)
+    return TalkingFaceError(_CODE_FOR_STATUS.get(status, "INTERNAL"), details or str(status))

@@ -1,0 +1,155 @@
+"""Prometheus RED metrics for every RPC, recorded by a gRPC server interceptor.
+
+Series (labels):
+  talkingface_grpc_server_handling_seconds  histogram (grpc_service, grpc_method, grpc_type)
+  talkingface_grpc_server_handled_total     counter   (grpc_service, grpc_method, grpc_type,
+                                                       grpc_code)   errors = grpc_code != "OK"
+  talkingface_grpc_server_in_flight         gauge     (grpc_service, grpc_method)
+  talkingface_service_info                  gauge = 1 (service, version, device)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram
+
+# Stage calls range from a millisecond (health, projection) to minutes (long renders).
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+
+HANDLING_SECONDS = Histogram(
+    "talkingface_grpc_server_handling_seconds",
+    "Time from receiving an RPC to sending its final status.",
+    ["grpc_service", "grpc_method", "grpc_type"],
+    buckets=LATENCY_BUCKETS,
+)
+HANDLED_TOTAL = Counter(
+    "talkingface_grpc_server_handled_total",
+    "RPCs completed, by final status code.",
+    ["grpc_service", "grpc_method", "grpc_type", "grpc_code"],
+)
+IN_FLIGHT = Gauge(
+    "talkingface_grpc_server_in_flight",
+    "RPCs being handled right now.",
+    ["grpc_service", "grpc_method"],
+)
+SERVICE_INFO = Gauge(
+    "talkingface_service_info",
+    "Constant 1, labelled with what this process serves.",
+    ["service", "version", "device"],
+)
+
+
+def split_method(full_method: str) -> tuple[str, str]:
+    """"/talkingface.v1.Info/GetInfo" -> ("talkingface.v1.Info", "GetInfo")."""
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    return service or "unknown", method or "unknown"
+
+
+def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
+    if handler.request_streaming and handler.response_streaming:
+        return "bidi_stream"
+    if handler.request_streaming:
+        return "client_stream"
+    if handler.response_streaming:
+        return "server_stream"
+    return "unary"
+
+
+def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
+    code = context.code()
+    if code is None:
+        return "UNKNOWN" if failed else "OK"
+    # context.code() is a StatusCode once set by set_code()/abort().
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
+class _Observation:
+    """Times one RPC and records it exactly once."""
+
+    def __init__(self, service: str, method: str, rpc_type: str) -> None:
+        self.labels = (service, method, rpc_type)
+        self.start = time.perf_counter()
+        IN_FLIGHT.labels(service, method).inc()
+
+    def finish(self, code: str) -> None:
+        service, method, rpc_type = self.labels
+        IN_FLIGHT.labels(service, method).dec()
+        HANDLING_SECONDS.labels(service, method, rpc_type).observe(
+            time.perf_counter() - self.start
+        )
+        HANDLED_TOTAL.labels(service, method, rpc_type, code).inc()
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Wraps every method handler so each call is timed, counted and tracked in flight."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, method = split_method(handler_call_details.method)
+        rpc_type = _rpc_type(handler)
+        if handler.response_streaming:
+            wrap = self._wrap_streaming(service, method, rpc_type)
+        else:
+            wrap = self._wrap_unary(service, method, rpc_type)
+        factories = {
+            "unary": (grpc.unary_unary_rpc_method_handler, handler.unary_unary),
+            "server_stream": (grpc.unary_stream_rpc_method_handler, handler.unary_stream),
+            "client_stream": (grpc.stream_unary_rpc_method_handler, handler.stream_unary),
+            "bidi_stream": (grpc.stream_stream_rpc_method_handler, handler.stream_stream),
+        }
+        make_handler, behaviour = factories[rpc_type]
+        return make_handler(
+            wrap(behaviour),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    @staticmethod
+    def _wrap_unary(service: str, method: str, rpc_type: str) -> Callable:
+        def decorate(behaviour: Callable) -> Callable:
+            def observed(request: Any, context: grpc.ServicerContext) -> Any:
+                observation = _Observation(service, method, rpc_type)
+                failed = True
+                try:
+                    response = behaviour(request, context)
+                    failed = False
+                    return response
+                finally:
+                    observation.finish(_code_name(context, failed))
+
+            return observed
+
+        return decorate
+
+    @staticmethod
+    def _wrap_streaming(service: str, method: str, rpc_type: str) -> Callable:
+        def decorate(behaviour: Callable) -> Callable:
+            def observed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                observation = _Observation(service, method, rpc_type)
+                failed = True
+                try:
+                    yield from behaviour(request, context)
+                    failed = False
+                except GeneratorExit:
+                    # The client went away mid-stream.
+                    context.set_code(grpc.StatusCode.CANCELLED)
+                    raise
+                finally:
+                    observation.finish(_code_name(context, failed))
+
+            return observed
+
+        return decorate

@@ -1,0 +1,206 @@
+"""Serve a plain gRPC servicer class under Ray Serve's gRPC ingress.
+
+Servicers are written once, grpc-style (`def Method(self, request, context)`, `context.abort`
+for errors, generators for server streaming, a request iterator for client and bidi streaming). The
+standalone server (serving.server) hosts them directly; `build_app` wraps the same class into
+a Ray Serve deployment whose methods Ray's gRPC proxy calls by RPC name. Callers pick the
+application with the `application` metadata key. Scaling knobs (replicas, autoscaling, GPU
+fraction) are not set here: they come from the serve config file, so operators tune them
+without code changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator, Sequence
+from types import ModuleType
+from typing import Any, NoReturn
+
+import grpc
+
+_END = object()
+
+
+class RayAbort(Exception):
+    """Raised by the adapted context's abort(); Ray turns the code set before it into the
+    call's status."""
+
+
+class RayContextAdapter:
+    """The subset of grpc.ServicerContext our servicers use, over RayServegRPCContext."""
+
+    def __init__(self, ray_context: Any) -> None:
+        self._ctx = ray_context
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        self._ctx.set_code(code)
+        self._ctx.set_details(details)
+        raise RayAbort(f"{code.name}: {details}")
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._ctx.set_code(code)
+
+    def set_details(self, details: str) -> None:
+        self._ctx.set_details(details)
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._ctx.code()
+
+    def details(self) -> str:
+        return self._ctx.details()
+
+    def set_trailing_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
+        self._ctx.set_trailing_metadata(list(metadata))
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return list(self._ctx.invocation_metadata())
+
+    def peer(self) -> str:
+        return self._ctx.peer()
+
+    def is_active(self) -> bool:
+        return True
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+def _unary(name: str):
+    def method(self, request, grpc_context):
+        return getattr(self._servicer, name)(request, RayContextAdapter(grpc_context))
+
+    return method
+
+
+def _server_streaming(name: str):
+    def method(self, request, grpc_context):
+        yield from getattr(self._servicer, name)(request, RayContextAdapter(grpc_context))
+
+    return method
+
+
+def _sync_requests(request_stream: Any, loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+    """Ray hands client-streamed requests over as an async iterator; our servicers are
+    synchronous and run in a worker thread, so pull each request through the event loop."""
+
+    async def next_or_end() -> Any:
+        try:
+            return await request_stream.__anext__()
+        except StopAsyncIteration:
+            return _END
+
+    while (item := asyncio.run_coroutine_threadsafe(next_or_end(), loop).result()) is not _END:
+        yield item
+
+
+def _client_streaming(name: str):
+    async def method(self, request_stream, grpc_context):
+        requests = _sync_requests(request_stream, asyncio.get_running_loop())
+        servicer_method = getattr(self._servicer, name)
+        return await asyncio.to_thread(servicer_method, requests, RayContextAdapter(grpc_context))
+
+    return method
+
+
+def _bidi_streaming(name: str):
+    async def method(self, request_stream, grpc_context):
+        requests = _sync_requests(request_stream, asyncio.get_running_loop())
+        responses = iter(
+            getattr(self._servicer, name)(requests, RayContextAdapter(grpc_context))
+        )
+        while (item := await asyncio.to_thread(next, responses, _END)) is not _END:
+            yield item
+
+    return method
+
+
+def ingress_class(servicer_cls: type, pb2_module: ModuleType, service: str) -> type:
+    """A class Ray Serve can deploy whose methods forward to `servicer_cls` by RPC name."""
+    descriptor = pb2_module.DESCRIPTOR.services_by_name[service]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._servicer = servicer_cls(*args, **kwargs)
+
+    namespace: dict[str, Any] = {"__init__": __init__, "__doc__": servicer_cls.__doc__}
+    for m in descriptor.methods:
+        if m.client_streaming and m.server_streaming:
+            namespace[m.name] = _bidi_streaming(m.name)
+        elif m.client_streaming:
+            namespace[m.name] = _client_streaming(m.name)
+        elif m.server_streaming:
+            namespace[m.name] = _server_streaming(m.name)
+        else:
+            namespace[m.name] = _unary(m.name)
+    return type(f"{service}Ingress", (), namespace)
+
+
+def build_app(
+    servicer_cls: type,
+    pb2_module: ModuleType,
+    service: str,
+    *init_args: Any,
+    deployment_name: str | None = None,
+    **init_kwargs: Any,
+):
+    """A Ray Serve Application serving `servicer_cls` for the gRPC service `service`."""
+    from ray import serve
+
+    deployment = serve.deployment(
+        ingress_class(servicer_cls, pb2_module, service), name=deployment_name or service
+    )
+    return deployment.bind(*init_args, **init_kwargs)
+
+
+def servicer_function(pb2_grpc_module: ModuleType, service: str) -> str:
+    """Import path of the generated add_<Service>Servicer_to_server, for gRPCOptions."""
+    name = f"add_{service}Servicer_to_server"
+    if not hasattr(pb2_grpc_module, name):
+        raise ValueError(f"{pb2_grpc_module.__name__} has no {name}")
+    return f"{pb2_grpc_module.__name__}.{name}"
+
+
+def start_local_serve(
+    grpc_port: int,
+    servicer_functions: Sequence[str],
+    *,
+    http_port: int | None = None,
+    ray_address: str = "",
+    num_cpus: int | None = None,
+) -> None:
+    """Start (or join) Ray and Serve with gRPC ingress on `grpc_port`.
+
+    The gRPC proxy binds all interfaces; the HTTP proxy binds loopback only.
+    """
+    # Local runs need no cluster auth token file.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray import serve
+    from ray.serve.config import HTTPOptions, gRPCOptions
+
+    if not ray.is_initialized():
+        ray.init(
+            address=ray_address or None,
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    http = HTTPOptions(host="127.0.0.1", port=http_port) if http_port else HTTPOptions(
+        host="127.0.0.1"
+    )
+    serve.start(
+        http_options=http,
+        grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=list(servicer_functions)),
+    )
+
+
+def deploy(app: Any, name: str) -> None:
+    """Run `app` as the Serve application `name` (the value callers put in `application`).
+
+    A route prefix is required for the proxies to route to an application at all; gRPC
+    callers never see it.
+    """
+    from ray import serve
+
+    serve.run(app, name=name, route_prefix=f"/{name}")

@@ -1,0 +1,183 @@
+"""gRPC server bootstrap used by every talkingface service.
+
+`ServiceServer` adds to the caller's servicers: grpc.health.v1 (NOT_SERVING until warm-up
+finishes, then SERVING; NOT_SERVING again when shutdown starts), server reflection, the Info
+service, message-size limits, the Prometheus metrics interceptor and /metrics endpoint, and a
+graceful SIGTERM: stop accepting, give in-flight RPCs `shutdown_grace_s`, then exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from talkingface import __version__
+from talkingface.config import Settings
+from talkingface.serving.info import InfoServicer
+from talkingface.serving.metrics import SERVICE_INFO, MetricsInterceptor
+from talkingface.v1 import info_pb2, info_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServicerBinding:
+    """A servicer, the generated function that registers it, and its full service name."""
+
+    servicer: Any
+    add_to_server: Callable[[Any, grpc.Server], None]
+    service_name: str  # e.g. "talkingface.v1.Motion"
+
+
+def binding_for(servicer: Any, add_to_server: Callable, pb2_module: Any, service: str):
+    """Build a ServicerBinding, taking the full service name from the generated module."""
+    full_name = pb2_module.DESCRIPTOR.services_by_name[service].full_name
+    return ServicerBinding(servicer, add_to_server, full_name)
+
+
+def grpc_message_options(max_message_mb: int) -> list[tuple[str, int]]:
+    limit = max_message_mb * 1024 * 1024
+    return [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+    ]
+
+
+class ServiceServer:
+    """One process's gRPC server with health, reflection, Info, metrics and shutdown."""
+
+    def __init__(
+        self,
+        name: str,
+        bindings: Sequence[ServicerBinding],
+        settings: Settings,
+        *,
+        warmup: Callable[[], None] | None = None,
+        device: str = "cpu",
+        backends: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self._warmup = warmup
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        info = InfoServicer(name, device=device, backends=backends, ready=self._ready.is_set)
+        self.bindings = [
+            binding_for(info, info_pb2_grpc.add_InfoServicer_to_server, info_pb2, "Info"),
+            *bindings,
+        ]
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._metrics_server: Any = None
+        self._server: grpc.Server | None = None
+        SERVICE_INFO.labels(name, __version__, device).set(1)
+
+    @property
+    def service_names(self) -> list[str]:
+        return [b.service_name for b in self.bindings]
+
+    def start(self) -> int:
+        """Bind and start serving (health NOT_SERVING); returns the bound gRPC port."""
+        s = self.settings
+        server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=s.grpc_workers, thread_name_prefix=f"{self.name}-rpc"
+            ),
+            interceptors=[MetricsInterceptor()],
+            options=grpc_message_options(s.grpc_max_message_mb),
+        )
+        for binding in self.bindings:
+            binding.add_to_server(binding.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        for service in ["", *self.service_names]:
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        self.port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind gRPC port {s.grpc_host}:{s.grpc_port}")
+        server.start()
+        self._server = server
+        self._metrics_server, _ = start_http_server(s.metrics_port, addr=s.metrics_host)
+        self.metrics_port = self._metrics_server.server_port
+        log.info(
+            "gRPC server listening",
+            extra={
+                "grpc_port": self.port,
+                "metrics_port": self.metrics_port,
+                "services": self.service_names,
+            },
+        )
+        return self.port
+
+    def warm_up(self) -> None:
+        """Run the warm-up (model loading), then report SERVING."""
+        if self._warmup is not None:
+            log.info("warming up")
+            self._warmup()
+        self.set_serving()
+
+    def set_serving(self) -> None:
+        if self._stopping.is_set():
+            return
+        for service in ["", *self.service_names]:
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._ready.set()
+        log.info("serving")
+
+    def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, refuse new RPCs, let in-flight ones finish within `grace` seconds."""
+        if self._stopping.is_set():
+            self._stopped.wait()
+            return
+        self._stopping.set()
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        log.info("shutting down", extra={"grace_s": grace})
+        self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        self._stopped.set()
+        log.info("stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def serve_forever(self) -> None:
+        """start + warm_up + block until SIGTERM/SIGINT, then a graceful stop. Main thread."""
+        requested = threading.Event()
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.info("signal received", extra={"signal": signal.Signals(signum).name})
+            requested.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        warm = threading.Thread(target=self._warm_up_or_stop, args=(requested,), daemon=True)
+        warm.start()
+        while not requested.wait(0.5):
+            pass
+        self.stop()
+
+    def _warm_up_or_stop(self, requested: threading.Event) -> None:
+        try:
+            self.warm_up()
+        except Exception:
+            log.exception("warm-up failed; stopping")
+            requested.set()

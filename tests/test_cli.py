@@ -1,0 +1,43 @@
+"""The console script: planned commands refuse honestly, real ones work."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from talkingface.cli import EXIT_NOT_AVAILABLE, PLANNED, SERVICES, main
+
+
+def test_console_script_is_installed():
+    out = subprocess.run(
+        [sys.executable, "-m", "talkingface.cli", "--version"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout.startswith("talkingface ")
+
+
+@pytest.mark.parametrize("command", sorted(PLANNED))
+def test_planned_commands_exit_non_zero_with_a_clear_message(command, capsys):
+    assert main([command, "--json", "anything"]) == EXIT_NOT_AVAILABLE
+    err = capsys.readouterr().err
+    assert "not available yet" in err and f"issue #{PLANNED[command][1]}" in err
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_services_not_built_yet_refuse_to_serve(service, capsys):
+    assert main(["serve", service]) == EXIT_NOT_AVAILABLE
+    assert "not available yet" in capsys.readouterr().err
+
+
+def test_config_prints_redacted_settings(capsys, monkeypatch):
+    monkeypatch.setenv("TALKINGFACE_MINIO_SECRET_KEY", "hunter2")
+    monkeypatch.setenv("TALKINGFACE_GRPC_PORT", "6001")
+    assert main(["config", "--json"]) == 0
+    settings = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert settings["grpc_port"] == 6001 and settings["minio_secret_key"] == "***"
+
+
+def test_config_reports_bad_settings(capsys, monkeypatch):
+    monkeypatch.setenv("TALKINGFACE_GRPC_PORT", "nope")
+    assert main(["config"]) == 2
+    assert "TALKINGFACE_GRPC_PORT" in capsys.readouterr().err
