@@ -49,11 +49,7 @@ def generate(out_root: Path) -> list[Path]:
 
 
 def _generated_names(directory: Path) -> set[str]:
-    return {
-        p.name
-        for p in directory.glob("*")
-        if p.name == "__init__.py" or "_pb2" in p.name
-    }
+    return {p.name for p in directory.glob("*") if p.name == "__init__.py" or "_pb2" in p.name}
 
 
 def check() -> int:

@@ -57,7 +57,7 @@ def test_minio_store_requires_its_endpoint_and_keys():
 
 def test_require_fails_fast_for_a_component():
     settings = Settings.from_env({})
-    with pytest.raises(ConfigError, match="(?s)broker cannot start.*TALKINGFACE_REDIS_URL"):
+    with pytest.raises(ConfigError, match=r"(?s)broker cannot start.*TALKINGFACE_REDIS_URL"):
         settings.require("redis_url", by="broker")
     alias = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0"})
     assert alias.require("redis_url", by="broker").redis_url == "redis://127.0.0.1:1/0"
@@ -75,4 +75,6 @@ def test_secrets_are_masked():
 
 def test_configuration_doc_lists_every_setting():
     doc = (ROOT / "docs" / "configuration.md").read_text()
-    assert markdown_table() in doc, "docs/configuration.md is stale: run talkingface config --markdown"
+    assert markdown_table() in doc, (
+        "docs/configuration.md is stale: run talkingface config --markdown"
+    )

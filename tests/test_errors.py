@@ -26,4 +26,8 @@ def test_unknown_code_is_refused():
 def test_proto_round_trip():
     error = TalkingFaceError("AUDIO_TOO_LONG", "too long", seconds="901")
     again = TalkingFaceError.from_proto(error.to_proto())
-    assert (again.code, again.message, again.metadata) == ("AUDIO_TOO_LONG", "too long", error.metadata)
+    assert (again.code, again.message, again.metadata) == (
+        "AUDIO_TOO_LONG",
+        "too long",
+        error.metadata,
+    )

@@ -1,5 +1,6 @@
 """Generated protobuf code matches protos/ and the contracts the brief fixes."""
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -27,18 +28,18 @@ def test_every_proto_file_has_generated_modules():
 
 
 def test_job_states_follow_the_brief():
-    names = [n.removeprefix("JOB_STATE_") for n in broker_pb2.JobState.keys()]
+    names = [n.removeprefix("JOB_STATE_") for n in broker_pb2.JobState.keys()]  # noqa: SIM118
     assert names == ["UNSPECIFIED", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
 
 
 def test_stage_services_exist():
+    modules = ("audio_features", "motion", "landmark_projection", "renderer", "broker")
     services = {
-        f.services_by_name[s].full_name
-        for f in (
-            __import__(f"talkingface.v1.{m}_pb2", fromlist=["DESCRIPTOR"]).DESCRIPTOR
-            for m in ("audio_features", "motion", "landmark_projection", "renderer", "broker")
-        )
-        for s in f.services_by_name
+        service.full_name
+        for m in modules
+        for service in importlib.import_module(
+            f"talkingface.v1.{m}_pb2"
+        ).DESCRIPTOR.services_by_name.values()
     }
     assert services == {
         "talkingface.v1.AudioFeatures",

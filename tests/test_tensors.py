@@ -15,7 +15,9 @@ from talkingface.tensors import (
 from talkingface.v1 import common_pb2
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "int32", "int64", "uint8", "bool"])
+@pytest.mark.parametrize(
+    "dtype", ["float32", "float16", "float64", "int32", "int64", "uint8", "bool"]
+)
 def test_round_trip_every_dtype(dtype):
     array = (np.arange(2 * 68 * 3) % 7).reshape(2, 68, 3).astype(dtype)
     again = from_tensor(to_tensor(array))

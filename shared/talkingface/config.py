@@ -44,46 +44,50 @@ def _default_store_dir() -> Path:
 class Settings:
     """Process settings. The environment variable of field `x` is TALKINGFACE_X."""
 
-    log_level: str = _setting(
-        "INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")
-    )
+    log_level: str = _setting("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = _setting(
-        "json", "`json` (one object per line, for collectors) or `text` (for people).",
+        "json",
+        "`json` (one object per line, for collectors) or `text` (for people).",
         choices=("json", "text"),
     )
     grpc_host: str = _setting("0.0.0.0", "Address the gRPC server binds.")
     grpc_port: int = _setting(50051, "gRPC port (0 = pick a free port).")
     grpc_max_message_mb: int = _setting(
-        8, "Largest gRPC message accepted or sent, MiB. Payloads over 4 MiB are chunked or "
-        "passed as object-store references, so this only bounds a chunk plus its envelope."
+        8,
+        "Largest gRPC message accepted or sent, MiB. Payloads over 4 MiB are chunked or "
+        "passed as object-store references, so this only bounds a chunk plus its envelope.",
     )
     grpc_workers: int = _setting(8, "Threads serving RPCs concurrently in one process.")
     metrics_host: str = _setting("0.0.0.0", "Address the Prometheus /metrics endpoint binds.")
     metrics_port: int = _setting(9464, "Prometheus /metrics port (0 = pick a free port).")
     shutdown_grace_s: float = _setting(
-        20.0, "Seconds in-flight RPCs get to finish after SIGTERM before being cancelled; "
-        "keep it below the pod's terminationGracePeriodSeconds."
+        20.0,
+        "Seconds in-flight RPCs get to finish after SIGTERM before being cancelled; "
+        "keep it below the pod's terminationGracePeriodSeconds.",
     )
     device: str = _setting("auto", "Torch device: `auto` (CUDA when present), `cpu`, `cuda:N`.")
     store: str = _setting(
-        "local", "Object store: `local` (a directory; the embedded default) or `minio`.",
+        "local",
+        "Object store: `local` (a directory; the embedded default) or `minio`.",
         choices=("local", "minio"),
     )
-    store_dir: Path = _setting(
-        _default_store_dir(), "Root directory of the local store."
-    )
+    store_dir: Path = _setting(_default_store_dir(), "Root directory of the local store.")  # noqa: RUF009
     minio_endpoint: str = _setting("", "MinIO/S3 endpoint `host:port`; required when store=minio.")
-    minio_access_key: str = _setting("", "MinIO access key; required when store=minio.",
-                                     secret=True)
-    minio_secret_key: str = _setting("", "MinIO secret key; required when store=minio.",
-                                     secret=True)
+    minio_access_key: str = _setting(
+        "", "MinIO access key; required when store=minio.", secret=True
+    )
+    minio_secret_key: str = _setting(
+        "", "MinIO secret key; required when store=minio.", secret=True
+    )
     minio_bucket: str = _setting("talkingface", "Bucket holding uploads, avatars and results.")
     minio_secure: bool = _setting(False, "Use TLS to reach MinIO.")
     minio_region: str = _setting("", "Bucket region; empty lets the client discover it.")
     redis_url: str = _setting(
-        "", "Redis for queues and job records, e.g. `redis://host:6379/0`; required by the "
+        "",
+        "Redis for queues and job records, e.g. `redis://host:6379/0`; required by the "
         "broker (`talkingface up` starts a private one when empty).",
-        secret=True, aliases=("REDIS_URL",),
+        secret=True,
+        aliases=("REDIS_URL",),
     )
     ray_address: str = _setting("", "Ray cluster address; empty starts or joins a local Ray.")
 

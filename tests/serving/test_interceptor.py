@@ -53,13 +53,14 @@ def _handled(metrics_port: int, **labels) -> float:
         s.value
         for family in text_string_to_metric_families(text.decode())
         for s in family.samples
-        if s.name == "talkingface_grpc_server_handled_total"
-        and labels.items() <= s.labels.items()
+        if s.name == "talkingface_grpc_server_handled_total" and labels.items() <= s.labels.items()
     )
 
 
 def test_streamed_chunks_and_error_codes(server):
-    stub = audio_features_pb2_grpc.AudioFeaturesStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    stub = audio_features_pb2_grpc.AudioFeaturesStub(
+        grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    )
     labels = {"grpc_service": "talkingface.v1.AudioFeatures", "grpc_method": "Extract"}
     ok_before = _handled(server.metrics_port, grpc_code="OK", **labels)
     bad_before = _handled(server.metrics_port, grpc_code="INVALID_ARGUMENT", **labels)
@@ -90,7 +91,9 @@ def test_streamed_chunks_and_error_codes(server):
 
 
 def test_unimplemented_methods_answer_unimplemented(server):
-    stub = audio_features_pb2_grpc.AudioFeaturesStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    stub = audio_features_pb2_grpc.AudioFeaturesStub(
+        grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    )
     with pytest.raises(grpc.RpcError) as failed:
         list(stub.ExtractUpload(iter([]), timeout=10))
     assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -70,9 +70,7 @@ def serve_port():
 def test_unary_call_routed_by_application_metadata(serve_port):
     channel = grpc.insecure_channel(f"127.0.0.1:{serve_port}")
     stub = info_pb2_grpc.InfoStub(channel)
-    reply = stub.GetInfo(
-        info_pb2.GetInfoRequest(), metadata=(("application", "info"),), timeout=60
-    )
+    reply = stub.GetInfo(info_pb2.GetInfoRequest(), metadata=(("application", "info"),), timeout=60)
     assert reply.service == "trivial" and reply.ready
     with pytest.raises(grpc.RpcError) as unknown:
         stub.GetInfo(info_pb2.GetInfoRequest(), metadata=(("application", "nope"),), timeout=60)

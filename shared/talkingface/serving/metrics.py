@@ -47,7 +47,7 @@ SERVICE_INFO = Gauge(
 
 
 def split_method(full_method: str) -> tuple[str, str]:
-    """"/talkingface.v1.Info/GetInfo" -> ("talkingface.v1.Info", "GetInfo")."""
+    """Split "/talkingface.v1.Info/GetInfo" into ("talkingface.v1.Info", "GetInfo")."""
     service, _, method = full_method.lstrip("/").rpartition("/")
     return service or "unknown", method or "unknown"
 
@@ -81,9 +81,7 @@ class _Observation:
     def finish(self, code: str) -> None:
         service, method, rpc_type = self.labels
         IN_FLIGHT.labels(service, method).dec()
-        HANDLING_SECONDS.labels(service, method, rpc_type).observe(
-            time.perf_counter() - self.start
-        )
+        HANDLING_SECONDS.labels(service, method, rpc_type).observe(time.perf_counter() - self.start)
         HANDLED_TOTAL.labels(service, method, rpc_type, code).inc()
 
 

@@ -106,9 +106,7 @@ def _client_streaming(name: str):
 def _bidi_streaming(name: str):
     async def method(self, request_stream, grpc_context):
         requests = _sync_requests(request_stream, asyncio.get_running_loop())
-        responses = iter(
-            getattr(self._servicer, name)(requests, RayContextAdapter(grpc_context))
-        )
+        responses = iter(getattr(self._servicer, name)(requests, RayContextAdapter(grpc_context)))
         while (item := await asyncio.to_thread(next, responses, _END)) is not _END:
             yield item
 
@@ -186,8 +184,10 @@ def start_local_serve(
             log_to_driver=False,
             configure_logging=False,
         )
-    http = HTTPOptions(host="127.0.0.1", port=http_port) if http_port else HTTPOptions(
-        host="127.0.0.1"
+    http = (
+        HTTPOptions(host="127.0.0.1", port=http_port)
+        if http_port
+        else HTTPOptions(host="127.0.0.1")
     )
     serve.start(
         http_options=http,
