@@ -3,7 +3,18 @@
 import json
 import logging
 
+import pytest
+
 from talkingface.logs import JsonFormatter, configure_logging
+
+
+@pytest.fixture
+def restore_root_logger():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_record_becomes_one_json_object():
@@ -19,7 +30,7 @@ def test_record_becomes_one_json_object():
     assert entry["ts"].endswith("+00:00")
 
 
-def test_exceptions_are_kept_on_one_line(capsys):
+def test_exceptions_are_kept_on_one_line(capsys, restore_root_logger):
     configure_logging("broker", "DEBUG", "json")
     try:
         raise RuntimeError("boom")
