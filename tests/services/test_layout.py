@@ -15,7 +15,14 @@ def test_service_folder(service):
     folder = ROOT / "services" / service
     assert (folder / "README.md").is_file()
     dockerfile = (folder / "Dockerfile").read_text()
+    assert "FROM ${BASE_IMAGE}" in dockerfile
     assert f'ENTRYPOINT ["talkingface", "serve", "{service}"]' in dockerfile
-    for source in re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.M):
+
+
+def test_base_image_copies_what_exists():
+    dockerfile = (ROOT / "services" / "base" / "Dockerfile").read_text()
+    sources = re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.M)
+    assert sources
+    for source in sources:
         for path in source.split():
-            assert (ROOT / path).exists(), f"{service}/Dockerfile copies missing {path}"
+            assert (ROOT / path).exists(), f"base/Dockerfile copies missing {path}"
