@@ -104,6 +104,9 @@ def test_health_metrics_and_graceful_sigterm(plumbing_server):
 
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
+    deadline = time.monotonic() + 30
+    while not seen and time.monotonic() < deadline:  # the watch is registered
+        time.sleep(0.02)
     ready_file.touch()
     deadline = time.monotonic() + 30
     while SERVING not in seen and time.monotonic() < deadline:
