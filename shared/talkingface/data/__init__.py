@@ -1,0 +1,1 @@
+"""Datasets: SynthTalk (the built-in generator) and loaders shared by training code."""
