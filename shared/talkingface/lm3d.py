@@ -42,14 +42,14 @@ LEFT_LID_PAIRS = ((43, 47), (44, 46))
 def mouth_opening(lm3d: np.ndarray) -> np.ndarray:
     """Mean vertical gap between the inner lips, canonical units; shape [...]."""
     lm = np.asarray(lm3d)
-    gaps = [lm[..., u, 1] - lm[..., l, 1] for u, l in INNER_LIP_PAIRS]
+    gaps = [lm[..., up, 1] - lm[..., low, 1] for up, low in INNER_LIP_PAIRS]
     return np.mean(gaps, axis=0)
 
 
 def eye_opening(lm3d: np.ndarray) -> np.ndarray:
     """Mean lid gap of both eyes, canonical units; shape [...]."""
     lm = np.asarray(lm3d)
-    gaps = [lm[..., u, 1] - lm[..., l, 1] for u, l in (*RIGHT_LID_PAIRS, *LEFT_LID_PAIRS)]
+    gaps = [lm[..., up, 1] - lm[..., low, 1] for up, low in (*RIGHT_LID_PAIRS, *LEFT_LID_PAIRS)]
     return np.mean(gaps, axis=0)
 
 
