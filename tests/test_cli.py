@@ -41,3 +41,14 @@ def test_config_reports_bad_settings(capsys, monkeypatch):
     monkeypatch.setenv("TALKINGFACE_GRPC_PORT", "nope")
     assert main(["config"]) == 2
     assert "TALKINGFACE_GRPC_PORT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["features", "motion", "projection", "render"])
+def test_benchmarks_of_unbuilt_stages_refuse(stage, capsys):
+    assert main(["bench", stage, "--json"]) == EXIT_NOT_AVAILABLE
+    assert "not available yet" in capsys.readouterr().err
+
+
+def test_synth_rejects_bad_arguments(tmp_path, capsys):
+    assert main(["synth", "avatar", "--seconds", "1", "--size", "33", "--out", str(tmp_path)]) == 2
+    assert "size must be" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from talkingface import __version__
 
@@ -17,11 +18,9 @@ EXIT_NOT_AVAILABLE = 3
 
 # command -> (one-line help, issue that builds it)
 PLANNED: dict[str, tuple[str, int]] = {
-    "synth": ("generate SynthTalk corpora and avatars (synth corpus|avatar)", 3),
     "features": ("audio file -> 25 fps features, pitch and loudness (.npz)", 4),
     "train": ("train syncnet|motion|postnet|avatar", 5),
     "eval": ("evaluate motion|projection|avatar (--json)", 5),
-    "bench": ("benchmark synth|features|motion|projection|render (--json)", 3),
     "render": ("render one audio file with an avatar bundle to mp4, in-process", 8),
     "up": ("start the whole fleet on this machine", 8),
     "submit": ("submit a render job to a running fleet and download the mp4", 8),
@@ -60,6 +59,81 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCH_ISSUES = {"features": 4, "motion": 5, "projection": 6, "render": 7}
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    """Human summary, or with --json one JSON object as the last line."""
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(json.dumps(result, indent=2, sort_keys=True))
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from talkingface.data.synthtalk import preview
+    from talkingface.data.synthtalk.avatar import build_avatar
+    from talkingface.data.synthtalk.corpus import build_corpus
+
+    progress = not args.json and not args.quiet
+    try:
+        if args.product == "corpus":
+            result = build_corpus(args.out, args.minutes, args.seed, progress=progress)
+            if args.preview:
+                result["preview"] = str(preview.corpus_preview(args.out))
+        else:
+            result = build_avatar(
+                args.out,
+                args.seconds,
+                args.seed,
+                size=args.size,
+                language=args.language,
+                progress=progress,
+            )
+            if args.preview:
+                result["preview"] = str(preview.avatar_preview(args.out))
+    except (ValueError, FileExistsError) as exc:
+        print(f"talkingface synth: {exc}", file=sys.stderr)
+        return 2
+    result["out"] = str(args.out)
+    _print_result(result, args.json)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.stage != "synth":
+        return _not_available(f"`talkingface bench {args.stage}`", BENCH_ISSUES[args.stage])
+    from talkingface.bench import synth
+
+    _print_result(synth.run(), args.json)
+    return 0
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    synth = sub.add_parser("synth", help="generate SynthTalk data (docs/synthtalk.md)")
+    products = synth.add_subparsers(dest="product", metavar="PRODUCT", required=True)
+    corpus = products.add_parser("corpus", help="many speakers: audio + landmarks")
+    corpus.add_argument("--minutes", type=float, required=True, help="minutes of speech")
+    avatar = products.add_parser("avatar", help="one person: video + audio + ground truth")
+    avatar.add_argument("--seconds", type=float, required=True, help="seconds of video")
+    avatar.add_argument("--size", type=int, default=256, help="frame side in pixels (256)")
+    avatar.add_argument("--language", help="espeak language of the speech (default: by seed)")
+    for p in (corpus, avatar):
+        p.add_argument("--out", type=Path, required=True, help="new output directory")
+        p.add_argument("--seed", type=int, default=0, help="same seed, same data (0)")
+        p.add_argument("--preview", action="store_true", help="also write preview.mp4")
+        p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+    synth.set_defaults(func=_cmd_synth)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="benchmark a stage (--json)")
+    bench.add_argument("stage", choices=["synth", *BENCH_ISSUES])
+    bench.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    bench.set_defaults(func=_cmd_bench)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     return _not_available(f"the {args.service} service", SERVICE_ISSUES[args.service])
 
@@ -78,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--markdown", action="store_true", help="print the settings reference table"
     )
     config.set_defaults(func=_cmd_config)
+
+    _add_synth(sub)
+    _add_bench(sub)
 
     serve = sub.add_parser("serve", help="run one fleet service as a standalone gRPC server")
     serve.add_argument("service", choices=SERVICES)

@@ -1,0 +1,1 @@
+"""Benchmarks behind `talkingface bench STAGE --json` (speed is measured here, not in tests)."""
