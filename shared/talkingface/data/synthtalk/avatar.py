@@ -161,7 +161,7 @@ def build_avatar(
             "asymmetry": speaker.asymmetry,
             "blink_rate": speaker.blink_rate,
         },
-        "appearance": appearance.to_json() if hasattr(appearance, "to_json") else repr(appearance),
+        "appearance": appearance.to_json(),
         "splits": {"train": [0, train_frames], "val": [train_frames, frames]},
         "camera": {
             "K": renderer.K.tolist(),
