@@ -90,6 +90,27 @@ class Settings:
         aliases=("REDIS_URL",),
     )
     ray_address: str = _setting("", "Ray cluster address; empty starts or joins a local Ray.")
+    hubert_checkpoint: str = _setting(
+        "",
+        "HuBERT checkpoint for audio features: a local directory written by transformers' "
+        "save_pretrained, or `store:PREFIX` for one kept in the object store. Empty = the "
+        "built-in log-mel front end. Never downloaded from a hub.",
+    )
+    audio_max_seconds: float = _setting(
+        900.0, "Longest audio the features stage accepts, seconds (AUDIO_TOO_LONG beyond)."
+    )
+    audio_max_upload_mb: int = _setting(
+        256, "Largest encoded audio upload accepted, MiB (PAYLOAD_TOO_LARGE beyond)."
+    )
+    pitch_method: str = _setting(
+        "dio",
+        "Default pitch tracker: `dio` (dio + stonemask) or `harvest`.",
+        choices=("dio", "harvest"),
+    )
+    cache_dir: Path = _setting(  # noqa: RUF009
+        Path.home() / ".cache" / "talkingface",
+        "Local cache (checkpoints fetched from the store, demo data).",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -180,6 +201,8 @@ def markdown_table() -> str:
         default = f.default
         if f.name == "store_dir":
             default = "$XDG_DATA_HOME/talkingface/store (~/.local/share/…)"
+        elif f.name == "cache_dir":
+            default = "~/.cache/talkingface"
         elif isinstance(default, bool):
             default = str(default).lower()
         text = f.metadata["help"]
