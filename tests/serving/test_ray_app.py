@@ -6,7 +6,7 @@ import pytest
 
 from talkingface.errors import TalkingFaceError, abort, error_from_rpc
 from talkingface.serving.info import InfoServicer
-from talkingface.serving.ray_app import build_app, deploy, servicer_function, start_local_serve
+from talkingface.serving.ray_app import build_app, deploy
 from talkingface.tensors import assemble, to_chunks
 from talkingface.v1 import (
     audio_features_pb2,
@@ -15,7 +15,6 @@ from talkingface.v1 import (
     info_pb2,
     info_pb2_grpc,
 )
-from tests.fixtures.servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -46,25 +45,10 @@ def _byte_tensor_servicer():
 
 
 @pytest.fixture(scope="module")
-def serve_port():
-    from ray import serve
-
-    port = free_port()
-    start_local_serve(
-        port,
-        [
-            servicer_function(info_pb2_grpc, "Info"),
-            servicer_function(audio_features_pb2_grpc, "AudioFeatures"),
-        ],
-        num_cpus=2,
-    )
+def serve_port(serve_grpc_port):
     deploy(build_app(InfoServicer, info_pb2, "Info", "trivial", device="cpu"), "info")
     deploy(build_app(_byte_tensor_servicer(), audio_features_pb2, "AudioFeatures"), "echo")
-    yield port
-    serve.shutdown()
-    import ray
-
-    ray.shutdown()
+    return serve_grpc_port
 
 
 def test_unary_call_routed_by_application_metadata(serve_port):
