@@ -12,13 +12,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from talkingface import __version__
 
 EXIT_NOT_AVAILABLE = 3
 
 # command -> (one-line help, issue that builds it)
 PLANNED: dict[str, tuple[str, int]] = {
-    "features": ("audio file -> 25 fps features, pitch and loudness (.npz)", 4),
     "train": ("train syncnet|motion|postnet|avatar", 5),
     "eval": ("evaluate motion|projection|avatar (--json)", 5),
     "render": ("render one audio file with an avatar bundle to mp4, in-process", 8),
@@ -59,7 +60,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCH_ISSUES = {"features": 4, "motion": 5, "projection": 6, "render": 7}
+BENCH_ISSUES = {"motion": 5, "projection": 6, "render": 7}
 
 
 def _print_result(result: dict, as_json: bool) -> None:
@@ -101,11 +102,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.stage != "synth":
+    if args.stage not in ("synth", "features"):
         return _not_available(f"`talkingface bench {args.stage}`", BENCH_ISSUES[args.stage])
-    from talkingface.bench import synth
+    import importlib
 
-    _print_result(synth.run(), args.json)
+    _print_result(importlib.import_module(f"talkingface.bench.{args.stage}").run(), args.json)
     return 0
 
 
@@ -129,13 +130,99 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmark a stage (--json)")
-    bench.add_argument("stage", choices=["synth", *BENCH_ISSUES])
+    bench.add_argument("stage", choices=["synth", "features", *BENCH_ISSUES])
     bench.add_argument("--json", action="store_true", help="one JSON object as the last line")
     bench.set_defaults(func=_cmd_bench)
 
 
+# Built services: name -> (module with `standalone(settings)` and `app(settings)`, pb2_grpc
+# module, gRPC service name).
+BUILT_SERVICES = {
+    "audio_features": (
+        "talkingface.audio.servicer",
+        "talkingface.v1.audio_features_pb2_grpc",
+        "AudioFeatures",
+    ),
+}
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
-    return _not_available(f"the {args.service} service", SERVICE_ISSUES[args.service])
+    if args.service not in BUILT_SERVICES:
+        return _not_available(f"the {args.service} service", SERVICE_ISSUES[args.service])
+    import importlib
+
+    from talkingface.config import ConfigError, Settings
+    from talkingface.logs import configure_logging
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"talkingface serve: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(args.service, settings.log_level, settings.log_format)
+    module_name, grpc_module, service = BUILT_SERVICES[args.service]
+    module = importlib.import_module(module_name)
+    if not args.ray:
+        module.standalone(settings).serve_forever()
+        return 0
+    import signal
+    import threading
+
+    from talkingface.serving.ray_app import deploy, servicer_function, start_local_serve
+
+    start_local_serve(
+        settings.grpc_port,
+        [servicer_function(importlib.import_module(grpc_module), service)],
+        ray_address=settings.ray_address,
+    )
+    deploy(module.app(settings), args.service)
+    print(
+        f"{args.service}: Ray Serve gRPC on port {settings.grpc_port} "
+        f"(metadata application={args.service})",
+        flush=True,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    from ray import serve
+
+    serve.shutdown()
+    return 0
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    from talkingface.audio.decode import decode_audio
+    from talkingface.audio.features import extract
+    from talkingface.audio.servicer import load_front_end
+    from talkingface.config import ConfigError, Settings
+    from talkingface.errors import TalkingFaceError
+
+    try:
+        settings = Settings.from_env()
+        audio = decode_audio(args.audio.read_bytes(), settings.audio_max_seconds, args.audio.name)
+        result = extract(audio, load_front_end(settings), args.pitch or settings.pitch_method)
+    except (ConfigError, OSError) as exc:
+        print(f"talkingface features: {exc}", file=sys.stderr)
+        return 2
+    except TalkingFaceError as exc:
+        print(f"talkingface features: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    np.savez_compressed(args.out, **result.arrays())
+    _print_result(
+        {
+            "frames": result.frames(),
+            "fps": 25,
+            "feature_dim": int(result.features.shape[1]),
+            "kind": result.kind,
+            "duration_seconds": round(result.duration, 4),
+            "silent": result.silent,
+            "voiced_fraction": round(result.voiced_fraction, 4),
+            "out": str(args.out),
+        },
+        args.json,
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,7 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run one fleet service as a standalone gRPC server")
     serve.add_argument("service", choices=SERVICES)
+    serve.add_argument(
+        "--ray", action="store_true", help="serve under Ray Serve's gRPC ingress (local Ray)"
+    )
     serve.set_defaults(func=_cmd_serve)
+
+    features = sub.add_parser("features", help="audio file -> 25 fps features, pitch, loudness")
+    features.add_argument("--audio", type=Path, required=True, help="any audio or video file")
+    features.add_argument("--out", type=Path, required=True, help="output .npz")
+    features.add_argument("--pitch", choices=("dio", "harvest"), help="pitch tracker")
+    features.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    features.set_defaults(func=_cmd_features)
 
     for name, (text, issue) in PLANNED.items():
         planned = sub.add_parser(name, help=f"{text} [not available yet]", add_help=False)
