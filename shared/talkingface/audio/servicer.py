@@ -19,7 +19,8 @@ import numpy as np
 
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError, abort
-from talkingface.storage import ObjectStore, StoreError, StoreObjectNotFound, store_from_settings
+from talkingface.storage import ObjectStore, StoreError, store_from_settings
+from talkingface.storage.errors import as_talkingface_error
 from talkingface.tensors import to_chunks
 from talkingface.v1 import audio_features_pb2 as pb
 from talkingface.v1 import common_pb2
@@ -114,14 +115,8 @@ class AudioFeaturesServicer:
                 if size > self.max_upload:
                     raise TalkingFaceError("PAYLOAD_TOO_LARGE", f"audio object of {size} bytes")
                 return self.store.get(audio.ref.key)
-            except StoreObjectNotFound:
-                raise TalkingFaceError(
-                    "STORE_OBJECT_NOT_FOUND", "no audio at that reference"
-                ) from None
             except StoreError as exc:
-                if isinstance(exc, ValueError):
-                    raise TalkingFaceError("STORE_KEY_INVALID", str(exc)) from None
-                raise TalkingFaceError("STORE_UNAVAILABLE", str(exc)) from None
+                raise as_talkingface_error(exc) from None
         raise TalkingFaceError("AUDIO_EMPTY", "the request carries no audio")
 
     def _receive_upload(self, requests: Iterable[pb.ExtractFeaturesUpload]):

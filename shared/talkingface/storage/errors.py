@@ -35,3 +35,18 @@ class VersionExists(StoreError):
         super().__init__(f"version {version!r} of {prefix!r} is already published")
         self.prefix = prefix
         self.version = version
+
+
+def as_talkingface_error(exc: StoreError):
+    """The stable error code a service reports for a store failure (talkingface.errors)."""
+    from talkingface.errors import TalkingFaceError
+
+    if isinstance(exc, InvalidKey):
+        return TalkingFaceError("STORE_KEY_INVALID", str(exc))
+    if isinstance(exc, StoreObjectNotFound):
+        return TalkingFaceError("STORE_OBJECT_NOT_FOUND", str(exc))
+    if isinstance(exc, StoreIntegrityError):
+        return TalkingFaceError("STORE_INTEGRITY", str(exc))
+    if isinstance(exc, VersionExists):
+        return TalkingFaceError("ALREADY_EXISTS", str(exc))
+    return TalkingFaceError("STORE_UNAVAILABLE", str(exc))

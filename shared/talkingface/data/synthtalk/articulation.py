@@ -44,8 +44,11 @@ from scipy.ndimage import maximum_filter1d, uniform_filter1d
 from scipy.signal import find_peaks, firwin
 
 from talkingface import lm3d as L
+from talkingface.audio.pitch import loudness_db as audio_loudness_db
 from talkingface.data.synthtalk import face, visemes
 from talkingface.data.synthtalk.speaker import Speaker, speaker_landmarks
+
+SAMPLE_RATE_16K = 16000
 
 FPS = L.FPS
 DOMINANCE_EXPONENT = 3.0
@@ -114,14 +117,11 @@ def frame_count(duration: float) -> int:
 
 
 def loudness_db(audio: np.ndarray, sample_rate: int, num_frames: int) -> np.ndarray:
-    """RMS level in dBFS of each 40 ms frame [i/25, (i+1)/25), [T] float32."""
-    hop = round(sample_rate / FPS)
-    x = np.zeros(num_frames * hop, np.float32)
-    n = min(len(audio), len(x))
-    x[:n] = audio[:n]
-    frames = x.reshape(num_frames, hop)
-    ms = np.einsum("ij,ij->i", frames, frames) / hop
-    return (10.0 * np.log10(ms + 1e-10)).astype(np.float32)
+    """RMS level in dBFS of each 40 ms frame [i/25, (i+1)/25), [T] float32: the same measure
+    the audio-features stage reports (talkingface.audio.pitch.loudness_db)."""
+    if sample_rate != SAMPLE_RATE_16K:
+        raise ValueError(f"SynthTalk audio is 16 kHz, got {sample_rate} Hz")
+    return audio_loudness_db(audio, num_frames)
 
 
 def _half_band(x: np.ndarray) -> np.ndarray:
