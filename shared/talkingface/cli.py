@@ -12,8 +12,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from talkingface import __version__
 
 EXIT_NOT_AVAILABLE = 3
@@ -192,6 +190,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from talkingface.audio.decode import decode_audio
     from talkingface.audio.features import extract
     from talkingface.audio.servicer import load_front_end
