@@ -18,8 +18,6 @@ EXIT_NOT_AVAILABLE = 3
 
 # command -> (one-line help, issue that builds it)
 PLANNED: dict[str, tuple[str, int]] = {
-    "train": ("train syncnet|motion|postnet|avatar", 5),
-    "eval": ("evaluate motion|projection|avatar (--json)", 5),
     "render": ("render one audio file with an avatar bundle to mp4, in-process", 8),
     "up": ("start the whole fleet on this machine", 8),
     "submit": ("submit a render job to a running fleet and download the mp4", 8),
@@ -141,6 +139,7 @@ BUILT_SERVICES = {
         "talkingface.v1.audio_features_pb2_grpc",
         "AudioFeatures",
     ),
+    "motion": ("talkingface.motion.servicer", "talkingface.v1.motion_pb2_grpc", "Motion"),
 }
 
 
@@ -161,19 +160,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     module_name, grpc_module, service = BUILT_SERVICES[args.service]
     module = importlib.import_module(module_name)
     if not args.ray:
-        module.standalone(settings).serve_forever()
+        try:
+            server = module.standalone(settings)
+        except ConfigError as exc:
+            print(f"talkingface serve: {exc}", file=sys.stderr)
+            return 2
+        server.serve_forever()
         return 0
     import signal
     import threading
 
     from talkingface.serving.ray_app import deploy, servicer_function, start_local_serve
 
+    try:
+        application = module.app(settings)
+    except ConfigError as exc:
+        print(f"talkingface serve: {exc}", file=sys.stderr)
+        return 2
     start_local_serve(
         settings.grpc_port,
         [servicer_function(importlib.import_module(grpc_module), service)],
         ray_address=settings.ray_address,
     )
-    deploy(module.app(settings), args.service)
+    deploy(application, args.service)
     print(
         f"{args.service}: Ray Serve gRPC on port {settings.grpc_port} "
         f"(metadata application={args.service})",
@@ -225,6 +234,36 @@ def _cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+# Parts of `train` / `eval` that later issues build: they exit 3 whatever their options.
+TRAIN_EVAL_LATER = {("train", "avatar"): 7, ("eval", "projection"): 6, ("eval", "avatar"): 7}
+
+
+def _add_train_eval(sub: argparse._SubParsersAction) -> None:
+    from talkingface.motion.commands import (
+        add_eval_arguments,
+        add_train_arguments,
+        cmd_eval,
+        cmd_train,
+    )
+
+    train = sub.add_parser(
+        "train",
+        help="train syncnet|motion|postnet (avatar: issue #7)",
+        description=(
+            "Train the sync expert or the motion model on a SynthTalk corpus "
+            "(--data CORPUS --out CKPT_DIR), or one avatar's postnet (--data AVATAR_DIR "
+            "--ckpt CKPT_DIR --out POSTNET_DIR). See docs/motion.md."
+        ),
+    )
+    train.add_argument("what", choices=("syncnet", "motion", "postnet", "avatar"))
+    add_train_arguments(train)
+    train.set_defaults(func=cmd_train)
+    evaluate = sub.add_parser("eval", help="evaluate motion (--json); projection, avatar: later")
+    evaluate.add_argument("what", choices=("motion", "projection", "avatar"))
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="talkingface",
@@ -257,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--json", action="store_true", help="one JSON object as the last line")
     features.set_defaults(func=_cmd_features)
 
+    _add_train_eval(sub)
+
     for name, (text, issue) in PLANNED.items():
         planned = sub.add_parser(name, help=f"{text} [not available yet]", add_help=False)
         planned.set_defaults(
@@ -270,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    later = TRAIN_EVAL_LATER.get((args.command, getattr(args, "what", None)))
+    if later:
+        return _not_available(f"`talkingface {args.command} {args.what}`", later)
     if extra and args.command not in PLANNED:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:

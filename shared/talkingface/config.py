@@ -107,6 +107,18 @@ class Settings:
         "Default pitch tracker: `dio` (dio + stonemask) or `harvest`.",
         choices=("dio", "harvest"),
     )
+    motion_checkpoint: str = _setting(
+        "",
+        "Motion model the motion service generates with: the `motion/` directory that "
+        "`talkingface train motion --out CKPT_DIR` writes (CKPT_DIR/motion), or "
+        "`store:PREFIX` for one kept in the object store (fetched into the cache directory). "
+        "Required by `talkingface serve motion`.",
+    )
+    motion_postnet_cache_mb: int = _setting(
+        256,
+        "Memory the motion service may spend on loaded avatar postnets, MiB; the least "
+        "recently used are dropped beyond it (0 = load every request).",
+    )
     cache_dir: Path = _setting(  # noqa: RUF009
         Path.home() / ".cache" / "talkingface",
         "Local cache (checkpoints fetched from the store, demo data).",
@@ -131,6 +143,8 @@ class Settings:
             except ValueError as exc:
                 problems.append(f"{name}={raw!r}: {exc}")
         settings = cls(**values) if not problems else None
+        if settings is not None and settings.motion_postnet_cache_mb < 0:
+            problems.append(f"{env_name('motion_postnet_cache_mb')} must be 0 or more")
         if settings is not None and settings.store == "minio":
             problems += settings.missing("minio_endpoint", "minio_access_key", "minio_secret_key")
         if problems:

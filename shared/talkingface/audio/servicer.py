@@ -13,7 +13,6 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import numpy as np
 
@@ -34,20 +33,11 @@ def load_front_end(settings: Settings, store: ObjectStore | None = None):
     """HuBERT from the configured checkpoint (a directory or `store:PREFIX`), else log-mel."""
     from talkingface.audio.hubert import HubertFrontEnd
     from talkingface.audio.logmel import LogMelFrontEnd
+    from talkingface.storage.fetch import local_checkpoint
 
-    source = settings.hubert_checkpoint
-    if not source:
+    if not settings.hubert_checkpoint:
         return LogMelFrontEnd()
-    if source.startswith("store:"):
-        prefix = source.removeprefix("store:").strip("/")
-        store = store or store_from_settings(settings)
-        target = Path(settings.cache_dir) / "checkpoints" / prefix.replace("/", "_")
-        for info in store.list(prefix):
-            path = target / info.key[len(prefix) + 1 :]
-            if not path.exists() or path.stat().st_size != info.size:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(store.get(info.key))
-        source = str(target)
+    source = local_checkpoint(settings.hubert_checkpoint, settings, store)
     device = "cuda" if settings.device == "auto" and _cuda() else settings.device
     return HubertFrontEnd(source, device="cpu" if device == "auto" else device)
 

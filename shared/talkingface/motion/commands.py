@@ -1,0 +1,244 @@
+"""`talkingface train syncnet|motion|postnet` and `talkingface eval motion` (docs/motion.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from talkingface.motion.config import PRESETS, VARIANTS
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="SynthTalk corpus (syncnet, motion) or avatar directory (postnet)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="checkpoint directory (syncnet, motion) or postnet directory",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="sizes and step counts (default: cpu; postnet: the motion model's)",
+    )
+    parser.add_argument(
+        "--variant",
+        choices=(*VARIANTS, "all"),
+        default="full",
+        help="motion: the table-3 training variant, or all three",
+    )
+    parser.add_argument(
+        "--ckpt", type=Path, help="postnet: the CKPT_DIR holding motion/ and syncnet/"
+    )
+    parser.add_argument("--no-pitch", action="store_true", help="postnet: without pitch input")
+    parser.add_argument(
+        "--publish",
+        metavar="AVATAR_ID",
+        help="postnet: also publish it as a new version of this avatar in the store",
+    )
+    parser.add_argument("--steps", type=int, help="override the preset's step count")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--resume", action="store_true", help="continue from train_state.pt")
+    parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: settings)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--json", action="store_true", help="one JSON object as the last line")
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="SynthTalk corpus directory")
+    parser.add_argument("--ckpt", type=Path, help="CKPT_DIR of `train motion` (required)")
+    parser.add_argument(
+        "--postnet-steps",
+        type=int,
+        help="steps of each per-speaker postnet (default: the model's preset)",
+    )
+    parser.add_argument("--no-postnet", action="store_true", help="skip the postnet rows")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--json", action="store_true", help="one JSON object as the last line")
+
+
+def _settings():
+    from talkingface.config import Settings
+
+    return Settings.from_env()
+
+
+def _emit(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(json.dumps(result, indent=2, sort_keys=True))
+
+
+def _fail(command: str, exc: BaseException | str) -> int:
+    print(f"talkingface {command}: {exc}", file=sys.stderr)
+    return 2
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from talkingface.config import ConfigError
+    from talkingface.data.synthtalk.fileformat import FormatError
+    from talkingface.errors import TalkingFaceError
+    from talkingface.logs import configure_logging
+
+    try:
+        settings = _settings()
+    except ConfigError as exc:
+        return _fail("train", exc)
+    configure_logging("train", settings.log_level, settings.log_format)
+    device = args.device or settings.device
+    try:
+        if args.what == "postnet":
+            result = _train_postnet(args, settings, device)
+        else:
+            result = _train_generic(args, settings, device)
+    except (ValueError, FileNotFoundError, FileExistsError, FormatError) as exc:
+        return _fail(f"train {args.what}", exc)
+    except TalkingFaceError as exc:
+        return _fail(f"train {args.what}", f"{exc.code}: {exc.message}")
+    _emit(result, args.json)
+    return 0
+
+
+def _train_generic(args, settings, device: str) -> dict[str, Any]:
+    from talkingface.motion import checkpoint as ck
+    from talkingface.motion.train import default_config, prepare_corpus, train_motion, train_syncnet
+
+    started = time.perf_counter()
+    args.preset = args.preset or "cpu"
+    hubert = settings.hubert_checkpoint or None
+    _, corpus = prepare_corpus(
+        args.data, settings.cache_dir, hubert, settings.pitch_method, progress=not args.quiet
+    )
+    result: dict[str, Any] = {
+        "out": str(args.out),
+        "preset": args.preset,
+        "train_utterances": len(corpus.train),
+        "train_seconds_of_audio": round(sum(u.frames for u in corpus.train) / 25, 1),
+    }
+    if args.what == "syncnet":
+        config = default_config(args.preset, "full", args.seed, args.steps)
+        result["validation"] = train_syncnet(
+            corpus, args.out, config, args.resume, not args.quiet, device
+        )
+        result["model_dir"] = str(ck.model_dir(args.out, "syncnet"))
+    else:
+        variants = VARIANTS if args.variant == "all" else (args.variant,)
+        result["variants"] = {}
+        for variant in variants:
+            config = default_config(args.preset, variant, args.seed, args.steps)
+            t0 = time.perf_counter()
+            validation = train_motion(corpus, args.out, config, args.resume, not args.quiet, device)
+            result["variants"][variant] = {
+                "model_dir": str(ck.model_dir(args.out, "motion", variant)),
+                "validation": validation,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _train_postnet(args, settings, device: str) -> dict[str, Any]:
+    from talkingface.motion import checkpoint as ck
+    from talkingface.motion.infer import MotionModel
+    from talkingface.motion.metrics import motion_metrics
+    from talkingface.motion.train import avatar_target, default_config, load_syncnet, train_postnet
+
+    if args.ckpt is None:
+        raise ValueError("train postnet needs --ckpt CKPT_DIR (the trained motion model)")
+    if args.publish:
+        from talkingface.motion.bundle import avatar_prefix
+
+        avatar_prefix(args.publish)  # a bad id fails now, not after training
+    started = time.perf_counter()
+    model = MotionModel.load(ck.model_dir(args.ckpt, "motion"), device=device)
+    hubert = settings.hubert_checkpoint or None
+    train_part, val_part, mean_face = avatar_target(args.data, hubert, settings.pitch_method)
+    if not train_part:
+        raise ValueError(f"{args.data}: the avatar has too few training frames")
+    if train_part[0].features.shape[1] != model.feature_dim:
+        raise ValueError(
+            f"the avatar's features are {train_part[0].features.shape[1]}-wide but the motion "
+            f"model expects {model.feature_dim} ({model.front_end})"
+        )
+    config = default_config(model.config.preset, "full", args.seed, args.steps)
+    config.vae = model.config.vae  # the frozen VAE's own sizes
+    if args.preset:
+        base = default_config(args.preset, "full", args.seed, args.steps)
+        config.postnet, config.postnet_plan = base.postnet, base.postnet_plan
+    sync = load_syncnet(args.ckpt, model.device)
+    pm, validation = train_postnet(
+        model,
+        train_part,
+        val_part,
+        mean_face,
+        args.out,
+        config,
+        sync,
+        use_pitch=not args.no_pitch,
+        progress=not args.quiet,
+    )
+    result: dict[str, Any] = {
+        "out": str(args.out),
+        "validation": validation,
+        "postnet_version": pm.version,
+        "motion_version": model.version,
+    }
+    if val_part:
+        without = [
+            model.generate(u.features, u.f0_bins, seed=0, mean_face=mean_face) for u in val_part
+        ]
+        result["validation_without_postnet"] = motion_metrics(without, [u.lm3d for u in val_part])
+    if args.publish:
+        from talkingface.motion.bundle import publish_postnet
+        from talkingface.storage import store_from_settings
+
+        version = publish_postnet(store_from_settings(settings), args.publish, args.out)
+        result["published"] = {"avatar_id": args.publish, "version": version}
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from talkingface.config import ConfigError
+    from talkingface.data.synthtalk.fileformat import FormatError
+    from talkingface.logs import configure_logging
+
+    if args.what != "motion":
+        from talkingface.cli import _not_available
+
+        return _not_available(
+            f"`talkingface eval {args.what}`", {"projection": 6, "avatar": 7}[args.what]
+        )
+    if args.ckpt is None:
+        return _fail("eval motion", ValueError("--ckpt CKPT_DIR is required"))
+    try:
+        settings = _settings()
+    except ConfigError as exc:
+        return _fail("eval", exc)
+    configure_logging("eval", settings.log_level, settings.log_format)
+    from talkingface.motion.evaluate import evaluate
+
+    try:
+        result = evaluate(
+            args.data,
+            args.ckpt,
+            settings.cache_dir,
+            settings.hubert_checkpoint or None,
+            args.postnet_steps,
+            not args.no_postnet,
+            not args.quiet,
+        )
+    except (ValueError, FileNotFoundError, FormatError) as exc:
+        return _fail("eval motion", exc)
+    _emit(result, args.json)
+    return 0

@@ -1,0 +1,115 @@
+"""`talkingface train syncnet|motion|postnet` and `talkingface eval motion` end to end (tiny)."""
+
+import json
+
+import pytest
+
+from talkingface.cli import main
+from talkingface.data.synthtalk.avatar import build_avatar
+from talkingface.motion import checkpoint as ck
+
+pytestmark = pytest.mark.slow
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TALKINGFACE_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_train_and_eval_commands(tiny_corpus, tmp_path, cache, capsys):
+    ckpt = tmp_path / "ckpt"
+    common = [
+        "--data",
+        str(tiny_corpus),
+        "--out",
+        str(ckpt),
+        "--preset",
+        "tiny",
+        "--quiet",
+        "--json",
+    ]
+    assert main(["train", "syncnet", *common, "--steps", "4"]) == 0
+    report = _last_json(capsys)
+    assert report["model_dir"] == str(ckpt / "syncnet") and "val_acc" in report["validation"]
+    assert main(["train", "motion", *common, "--steps", "4", "--variant", "no_pitch"]) == 0
+    report = _last_json(capsys)
+    assert set(report["variants"]) == {"no_pitch"}
+    assert (ckpt / "motion-no_pitch" / ck.CONFIG).is_file()
+    # eval needs the full model
+    assert main(["eval", "motion", "--data", str(tiny_corpus), "--ckpt", str(ckpt), "--json"]) == 2
+    assert "train motion" in capsys.readouterr().err
+    assert main(["train", "motion", *common, "--steps", "4"]) == 0
+    capsys.readouterr()
+    argv = [
+        "eval",
+        "motion",
+        "--data",
+        str(tiny_corpus),
+        "--ckpt",
+        str(ckpt),
+        "--json",
+        "--postnet-steps",
+        "2",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    result = _last_json(capsys)
+    rows = {r["name"]: r for r in result["rows"]}
+    for name in (
+        "mean_face",
+        "ridge",
+        "vae[full]",
+        "vae[no_pitch]",
+        "GeneFace++",
+        "w/o P-VAE",
+        "w/o P-Postnet",
+        "GeneFace (no pitch)",
+    ):
+        assert name in rows, name
+    assert "no_temporal" in result["missing"] and "w/o temporal loss" in result["missing"]
+    assert rows["ground truth (sync reference)"]["l2_mm"] == 0.0
+    assert rows["mean_face"]["mouth_open_r"] == 0.0 and rows["mean_face"]["l2_mm"] > 0
+    assert set(result["margins"]) >= {"vae[full] vs ridge", "GeneFace++ vs mean_face"}
+    assert result["eval_set"]["utterances"] > 0 and "it" in result["eval_set"]["languages"]
+
+
+def test_train_postnet_on_an_avatar(tiny_ckpt, tmp_path, cache, capsys, monkeypatch):
+    avatar = tmp_path / "avatar"
+    build_avatar(avatar, seconds=4.0, seed=2, size=64, progress=False)
+    monkeypatch.setenv("TALKINGFACE_STORE", "local")
+    monkeypatch.setenv("TALKINGFACE_STORE_DIR", str(tmp_path / "store"))
+    out = tmp_path / "postnet"
+    argv = [
+        "train",
+        "postnet",
+        "--data",
+        str(avatar),
+        "--ckpt",
+        str(tiny_ckpt),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--steps",
+        "3",
+        "--quiet",
+        "--json",
+        "--publish",
+        "alice",
+    ]
+    assert main(argv) == 0
+    report = _last_json(capsys)
+    assert (out / ck.WEIGHTS).is_file() and (out / ck.CURVES).is_file()
+    assert report["published"]["avatar_id"] == "alice"
+    assert "l2_mm" in report["validation_without_postnet"]
+
+
+def test_bad_training_data_is_a_clear_error(tmp_path, cache, capsys):
+    argv = ["train", "syncnet", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]
+    assert main(argv) == 2
+    assert "synthtalk.json" in capsys.readouterr().err
