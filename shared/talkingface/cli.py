@@ -56,7 +56,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCH_ISSUES = {"motion": 5, "projection": 6, "render": 7}
+BUILT_BENCHES = ("synth", "features", "motion")  # modules in talkingface.bench
+BENCH_ISSUES = {"projection": 6, "render": 7}
 
 
 def _print_result(result: dict, as_json: bool) -> None:
@@ -98,7 +99,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.stage not in ("synth", "features"):
+    if args.stage not in BUILT_BENCHES:
         return _not_available(f"`talkingface bench {args.stage}`", BENCH_ISSUES[args.stage])
     import importlib
 
@@ -126,7 +127,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmark a stage (--json)")
-    bench.add_argument("stage", choices=["synth", "features", *BENCH_ISSUES])
+    bench.add_argument("stage", choices=[*BUILT_BENCHES, *BENCH_ISSUES])
     bench.add_argument("--json", action="store_true", help="one JSON object as the last line")
     bench.set_defaults(func=_cmd_bench)
 

@@ -33,6 +33,7 @@ def test_motion_losses_fall(tiny_data, tmp_path):
     _, corpus = tiny_data
     config = default_config("tiny", "full", 5, 80)
     config.loss.sync = 0.0  # no sync expert needed for this check
+    config.motion_plan.val_every = config.motion_plan.ckpt_every = 80
     (tmp_path / "syncnet").mkdir()
     train_syncnet(corpus, tmp_path, default_config("tiny", "full", 5, 2), progress=False)
     train_motion(corpus, tmp_path, config, progress=False, device="cpu")

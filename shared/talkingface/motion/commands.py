@@ -62,6 +62,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="steps of each per-speaker postnet (default: the model's preset)",
     )
     parser.add_argument("--no-postnet", action="store_true", help="skip the postnet rows")
+    parser.add_argument(
+        "--postnet-speakers", type=int, default=4,
+        help="test speakers that get per-speaker postnets for table 3 (0 = all; default 4)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="one JSON object as the last line")
 
@@ -151,7 +155,7 @@ def _train_postnet(args, settings, device: str) -> dict[str, Any]:
     from talkingface.motion import checkpoint as ck
     from talkingface.motion.infer import MotionModel
     from talkingface.motion.metrics import motion_metrics
-    from talkingface.motion.train import avatar_target, default_config, load_syncnet, train_postnet
+    from talkingface.motion.train import avatar_target, load_syncnet, postnet_config, train_postnet
 
     if args.ckpt is None:
         raise ValueError("train postnet needs --ckpt CKPT_DIR (the trained motion model)")
@@ -170,11 +174,7 @@ def _train_postnet(args, settings, device: str) -> dict[str, Any]:
             f"the avatar's features are {train_part[0].features.shape[1]}-wide but the motion "
             f"model expects {model.feature_dim} ({model.front_end})"
         )
-    config = default_config(model.config.preset, "full", args.seed, args.steps)
-    config.vae = model.config.vae  # the frozen VAE's own sizes
-    if args.preset:
-        base = default_config(args.preset, "full", args.seed, args.steps)
-        config.postnet, config.postnet_plan = base.postnet, base.postnet_plan
+    config = postnet_config(model.config, args.preset, args.steps, args.seed)
     sync = load_syncnet(args.ckpt, model.device)
     pm, validation = train_postnet(
         model,
@@ -237,6 +237,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.postnet_steps,
             not args.no_postnet,
             not args.quiet,
+            args.postnet_speakers,
         )
     except (ValueError, FileNotFoundError, FormatError) as exc:
         return _fail("eval motion", exc)

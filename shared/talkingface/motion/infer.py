@@ -171,19 +171,12 @@ class MotionModel:
         if postnet is not None:
             self.check_postnet(postnet)
         ds = self.config.vae.downsample
-        reach = receptive_field(self.config) + (postnet_reach(postnet) if postnet else 0)
-        overlap = max(self.config.infer_overlap if overlap is None else overlap, 2 * reach + ds)
-        overlap += (-overlap) % (2 * ds)  # even multiple of ds: the seam sits on the grid
-        window = max(window or self.config.infer_window, 2 * overlap)
-        window -= window % ds
         t_all = f.shape[0]
+        window, overlap, starts = self.windows(t_all, postnet, window, overlap)
         feats = torch.from_numpy(self.stats.features(f)).to(self.device)[None]
         bins = torch.from_numpy(b).to(self.device)[None]
         eps = self.noise(t_all, seed, temperature).to(self.device)
         out = torch.zeros(t_all, LM_DIM, device=self.device)
-        starts = [0]
-        while starts[-1] + window < t_all:
-            starts.append(starts[-1] + window - overlap)
         for k, s in enumerate(starts):
             e = min(s + window, t_all)
             n = e - s
@@ -198,6 +191,25 @@ class MotionModel:
             hi = e - overlap // 2 if k < len(starts) - 1 else e
             out[lo:hi] = pred[0, lo - s : hi - s]
         return out.cpu().numpy()
+
+    def windows(
+        self,
+        frames: int,
+        postnet: PostnetModel | None = None,
+        window: int | None = None,
+        overlap: int | None = None,
+    ) -> tuple[int, int, list[int]]:
+        """(window, overlap, window starts) used to generate `frames` frames."""
+        ds = self.config.vae.downsample
+        reach = receptive_field(self.config) + (postnet_reach(postnet) if postnet else 0)
+        overlap = max(self.config.infer_overlap if overlap is None else overlap, 2 * reach + ds)
+        overlap += (-overlap) % (2 * ds)  # even multiple of ds: the seam sits on the grid
+        window = max(window or self.config.infer_window, 2 * overlap)
+        window -= window % ds
+        starts = [0]
+        while starts[-1] + window < frames:
+            starts.append(starts[-1] + window - overlap)
+        return window, overlap, starts
 
     def _postnet(self, postnet: PostnetModel, pred, bins, mask):
         m = mask[:, None, :]

@@ -554,6 +554,7 @@ def train_postnet(
             weights.adv * adv
             + weights.post_sync * s
             + weights.post_mse * masked_mse(out_, pred, mask)
+            + weights.post_l2 * masked_mse(out_, real, mask)
             + weights.post_temporal * velocity_mse(out_, real, mask)
         )
         opt_g.zero_grad(set_to_none=True)
@@ -655,6 +656,29 @@ def default_config(preset_name: str, variant: str, seed: int, steps: int | None)
             plan.steps = steps
             plan.val_every = min(plan.val_every, steps)
             plan.ckpt_every = min(plan.ckpt_every, steps)
+    return config
+
+
+def postnet_config(
+    model_config: MotionConfig,
+    preset_name: str | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+) -> MotionConfig:
+    """The configuration to train a postnet for a model: the frozen VAE's own sizes, and the
+    postnet sizes, plan and loss weights of `preset_name` (default: the model's preset) as
+    this release defines them."""
+    base = preset(
+        preset_name or model_config.preset, seed=model_config.seed if seed is None else seed
+    )
+    config = MotionConfig.from_dict(model_config.to_dict())
+    config.seed = base.seed
+    config.postnet, config.postnet_plan, config.loss = base.postnet, base.postnet_plan, base.loss
+    if steps is not None:
+        plan = config.postnet_plan
+        plan.steps = steps
+        plan.val_every = min(plan.val_every, steps)
+        plan.ckpt_every = min(plan.ckpt_every, steps)
     return config
 
 
