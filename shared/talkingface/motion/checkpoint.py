@@ -125,6 +125,8 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
             if xs:
                 ax.plot(xs, ys, label=key, marker="o" if rows is val else None, markersize=3)
         ax.set_xlabel("step")
+        if rows is train:  # losses differ by orders of magnitude (the KL starts high)
+            ax.set_yscale("symlog", linthresh=1e-2)
         ax.set_title(label)
         if keys:
             ax.legend(fontsize=7)
