@@ -40,8 +40,9 @@ def tiny_ckpt(tiny_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_postnet(tiny_data, tiny_ckpt, tmp_path_factory) -> Path:
     """A `tiny` postnet directory adapted to one test speaker of the tiny corpus."""
+    from talkingface.motion.adapt import train_postnet
     from talkingface.motion.infer import MotionModel
-    from talkingface.motion.train import default_config, load_syncnet, train_postnet
+    from talkingface.motion.train import default_config, load_syncnet
 
     utts, _ = tiny_data
     test = [u for u in utts if u.split == "test"]

@@ -153,9 +153,10 @@ def _train_generic(args, settings, device: str) -> dict[str, Any]:
 
 def _train_postnet(args, settings, device: str) -> dict[str, Any]:
     from talkingface.motion import checkpoint as ck
+    from talkingface.motion.adapt import avatar_target, postnet_config, train_postnet
     from talkingface.motion.infer import MotionModel
     from talkingface.motion.metrics import motion_metrics
-    from talkingface.motion.train import avatar_target, load_syncnet, postnet_config, train_postnet
+    from talkingface.motion.train import load_syncnet
 
     if args.ckpt is None:
         raise ValueError("train postnet needs --ckpt CKPT_DIR (the trained motion model)")

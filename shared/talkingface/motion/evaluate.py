@@ -35,16 +35,11 @@ import numpy as np
 
 from talkingface.data.synthtalk.corpus import HELDOUT_LANGUAGE
 from talkingface.motion import checkpoint as ck
+from talkingface.motion.adapt import postnet_config, train_postnet
 from talkingface.motion.data import Stats, Utterance, split
 from talkingface.motion.infer import MotionModel, SyncScorer
 from talkingface.motion.metrics import motion_metrics
-from talkingface.motion.train import (
-    generate_many,
-    load_syncnet,
-    postnet_config,
-    prepare_corpus,
-    train_postnet,
-)
+from talkingface.motion.train import generate_many, load_syncnet, prepare_corpus
 
 log = logging.getLogger(__name__)
 RIDGE_CONTEXT = 4

@@ -1,7 +1,8 @@
 """Training of the motion stage: sync expert, pitch-aware VAE, domain-adaptive postnet.
 
 Order (paper §4.1): the sync expert first (it is a loss of the others), then the VAE with its
-flow prior on a multi-speaker corpus, then one postnet per avatar with the VAE frozen.
+flow prior on a multi-speaker corpus, then one postnet per avatar with the VAE frozen
+(`talkingface.motion.adapt`, which reuses this module's `Run` and losses).
 
 Losses
 - Sync expert: symmetric InfoNCE (CLIP-style) over aligned (audio window, mouth window)
@@ -10,10 +11,7 @@ Losses
 - VAE (paper eq. 13): L2 on the normalised motion + KL(q(z|x, c) || flow prior p(z|c)),
   weight annealed from 0 + sync loss (1 - cosine of the frozen expert on predicted mouths) +
   temporal loss (L2 of velocities).
-- Postnet (paper eq. 2 and 15): LSGAN generator loss against a per-frame discriminator, the
-  frozen expert's sync loss, closeness to its input and the temporal loss; the
-  discriminator: LSGAN + gradient penalty (WGAN-GP on interpolates by default, or the paper's
-  penalty on real frames). The VAE (and its pitch encoder) are frozen.
+- Postnet: see `talkingface.motion.adapt`.
 
 Every trainer: tqdm progress, validation every `val_every` steps, checkpoints every
 `ckpt_every` steps and at the end (`motion.checkpoint`), a loss/metric plot beside them, and
@@ -22,10 +20,8 @@ Every trainer: tqdm progress, validation every `val_every` steps, checkpoints ev
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +36,10 @@ from tqdm import tqdm
 from talkingface.motion import checkpoint as ck
 from talkingface.motion.config import MotionConfig, TrainPlan, preset
 from talkingface.motion.data import Batch, Stats, Utterance, WindowSampler, split
-from talkingface.motion.infer import MotionModel, PostnetModel, SyncScorer, resolve_device
+from talkingface.motion.infer import MotionModel, SyncScorer, resolve_device
 from talkingface.motion.metrics import motion_metrics
 from talkingface.motion.nets import (
-    FrameDiscriminator,
     MotionVAE,
-    PitchEncoder,
-    Postnet,
     SyncExpert,
     mouth_of,
 )
@@ -56,7 +49,7 @@ PAIRS_PER_WINDOW = 4  # sync pairs drawn per training window
 VAL_UTTERANCES = 32  # validation generates at most this many utterances
 
 
-def _tensors(batch: Batch, device: torch.device):
+def batch_tensors(batch: Batch, device: torch.device):
     return (
         torch.from_numpy(batch.features).to(device),
         torch.from_numpy(batch.f0_bins).to(device),
@@ -229,10 +222,31 @@ class Run:
         bar.close()
 
 
-def _setup(seed: int, threads: int | None) -> None:
-    torch.manual_seed(seed)
-    if threads:
-        torch.set_num_threads(threads)
+@dataclass
+class Streams:
+    """A corpus trainer's random streams (training windows, sync positions) and its fixed
+    validation batch; saved with the train state, so a resumed run continues them."""
+
+    sampler: WindowSampler
+    gen: torch.Generator
+    val_batch: Batch
+
+    @classmethod
+    def create(cls, corpus: Corpus, plan: TrainPlan, seed: int, val_size: int) -> Streams:
+        val = WindowSampler(corpus.val, corpus.stats, plan.window, seed + 1).sample(val_size)
+        return cls(
+            WindowSampler(corpus.train, corpus.stats, plan.window, seed),
+            torch.Generator().manual_seed(seed),
+            val,
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state(), "gen": self.gen.get_state()}
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        if state is not None:
+            self.sampler.set_state(state["sampler"])
+            self.gen.set_state(state["gen"])
 
 
 def _meta(kind: str, config: MotionConfig, corpus: Corpus, extra: dict | None = None) -> dict:
@@ -262,22 +276,18 @@ def train_syncnet(
     dev = resolve_device(device)
     directory = ck.model_dir(out, "syncnet")
     plan = config.syncnet_plan
-    _setup(config.seed, None)
+    torch.manual_seed(config.seed)
     net = SyncExpert(corpus.feature_dim, config.sync).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=plan.lr, weight_decay=1e-4)
-    sampler = WindowSampler(corpus.train, corpus.stats, plan.window, config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    val_batch = WindowSampler(corpus.val, corpus.stats, plan.window, config.seed + 1).sample(
-        min(plan.batch, 128)
-    )
+    streams = Streams.create(corpus, plan, config.seed, min(plan.batch, 128))
+    sampler, gen, val_batch = streams.sampler, streams.gen, streams.val_batch
     run = Run(directory, "syncnet", plan, progress)
-    if resume and (state := run.resume({"syncnet": net}, {"opt": opt})) is not None:
-        sampler.set_state(state["sampler"])
-        gen.set_state(state["gen"])
+    if resume:
+        streams.restore(run.resume({"syncnet": net}, {"opt": opt}))
     w = config.sync.window
 
     def pairs(batch: Batch, g: torch.Generator):
-        feats, _, delta, mask = _tensors(batch, dev)
+        feats, _, delta, mask = batch_tensors(batch, dev)
         rows, starts = sync_positions(mask, w, PAIRS_PER_WINDOW, g)
         audio = gather_windows(feats, rows, starts, w)
         mouth = gather_windows(mouth_of(delta), rows, starts, w)
@@ -309,16 +319,16 @@ def train_syncnet(
             corpus.stats,
             meta,
             {"opt": opt},
-            {"sampler": sampler.state(), "gen": gen.get_state()},
+            streams.state(),
         )
 
     run.loop(step, validate, save, [opt], stop_at)
     if not (directory / ck.CONFIG).is_file():  # resumed a finished run: nothing was saved
         save()
-    return _last_val(run)
+    return last_validation(run)
 
 
-def _last_val(run: Run) -> dict[str, Any]:
+def last_validation(run: Run) -> dict[str, Any]:
     val = [h for h in run.history if h["kind"] == "val"]
     return {k: v for k, v in (val[-1] if val else {}).items() if k != "kind"}
 
@@ -374,23 +384,19 @@ def train_motion(
     dev = resolve_device(device)
     directory = ck.model_dir(out, "motion", config.variant)
     plan, weights = config.motion_plan, config.loss
-    _setup(config.seed, None)
+    torch.manual_seed(config.seed)
     sync = load_syncnet(out, dev)
     vae = MotionVAE(corpus.feature_dim, config.vae).to(dev)
     opt = torch.optim.AdamW(vae.parameters(), lr=plan.lr, weight_decay=1e-4)
-    sampler = WindowSampler(corpus.train, corpus.stats, plan.window, config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    val_batch = WindowSampler(corpus.val, corpus.stats, plan.window, config.seed + 1).sample(
-        min(plan.batch * 2, 64)
-    )
+    streams = Streams.create(corpus, plan, config.seed, min(plan.batch * 2, 64))
+    sampler, gen, val_batch = streams.sampler, streams.gen, streams.val_batch
     val_utts = corpus.val[:VAL_UTTERANCES]
     run = Run(directory, f"motion ({config.variant})", plan, progress)
-    if resume and (state := run.resume({"vae": vae}, {"opt": opt})) is not None:
-        sampler.set_state(state["sampler"])
-        gen.set_state(state["gen"])
+    if resume:
+        streams.restore(run.resume({"vae": vae}, {"opt": opt}))
 
     def losses(batch: Batch, g: torch.Generator, kl_weight: float):
-        feats, bins, delta, mask = _tensors(batch, dev)
+        feats, bins, delta, mask = batch_tensors(batch, dev)
         pred, kl = vae(feats, bins, delta, mask)
         parts = {
             "l2": masked_mse(pred, delta, mask),
@@ -438,215 +444,13 @@ def train_motion(
             corpus.stats,
             meta,
             {"opt": opt},
-            {"sampler": sampler.state(), "gen": gen.get_state()},
+            streams.state(),
         )
 
     run.loop(step, validate, save, [opt], stop_at)
     if not (directory / ck.CONFIG).is_file():
         save()
-    return _last_val(run)
-
-
-# ----------------------------------------------------------------------------- postnet
-
-
-def gradient_penalty(disc: FrameDiscriminator, real: torch.Tensor, fake: torch.Tensor, mode: str):
-    if mode == "real":
-        x = real.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(disc(x).sum(), x, create_graph=True)
-        return (grad**2).sum(-1).mean()
-    alpha = torch.rand(real.shape[0], 1, device=real.device)
-    x = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
-    (grad,) = torch.autograd.grad(disc(x).sum(), x, create_graph=True)
-    return ((grad.norm(dim=-1) - 1.0) ** 2).mean()
-
-
-def train_postnet(
-    model: MotionModel,
-    target_train: list[Utterance],
-    target_val: list[Utterance],
-    mean_face: np.ndarray,
-    out: Path | str | None,
-    config: MotionConfig,
-    sync: SyncExpert | None,
-    use_pitch: bool = True,
-    progress: bool = True,
-    title: str = "postnet",
-) -> tuple[PostnetModel, dict[str, Any]]:
-    """Adapt the frozen `model` to one person (their utterances; `mean_face` is theirs).
-
-    Returns the postnet and its validation metrics. With `out`, the postnet directory is
-    written there (weights, config.json with the motion model's version, curves).
-    """
-    dev = model.device
-    config = copy.deepcopy(config)
-    plan, weights = config.postnet_plan, config.loss
-    pconfig = config.postnet
-    pconfig.use_pitch = use_pitch
-    config.postnet = pconfig
-    _setup(config.seed, None)
-    vae = model.vae.eval()
-    for p in vae.parameters():
-        p.requires_grad_(False)
-    own = None
-    if use_pitch and vae.pitch_encoder is None:
-        own = PitchEncoder(config.vae.pitch_embed, config.vae.cond, config.vae.pitch_kernel).to(dev)
-    net = Postnet(pconfig, config.vae.cond, own).to(dev)
-    disc = FrameDiscriminator(pconfig).to(dev)
-    opt_g = torch.optim.AdamW(net.parameters(), lr=plan.lr, betas=(0.5, 0.9))
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=plan.lr, betas=(0.5, 0.9))
-    stats = model.stats
-    person = [
-        Utterance(
-            u.id,
-            u.speaker,
-            u.split,
-            u.language,
-            u.voice_id,
-            u.features,
-            u.f0_bins,
-            u.lm3d,
-            mean_face,
-        )
-        for u in target_train
-    ]
-    sampler = WindowSampler(person, stats, plan.window, config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    temperature = config.temperature
-    directory = Path(out) if out is not None else None
-    run = Run(directory or Path("."), title, plan, progress)
-
-    def pitch_of(bins, mask):
-        if not use_pitch:
-            return None
-        encoder = own if own is not None else vae.pitch_encoder
-        return encoder(bins, mask[:, None, :])
-
-    def step(_: int) -> dict[str, float]:
-        net.train()
-        disc.train()
-        feats, bins, real, mask = _tensors(sampler.sample(plan.batch), dev)
-        with torch.no_grad():
-            ds = config.vae.downsample
-            eps = (
-                torch.randn(
-                    feats.shape[0], config.vae.latent, -(-feats.shape[1] // ds), generator=gen
-                ).to(dev)
-                * temperature
-            )
-            pred = vae.infer(feats, bins, mask, eps)
-        out_ = net(pred, pitch_of(bins, mask), mask)
-        valid = mask.bool()
-        fake_frames = out_[valid]
-        real_frames = real[valid]
-        # discriminator
-        d_real = disc(real_frames)
-        d_fake = disc(fake_frames.detach())
-        gp = gradient_penalty(disc, real_frames, fake_frames, weights.gp_mode)
-        d_loss = ((d_real - 1) ** 2).mean() + (d_fake**2).mean() + weights.gp * gp
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        # postnet
-        adv = ((disc(fake_frames) - 1) ** 2).mean()
-        s = sync_loss(sync, feats, out_, mask, gen) if sync is not None else adv * 0.0
-        g_loss = (
-            weights.adv * adv
-            + weights.post_sync * s
-            + weights.post_mse * masked_mse(out_, pred, mask)
-            + weights.post_l2 * masked_mse(out_, real, mask)
-            + weights.post_temporal * velocity_mse(out_, real, mask)
-        )
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), plan.grad_clip)
-        opt_g.step()
-        return {
-            "g_loss": g_loss.item(),
-            "d_loss": d_loss.item(),
-            "adv": adv.item(),
-            "gp": gp.item(),
-            "sync": s.item(),
-        }
-
-    def current(version: str = "training") -> PostnetModel:
-        pstats = Stats(stats.feature_std, stats.delta_scale, np.asarray(mean_face, np.float32))
-        return PostnetModel(net, pstats, {"motion_version": model.version}, version)
-
-    @torch.no_grad()
-    def validate() -> dict[str, float]:
-        if not target_val:
-            return {}
-        net.eval()
-        pm = current()
-        pred = [
-            model.generate(u.features, u.f0_bins, seed=0, postnet=pm, mean_face=mean_face)
-            for u in target_val
-        ]
-        metrics = motion_metrics(pred, [u.lm3d for u in target_val])
-        net.train()
-        return {"val_l2_mm": metrics["l2_mm"], "val_mouth_open_r": metrics["mouth_open_r"]}
-
-    def save() -> None:
-        if directory is None:
-            return
-        modules: dict[str, nn.Module] = {"postnet": net, "disc": disc}
-        if own is not None:
-            modules["own_pitch"] = own
-        meta = {
-            "kind": "postnet",
-            "config": config.to_dict(),
-            "feature_dim": model.feature_dim,
-            "front_end": model.front_end,
-            "motion_version": model.version,
-            "use_pitch": use_pitch,
-        }
-        pstats = Stats(stats.feature_std, stats.delta_scale, np.asarray(mean_face, np.float32))
-        run.save(modules, pstats, meta, {"g": opt_g, "d": opt_d}, {})
-
-    run.loop(step, validate, save, [opt_g, opt_d])
-    net.eval()
-    version = "untracked"
-    if directory is not None:
-        version = PostnetModel.load(directory, dev).version
-    return current(version), _last_val(run)
-
-
-def avatar_target(
-    avatar_dir: Path | str, hubert: str | None = None, pitch_method: str = "dio"
-) -> tuple[list[Utterance], list[Utterance], np.ndarray]:
-    """A SynthTalk avatar as postnet data: (train part, val part, mean face of train frames)."""
-    from talkingface.audio import extract
-    from talkingface.data.synthtalk.fileformat import read_avatar
-    from talkingface.motion.data import _front_end
-
-    avatar = read_avatar(avatar_dir)
-    feats = extract(avatar["audio"], _front_end(hubert), pitch_method=pitch_method)  # type: ignore[arg-type]
-    lm = np.asarray(avatar["lm3d"], np.float32)
-    t = min(lm.shape[0], feats.frames())
-    splits = avatar["manifest"]["splits"]
-    train_range, val_range = splits["train"], splits["val"]
-    mean_face = lm[train_range[0] : train_range[1]].mean(axis=0).astype(np.float32)
-
-    def part(name: str, lo: int, hi: int) -> list[Utterance]:
-        hi = min(hi, t)
-        if hi - lo < 8:
-            return []
-        return [
-            Utterance(
-                f"avatar-{name}",
-                "avatar",
-                name,
-                "",
-                "",
-                feats.features[lo:hi],
-                feats.f0_bins[lo:hi].astype(np.int64),
-                lm[lo:hi],
-                mean_face,
-            )
-        ]
-
-    return part("train", *train_range), part("val", *val_range), mean_face
+    return last_validation(run)
 
 
 def default_config(preset_name: str, variant: str, seed: int, steps: int | None) -> MotionConfig:
@@ -657,32 +461,3 @@ def default_config(preset_name: str, variant: str, seed: int, steps: int | None)
             plan.val_every = min(plan.val_every, steps)
             plan.ckpt_every = min(plan.ckpt_every, steps)
     return config
-
-
-def postnet_config(
-    model_config: MotionConfig,
-    preset_name: str | None = None,
-    steps: int | None = None,
-    seed: int | None = None,
-) -> MotionConfig:
-    """The configuration to train a postnet for a model: the frozen VAE's own sizes, and the
-    postnet sizes, plan and loss weights of `preset_name` (default: the model's preset) as
-    this release defines them."""
-    base = preset(
-        preset_name or model_config.preset, seed=model_config.seed if seed is None else seed
-    )
-    config = MotionConfig.from_dict(model_config.to_dict())
-    config.seed = base.seed
-    config.postnet, config.postnet_plan, config.loss = base.postnet, base.postnet_plan, base.loss
-    if steps is not None:
-        plan = config.postnet_plan
-        plan.steps = steps
-        plan.val_every = min(plan.val_every, steps)
-        plan.ckpt_every = min(plan.ckpt_every, steps)
-    return config
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    started = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - started
