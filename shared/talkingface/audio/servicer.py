@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 import uuid
 from collections.abc import Iterable, Iterator
 
@@ -18,8 +17,9 @@ import numpy as np
 
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError, abort
-from talkingface.storage import ObjectStore, StoreError, store_from_settings
+from talkingface.storage import ObjectStore, StoreError
 from talkingface.storage.errors import as_talkingface_error
+from talkingface.storage.factory import LazyStore
 from talkingface.tensors import to_chunks
 from talkingface.v1 import audio_features_pb2 as pb
 from talkingface.v1 import common_pb2
@@ -55,8 +55,7 @@ class AudioFeaturesServicer:
         """With lazy=True the front end loads in warm_up() (the standalone server calls it
         after binding its port, while health reports NOT_SERVING)."""
         self.settings = settings or Settings.from_env()
-        self._store: ObjectStore | None = None
-        self._store_lock = threading.Lock()
+        self._store = LazyStore(self.settings)
         self.front_end = None
         self.max_upload = self.settings.audio_max_upload_mb * 1024 * 1024
         if not lazy:
@@ -68,10 +67,7 @@ class AudioFeaturesServicer:
 
     @property
     def store(self) -> ObjectStore:
-        with self._store_lock:
-            if self._store is None:
-                self._store = store_from_settings(self.settings)
-            return self._store
+        return self._store.get()
 
     # --- RPCs ----------------------------------------------------------------------------
 

@@ -29,8 +29,9 @@ import numpy as np
 from talkingface.audio.pitch import F0_BINS
 from talkingface.config import ConfigError, Settings, env_name
 from talkingface.errors import TalkingFaceError, abort
-from talkingface.storage import ObjectStore, StoreError, store_from_settings
+from talkingface.storage import ObjectStore, StoreError
 from talkingface.storage.errors import as_talkingface_error
+from talkingface.storage.factory import LazyStore
 from talkingface.tensors import from_tensor, to_chunks
 from talkingface.v1 import audio_features_pb2, common_pb2
 from talkingface.v1 import motion_pb2 as pb
@@ -154,8 +155,7 @@ class MotionServicer:
         TALKINGFACE_MOTION_CHECKPOINT fails here either way (ConfigError)."""
         self.settings = settings or Settings.from_env()
         require_checkpoint(self.settings)
-        self._store: ObjectStore | None = None
-        self._store_lock = threading.Lock()
+        self._store = LazyStore(self.settings)
         self._model_lock = threading.Lock()
         self.model: MotionModel | None = None
         self.postnets = ByteLRU(self.settings.motion_postnet_cache_mb * MIB, postnet_nbytes)
@@ -177,10 +177,7 @@ class MotionServicer:
 
     @property
     def store(self) -> ObjectStore:
-        with self._store_lock:
-            if self._store is None:
-                self._store = store_from_settings(self.settings)
-            return self._store
+        return self._store.get()
 
     # --- RPCs ----------------------------------------------------------------------------
 
