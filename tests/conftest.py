@@ -2,7 +2,7 @@
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.ray_serve"]
+pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.ray_serve", "tests.fixtures.motion"]
 
 
 def _cuda_available() -> bool:

@@ -141,6 +141,11 @@ BUILT_SERVICES = {
         "AudioFeatures",
     ),
     "motion": ("talkingface.motion.servicer", "talkingface.v1.motion_pb2_grpc", "Motion"),
+    "landmark_projection": (
+        "talkingface.landmarks.servicer",
+        "talkingface.v1.landmark_projection_pb2_grpc",
+        "LandmarkProjection",
+    ),
 }
 
 
@@ -236,7 +241,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 
 # Parts of `train` / `eval` that later issues build: they exit 3 whatever their options.
-TRAIN_EVAL_LATER = {("train", "avatar"): 7, ("eval", "projection"): 6, ("eval", "avatar"): 7}
+TRAIN_EVAL_LATER = {("train", "avatar"): 7, ("eval", "avatar"): 7}
 
 
 def _add_train_eval(sub: argparse._SubParsersAction) -> None:
@@ -259,7 +264,7 @@ def _add_train_eval(sub: argparse._SubParsersAction) -> None:
     train.add_argument("what", choices=("syncnet", "motion", "postnet", "avatar"))
     add_train_arguments(train)
     train.set_defaults(func=cmd_train)
-    evaluate = sub.add_parser("eval", help="evaluate motion (--json); projection, avatar: later")
+    evaluate = sub.add_parser("eval", help="evaluate motion or projection (--json); avatar: later")
     evaluate.add_argument("what", choices=("motion", "projection", "avatar"))
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=cmd_eval)

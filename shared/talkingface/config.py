@@ -119,6 +119,12 @@ class Settings:
         "Memory the motion service may spend on loaded avatar postnets, MiB; the least "
         "recently used are dropped beyond it (0 = load every request).",
     )
+    projection_cache_mb: int = _setting(
+        1024,
+        "Memory the landmark projection service may spend on loaded avatar indexes, MiB "
+        "(about 1 MiB per 1,000 training frames); the least recently used are dropped beyond "
+        "it (0 = load every request).",
+    )
     cache_dir: Path = _setting(  # noqa: RUF009
         Path.home() / ".cache" / "talkingface",
         "Local cache (checkpoints fetched from the store, demo data).",
@@ -145,6 +151,8 @@ class Settings:
         settings = cls(**values) if not problems else None
         if settings is not None and settings.motion_postnet_cache_mb < 0:
             problems.append(f"{env_name('motion_postnet_cache_mb')} must be 0 or more")
+        if settings is not None and settings.projection_cache_mb < 0:
+            problems.append(f"{env_name('projection_cache_mb')} must be 0 or more")
         if settings is not None and settings.store == "minio":
             problems += settings.missing("minio_endpoint", "minio_access_key", "minio_secret_key")
         if problems:

@@ -5,8 +5,9 @@ import json
 import pytest
 
 from talkingface.cli import main
-from talkingface.data.synthtalk.avatar import build_avatar
+from talkingface.landmarks.bundle import load_projection
 from talkingface.motion import checkpoint as ck
+from talkingface.storage import LocalStore
 
 pytestmark = pytest.mark.slow
 
@@ -75,9 +76,8 @@ def test_train_and_eval_commands(tiny_corpus, tmp_path, cache, capsys):
     assert set(table["eval_set"]["speakers"]) <= set(result["eval_set"]["speakers"])
 
 
-def test_train_postnet_on_an_avatar(tiny_ckpt, tmp_path, cache, capsys, monkeypatch):
-    avatar = tmp_path / "avatar"
-    build_avatar(avatar, seconds=4.0, seed=2, size=64, progress=False)
+def test_train_postnet_on_an_avatar(tiny_ckpt, tiny_avatar, tmp_path, cache, capsys, monkeypatch):
+    avatar = tiny_avatar
     monkeypatch.setenv("TALKINGFACE_STORE", "local")
     monkeypatch.setenv("TALKINGFACE_STORE_DIR", str(tmp_path / "store"))
     out = tmp_path / "postnet"
@@ -103,6 +103,12 @@ def test_train_postnet_on_an_avatar(tiny_ckpt, tmp_path, cache, capsys, monkeypa
     report = _last_json(capsys)
     assert (out / ck.WEIGHTS).is_file() and (out / ck.CURVES).is_file()
     assert report["published"]["avatar_id"] == "alice"
+    # The published version carries the avatar's projection index too.
+    store = LocalStore(tmp_path / "store")
+    index, version = load_projection(store, "alice")
+    assert version == report["published"]["version"]
+    lo, hi = json.loads((avatar / "synthtalk.json").read_text())["splits"]["train"]
+    assert len(index.frames) == hi - lo
     assert "l2_mm" in report["validation_without_postnet"]
 
 

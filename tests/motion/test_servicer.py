@@ -15,7 +15,7 @@ from talkingface.config import ConfigError, Settings
 from talkingface.errors import TalkingFaceError, error_from_rpc
 from talkingface.motion.bundle import publish_postnet
 from talkingface.motion.infer import MotionModel
-from talkingface.motion.servicer import ByteLRU, MotionServicer, app, load_motion_model
+from talkingface.motion.servicer import MotionServicer, app, load_motion_model
 from talkingface.serving.ray_app import deploy
 from talkingface.storage import LocalStore
 from talkingface.storage.fetch import fetch_prefix
@@ -292,44 +292,6 @@ def test_postnet_cache_and_a_postnet_for_another_model(servicer, tiny_data, tiny
     request = _request(u.features, u.f0_bins, avatar=common_pb2.AvatarRef(avatar_id="stale"))
     error = _fails(servicer, request)
     assert error.code == "AVATAR_NOT_READY" and "retrain the postnet" in error.message
-
-
-def test_byte_lru_evicts_least_recently_used():
-    cache = ByteLRU(10, len)
-    loads: list[str] = []
-
-    def loader(value: str):
-        return lambda: loads.append(value) or value
-
-    assert cache.get("a", loader("aaaa")) == "aaaa"
-    assert cache.get("b", loader("bbbb")) == "bbbb"
-    assert cache.get("a", loader("xxxx")) == "aaaa"  # hit; "b" is now the oldest
-    cache.get("c", loader("cccc"))
-    assert cache.keys() == ["a", "c"] and cache.nbytes == 8
-    assert cache.get("big", loader("x" * 11)) == "x" * 11  # larger than the bound: not kept
-    assert cache.keys() == ["a", "c"]
-    assert loads == ["aaaa", "bbbb", "cccc", "x" * 11]
-    with pytest.raises(RuntimeError):
-        cache.get("boom", lambda: (_ for _ in ()).throw(RuntimeError("load failed")))
-    assert cache.get("boom", loader("ok")) == "ok"
-
-    # Concurrent misses on one key load it once.
-    slow = ByteLRU(100, len)
-    started = threading.Event()
-    calls: list[int] = []
-
-    def load_slowly():
-        calls.append(1)
-        started.wait(1)
-        return "v"
-
-    threads = [threading.Thread(target=slow.get, args=("k", load_slowly)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    started.set()
-    for t in threads:
-        t.join()
-    assert calls == [1]
 
 
 def test_missing_checkpoint_is_a_clear_startup_error(tmp_path):

@@ -62,6 +62,16 @@ def test_weights_round_trip_through_safetensors(tiny_ckpt):
     assert scorer.window == 5
 
 
+def test_sync_score_of_sequences_shorter_than_the_offsets(tiny_ckpt, tiny_data):
+    """10 frames make 6 windows: offsets of 6 or more frames are skipped (NaN), not wrapped."""
+    utts, _ = tiny_data
+    u = max(utts, key=lambda u: u.frames)
+    scorer = SyncScorer.load(tiny_ckpt / "syncnet")
+    sims = scorer.offsets(u.features[:10], u.lm3d[:10], u.mean_face)
+    assert np.isfinite(sims[3:-3]).all() and np.isnan(sims[[0, 1, 2, -3, -2, -1]]).all()
+    assert np.isfinite(scorer.score([(u.features[:10], u.lm3d[:10], u.mean_face)])["sync_conf"])
+
+
 def test_interrupted_training_resumes_to_the_same_weights(tiny_data, tmp_path):
     _, corpus = tiny_data
     config = default_config("tiny", "full", 9, 20)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import io
 import logging
-import uuid
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError, abort
+from talkingface.serving.payloads import store_tensors
 from talkingface.storage import ObjectStore, StoreError
 from talkingface.storage.errors import as_talkingface_error
 from talkingface.storage.factory import LazyStore
@@ -173,21 +173,7 @@ class AudioFeaturesServicer:
                 yield pb.ExtractFeaturesResponse(chunk=chunk)
 
     def _store_arrays(self, arrays: dict[str, np.ndarray]) -> pb.StoredTensors:
-        prefix = f"{STORE_PREFIX}/{uuid.uuid4().hex}"
-        stored = pb.StoredTensors()
-        for name, array in arrays.items():
-            buffer = io.BytesIO()
-            np.save(buffer, array, allow_pickle=False)
-            info = self.store.put(f"{prefix}/{name}.npy", buffer.getvalue())
-            stored.tensors[name].CopyFrom(
-                common_pb2.ObjectRef(
-                    key=info.key,
-                    size=info.size,
-                    sha256=info.sha256 or "",
-                    content_type="application/x-npy",
-                )
-            )
-        return stored
+        return store_tensors(self.store, STORE_PREFIX, arrays)
 
 
 def app(settings: Settings | None = None):

@@ -23,16 +23,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from talkingface.bundle import AVATARS, avatar_prefix, resolve_version
 from talkingface.errors import TalkingFaceError
 from talkingface.motion import checkpoint as ck
 from talkingface.storage.errors import (
-    InvalidKey,
     StoreError,
     StoreIntegrityError,
     StoreObjectNotFound,
     as_talkingface_error,
 )
-from talkingface.storage.keys import validate_segment
 
 if TYPE_CHECKING:
     import torch
@@ -40,19 +39,10 @@ if TYPE_CHECKING:
     from talkingface.motion.infer import PostnetModel
     from talkingface.storage.base import ObjectStore
 
-AVATARS = "avatars"
 POSTNET_DIR = "postnet"
 POSTNET_WEIGHTS = f"{POSTNET_DIR}/{ck.WEIGHTS}"
 POSTNET_CONFIG = f"{POSTNET_DIR}/{ck.CONFIG}"
 POSTNET_FILES = (POSTNET_WEIGHTS, POSTNET_CONFIG)
-
-
-def avatar_prefix(avatar_id: str) -> str:
-    """`avatars/<avatar_id>`; an id that is not one valid key segment is INVALID_REQUEST."""
-    try:
-        return f"{AVATARS}/{validate_segment(avatar_id)}"
-    except InvalidKey as exc:
-        raise TalkingFaceError("INVALID_REQUEST", f"invalid avatar id: {exc.reason}") from None
 
 
 def postnet_files(postnet_dir: Path | str) -> dict[str, Path]:
@@ -91,41 +81,6 @@ def publish_postnet(
         }
     }
     return store.publish_version(prefix, files, metadata=metadata).version
-
-
-def resolve_version(store: ObjectStore, avatar_id: str, version: str = "") -> str:
-    """The published version to use: `version`, or the latest when it is empty.
-
-    AVATAR_NOT_FOUND when the avatar has no published version, AVATAR_VERSION_NOT_FOUND
-    when the avatar exists but not that version.
-    """
-    prefix = avatar_prefix(avatar_id)
-    if version:
-        try:
-            validate_segment(version)
-        except InvalidKey as exc:
-            raise TalkingFaceError(
-                "INVALID_REQUEST", f"invalid avatar version: {exc.reason}"
-            ) from None
-    try:
-        if version:
-            try:
-                store.read_manifest(prefix, version)
-                return version
-            except StoreObjectNotFound:
-                pass
-            except StoreIntegrityError as exc:
-                raise _corrupt(avatar_id, version, exc) from None
-        latest = store.latest_version(prefix)
-    except StoreError as exc:
-        raise as_talkingface_error(exc) from None
-    if latest is None:
-        raise TalkingFaceError("AVATAR_NOT_FOUND", f"avatar {avatar_id!r} has no published version")
-    if version:
-        raise TalkingFaceError(
-            "AVATAR_VERSION_NOT_FOUND", f"avatar {avatar_id!r} has no published version {version!r}"
-        )
-    return latest
 
 
 def load_postnet(

@@ -1,4 +1,5 @@
-"""`talkingface train syncnet|motion|postnet` and `talkingface eval motion` (docs/motion.md)."""
+"""`talkingface train syncnet|motion|postnet` and `talkingface eval motion|projection`
+(docs/motion.md, docs/landmark_projection.md)."""
 
 from __future__ import annotations
 
@@ -54,8 +55,24 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, required=True, help="SynthTalk corpus directory")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="SynthTalk corpus (motion) or avatar directory (projection)",
+    )
     parser.add_argument("--ckpt", type=Path, help="CKPT_DIR of `train motion` (required)")
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        help="projection: a SynthTalk corpus whose held-out-language audio is the OOD set",
+    )
+    parser.add_argument(
+        "--postnet", type=Path, help="projection: the avatar's POSTNET_DIR (default: none)"
+    )
+    parser.add_argument(
+        "-k", "--neighbours", dest="k", type=int, default=20, help="projection: K (default 20)"
+    )
     parser.add_argument(
         "--postnet-steps",
         type=int,
@@ -161,7 +178,7 @@ def _train_postnet(args, settings, device: str) -> dict[str, Any]:
     if args.ckpt is None:
         raise ValueError("train postnet needs --ckpt CKPT_DIR (the trained motion model)")
     if args.publish:
-        from talkingface.motion.bundle import avatar_prefix
+        from talkingface.bundle import avatar_prefix
 
         avatar_prefix(args.publish)  # a bad id fails now, not after training
     started = time.perf_counter()
@@ -200,11 +217,19 @@ def _train_postnet(args, settings, device: str) -> dict[str, Any]:
         ]
         result["validation_without_postnet"] = motion_metrics(without, [u.lm3d for u in val_part])
     if args.publish:
+        from talkingface.landmarks.bundle import avatar_index, projection_files
         from talkingface.motion.bundle import publish_postnet
         from talkingface.storage import store_from_settings
 
-        version = publish_postnet(store_from_settings(settings), args.publish, args.out)
-        result["published"] = {"avatar_id": args.publish, "version": version}
+        # The version also carries the avatar's projection index (the renderer's part of
+        # the bundle lands with `train avatar`).
+        projection = projection_files(avatar_index(args.data))
+        version = publish_postnet(store_from_settings(settings), args.publish, args.out, projection)
+        result["published"] = {
+            "avatar_id": args.publish,
+            "version": version,
+            "files": sorted([*projection, "postnet/model.safetensors", "postnet/config.json"]),
+        }
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -214,19 +239,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from talkingface.data.synthtalk.fileformat import FormatError
     from talkingface.logs import configure_logging
 
-    if args.what != "motion":
+    if args.what not in ("motion", "projection"):
         from talkingface.cli import _not_available
 
-        return _not_available(
-            f"`talkingface eval {args.what}`", {"projection": 6, "avatar": 7}[args.what]
-        )
+        return _not_available(f"`talkingface eval {args.what}`", 7)
     if args.ckpt is None:
-        return _fail("eval motion", ValueError("--ckpt CKPT_DIR is required"))
+        return _fail(f"eval {args.what}", ValueError("--ckpt CKPT_DIR is required"))
     try:
         settings = _settings()
     except ConfigError as exc:
         return _fail("eval", exc)
     configure_logging("eval", settings.log_level, settings.log_format)
+    if args.what == "projection":
+        return _eval_projection(args, settings)
     from talkingface.motion.evaluate import evaluate
 
     try:
@@ -242,5 +267,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     except (ValueError, FileNotFoundError, FormatError) as exc:
         return _fail("eval motion", exc)
+    _emit(result, args.json)
+    return 0
+
+
+def _eval_projection(args: argparse.Namespace, settings) -> int:
+    from talkingface.data.synthtalk.fileformat import FormatError
+    from talkingface.landmarks.evaluate import evaluate
+
+    if args.k <= 0:
+        return _fail("eval projection", ValueError(f"-k must be 1 or more, got {args.k}"))
+    try:
+        result = evaluate(
+            args.data,
+            args.ckpt,
+            settings.hubert_checkpoint or None,
+            settings.pitch_method,
+            corpus=args.corpus,
+            postnet_dir=args.postnet,
+            k=args.k,
+            device=settings.device,
+        )
+    except (ValueError, FileNotFoundError, FormatError) as exc:
+        return _fail("eval projection", exc)
     _emit(result, args.json)
     return 0

@@ -270,10 +270,11 @@ class SyncScorer:
         audio = self.net.embed_audio(f[:t].unfold(0, w, 1).transpose(1, 2))  # [n, E]
         mouth = self.net.embed_mouth(mouth_of(d[:t]).unfold(0, w, 1).transpose(1, 2))
         for i, k in enumerate(range(-SYNC_OFFSETS, SYNC_OFFSETS + 1)):
+            if n - abs(k) <= 0:  # shorter than the offset (a negative stop would wrap)
+                continue
             a = audio[max(0, -k) : n - max(0, k)]
             m = mouth[max(0, k) : n - max(0, -k)]
-            if len(a):
-                sims[i] = float((a * m).sum(-1).mean())
+            sims[i] = float((a * m).sum(-1).mean())
         return sims
 
     def score(self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:

@@ -15,25 +15,23 @@ of RPC threads; inputs are checked and decoded outside it.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import threading
-import uuid
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from talkingface.audio.pitch import F0_BINS
 from talkingface.config import ConfigError, Settings, env_name
 from talkingface.errors import TalkingFaceError, abort
+from talkingface.serving.cache import ByteLRU
+from talkingface.serving.payloads import read_payload, store_tensors
 from talkingface.storage import ObjectStore, StoreError
-from talkingface.storage.errors import as_talkingface_error
 from talkingface.storage.factory import LazyStore
-from talkingface.tensors import from_tensor, to_chunks
-from talkingface.v1 import audio_features_pb2, common_pb2
+from talkingface.tensors import to_chunks
+from talkingface.v1 import common_pb2
 from talkingface.v1 import motion_pb2 as pb
 
 if TYPE_CHECKING:
@@ -79,73 +77,6 @@ def postnet_nbytes(postnet: PostnetModel) -> int:
     return int(weights + stats)
 
 
-class ByteLRU:
-    """A thread-safe least-recently-used cache bounded by the summed size of its values.
-
-    `get(key, load)` returns the cached value or calls `load()` (once per key at a time:
-    concurrent callers for the same key wait for the first). A value larger than the whole
-    bound is returned but not kept.
-    """
-
-    def __init__(self, max_bytes: int, sizeof: Callable[[Any], int]) -> None:
-        self.max_bytes = max(0, int(max_bytes))
-        self._sizeof = sizeof
-        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self._loading: dict[Hashable, threading.Lock] = {}
-
-    @property
-    def nbytes(self) -> int:
-        with self._lock:
-            return self._bytes
-
-    def __contains__(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._entries
-
-    def keys(self) -> list[Hashable]:
-        with self._lock:
-            return list(self._entries)
-
-    def _hit(self, key: Hashable) -> tuple[bool, Any]:
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return True, self._entries[key][0]
-            return False, None
-
-    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
-        found, value = self._hit(key)
-        if found:
-            return value
-        with self._lock:
-            key_lock = self._loading.setdefault(key, threading.Lock())
-        with key_lock:
-            try:
-                found, value = self._hit(key)
-                if found:
-                    return value
-                value = load()
-                self._insert(key, value, self._sizeof(value))
-                return value
-            finally:
-                with self._lock:
-                    self._loading.pop(key, None)
-
-    def _insert(self, key: Hashable, value: Any, size: int) -> None:
-        if size > self.max_bytes:
-            return
-        with self._lock:
-            if key in self._entries:
-                self._bytes -= self._entries.pop(key)[1]
-            self._entries[key] = (value, size)
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, (_, dropped) = self._entries.popitem(last=False)
-                self._bytes -= dropped
-
-
 class MotionServicer:
     """talkingface.v1.Motion (methods named as the RPCs)."""
 
@@ -158,7 +89,9 @@ class MotionServicer:
         self._store = LazyStore(self.settings)
         self._model_lock = threading.Lock()
         self.model: MotionModel | None = None
-        self.postnets = ByteLRU(self.settings.motion_postnet_cache_mb * MIB, postnet_nbytes)
+        self.postnets = ByteLRU(
+            self.settings.motion_postnet_cache_mb * MIB, postnet_nbytes, name="postnet"
+        )
         self.max_frames = math.ceil(self.settings.audio_max_seconds * FPS)
         if not lazy:
             self.warm_up()
@@ -208,7 +141,9 @@ class MotionServicer:
             )
         )
         if request.output == common_pb2.OUTPUT_MODE_STORE:
-            yield pb.GenerateMotionResponse(stored=self._store_lm3d(lm3d))
+            yield pb.GenerateMotionResponse(
+                stored=store_tensors(self.store, STORE_PREFIX, {"lm3d": lm3d})
+            )
             return
         for chunk in to_chunks("lm3d", lm3d):
             yield pb.GenerateMotionResponse(chunk=chunk)
@@ -283,35 +218,11 @@ class MotionServicer:
             )
 
     def _payload(self, payload: common_pb2.TensorPayload, name: str, max_bytes: int) -> np.ndarray:
-        source = payload.WhichOneof("source")
-        if source == "inline":
-            return from_tensor(payload.inline)
-        if source != "ref":
-            raise TalkingFaceError("INVALID_REQUEST", f"the request carries no {name}")
-        key = payload.ref.key
-        try:
-            size = self.store.stat(key).size
-            if size > max_bytes + NPY_HEADER_SLACK:
-                raise TalkingFaceError(
-                    "PAYLOAD_TOO_LARGE", f"{name} object {key} of {size} bytes is over the limit"
-                )
-            data = self.store.get(key)
-        except StoreError as exc:
-            raise as_talkingface_error(exc) from None
-        try:
-            array = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise TalkingFaceError(
-                "INVALID_REQUEST", f"{name} object {key} is not a .npy array: {exc}"
-            ) from None
-        if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiub":
-            raise TalkingFaceError(
-                "INVALID_REQUEST", f"{name} object {key} is not a numeric .npy array"
-            )
-        return array
+        return read_payload(payload, name, max_bytes, self.store)
 
     def _avatar_postnet(self, request: pb.GenerateMotionRequest, model: MotionModel):
-        from talkingface.motion.bundle import load_postnet, resolve_version
+        from talkingface.bundle import resolve_version
+        from talkingface.motion.bundle import load_postnet
 
         avatar_id, version = request.avatar.avatar_id, request.avatar.version
         if not avatar_id:
@@ -335,28 +246,6 @@ class MotionServicer:
                 "AVATAR_NOT_READY", f"avatar {avatar_id!r} version {version}: {exc}"
             ) from None
         return postnet
-
-    def _store_lm3d(self, lm3d: np.ndarray) -> audio_features_pb2.StoredTensors:
-        buffer = io.BytesIO()
-        np.save(buffer, lm3d, allow_pickle=False)
-        try:
-            info = self.store.put(
-                f"{STORE_PREFIX}/{uuid.uuid4().hex}/lm3d.npy",
-                buffer.getvalue(),
-                content_type="application/x-npy",
-            )
-        except StoreError as exc:
-            raise as_talkingface_error(exc) from None
-        stored = audio_features_pb2.StoredTensors()
-        stored.tensors["lm3d"].CopyFrom(
-            common_pb2.ObjectRef(
-                key=info.key,
-                size=info.size,
-                sha256=info.sha256 or "",
-                content_type="application/x-npy",
-            )
-        )
-        return stored
 
 
 def app(settings: Settings | None = None):

@@ -6,6 +6,9 @@ Series (labels):
                                                        grpc_code)   errors = grpc_code != "OK"
   talkingface_grpc_server_in_flight         gauge     (grpc_service, grpc_method)
   talkingface_service_info                  gauge = 1 (service, version, device)
+  talkingface_avatar_cache_bytes            gauge     (cache)  per-avatar state held in memory
+  talkingface_avatar_cache_lookups_total    counter   (cache, result = hit | miss)
+  talkingface_avatar_cache_evictions_total  counter   (cache)
 """
 
 from __future__ import annotations
@@ -43,6 +46,22 @@ SERVICE_INFO = Gauge(
     "talkingface_service_info",
     "Constant 1, labelled with what this process serves.",
     ["service", "version", "device"],
+)
+
+AVATAR_CACHE_BYTES = Gauge(
+    "talkingface_avatar_cache_bytes",
+    "Bytes of per-avatar state (postnets, projection indexes) held in a service's cache.",
+    ["cache"],
+)
+AVATAR_CACHE_LOOKUPS = Counter(
+    "talkingface_avatar_cache_lookups_total",
+    "Per-avatar cache lookups, by result (hit: already loaded; miss: loaded from the store).",
+    ["cache", "result"],
+)
+AVATAR_CACHE_EVICTIONS = Counter(
+    "talkingface_avatar_cache_evictions_total",
+    "Per-avatar entries dropped to keep a cache under its byte bound.",
+    ["cache"],
 )
 
 

@@ -26,7 +26,7 @@ from talkingface.v1 import audio_features_pb2 as talkingface_dot_v1_dot_audio__f
 from talkingface.v1 import common_pb2 as talkingface_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(talkingface/v1/landmark_projection.proto\x12\x0etalkingface.v1\x1a#talkingface/v1/audio_features.proto\x1a\x1btalkingface/v1/common.proto\"\xbd\x01\n\x0eProjectRequest\x12)\n\x06\x61vatar\x18\x01 \x01(\x0b\x32\x19.talkingface.v1.AvatarRef\x12+\n\x04lm3d\x18\x02 \x01(\x0b\x32\x1d.talkingface.v1.TensorPayload\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x12\n\x05\x61lpha\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12*\n\x06output\x18\x05 \x01(\x0e\x32\x1a.talkingface.v1.OutputModeB\x08\n\x06_alpha\"p\n\x11ProjectionSummary\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x05\x12\t\n\x01k\x18\x02 \x01(\x05\x12\r\n\x05\x61lpha\x18\x03 \x01(\x02\x12\x15\n\rbad_case_rate\x18\x04 \x01(\x02\x12\x1a\n\x12\x62\x61\x64_case_threshold\x18\x05 \x01(\x02\"\xae\x01\n\x0fProjectResponse\x12\x34\n\x07summary\x18\x01 \x01(\x0b\x32!.talkingface.v1.ProjectionSummaryH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.talkingface.v1.TensorChunkH\x00\x12/\n\x06stored\x18\x03 \x01(\x0b\x32\x1d.talkingface.v1.StoredTensorsH\x00\x42\x06\n\x04item2b\n\x12LandmarkProjection\x12L\n\x07Project\x12\x1e.talkingface.v1.ProjectRequest\x1a\x1f.talkingface.v1.ProjectResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(talkingface/v1/landmark_projection.proto\x12\x0etalkingface.v1\x1a#talkingface/v1/audio_features.proto\x1a\x1btalkingface/v1/common.proto\"\xc8\x01\n\x0eProjectRequest\x12)\n\x06\x61vatar\x18\x01 \x01(\x0b\x32\x19.talkingface.v1.AvatarRef\x12+\n\x04lm3d\x18\x02 \x01(\x0b\x32\x1d.talkingface.v1.TensorPayload\x12\x0e\n\x01k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\x05\x61lpha\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12*\n\x06output\x18\x05 \x01(\x0e\x32\x1a.talkingface.v1.OutputModeB\x04\n\x02_kB\x08\n\x06_alpha\"\xa6\x01\n\x11ProjectionSummary\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x05\x12\t\n\x01k\x18\x02 \x01(\x05\x12\r\n\x05\x61lpha\x18\x03 \x01(\x02\x12\x15\n\rbad_case_rate\x18\x04 \x01(\x02\x12\x1a\n\x12\x62\x61\x64_case_threshold\x18\x05 \x01(\x02\x12\x1c\n\x14\x62\x61\x64_case_rate_before\x18\x06 \x01(\x02\x12\x16\n\x0e\x61vatar_version\x18\x07 \x01(\t\"\xae\x01\n\x0fProjectResponse\x12\x34\n\x07summary\x18\x01 \x01(\x0b\x32!.talkingface.v1.ProjectionSummaryH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.talkingface.v1.TensorChunkH\x00\x12/\n\x06stored\x18\x03 \x01(\x0b\x32\x1d.talkingface.v1.StoredTensorsH\x00\x42\x06\n\x04item2b\n\x12LandmarkProjection\x12L\n\x07Project\x12\x1e.talkingface.v1.ProjectRequest\x1a\x1f.talkingface.v1.ProjectResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talkingface.v1.landmark_pro
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROJECTREQUEST']._serialized_start=127
-  _globals['_PROJECTREQUEST']._serialized_end=316
-  _globals['_PROJECTIONSUMMARY']._serialized_start=318
-  _globals['_PROJECTIONSUMMARY']._serialized_end=430
-  _globals['_PROJECTRESPONSE']._serialized_start=433
-  _globals['_PROJECTRESPONSE']._serialized_end=607
-  _globals['_LANDMARKPROJECTION']._serialized_start=609
-  _globals['_LANDMARKPROJECTION']._serialized_end=707
+  _globals['_PROJECTREQUEST']._serialized_end=327
+  _globals['_PROJECTIONSUMMARY']._serialized_start=330
+  _globals['_PROJECTIONSUMMARY']._serialized_end=496
+  _globals['_PROJECTRESPONSE']._serialized_start=499
+  _globals['_PROJECTRESPONSE']._serialized_end=673
+  _globals['_LANDMARKPROJECTION']._serialized_start=675
+  _globals['_LANDMARKPROJECTION']._serialized_end=773
 # @@protoc_insertion_point(module_scope)

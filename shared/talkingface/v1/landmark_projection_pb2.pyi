@@ -22,18 +22,22 @@ class ProjectRequest(_message.Message):
     def __init__(self, avatar: _Optional[_Union[_common_pb2.AvatarRef, _Mapping]] = ..., lm3d: _Optional[_Union[_common_pb2.TensorPayload, _Mapping]] = ..., k: _Optional[int] = ..., alpha: _Optional[float] = ..., output: _Optional[_Union[_common_pb2.OutputMode, str]] = ...) -> None: ...
 
 class ProjectionSummary(_message.Message):
-    __slots__ = ("frames", "k", "alpha", "bad_case_rate", "bad_case_threshold")
+    __slots__ = ("frames", "k", "alpha", "bad_case_rate", "bad_case_threshold", "bad_case_rate_before", "avatar_version")
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     BAD_CASE_RATE_FIELD_NUMBER: _ClassVar[int]
     BAD_CASE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    BAD_CASE_RATE_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AVATAR_VERSION_FIELD_NUMBER: _ClassVar[int]
     frames: int
     k: int
     alpha: float
     bad_case_rate: float
     bad_case_threshold: float
-    def __init__(self, frames: _Optional[int] = ..., k: _Optional[int] = ..., alpha: _Optional[float] = ..., bad_case_rate: _Optional[float] = ..., bad_case_threshold: _Optional[float] = ...) -> None: ...
+    bad_case_rate_before: float
+    avatar_version: str
+    def __init__(self, frames: _Optional[int] = ..., k: _Optional[int] = ..., alpha: _Optional[float] = ..., bad_case_rate: _Optional[float] = ..., bad_case_threshold: _Optional[float] = ..., bad_case_rate_before: _Optional[float] = ..., avatar_version: _Optional[str] = ...) -> None: ...
 
 class ProjectResponse(_message.Message):
     __slots__ = ("summary", "chunk", "stored")
