@@ -241,7 +241,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 
 # Parts of `train` / `eval` that later issues build: they exit 3 whatever their options.
-TRAIN_EVAL_LATER = {("train", "avatar"): 7, ("eval", "avatar"): 7}
+TRAIN_EVAL_LATER = {("eval", "avatar"): 7}
 
 
 def _add_train_eval(sub: argparse._SubParsersAction) -> None:
@@ -254,11 +254,13 @@ def _add_train_eval(sub: argparse._SubParsersAction) -> None:
 
     train = sub.add_parser(
         "train",
-        help="train syncnet|motion|postnet (avatar: issue #7)",
+        help="train syncnet|motion|postnet|avatar",
         description=(
             "Train the sync expert or the motion model on a SynthTalk corpus "
             "(--data CORPUS --out CKPT_DIR), or one avatar's postnet (--data AVATAR_DIR "
-            "--ckpt CKPT_DIR --out POSTNET_DIR). See docs/motion.md."
+            "--ckpt CKPT_DIR --out POSTNET_DIR), or an avatar's renderer, projection index and "
+            "postnet (--data AVATAR_DIR --out BUNDLE_DIR [--ckpt CKPT_DIR] [--publish ID]). "
+            "See docs/motion.md and docs/renderer.md."
         ),
     )
     train.add_argument("what", choices=("syncnet", "motion", "postnet", "avatar"))

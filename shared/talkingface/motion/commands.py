@@ -18,13 +18,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         type=Path,
         required=True,
-        help="SynthTalk corpus (syncnet, motion) or avatar directory (postnet)",
+        help="SynthTalk corpus (syncnet, motion) or avatar directory (postnet, avatar)",
     )
     parser.add_argument(
         "--out",
         type=Path,
         required=True,
-        help="checkpoint directory (syncnet, motion) or postnet directory",
+        help="checkpoint directory (syncnet, motion), postnet directory, or avatar bundle "
+        "directory (avatar)",
     )
     parser.add_argument(
         "--preset",
@@ -38,13 +39,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="motion: the table-3 training variant, or all three",
     )
     parser.add_argument(
-        "--ckpt", type=Path, help="postnet: the CKPT_DIR holding motion/ and syncnet/"
+        "--ckpt",
+        type=Path,
+        help="postnet (required), avatar (optional: also train the avatar's postnet): the "
+        "CKPT_DIR holding motion/ and syncnet/",
     )
     parser.add_argument("--no-pitch", action="store_true", help="postnet: without pitch input")
     parser.add_argument(
         "--publish",
         metavar="AVATAR_ID",
-        help="postnet: also publish it as a new version of this avatar in the store",
+        help="postnet, avatar: also publish the result as a new version of this avatar in "
+        "the object store",
     )
     parser.add_argument("--steps", type=int, help="override the preset's step count")
     parser.add_argument("--seed", type=int, default=1)
@@ -120,6 +125,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         if args.what == "postnet":
             result = _train_postnet(args, settings, device)
+        elif args.what == "avatar":
+            from talkingface.render.commands import train_avatar
+
+            result = train_avatar(args, settings, device)
         else:
             result = _train_generic(args, settings, device)
     except (ValueError, FileNotFoundError, FileExistsError, FormatError) as exc:

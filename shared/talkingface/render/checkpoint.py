@@ -1,0 +1,153 @@
+"""A trained renderer on disk and in an avatar bundle.
+
+    renderer/model.safetensors   the field's weights and landmark normalisation statistics
+                                 (`field.*`) and the occupancy grid (`occupancy.*`)
+    renderer/track.safetensors   the recorded pose track R [T, 3, 3], t [T, 3] (replayed at
+                                 inference), intrinsics K [3, 3] at the trained size, the
+                                 background plate [H, W, 3] in [0, 1]
+    renderer/config.json         the RenderConfig, the grid backend it trained with, metrics
+
+written in that order, config.json last (a directory without it is incomplete). An avatar
+bundle (`talkingface.bundle`) carries these next to `projection/` and, when trained,
+`postnet/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from talkingface.render.config import RenderConfig
+from talkingface.render.field import LandmarkField
+from talkingface.render.train import Renderer
+from talkingface.render.volume import OccupancyGrid
+
+RENDERER_DIR = "renderer"
+WEIGHTS = "model.safetensors"
+TRACK = "track.safetensors"
+CONFIG = "config.json"
+FILES = (WEIGHTS, TRACK, CONFIG)
+FORMAT = "talkingface-renderer"
+FORMAT_VERSION = 1
+POSE_MODES = ("loop", "pingpong")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_renderer(
+    directory: Path | str,
+    renderer: Renderer,
+    R: np.ndarray,
+    t: np.ndarray,
+    background: np.ndarray,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    from safetensors.numpy import save
+    from safetensors.torch import save as save_torch
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG).unlink(missing_ok=True)  # incomplete until it is written again
+    tensors = {
+        f"field.{k}": v.detach().cpu().contiguous() for k, v in renderer.field.state_dict().items()
+    }
+    tensors.update(
+        {
+            f"occupancy.{k}": v.detach().cpu().contiguous()
+            for k, v in renderer.occupancy.state_dict().items()
+        }
+    )
+    _atomic_write(out / WEIGHTS, save_torch(tensors))
+    track = {
+        "R": np.ascontiguousarray(R, np.float32),
+        "t": np.ascontiguousarray(t, np.float32),
+        "K": renderer.K.detach().cpu().numpy().astype(np.float32),
+        "background": np.ascontiguousarray(background, np.float32),
+    }
+    _atomic_write(out / TRACK, save(track))
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "config": renderer.config.to_dict(),
+        "backend": renderer.field.backend,
+        "metrics": metrics or {},
+    }
+    _atomic_write(out / CONFIG, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    return out
+
+
+def read_meta(directory: Path | str) -> dict[str, Any]:
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: no {CONFIG}; not a trained renderer")
+    meta = json.loads(path.read_text())
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path} does not describe a renderer")
+    if int(meta.get("version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{path}: renderer format {meta['version']} is newer than this release")
+    return meta
+
+
+def load_renderer(
+    directory: Path | str, device: str | torch.device = "cpu", implementation: str | None = None
+) -> tuple[Renderer, dict[str, np.ndarray]]:
+    """(the renderer, its track arrays R, t, K, background) from a renderer directory.
+
+    The grids load on the backend they were trained with unless `implementation` says
+    otherwise; weights written by one grid backend do not load into the other."""
+    from safetensors.numpy import load_file
+    from safetensors.torch import load_file as load_torch
+
+    directory = Path(directory)
+    meta = read_meta(directory)
+    config = RenderConfig.from_dict(meta["config"])
+    trained_on = meta.get("backend", "torch")
+    config = config.with_backend(implementation or trained_on, strict=implementation is None)
+    tensors = load_torch(str(directory / WEIGHTS))
+    field_state = {k[6:]: v for k, v in tensors.items() if k.startswith("field.")}
+    occ_state = {k[10:]: v for k, v in tensors.items() if k.startswith("occupancy.")}
+    field = LandmarkField(config, field_state["lm_mean"], field_state["lm_std"])
+    if field.backend != trained_on:
+        raise ValueError(
+            f"{directory}: trained with the {trained_on} grid backend, which cannot load "
+            f"here ({field.backend} is available)"
+        )
+    field.load_state_dict(field_state, strict=True)
+    occupancy = OccupancyGrid(config.occupancy_res, config.bound)
+    occupancy.load_state_dict(occ_state, strict=True)
+    track = load_file(str(directory / TRACK))
+    renderer = Renderer(config, field.eval(), occupancy, torch.from_numpy(track["K"]))
+    renderer.field.to(device)
+    renderer.occupancy.to(device)
+    renderer.K = renderer.K.to(device)
+    return renderer, track
+
+
+def pose_indices(
+    frames: int, track_length: int, mode: str = "pingpong", start: int = 0
+) -> np.ndarray:
+    """Which recorded pose each of `frames` output frames uses: the track replayed in order
+    from `start`, wrapping around (`loop`) or back and forth (`pingpong`, no jump)."""
+    if mode not in POSE_MODES:
+        raise ValueError(f"pose mode must be one of {POSE_MODES}, got {mode!r}")
+    if track_length <= 0:
+        raise ValueError("the pose track is empty")
+    i = np.arange(frames, dtype=np.int64) + int(start)
+    if mode == "loop" or track_length == 1:
+        return i % track_length
+    period = 2 * (track_length - 1)
+    k = i % period
+    return np.where(k < track_length, k, period - k)

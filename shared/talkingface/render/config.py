@@ -1,0 +1,140 @@
+"""Renderer configuration: network sizes, ray marching and the training plan, by preset.
+
+Presets: `tiny` (tests: seconds), `cpu` (the demo: a 128 x 128 avatar in about 20 minutes on
+2 cores), `full` (GPU: 256 x 256, instant-NGP sized grids, GeneFace++'s N = 3 hyper-space).
+Every field is saved with a trained avatar (`config.json` of its renderer), so a bundle always
+renders with the configuration it was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from talkingface.render.encoding import GridConfig
+
+PRESETS = ("tiny", "cpu", "full")
+
+
+@dataclass
+class RenderConfig:
+    preset: str = "cpu"
+    size: int = 128
+    """Training and rendering resolution, pixels per side."""
+    bound: float = 2.0
+    """The head lives in the cube [-bound, bound]^3 of its canonical frame (1 unit = 10 cm)."""
+    spatial: GridConfig = field(default_factory=GridConfig)
+    ambient_dim: int = 3
+    """N: dimensions of the landmark hyper-space coordinate (paper table 5: 2, 3, 4)."""
+    landmark_grid: GridConfig = field(default_factory=lambda: GridConfig(input_dim=3))
+    cond_dim: int = 32
+    """Width of the landmark condition (lm3d -> MLP) fed to the ambient MLP."""
+    hidden: int = 64
+    geo_features: int = 15
+    samples: int = 48
+    """Samples per ray across the bounding cube (uniform, jittered in training)."""
+    chunks: int = 4
+    """Groups of samples marched front to back; rays stop after a group once opaque."""
+    stop_transmittance: float = 1e-3
+    occupancy_res: int = 64
+    occupancy_alpha: float = 0.01
+    """A cell is occupied while its density could make a sample this opaque."""
+    occupancy_every: int = 32
+    occupancy_decay: float = 0.9
+    carve_frames: int = 64
+    """Training frames whose masks carve the empty space before training."""
+    steps: int = 3000
+    batch_rays: int = 4096
+    lr_grid: float = 1e-2
+    lr_mlp: float = 2e-3
+    warmup_steps: int = 100
+    val_every: int = 250
+    val_frames: int = 8
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.spatial, dict):
+            self.spatial = GridConfig.from_dict(self.spatial)
+        if isinstance(self.landmark_grid, dict):
+            self.landmark_grid = GridConfig.from_dict(self.landmark_grid)
+        if self.landmark_grid.input_dim != self.ambient_dim:
+            self.landmark_grid = dataclasses.replace(self.landmark_grid, input_dim=self.ambient_dim)
+        if self.spatial.input_dim != 3:
+            raise ValueError("the spatial grid is 3-D")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RenderConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown renderer config fields: {unknown}")
+        return cls(**data)
+
+    def with_backend(self, implementation: str, strict: bool = False) -> RenderConfig:
+        """The same configuration with both grids on `implementation` (auto, torch, tcnn)."""
+        return dataclasses.replace(
+            self,
+            spatial=dataclasses.replace(self.spatial, implementation=implementation, strict=strict),
+            landmark_grid=dataclasses.replace(
+                self.landmark_grid, implementation=implementation, strict=strict
+            ),
+        )
+
+
+def preset(name: str, **overrides: Any) -> RenderConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown renderer preset {name!r}; choose from {', '.join(PRESETS)}")
+    if name == "tiny":
+        config = RenderConfig(
+            preset="tiny",
+            size=32,
+            spatial=GridConfig.from_finest(64, num_levels=4, log2_hashmap_size=12),
+            landmark_grid=GridConfig.from_finest(
+                16, input_dim=3, num_levels=2, log2_hashmap_size=10, base_resolution=4
+            ),
+            cond_dim=8,
+            hidden=32,
+            geo_features=7,
+            samples=16,
+            chunks=2,
+            occupancy_res=16,
+            occupancy_every=8,
+            carve_frames=8,
+            steps=80,
+            batch_rays=512,
+            lr_mlp=1e-2,
+            warmup_steps=5,
+            val_every=40,
+            val_frames=2,
+        )
+    elif name == "cpu":
+        config = RenderConfig(
+            preset="cpu",
+            size=128,
+            spatial=GridConfig.from_finest(512, num_levels=12, log2_hashmap_size=16),
+            landmark_grid=GridConfig.from_finest(
+                64, input_dim=3, num_levels=6, log2_hashmap_size=14, base_resolution=4
+            ),
+        )
+    else:
+        config = RenderConfig(
+            preset="full",
+            size=256,
+            spatial=GridConfig.from_finest(2048, num_levels=16, log2_hashmap_size=19),
+            landmark_grid=GridConfig.from_finest(
+                2048, input_dim=3, num_levels=16, log2_hashmap_size=19
+            ),
+            cond_dim=64,
+            hidden=128,
+            samples=96,
+            occupancy_res=128,
+            occupancy_every=16,
+            steps=40000,
+            batch_rays=16384,
+            val_every=2000,
+        )
+    return dataclasses.replace(config, **overrides) if overrides else config

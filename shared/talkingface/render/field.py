@@ -1,0 +1,97 @@
+"""The landmark-conditioned grid NeRF (GeneFace++ §4.3, eq. 11): F(f_x, f_l, d) -> (c, sigma).
+
+    x (canonical, in the cube [-bound, bound]^3) --spatial hash grid--> f_x
+    lm3d (z-scored by the avatar's training statistics) --MLP--> condition c
+    (f_x, c) --MLP, tanh--> ambient coordinate a in [-1, 1]^N --N-d hash grid--> f_l
+    (f_x, f_l) --MLP--> density sigma (exp), geometry features g
+    (g, SH(d)) --MLP--> colour (sigmoid)
+
+The landmark hyper-space keeps the landmark's say over the geometry in a lookup rather than
+a deep MLP: a shallow network places each point in an N-d space where a grid stores how it
+looks under that deformation (HyperNeRF's ambient slicing, with a grid).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from talkingface.render.config import RenderConfig
+from talkingface.render.encoding import make_encoder
+
+DENSITY_CLAMP = 15.0  # exp(15) ~ 3e6: opaque within any sample spacing, finite gradients
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def sh_degree2(dirs: torch.Tensor) -> torch.Tensor:
+    """Real spherical harmonics up to degree 2 of unit directions [..., 3] -> [..., 9]."""
+    x, y, z = dirs.unbind(-1)
+    return torch.stack(
+        [
+            torch.full_like(x, 0.28209479),
+            -0.48860251 * y,
+            0.48860251 * z,
+            -0.48860251 * x,
+            1.09254843 * x * y,
+            -1.09254843 * y * z,
+            0.31539157 * (2 * z * z - x * x - y * y),
+            -1.09254843 * x * z,
+            0.54627421 * (x * x - y * y),
+        ],
+        dim=-1,
+    )
+
+
+class LandmarkField(nn.Module):
+    def __init__(self, config: RenderConfig, lm_mean: torch.Tensor, lm_std: torch.Tensor):
+        super().__init__()
+        self.config = config
+        self.register_buffer("lm_mean", lm_mean.reshape(-1).float().clone())
+        self.register_buffer("lm_std", lm_std.reshape(-1).float().clone())
+        self.spatial = make_encoder(config.spatial)
+        self.landmark_grid = make_encoder(config.landmark_grid)
+        fx, fl, h = self.spatial.output_dim, self.landmark_grid.output_dim, config.hidden
+        self.condition = _mlp([self.lm_mean.numel(), h, config.cond_dim])
+        self.ambient = _mlp([fx + config.cond_dim, h, config.ambient_dim])
+        self.sigma_net = _mlp([fx + fl, h, 1 + config.geo_features])
+        self.color_net = _mlp([config.geo_features + 9, h, 3])
+
+    @property
+    def backend(self) -> str:
+        return self.spatial.backend
+
+    def encode_landmarks(self, lm3d: torch.Tensor) -> torch.Tensor:
+        """Conditions [B, cond_dim] of landmark frames [B, 68, 3] (or [B, 204])."""
+        flat = lm3d.reshape(lm3d.shape[0], -1).to(self.lm_mean.dtype)
+        return self.condition((flat - self.lm_mean) / self.lm_std)
+
+    def _features(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        bound = self.config.bound
+        fx = self.spatial((x / bound + 1.0) * 0.5)
+        ambient = torch.tanh(self.ambient(torch.cat([fx, cond], dim=-1)))
+        fl = self.landmark_grid((ambient + 1.0) * 0.5)
+        return self.sigma_net(torch.cat([fx, fl], dim=-1))
+
+    def density(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self._features(x, cond)
+        return torch.exp(h[:, 0].clamp(max=DENSITY_CLAMP))
+
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor, dirs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma [S], rgb [S, 3]) at points x [S, 3] under conditions [S, C], seen along
+        unit directions [S, 3]."""
+        h = self._features(x, cond)
+        sigma = torch.exp(h[:, 0].clamp(max=DENSITY_CLAMP))
+        rgb = torch.sigmoid(self.color_net(torch.cat([h[:, 1:], sh_degree2(dirs)], dim=-1)))
+        return sigma, rgb
