@@ -11,7 +11,6 @@ from talkingface.cli import (
     EXIT_NOT_AVAILABLE,
     PLANNED,
     SERVICES,
-    TRAIN_EVAL_LATER,
     main,
 )
 
@@ -28,14 +27,6 @@ def test_planned_commands_exit_non_zero_with_a_clear_message(command, capsys):
     assert main([command, "--json", "anything"]) == EXIT_NOT_AVAILABLE
     err = capsys.readouterr().err
     assert "not available yet" in err and f"issue #{PLANNED[command][1]}" in err
-
-
-@pytest.mark.parametrize(("command", "what"), sorted(TRAIN_EVAL_LATER))
-def test_later_parts_of_train_and_eval_refuse(command, what, tmp_path, capsys):
-    argv = [command, what, "--data", str(tmp_path), "--out", str(tmp_path), "--bundle", "b"]
-    assert main(argv) == EXIT_NOT_AVAILABLE
-    err = capsys.readouterr().err
-    assert "not available yet" in err and f"issue #{TRAIN_EVAL_LATER[(command, what)]}" in err
 
 
 @pytest.mark.parametrize("service", [s for s in SERVICES if s not in BUILT_SERVICES])

@@ -146,6 +146,7 @@ BUILT_SERVICES = {
         "talkingface.v1.landmark_projection_pb2_grpc",
         "LandmarkProjection",
     ),
+    "renderer": ("talkingface.render.servicer", "talkingface.v1.renderer_pb2_grpc", "Renderer"),
 }
 
 
@@ -240,10 +241,6 @@ def _cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
-# Parts of `train` / `eval` that later issues build: they exit 3 whatever their options.
-TRAIN_EVAL_LATER = {("eval", "avatar"): 7}
-
-
 def _add_train_eval(sub: argparse._SubParsersAction) -> None:
     from talkingface.motion.commands import (
         add_eval_arguments,
@@ -266,7 +263,7 @@ def _add_train_eval(sub: argparse._SubParsersAction) -> None:
     train.add_argument("what", choices=("syncnet", "motion", "postnet", "avatar"))
     add_train_arguments(train)
     train.set_defaults(func=cmd_train)
-    evaluate = sub.add_parser("eval", help="evaluate motion or projection (--json); avatar: later")
+    evaluate = sub.add_parser("eval", help="evaluate motion, projection or avatar (--json)")
     evaluate.add_argument("what", choices=("motion", "projection", "avatar"))
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=cmd_eval)
@@ -319,9 +316,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    later = TRAIN_EVAL_LATER.get((args.command, getattr(args, "what", None)))
-    if later:
-        return _not_available(f"`talkingface {args.command} {args.what}`", later)
     if extra and args.command not in PLANNED:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:

@@ -94,3 +94,20 @@ def test_train_avatar_rejects_a_bad_avatar_id_before_training(tiny_avatar, tmp_p
     assert main(argv) == 2
     assert "invalid avatar id" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_avatar_and_table5(trained, tiny_avatar, capsys):
+    out, report, _ = trained
+    argv = ["eval", "avatar", "--data", str(tiny_avatar), "--bundle", str(out), "--json"]
+    assert main([*argv, "--ablation", "--preset", "tiny", "--steps", "4", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    video = load_avatar(tiny_avatar, 32)
+    assert result["frames"] == video.val[1] - video.val[0] and result["size"] == 32
+    for key in ("psnr", "psnr_head", "psnr_lip", "fps", "mouth_open_r_truth"):
+        assert np.isfinite(result[key]), key
+    assert result["psnr_head"] < result["psnr"]  # the plate pixels are exact
+    assert result["trained"]["val_psnr"] == report["renderer"]["val_psnr"]
+    assert [row["ambient_dim"] for row in result["table5"]] == [2, 3, 4]
+    assert all(row["fps"] > 0 and np.isfinite(row["psnr"]) for row in result["table5"])
+    assert main(["eval", "avatar", "--data", str(tiny_avatar), "--json"]) == 2
+    assert "--bundle" in capsys.readouterr().err

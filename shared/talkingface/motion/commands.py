@@ -79,6 +79,21 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "-k", "--neighbours", dest="k", type=int, default=20, help="projection: K (default 20)"
     )
     parser.add_argument(
+        "--bundle", type=Path, help="avatar: the BUNDLE_DIR `train avatar --out` wrote (required)"
+    )
+    parser.add_argument(
+        "--max-frames", type=int, help="avatar: evaluate this many val frames (default: all)"
+    )
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="avatar: also train and evaluate N = 2, 3, 4 renderers (table 5; slow)",
+    )
+    parser.add_argument(
+        "--preset", choices=PRESETS, default="cpu", help="avatar --ablation: preset (cpu)"
+    )
+    parser.add_argument("--steps", type=int, help="avatar --ablation: steps per renderer")
+    parser.add_argument(
         "--postnet-steps",
         type=int,
         help="steps of each per-speaker postnet (default: the model's preset)",
@@ -248,10 +263,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from talkingface.data.synthtalk.fileformat import FormatError
     from talkingface.logs import configure_logging
 
-    if args.what not in ("motion", "projection"):
-        from talkingface.cli import _not_available
-
-        return _not_available(f"`talkingface eval {args.what}`", 7)
+    if args.what == "avatar":
+        return _eval_avatar(args)
     if args.ckpt is None:
         return _fail(f"eval {args.what}", ValueError("--ckpt CKPT_DIR is required"))
     try:
@@ -299,5 +312,36 @@ def _eval_projection(args: argparse.Namespace, settings) -> int:
         )
     except (ValueError, FileNotFoundError, FormatError) as exc:
         return _fail("eval projection", exc)
+    _emit(result, args.json)
+    return 0
+
+
+def _eval_avatar(args: argparse.Namespace) -> int:
+    from talkingface.config import ConfigError
+    from talkingface.data.synthtalk.fileformat import FormatError
+    from talkingface.logs import configure_logging
+    from talkingface.render.evaluate import ablation, evaluate
+
+    if args.bundle is None:
+        return _fail("eval avatar", ValueError("--bundle BUNDLE_DIR is required"))
+    try:
+        settings = _settings()
+    except ConfigError as exc:
+        return _fail("eval", exc)
+    configure_logging("eval", settings.log_level, settings.log_format)
+    device = settings.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        result = evaluate(args.data, args.bundle, args.max_frames, device)
+        if args.ablation:
+            result["table5"] = ablation(
+                args.data, args.preset, args.steps, max_frames=args.max_frames,
+                device=device, progress=not args.quiet,
+            )  # fmt: skip
+    except (ValueError, FileNotFoundError, FormatError) as exc:
+        return _fail("eval avatar", exc)
     _emit(result, args.json)
     return 0
