@@ -49,7 +49,7 @@ def test_config_reports_bad_settings(capsys, monkeypatch):
     assert "TALKINGFACE_GRPC_PORT" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("stage", ["projection", "render"])
+@pytest.mark.parametrize("stage", ["render"])
 def test_benchmarks_of_unbuilt_stages_refuse(stage, capsys):
     assert main(["bench", stage, "--json"]) == EXIT_NOT_AVAILABLE
     assert "not available yet" in capsys.readouterr().err

@@ -130,3 +130,29 @@ def test_index_round_trips_through_its_arrays(index, frames):
     x = frames[:30] + np.float32(0.002)
     np.testing.assert_array_equal(again.project(x).lm3d, index.project(x).lm3d)
     assert again.threshold == index.threshold
+
+
+@pytest.mark.parametrize("n", [3, 50, 601, 5003])
+def test_flat_search_is_exact(n):
+    """The blocked top-k of the flat index returns the true k nearest in the search space
+    (sizes that need padding and 0-3 block levels)."""
+    rng = np.random.default_rng(n)
+    frames = rng.normal(0, 0.05, (n, DIM)).astype(np.float32)
+    index = ProjectionIndex(frames, frames.mean(0), np.eye(DIM, dtype=np.float32)[:12], 1.0)
+    assert index.kind == "flat"
+    queries = rng.normal(0, 0.05, (70, DIM)).astype(np.float32)
+    reduced, points = index.reduce(queries), index.reduce(frames)
+    d2 = ((reduced[:, None, :].astype(np.float64) - points[None]) ** 2).sum(-1)
+    for k in (1, 5, 20):
+        idx = index.search(queries, k)
+        assert idx.shape == (70, min(k, n))
+        found = np.take_along_axis(d2, idx, axis=1)
+        np.testing.assert_allclose(found, np.sort(d2, axis=1)[:, : min(k, n)], rtol=1e-4)
+
+
+def test_hnsw_index_projects_like_the_flat_one(frames):
+    flat = ProjectionIndex.build(frames, kind="flat")
+    hnsw = ProjectionIndex.from_arrays(flat.arrays(), kind="hnsw")
+    assert hnsw.kind == "hnsw" and hnsw.nbytes > flat.nbytes
+    x = frames[::20] + np.float32(0.002)
+    np.testing.assert_allclose(hnsw.project(x).lm3d, flat.project(x).lm3d, atol=1e-5)

@@ -6,9 +6,9 @@ A bundle version that carries a projection index holds (talkingface.bundle for t
                                       mean [204], components [d, 204], threshold [1] float64
     avatars/<avatar_id>/<version>/projection/config.json         what the index is (below)
 
-Only the training landmarks, the PCA and the threshold travel; the FAISS index is rebuilt
-from them on load (an exact flat index rebuilds in milliseconds, it is the search space
-that costs, and a rebuilt index can never disagree with the faiss version that reads it).
+Only the training landmarks, the PCA and the threshold travel; the search index (exact
+flat search up to `EXACT_MAX` frames, FAISS HNSW above) is rebuilt from them on load, so a
+stored index can never disagree with the library version that reads it.
 """
 
 from __future__ import annotations
