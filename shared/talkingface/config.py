@@ -125,6 +125,17 @@ class Settings:
         "(about 1 MiB per 1,000 training frames); the least recently used are dropped beyond "
         "it (0 = load every request).",
     )
+    renderer_cache_mb: int = _setting(
+        2048,
+        "Memory the renderer service may spend on loaded avatar renderers (weights, occupancy "
+        "grid, pose track and background plate), MiB; the least recently used are dropped "
+        "beyond it (0 = load every request).",
+    )
+    renderer_batch_frames: int = _setting(
+        4,
+        "Frames the renderer service renders per forward pass (1 or more): more is faster "
+        "per frame on a GPU, and holds that many frames of rays in memory at once.",
+    )
     cache_dir: Path = _setting(  # noqa: RUF009
         Path.home() / ".cache" / "talkingface",
         "Local cache (checkpoints fetched from the store, demo data).",
@@ -153,6 +164,10 @@ class Settings:
             problems.append(f"{env_name('motion_postnet_cache_mb')} must be 0 or more")
         if settings is not None and settings.projection_cache_mb < 0:
             problems.append(f"{env_name('projection_cache_mb')} must be 0 or more")
+        if settings is not None and settings.renderer_cache_mb < 0:
+            problems.append(f"{env_name('renderer_cache_mb')} must be 0 or more")
+        if settings is not None and settings.renderer_batch_frames < 1:
+            problems.append(f"{env_name('renderer_batch_frames')} must be 1 or more")
         if settings is not None and settings.store == "minio":
             problems += settings.missing("minio_endpoint", "minio_access_key", "minio_secret_key")
         if problems:

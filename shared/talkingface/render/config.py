@@ -119,6 +119,9 @@ def preset(name: str, **overrides: Any) -> RenderConfig:
             landmark_grid=GridConfig.from_finest(
                 64, input_dim=3, num_levels=6, log2_hashmap_size=14, base_resolution=4
             ),
+            steps=600,
+            lr_mlp=5e-3,
+            val_every=100,
         )
     else:
         config = RenderConfig(

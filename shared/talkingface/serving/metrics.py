@@ -9,6 +9,8 @@ Series (labels):
   talkingface_avatar_cache_bytes            gauge     (cache)  per-avatar state held in memory
   talkingface_avatar_cache_lookups_total    counter   (cache, result = hit | miss)
   talkingface_avatar_cache_evictions_total  counter   (cache)
+  talkingface_render_backend_info           gauge = 1 (backend = tcnn | torch, device)  the
+                                                       hash-grid backend of loaded renderers
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ SERVICE_INFO = Gauge(
 
 AVATAR_CACHE_BYTES = Gauge(
     "talkingface_avatar_cache_bytes",
-    "Bytes of per-avatar state (postnets, projection indexes) held in a service's cache.",
+    "Bytes of per-avatar state (postnets, projection indexes, renderers) held in a "
+    "service's cache.",
     ["cache"],
 )
 AVATAR_CACHE_LOOKUPS = Counter(
@@ -62,6 +65,12 @@ AVATAR_CACHE_EVICTIONS = Counter(
     "talkingface_avatar_cache_evictions_total",
     "Per-avatar entries dropped to keep a cache under its byte bound.",
     ["cache"],
+)
+RENDER_BACKEND_INFO = Gauge(
+    "talkingface_render_backend_info",
+    "Constant 1 for each hash-grid backend (tcnn, torch) and device the renderer service has "
+    "loaded an avatar on; torch on a GPU replica means tiny-cuda-nn was not used.",
+    ["backend", "device"],
 )
 
 

@@ -1,0 +1,174 @@
+"""`talkingface bench render`: frames per second of the renderer at 128² and 256².
+
+Times `Renderer.render` (camera rays, occupancy-grid lookups, the landmark-conditioned field
+on every occupied sample, front-to-back compositing with early ray termination, the clamp),
+`batch` frames per call as the render service runs it (TALKINGFACE_RENDERER_BATCH_FRAMES)
+and one frame per call, over `frames` distinct frames of a short SynthTalk avatar, on CPU
+and, when torch sees a GPU, on CUDA (synchronised before each timer read). Encoding and
+sending frames are not included.
+
+The field is the `cpu` preset's, randomly initialised ("weights": "random-init"), at the
+avatar's size; its occupancy grid is carved from the avatar's head masks as training starts
+and refreshed once from the random field, so only the head's cells are marched. Random
+weights do not learn the head's opaque surface: their densities are low and even, so rays
+cross the whole carved volume and are rarely stopped early, while a trained head turns
+opaque within a few samples and its rays stop there. A trained avatar therefore renders
+faster than these figures (`samples_per_ray` says how many field evaluations a ray cost
+here; compare it with `samples_per_ray` in a trained avatar's renderer/config.json metrics).
+
+frames_per_second = frames / median wall seconds of rendering them (after one warm-up call).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from talkingface.bench.motion import _cpu_model, _device_name, _load, _sync
+from talkingface.render.config import preset
+from talkingface.render.data import AvatarVideo, load_avatar
+from talkingface.render.train import Renderer, carve, new_renderer
+from talkingface.render.volume import update_occupancy
+
+PRESET = "cpu"
+AVATAR_SECONDS = 2.0
+OCCUPANCY_CONDITIONS = 256  # landmark frames the one occupancy refresh draws from
+
+NOTE = (
+    "frames_per_second: frames / median wall seconds of Renderer.render over `frames` "
+    "distinct frames, `batch` frames per call (batch_1: one per call); rays, occupancy "
+    "lookups, field evaluations and compositing, no encoding. Random-init weights of the "
+    "`cpu` preset with the occupancy grid carved from a SynthTalk avatar's head masks and "
+    "refreshed once: random densities rarely stop a ray early, so a trained avatar (opaque "
+    "after a few samples) renders faster; samples_per_ray = field evaluations per ray."
+)
+
+
+def _renderer(video: AvatarVideo, device: str) -> Renderer:
+    """A random-init `cpu`-preset renderer at the avatar's size with a carved, once-refreshed
+    occupancy grid (torch grids on CPU; tiny-cuda-nn where the GPU has it)."""
+    config = preset(PRESET, size=video.size)
+    if not device.startswith("cuda"):
+        config = config.with_backend("torch")
+    torch.manual_seed(0)
+    renderer = new_renderer(config, video, device)
+    lo, hi = video.train
+    frames = np.unique(np.linspace(lo, hi - 1, config.carve_frames).round().astype(int))
+    carve(renderer.occupancy, video, frames)
+    generator = torch.Generator().manual_seed(config.seed)
+    pick = torch.randint(lo, hi, (OCCUPANCY_CONDITIONS,), generator=generator)
+    with torch.no_grad():
+        conds = renderer.field.encode_landmarks(torch.from_numpy(video.lm3d[pick]).to(device))
+    delta = 2 * config.bound / config.samples
+    update_occupancy(renderer.field, renderer.occupancy, conds, delta, config.occupancy_alpha,
+                     config.occupancy_decay, generator)  # fmt: skip
+    return renderer
+
+
+def _time(renderer: Renderer, video: AvatarVideo, frames: np.ndarray, batch: int, device: str,
+          repeats: int) -> tuple[list[float], int]:  # fmt: skip
+    """Wall seconds of rendering `frames` in calls of `batch`, per repeat; samples spent."""
+
+    def once() -> int:
+        spent = 0
+        for lo in range(0, len(frames), batch):
+            f = frames[lo : lo + batch]
+            _, samples = renderer.render(video.lm3d[f], video.R[f], video.t[f], video.background)
+            spent += samples
+        return spent
+
+    f = frames[:batch]
+    renderer.render(video.lm3d[f], video.R[f], video.t[f], video.background)  # warm-up
+    times, spent = [], 0
+    for _ in range(repeats):
+        _sync(device)
+        started = time.perf_counter()
+        spent = once()
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return times, spent
+
+
+def run(
+    sizes: Sequence[int] = (128, 256),
+    batch: int = 4,
+    frames: int = 8,
+    repeats: int = 2,
+    devices: Sequence[str] | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Entries per device ("cpu", "cuda") x size x batch_1 / batch_<batch>.
+
+    `devices` defaults to cpu, plus cuda when available; `threads` sets torch's CPU threads
+    for the run (default: leave torch's setting). Sizes must suit SynthTalk (even, >= 32).
+    """
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(sizes, batch, frames, repeats, devices)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(sizes, batch, frames, repeats, devices) -> dict[str, Any]:
+    from talkingface.data.synthtalk.avatar import build_avatar
+
+    load_before = _load()
+    if devices is None:
+        devices = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
+    devices = list(devices)
+    batches = sorted({1, max(1, int(batch))})
+    report: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="talkingface-bench-render-") as tmp:
+        for size in sizes:
+            root = Path(tmp) / f"avatar_{size}"
+            build_avatar(root, seconds=AVATAR_SECONDS, seed=1, size=size, progress=False)
+            video = load_avatar(root, size)
+            picked = np.unique(np.linspace(0, len(video) - 1, frames).round().astype(int))
+            for device in devices:
+                renderer = _renderer(video, device)
+                entries = report.setdefault(device.split(":")[0], {}).setdefault(str(size), {})
+                for b in batches:
+                    if device.startswith("cuda"):
+                        torch.cuda.reset_peak_memory_stats(torch.device(device))
+                    times, spent = _time(renderer, video, picked, b, device, repeats)
+                    median = statistics.median(times)
+                    entry = {
+                        "frames_per_second": round(len(picked) / median, 3),
+                        "ms_per_frame": round(1000.0 * median / len(picked), 2),
+                        "samples_per_ray": round(spent / (len(picked) * size * size), 2),
+                        "backend": renderer.field.backend,
+                        "device": device,
+                        "batch": b,
+                        "frames": len(picked),
+                        "occupancy": round(renderer.occupancy.occupancy_rate(), 4),
+                        "repeats": repeats,
+                    }
+                    if device.startswith("cuda"):
+                        peak = torch.cuda.max_memory_allocated(torch.device(device))
+                        entry["peak_memory_mb"] = round(peak / 2**20, 1)
+                    entries[f"batch_{b}"] = entry
+                del renderer
+    return {
+        "bench": "render",
+        "device": devices[-1],
+        "devices": {d: _device_name(d) for d in devices},
+        "cpu_model": _cpu_model(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": {"before": load_before, "after": _load()},
+        "weights": "random-init",
+        "preset": PRESET,
+        "note": NOTE,
+        **report,
+    }
