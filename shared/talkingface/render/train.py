@@ -270,6 +270,7 @@ def train(
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+        loss_value = loss.item()
         spent_total += result.samples
         rays_total += config.batch_rays
         if step % config.occupancy_every == 0 or step == steps:
@@ -283,7 +284,7 @@ def train(
             rendered, truth, _ = evaluate_frames(renderer, video, vals)
             record = {
                 "step": step,
-                "loss": float(loss),
+                "loss": loss_value,
                 "train_psnr": psnr(result.rgb.detach(), target),
                 "val_psnr": psnr(rendered, truth),
                 "occupancy": renderer.occupancy.occupancy_rate(),
@@ -293,7 +294,7 @@ def train(
             report.history.append(record)
             log.info("renderer validation", extra=record)
         if progress is not None:
-            progress(step, record or {"loss": float(loss)})
+            progress(step, record or {"loss": loss_value})
     rendered, truth, _ = evaluate_frames(renderer, video, vals)
     report.val_psnr = psnr(rendered, truth)
     report.val_ssim = ssim(rendered, truth)
