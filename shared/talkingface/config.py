@@ -90,6 +90,27 @@ class Settings:
         aliases=("REDIS_URL",),
     )
     ray_address: str = _setting("", "Ray cluster address; empty starts or joins a local Ray.")
+    job_ttl_seconds: int = _setting(
+        7 * 24 * 3600,
+        "How long a job record (and its idempotency key) lives in Redis after its last "
+        "update, seconds.",
+    )
+    queue_lease_seconds: float = _setting(
+        60.0,
+        "Work-queue lease, seconds: a delivery whose worker has not renewed it for this long "
+        "is taken over by another worker (workers renew while they work).",
+    )
+    queue_max_deliveries: int = _setting(
+        5,
+        "Deliveries of one job (retries and lease takeovers together) before it fails with "
+        "JOB_RETRIES_EXHAUSTED and moves to the dead-letter stream.",
+    )
+    queue_retry_base_seconds: float = _setting(
+        2.0, "Backoff before the first retry of a transiently failed job, seconds (x2 each time)."
+    )
+    queue_retry_max_seconds: float = _setting(
+        300.0, "Longest backoff between retries of a job, seconds."
+    )
     hubert_checkpoint: str = _setting(
         "",
         "HuBERT checkpoint for audio features: a local directory written by transformers' "
@@ -168,6 +189,19 @@ class Settings:
             problems.append(f"{env_name('renderer_cache_mb')} must be 0 or more")
         if settings is not None and settings.renderer_batch_frames < 1:
             problems.append(f"{env_name('renderer_batch_frames')} must be 1 or more")
+        if settings is not None and settings.job_ttl_seconds < 1:
+            problems.append(f"{env_name('job_ttl_seconds')} must be 1 or more")
+        if settings is not None and settings.queue_lease_seconds <= 0:
+            problems.append(f"{env_name('queue_lease_seconds')} must be more than 0")
+        if settings is not None and settings.queue_max_deliveries < 1:
+            problems.append(f"{env_name('queue_max_deliveries')} must be 1 or more")
+        if settings is not None and not (
+            0 <= settings.queue_retry_base_seconds <= settings.queue_retry_max_seconds
+        ):
+            problems.append(
+                f"{env_name('queue_retry_base_seconds')} must be 0 or more and at most "
+                f"{env_name('queue_retry_max_seconds')}"
+            )
         if settings is not None and settings.store == "minio":
             problems += settings.missing("minio_endpoint", "minio_access_key", "minio_secret_key")
         if problems:

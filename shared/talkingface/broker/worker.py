@@ -1,0 +1,203 @@
+"""Running one queued job: claim, mark RUNNING, call the handler, store the outcome, then ack.
+
+`run_once` is the whole worker protocol; a worker process calls it in a loop. The order of
+its steps is what makes "exactly one result per job" hold on an at-least-once queue:
+
+- the outcome (SUCCEEDED + result, FAILED + code, CANCELLED) is written to the job record
+  before the message is acked, so a worker that dies in between leaves a pending message
+  whose next delivery finds the job final and is simply acked;
+- final states are final (`JobStore.update` refuses to change them atomically), so when two
+  workers run one job (a lease taken over from a slow worker) only the first outcome sticks;
+  the other's write is refused and it just acks.
+
+Failures: a TalkingFaceError for bad input (its gRPC status is INVALID_ARGUMENT, NOT_FOUND or
+FAILED_PRECONDITION, or PAYLOAD_TOO_LARGE) fails the job at once. Anything else is treated as
+transient: the job goes back to QUEUED and is retried after `queue.backoff(deliveries)` until
+the queue's delivery limit, when it fails with JOB_RETRIES_EXHAUSTED and is dead-lettered.
+A result that cannot be stored (not JSON) fails the job with INTERNAL, without retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import grpc
+
+from talkingface.broker.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobStore
+from talkingface.broker.queue import Delivery, WorkQueue
+from talkingface.errors import TalkingFaceError
+
+log = logging.getLogger(__name__)
+
+INPUT_ERROR_STATUSES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+# RESOURCE_EXHAUSTED also means "overloaded" (transient); this code of it is the input's fault.
+INPUT_ERROR_CODES = frozenset({"PAYLOAD_TOO_LARGE"})
+MAX_ERROR_MESSAGE = 1000
+
+
+class Cancelled(Exception):
+    """Raised by the heartbeat when the job's cancellation was requested (or it finished
+    elsewhere): the handler should stop and let it propagate."""
+
+
+class LeaseLost(Exception):
+    """Raised by the heartbeat when another worker has taken this delivery over."""
+
+
+class Heartbeat(Protocol):
+    def __call__(self, stage: str | None = None, progress: float | None = None) -> Job: ...
+
+
+Handler = Callable[[Job, Delivery, Heartbeat], "dict[str, Any] | None"]
+
+
+def is_input_error(exc: BaseException) -> bool:
+    """True for a TalkingFaceError that retrying cannot fix (the request itself is bad)."""
+    return isinstance(exc, TalkingFaceError) and (
+        exc.status in INPUT_ERROR_STATUSES or exc.code in INPUT_ERROR_CODES
+    )
+
+
+def run_once(
+    queue: WorkQueue,
+    jobs: JobStore,
+    consumer: str,
+    handler: Handler,
+    *,
+    block_ms: int = 1000,
+) -> bool:
+    """Claim and process one delivery; False when none came within `block_ms`.
+
+    `handler(job, delivery, heartbeat)` does the work and returns the result to store (a
+    JSON-able dict or None). It should call `heartbeat(stage=..., progress=...)` between steps,
+    more often than the queue's lease: it renews the lease, records progress, and raises
+    Cancelled or LeaseLost when the job must stop.
+    """
+    delivery = queue.claim(consumer, block_ms, on_dead_letter=lambda d: _give_up(jobs, d))
+    if delivery is None:
+        return False
+    context = {"queue": queue.name, "job_id": delivery.job_id, "delivery": delivery.deliveries}
+    try:
+        job = jobs.get(delivery.job_id)
+    except TalkingFaceError as exc:
+        if exc.code != "JOB_NOT_FOUND":
+            raise
+        log.warning("acking work for a job that no longer exists", extra=context)
+        queue.ack(delivery)
+        return True
+    if job.cancel_requested and not job.terminal:
+        _finish(jobs, job.job_id, state=CANCELLED)
+        job = jobs.get(job.job_id)
+    if job.terminal:
+        log.info("job already %s; acking its delivery", job.state, extra=context)
+        queue.ack(delivery)
+        return True
+    job = _finish(
+        jobs, job.job_id, state=RUNNING, attempt=delivery.deliveries, stage="", progress=0.0
+    )
+    if job is None:  # finished (cancelled) between the read and this update
+        queue.ack(delivery)
+        return True
+
+    def heartbeat(stage: str | None = None, progress: float | None = None) -> Job:
+        if not queue.extend(delivery):
+            raise LeaseLost(f"delivery {delivery.message_id} was taken over")
+        fields = {k: v for k, v in (("stage", stage), ("progress", progress)) if v is not None}
+        try:
+            current = (
+                jobs.update(delivery.job_id, **fields) if fields else jobs.get(delivery.job_id)
+            )
+        except TalkingFaceError as exc:
+            if exc.code in ("JOB_ALREADY_FINISHED", "JOB_NOT_FOUND"):
+                raise Cancelled(exc.message) from None
+            raise
+        if current.cancel_requested or current.terminal:
+            raise Cancelled(f"job {delivery.job_id} was cancelled")
+        return current
+
+    try:
+        result = handler(job, delivery, heartbeat)
+    except LeaseLost:
+        log.warning("lease lost; leaving the job to its new worker", extra=context)
+        return True
+    except Cancelled:
+        log.info("job cancelled while running", extra=context)
+        _finish(jobs, job.job_id, state=CANCELLED)
+        queue.ack(delivery)
+        return True
+    except Exception as exc:
+        _handle_failure(queue, jobs, delivery, exc, context)
+        return True
+    try:
+        stored = _finish(jobs, job.job_id, state=SUCCEEDED, result=result or {}, progress=1.0)
+    except (TypeError, ValueError) as exc:  # a handler bug that no retry can fix
+        log.error("handler returned a result that cannot be stored: %r", exc, extra=context)
+        message = f"the job's result cannot be stored: {exc}"[:MAX_ERROR_MESSAGE]
+        stored = _finish(
+            jobs, job.job_id, state=FAILED, error_code="INTERNAL", error_message=message
+        )
+    if stored is None:
+        log.info("job finished elsewhere first; this outcome is dropped", extra=context)
+    queue.ack(delivery)
+    return True
+
+
+def _handle_failure(
+    queue: WorkQueue, jobs: JobStore, delivery: Delivery, exc: Exception, context: dict
+) -> None:
+    message = f"{exc}"[:MAX_ERROR_MESSAGE]
+    if is_input_error(exc):
+        assert isinstance(exc, TalkingFaceError)
+        log.info("job failed on its input: %s", exc.code, extra=context)
+        _finish(jobs, delivery.job_id, state=FAILED, error_code=exc.code, error_message=message)
+        queue.ack(delivery)
+        return
+    if delivery.deliveries >= queue.max_deliveries:
+        log.error("job failed on its last delivery: %r", exc, extra=context)
+        detail = f"gave up after {delivery.deliveries} deliveries; last error: {type(exc).__name__}"
+        _finish(
+            jobs,
+            delivery.job_id,
+            state=FAILED,
+            error_code="JOB_RETRIES_EXHAUSTED",
+            error_message=f"{detail}: {message}"[:MAX_ERROR_MESSAGE],
+        )
+        queue.dead_letter(delivery, f"{type(exc).__name__}: {message}")
+        return
+    delay = queue.backoff(delivery.deliveries)
+    log.warning("job failed, retrying in %.1f s: %r", delay, exc, extra=context)
+    # Re-enqueue first: if we die before the record says QUEUED, the next delivery fixes it.
+    if queue.retry(delivery, delay):
+        _finish(jobs, delivery.job_id, state=QUEUED, stage="", progress=0.0)
+
+
+def _give_up(jobs: JobStore, delivery: Delivery) -> None:
+    """Fail the record of a job the queue dead-letters for too many deliveries."""
+    _finish(
+        jobs,
+        delivery.job_id,
+        state=FAILED,
+        error_code="JOB_RETRIES_EXHAUSTED",
+        error_message=(
+            f"gave up after {delivery.deliveries - 1} deliveries: "
+            "each worker stopped before finishing it (crashed or lost its lease)"
+        ),
+    )
+
+
+def _finish(jobs: JobStore, job_id: str, **fields: Any) -> Job | None:
+    """`jobs.update`, or None when the job is already final or gone (someone else decided)."""
+    try:
+        return jobs.update(job_id, **fields)
+    except TalkingFaceError as exc:
+        if exc.code in ("JOB_ALREADY_FINISHED", "JOB_NOT_FOUND"):
+            return None
+        raise

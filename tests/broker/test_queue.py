@@ -1,0 +1,191 @@
+"""Work queues on Redis Streams: claim/ack, leases and takeover, retries, dead letters."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from talkingface.broker.queue import GROUP, WorkQueue
+from talkingface.config import ConfigError, Settings
+from tests.broker.conftest import LEASE_MS, assert_drained
+
+LEASE_S = LEASE_MS / 1000
+LONG_LEASE_MS = 60_000  # for tests where a takeover would be a scheduling accident
+
+
+def test_enqueue_claim_ack(make_queue):
+    queue = make_queue(lease_ms=LONG_LEASE_MS)
+    message_id = queue.enqueue("job-1", {"audio": "u1", "n": 2})
+    assert queue.depth() == 1 and queue.pending() == 0
+    delivery = queue.claim("w1", block_ms=100)
+    assert delivery is not None
+    assert (delivery.job_id, delivery.payload) == ("job-1", {"audio": "u1", "n": 2})
+    assert (delivery.message_id, delivery.deliveries, delivery.consumer) == (message_id, 1, "w1")
+    assert queue.depth() == 1 and queue.pending() == 1
+    assert queue.claim("w2", block_ms=0) is None  # leased to w1
+    assert queue.ack(delivery)
+    assert_drained(queue)
+
+
+def test_claim_returns_none_when_nothing_comes(make_queue):
+    queue = make_queue()
+    assert queue.claim("w1", block_ms=50) is None
+    assert queue.claim("w1", block_ms=0) is None
+
+
+def test_messages_are_claimed_in_order_by_competing_consumers(make_queue):
+    queue = make_queue(lease_ms=LONG_LEASE_MS)
+    for i in range(3):
+        queue.enqueue(f"job-{i}", {})
+    claimed = [queue.claim(f"w{i}", block_ms=100) for i in range(3)]
+    assert [d.job_id for d in claimed] == ["job-0", "job-1", "job-2"]
+    assert queue.pending() == 3 and queue.depth() == 3
+    for delivery in claimed:
+        queue.ack(delivery)
+    assert_drained(queue)
+
+
+def test_an_expired_lease_is_taken_over_with_the_delivery_counted(make_queue):
+    queue = make_queue()
+    queue.enqueue("job-1", {"x": 1})
+    first = queue.claim("w1", block_ms=100)
+    time.sleep(LEASE_S + 0.05)
+    second = queue.claim("w2", block_ms=0)
+    assert second is not None
+    assert (second.message_id, second.deliveries, second.consumer) == (first.message_id, 2, "w2")
+    assert not queue.extend(first)  # w1 has lost it and cannot steal it back
+    assert queue.extend(second)
+    assert queue.ack(second)
+    assert not queue.ack(first)
+    assert_drained(queue)
+
+
+def test_extend_keeps_the_lease(make_queue):
+    queue = make_queue(lease_ms=1000)  # a stall under 750 ms cannot break the test
+    queue.enqueue("job-1", {})
+    delivery = queue.claim("w1", block_ms=100)
+    for _ in range(6):  # well past one lease in total
+        time.sleep(0.25)
+        assert queue.extend(delivery)
+        assert queue.claim("w2", block_ms=0) is None
+    queue.ack(delivery)
+    assert_drained(queue)
+
+
+def test_retry_waits_out_the_backoff_and_counts_deliveries(make_queue):
+    queue = make_queue(retry_base_s=0.02, retry_max_s=0.2)
+    assert [queue.backoff(n) for n in range(1, 7)] == [0.02, 0.04, 0.08, 0.16, 0.2, 0.2]
+    queue.enqueue("job-1", {"x": 1})
+    first = queue.claim("w1", block_ms=100)
+    assert queue.retry(first, delay_s=1.0)
+    assert queue.pending() == 0 and queue.depth() == 1  # waiting in the delayed set
+    assert queue.claim("w2", block_ms=0) is None
+    again = queue.claim("w2", block_ms=10_000)  # wakes when the retry is due
+    assert again is not None
+    assert (again.job_id, again.payload, again.deliveries) == ("job-1", {"x": 1}, 2)
+    assert again.message_id != first.message_id
+    queue.ack(again)
+    assert_drained(queue)
+
+
+def test_retry_by_a_worker_that_lost_its_lease_does_nothing(make_queue):
+    queue = make_queue()
+    queue.enqueue("job-1", {})
+    stale = queue.claim("w1", block_ms=100)
+    time.sleep(LEASE_S + 0.05)
+    owner = queue.claim("w2", block_ms=0)
+    assert not queue.retry(stale, delay_s=0)
+    assert queue.pending() == 1 and queue.depth() == 1
+    queue.ack(owner)
+    assert_drained(queue)
+
+
+def test_dead_letter_records_reason_and_deliveries(make_queue):
+    queue = make_queue()
+    queue.enqueue("job-1", {"x": 1})
+    delivery = queue.claim("w1", block_ms=100)
+    queue.dead_letter(delivery, "RuntimeError: boom")
+    (dead,) = queue.dead_letters()
+    assert dead["job_id"] == "job-1" and dead["reason"] == "RuntimeError: boom"
+    assert dead["deliveries"] == "1" and dead["message_id"] == delivery.message_id
+    assert dead["payload"] == '{"x": 1}' and dead["consumer"] == "w1"
+    assert_drained(queue)
+
+
+def test_claim_dead_letters_a_message_past_the_delivery_limit(make_queue):
+    queue = make_queue(max_deliveries=2)
+    queue.enqueue("poison", {})
+    assert queue.claim("w1", block_ms=100).deliveries == 1  # each worker "dies" with it
+    time.sleep(LEASE_S + 0.05)
+    assert queue.claim("w2", block_ms=0).deliveries == 2
+    time.sleep(LEASE_S + 0.05)
+    given_up = []
+    assert queue.claim("w3", block_ms=0, on_dead_letter=given_up.append) is None
+    assert [(d.job_id, d.deliveries) for d in given_up] == [("poison", 3)]
+    (dead,) = queue.dead_letters()
+    assert dead["job_id"] == "poison" and dead["deliveries"] == "3"
+    assert "limit 2" in dead["reason"]
+    assert_drained(queue)
+
+
+def test_a_malformed_message_is_dead_lettered(make_queue, redis_client: redis.Redis):
+    queue = make_queue()
+    redis_client.xadd(queue.stream, {"job_id": "job-1", "payload": "{not json"})
+    queue.enqueue("job-2", {})
+    delivery = queue.claim("w1", block_ms=100)
+    assert delivery.job_id == "job-2"
+    queue.ack(delivery)
+    (dead,) = queue.dead_letters()
+    assert dead["job_id"] == "job-1" and "malformed" in dead["reason"]
+    assert_drained(queue)
+
+
+def test_depth_counts_pending_undelivered_and_delayed(make_queue):
+    queue = make_queue(lease_ms=LONG_LEASE_MS)
+    for i in range(3):
+        queue.enqueue(f"job-{i}", {})
+    a = queue.claim("w1", block_ms=100)
+    b = queue.claim("w1", block_ms=100)
+    assert (queue.depth(), queue.pending()) == (3, 2)
+    queue.retry(a, delay_s=60)
+    assert (queue.depth(), queue.pending()) == (3, 1)
+    queue.ack(b)
+    assert (queue.depth(), queue.pending()) == (2, 0)
+
+
+def test_the_group_is_recreated_when_the_stream_vanished(make_queue, redis_client):
+    queue = make_queue()
+    redis_client.delete(queue.stream)  # e.g. a Redis restarted without persistence
+    queue.enqueue("job-1", {})  # XADD makes a stream without the group
+    delivery = queue.claim("w1", block_ms=100)
+    assert delivery is not None and delivery.job_id == "job-1"
+    queue.ack(delivery)
+    assert_drained(queue)
+    assert redis_client.xinfo_groups(queue.stream)[0]["name"].decode() == GROUP
+
+
+def test_defaults_match_the_settings(redis_client):
+    settings = Settings()
+    default = WorkQueue(redis_client, "defaults")
+    configured = WorkQueue.from_settings(redis_client, "configured", settings)
+    for queue in (default, configured):
+        assert queue.lease_ms == 60_000 == round(settings.queue_lease_seconds * 1000)
+        assert queue.max_deliveries == settings.queue_max_deliveries == 5
+        assert queue.retry_base_s == settings.queue_retry_base_seconds == 2.0
+        assert queue.retry_max_s == settings.queue_retry_max_seconds
+
+
+def test_bad_queue_settings_fail_fast():
+    bad = {
+        "TALKINGFACE_JOB_TTL_SECONDS": "0",
+        "TALKINGFACE_QUEUE_LEASE_SECONDS": "0",
+        "TALKINGFACE_QUEUE_MAX_DELIVERIES": "0",
+        "TALKINGFACE_QUEUE_RETRY_BASE_SECONDS": "10",
+        "TALKINGFACE_QUEUE_RETRY_MAX_SECONDS": "1",
+    }
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(bad)
+    for name in list(bad)[:4]:
+        assert name in str(err.value)

@@ -1,0 +1,288 @@
+"""The worker protocol: results stored before ack, retries, input errors, poison jobs,
+cancellation, lease takeovers and a worker process killed with SIGKILL."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from talkingface.broker.jobs import Job, JobStore
+from talkingface.broker.queue import WorkQueue
+from talkingface.broker.worker import is_input_error, run_once
+from talkingface.errors import TalkingFaceError
+from tests.broker.conftest import LEASE_MS, assert_drained
+
+ROOT = Path(__file__).resolve().parents[2]
+LEASE_S = LEASE_MS / 1000
+
+
+def submit(jobs: JobStore, queue: WorkQueue, tenant: str = "acme") -> Job:
+    job, _ = jobs.create(tenant, "render", {"upload_id": "u1"})
+    queue.enqueue(job.job_id, {"upload_id": "u1"})
+    return job
+
+
+def drive(queue, jobs, job_id, handler, consumer="w1", limit_s=15.0) -> Job:
+    """Run the worker until the job is final and its queue is empty."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        run_once(queue, jobs, consumer, handler, block_ms=50)
+        job = jobs.get(job_id)
+        if job.terminal and queue.depth() == 0:
+            return job
+    raise AssertionError(f"job {job_id} did not finish: {jobs.get(job_id)}")
+
+
+def test_a_result_is_stored_and_the_message_acked(jobs, make_queue):
+    queue = make_queue()
+    job = submit(jobs, queue)
+    seen = []
+
+    def handler(job, delivery, heartbeat):
+        seen.append((job.state, job.attempt, delivery.payload))
+        heartbeat(stage="AUDIO_FEATURES", progress=0.2)
+        assert jobs.get(job.job_id).stage == "AUDIO_FEATURES"
+        heartbeat(stage="RENDER", progress=0.8)
+        return {"frames": 25}
+
+    assert run_once(queue, jobs, "w1", handler, block_ms=100)
+    done = jobs.get(job.job_id)
+    assert seen == [("RUNNING", 1, {"upload_id": "u1"})]
+    assert (done.state, done.result, done.progress, done.attempt) == (
+        "SUCCEEDED",
+        {"frames": 25},
+        1.0,
+        1,
+    )
+    assert_drained(queue)
+    assert not run_once(queue, jobs, "w1", handler, block_ms=20)
+
+
+def test_transient_failures_are_retried_with_growing_backoff(jobs, make_queue):
+    queue = make_queue(retry_base_s=0.1, retry_max_s=1.0)
+    job = submit(jobs, queue)
+    calls: list[float] = []
+
+    def handler(job, delivery, heartbeat):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise ConnectionError("renderer replica went away")
+        if len(calls) == 2:
+            raise TalkingFaceError("UNAVAILABLE", "motion service draining")
+        return {"ok": True}
+
+    run_once(queue, jobs, "w1", handler, block_ms=100)
+    retrying = jobs.get(job.job_id)
+    assert (retrying.state, retrying.attempt, retrying.error_code) == ("QUEUED", 1, "")
+    done = drive(queue, jobs, job.job_id, handler)
+    assert (done.state, done.result, done.attempt) == ("SUCCEEDED", {"ok": True}, 3)
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert len(calls) == 3
+    assert gaps[0] >= queue.backoff(1) == 0.1
+    assert gaps[1] >= queue.backoff(2) == 0.2
+    assert_drained(queue)
+
+
+@pytest.mark.parametrize(
+    "code", ["AUDIO_CORRUPT", "AVATAR_NOT_FOUND", "AVATAR_NOT_READY", "PAYLOAD_TOO_LARGE"]
+)
+def test_input_errors_fail_at_once_without_retry(jobs, make_queue, code):
+    queue = make_queue()
+    job = submit(jobs, queue)
+    calls = []
+
+    def handler(job, delivery, heartbeat):
+        calls.append(job.attempt)
+        raise TalkingFaceError(code, "the request cannot be served")
+
+    assert is_input_error(TalkingFaceError(code, "x"))
+    done = drive(queue, jobs, job.job_id, handler)
+    assert calls == [1]
+    assert (done.state, done.error_code) == ("FAILED", code)
+    assert done.error_message.endswith("the request cannot be served")
+    assert queue.dead_letters() == []
+    assert_drained(queue)
+
+
+def test_a_job_that_always_fails_is_dead_lettered_with_retries_exhausted(jobs, make_queue):
+    queue = make_queue(max_deliveries=3, retry_base_s=0.01, retry_max_s=0.05)
+    job = submit(jobs, queue)
+    calls = []
+
+    def handler(job, delivery, heartbeat):
+        calls.append(delivery.deliveries)
+        raise RuntimeError("segfault in a stage")
+
+    done = drive(queue, jobs, job.job_id, handler)
+    assert calls == [1, 2, 3]
+    assert (done.state, done.error_code, done.attempt) == ("FAILED", "JOB_RETRIES_EXHAUSTED", 3)
+    assert "segfault in a stage" in done.error_message
+    (dead,) = queue.dead_letters()
+    assert dead["job_id"] == job.job_id and dead["deliveries"] == "3"
+    assert dead["reason"] == "RuntimeError: segfault in a stage"
+    assert_drained(queue)
+
+
+def test_a_job_whose_workers_keep_dying_is_given_up_by_claim(jobs, make_queue):
+    queue = make_queue(max_deliveries=2)
+    job = submit(jobs, queue)
+    for consumer in ("w1", "w2"):  # each takes it and vanishes without a word
+        assert queue.claim(consumer, block_ms=100).job_id == job.job_id
+        time.sleep(LEASE_S + 0.05)
+    calls = []
+    assert not run_once(queue, jobs, "w3", lambda *a: calls.append(a), block_ms=0)
+    done = jobs.get(job.job_id)
+    assert calls == []
+    assert (done.state, done.error_code) == ("FAILED", "JOB_RETRIES_EXHAUSTED")
+    assert queue.dead_letters()[0]["deliveries"] == "3"
+    assert_drained(queue)
+
+
+def test_a_job_cancelled_while_queued_is_skipped(jobs, make_queue):
+    queue = make_queue()
+    job = submit(jobs, queue)
+    jobs.request_cancel(job.job_id, "acme")
+    calls = []
+    assert run_once(queue, jobs, "w1", lambda *a: calls.append(a), block_ms=100)
+    assert calls == [] and jobs.get(job.job_id).state == "CANCELLED"
+    assert_drained(queue)
+
+
+def test_a_running_job_stops_at_the_heartbeat_after_a_cancel(jobs, make_queue):
+    queue = make_queue()
+    job = submit(jobs, queue)
+    steps = []
+
+    def handler(job, delivery, heartbeat):
+        heartbeat(stage="MOTION", progress=0.3)
+        steps.append("motion")
+        jobs.request_cancel(job.job_id, "acme")  # the API, meanwhile
+        heartbeat(stage="RENDER", progress=0.6)
+        steps.append("render")
+
+    assert run_once(queue, jobs, "w1", handler, block_ms=100)
+    done = jobs.get(job.job_id)
+    assert steps == ["motion"]
+    assert (done.state, done.cancel_requested, done.result) == ("CANCELLED", True, None)
+    assert_drained(queue)
+
+
+def test_a_result_that_cannot_be_stored_fails_the_job_without_retry(jobs, make_queue):
+    queue = make_queue()
+    job = submit(jobs, queue)
+    calls = []
+
+    def handler(job, delivery, heartbeat):
+        calls.append(delivery.deliveries)
+        return {"video": object()}
+
+    done = drive(queue, jobs, job.job_id, handler)
+    assert calls == [1]
+    assert (done.state, done.error_code) == ("FAILED", "INTERNAL")
+    assert_drained(queue)
+
+
+def test_a_job_whose_record_is_gone_is_acked_and_skipped(jobs, make_queue):
+    queue = make_queue()
+    queue.enqueue("0" * 32, {})
+    calls = []
+    assert run_once(queue, jobs, "w1", lambda *a: calls.append(a), block_ms=100)
+    assert calls == []
+    assert_drained(queue)
+
+
+@pytest.mark.parametrize("slow_worker", ["heartbeats", "returns_a_result"])
+def test_a_slow_worker_loses_its_lease_and_only_one_result_is_stored(jobs, make_queue, slow_worker):
+    queue = make_queue()
+    job = submit(jobs, queue)
+
+    def fast(job, delivery, heartbeat):
+        assert delivery.deliveries == 2
+        return {"by": "fast"}
+
+    def slow(job, delivery, heartbeat):
+        time.sleep(LEASE_S + 0.05)  # stalls past its lease...
+        assert run_once(queue, jobs, "fast", fast, block_ms=0)  # ...and is taken over
+        if slow_worker == "heartbeats":
+            heartbeat(progress=0.9)  # raises LeaseLost
+            raise AssertionError("heartbeat should have raised")
+        return {"by": "slow"}
+
+    assert run_once(queue, jobs, "slow", slow, block_ms=100)
+    done = jobs.get(job.job_id)
+    assert (done.state, done.result, done.attempt) == ("SUCCEEDED", {"by": "fast"}, 2)
+    assert_drained(queue)
+
+
+def test_transient_errors_and_bugs_are_not_input_errors():
+    assert not is_input_error(RuntimeError("x"))
+    assert not is_input_error(TalkingFaceError("UNAVAILABLE", "x"))
+    assert not is_input_error(TalkingFaceError("OVERLOADED", "x"))
+
+
+def _start_doomed_worker(redis_server, queue: WorkQueue, mode: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "tests.broker.crash_worker"]
+    argv += [redis_server.url, queue.name, str(queue.lease_ms), mode]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "shared")]))
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def _wait_for_line(proc: subprocess.Popen[str], timeout_s: float = 30.0) -> str:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    assert ready, "the worker process did not report in time"
+    line = proc.stdout.readline()
+    assert line, f"the worker process exited early with status {proc.wait()}"
+    return line.strip()
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    proc.stdout.close()
+
+
+def test_a_worker_killed_mid_job_is_taken_over_and_finished_once(jobs, make_queue, redis_server):
+    queue = make_queue()
+    job = submit(jobs, queue)
+    proc = _start_doomed_worker(redis_server, queue, "mid-job")
+    try:
+        assert _wait_for_line(proc) == f"working {job.job_id}"
+        assert jobs.get(job.job_id).stage == "AUDIO_FEATURES"
+    finally:
+        _kill(proc)
+    calls = []
+
+    def handler(job, delivery, heartbeat):
+        calls.append(delivery.deliveries)
+        return {"by": "survivor"}
+
+    done = drive(queue, jobs, job.job_id, handler, consumer="survivor")
+    assert calls == [2]
+    assert (done.state, done.result, done.attempt) == ("SUCCEEDED", {"by": "survivor"}, 2)
+    assert_drained(queue)
+
+
+def test_a_worker_killed_between_storing_and_acking_is_not_run_again(
+    jobs, make_queue, redis_server
+):
+    queue = make_queue()
+    job = submit(jobs, queue)
+    proc = _start_doomed_worker(redis_server, queue, "before-ack")
+    try:
+        assert _wait_for_line(proc) == f"stored {job.job_id}"
+    finally:
+        _kill(proc)
+    assert queue.pending() == 1
+    calls = []
+    done = drive(queue, jobs, job.job_id, lambda *a: calls.append(a), consumer="survivor")
+    assert calls == []
+    assert (done.state, done.result) == ("SUCCEEDED", {"by": "doomed"})
+    assert_drained(queue)
