@@ -176,10 +176,11 @@ class AudioFeaturesServicer:
         return store_tensors(self.store, STORE_PREFIX, arrays)
 
 
-def app(settings: Settings | None = None):
+def app(settings: Settings | dict | None = None):
     """The Ray Serve application for this stage."""
-    from talkingface.serving.ray_app import build_app
+    from talkingface.serving.ray_app import app_settings, build_app
 
+    settings = app_settings(settings)  # Ray Serve passes the serve config's args dict
     return build_app(AudioFeaturesServicer, pb, "AudioFeatures", settings)
 
 

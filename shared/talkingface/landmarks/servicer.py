@@ -156,10 +156,11 @@ def _options(request: pb.ProjectRequest) -> tuple[int, float]:
     return int(k), float(alpha)
 
 
-def app(settings: Settings | None = None):
+def app(settings: Settings | dict | None = None):
     """The Ray Serve application for this stage."""
-    from talkingface.serving.ray_app import build_app
+    from talkingface.serving.ray_app import app_settings, build_app
 
+    settings = app_settings(settings)  # Ray Serve passes the serve config's args dict
     return build_app(LandmarkProjectionServicer, pb, "LandmarkProjection", settings)
 
 

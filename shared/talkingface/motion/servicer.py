@@ -248,10 +248,11 @@ class MotionServicer:
         return postnet
 
 
-def app(settings: Settings | None = None):
+def app(settings: Settings | dict | None = None):
     """The Ray Serve application for this stage (fails at once without a motion checkpoint)."""
-    from talkingface.serving.ray_app import build_app
+    from talkingface.serving.ray_app import app_settings, build_app
 
+    settings = app_settings(settings)  # Ray Serve passes the serve config's args dict
     if settings is not None:
         require_checkpoint(settings)
     return build_app(MotionServicer, pb, "Motion", settings)

@@ -420,10 +420,11 @@ def _explicit_poses(indices, frames: int, track_length: int) -> np.ndarray:
     return poses
 
 
-def app(settings: Settings | None = None):
+def app(settings: Settings | dict | None = None):
     """The Ray Serve application for this stage."""
-    from talkingface.serving.ray_app import build_app
+    from talkingface.serving.ray_app import app_settings, build_app
 
+    settings = app_settings(settings)  # Ray Serve passes the serve config's args dict
     return build_app(RendererServicer, pb, "Renderer", settings)
 
 

@@ -12,6 +12,8 @@ without code changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import os
 from collections.abc import Iterator, Sequence
 from types import ModuleType
@@ -141,13 +143,43 @@ def build_app(
     deployment_name: str | None = None,
     **init_kwargs: Any,
 ):
-    """A Ray Serve Application serving `servicer_cls` for the gRPC service `service`."""
+    """A Ray Serve Application serving `servicer_cls` for the gRPC service `service`, with
+    the deployment options of an enclosing `deployment_options(...)` block (autoscaling,
+    ray_actor_options, ...; the serve config file's, see talkingface.serving.fleet)."""
     from ray import serve
 
     deployment = serve.deployment(
-        ingress_class(servicer_cls, pb2_module, service), name=deployment_name or service
+        ingress_class(servicer_cls, pb2_module, service),
+        name=deployment_name or service,
+        **(_OPTIONS.get() or {}),
     )
     return deployment.bind(*init_args, **init_kwargs)
+
+
+_OPTIONS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "talkingface_deployment_options", default=None
+)
+
+
+@contextlib.contextmanager
+def deployment_options(options: dict[str, Any]) -> Iterator[None]:
+    """Deployment options (Ray Serve's `serve.deployment` keywords) for the applications
+    built inside the block."""
+    token = _OPTIONS.set(dict(options))
+    try:
+        yield
+    finally:
+        _OPTIONS.reset(token)
+
+
+def app_settings(arg: Any) -> Any:
+    """A stage `app(...)` argument as Settings (or None): Ray Serve calls application builders
+    with the serve config's `args` dict, which holds TALKINGFACE_* overrides."""
+    if isinstance(arg, dict):
+        from talkingface.serving.fleet import settings_for
+
+        return settings_for(arg)
+    return arg
 
 
 def servicer_function(pb2_grpc_module: ModuleType, service: str) -> str:
@@ -156,6 +188,9 @@ def servicer_function(pb2_grpc_module: ModuleType, service: str) -> str:
     if not hasattr(pb2_grpc_module, name):
         raise ValueError(f"{pb2_grpc_module.__name__} has no {name}")
     return f"{pb2_grpc_module.__name__}.{name}"
+
+
+PROXY_CHECK_TIMEOUT_S = 60
 
 
 def start_local_serve(
@@ -172,6 +207,11 @@ def start_local_serve(
     """
     # Local runs need no cluster auth token file.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Serve's proxy must answer its ready check within 5 s and its health checks within
+    # 10 s, or the controller kills it; on a busy 2-core machine (training next door) it
+    # misses them while starting. Local Ray's processes inherit these at ray.init.
+    for name in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+        os.environ.setdefault(name, str(PROXY_CHECK_TIMEOUT_S))
     import ray
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
