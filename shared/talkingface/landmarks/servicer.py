@@ -23,12 +23,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from talkingface.config import Settings, env_name
+from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError, abort
-from talkingface.landmarks.projection import DEFAULT_ALPHA, DEFAULT_K, DIM, ProjectionIndex
-from talkingface.lm3d import NUM_LANDMARKS
+from talkingface.landmarks.projection import DEFAULT_ALPHA, DEFAULT_K, ProjectionIndex
 from talkingface.serving.cache import ByteLRU
-from talkingface.serving.payloads import read_payload, store_tensors
+from talkingface.serving.payloads import read_lm3d, store_tensors
 from talkingface.storage import ObjectStore
 from talkingface.storage.factory import LazyStore
 from talkingface.tensors import to_chunks
@@ -52,7 +51,6 @@ class LandmarkProjectionServicer:
         self.indexes = ByteLRU(
             self.settings.projection_cache_mb * MIB, lambda index: index.nbytes, name="projection"
         )
-        self.max_frames = math.ceil(self.settings.audio_max_seconds * FPS)
 
     def warm_up(self) -> None:
         log.info("landmark projection ready", extra={"cache_mb": self.settings.projection_cache_mb})
@@ -101,27 +99,7 @@ class LandmarkProjectionServicer:
                 yield pb.ProjectResponse(chunk=chunk)
 
     def _lm3d(self, payload: common_pb2.TensorPayload) -> np.ndarray:
-        lm3d = read_payload(payload, "lm3d", self.max_frames * DIM * 8, self.store)
-        if lm3d.ndim != 3 or lm3d.shape[1:] != (NUM_LANDMARKS, 3) or lm3d.shape[0] == 0:
-            raise TalkingFaceError(
-                "LANDMARKS_INVALID_SHAPE",
-                f"lm3d must be float32 [T, {NUM_LANDMARKS}, 3] with T >= 1, "
-                f"got {lm3d.dtype} {list(lm3d.shape)}",
-            )
-        if lm3d.dtype.kind != "f":
-            raise TalkingFaceError(
-                "LANDMARKS_INVALID_SHAPE", f"lm3d must be float32, got dtype {lm3d.dtype}"
-            )
-        if lm3d.shape[0] > self.max_frames:
-            raise TalkingFaceError(
-                "AUDIO_TOO_LONG",
-                f"{lm3d.shape[0]} frames ({lm3d.shape[0] / FPS:.0f} s) is over the "
-                f"{self.settings.audio_max_seconds:g} s limit ({env_name('audio_max_seconds')})",
-            )
-        lm3d = lm3d.astype(np.float32, copy=False)
-        if not np.isfinite(lm3d).all():
-            raise TalkingFaceError("LANDMARKS_NON_FINITE", "lm3d contains NaN or infinite values")
-        return lm3d
+        return read_lm3d(payload, self.store, self.settings.audio_max_seconds, FPS)
 
     def _index(self, avatar: common_pb2.AvatarRef) -> tuple[ProjectionIndex, str]:
         from talkingface.bundle import resolve_version

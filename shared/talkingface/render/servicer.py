@@ -29,7 +29,6 @@ concurrent streams interleave batch by batch; decoding, encoding and sending run
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 import threading
 import uuid
@@ -41,13 +40,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from talkingface.config import Settings, env_name
+from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError, abort
-from talkingface.lm3d import NUM_LANDMARKS
 from talkingface.render.checkpoint import pose_indices
 from talkingface.render.train import Renderer
 from talkingface.serving.cache import ByteLRU
-from talkingface.serving.payloads import read_payload
+from talkingface.serving.payloads import read_lm3d
 from talkingface.storage import ObjectStore, StoreError
 from talkingface.storage.errors import as_talkingface_error
 from talkingface.storage.factory import LazyStore
@@ -135,7 +133,6 @@ class RendererServicer:
         self.renderers = ByteLRU(
             self.settings.renderer_cache_mb * MIB, lambda avatar: avatar.nbytes, name="renderer"
         )
-        self.max_frames = math.ceil(self.settings.audio_max_seconds * FPS)
 
     def warm_up(self) -> None:
         log.info(
@@ -272,27 +269,7 @@ class RendererServicer:
         )
 
     def _lm3d(self, payload: common_pb2.TensorPayload) -> np.ndarray:
-        lm3d = read_payload(payload, "lm3d", self.max_frames * NUM_LANDMARKS * 3 * 8, self.store)
-        if lm3d.ndim != 3 or lm3d.shape[1:] != (NUM_LANDMARKS, 3) or lm3d.shape[0] == 0:
-            raise TalkingFaceError(
-                "LANDMARKS_INVALID_SHAPE",
-                f"lm3d must be float32 [T, {NUM_LANDMARKS}, 3] with T >= 1, "
-                f"got {lm3d.dtype} {list(lm3d.shape)}",
-            )
-        if lm3d.dtype.kind != "f":
-            raise TalkingFaceError(
-                "LANDMARKS_INVALID_SHAPE", f"lm3d must be float32, got dtype {lm3d.dtype}"
-            )
-        if lm3d.shape[0] > self.max_frames:
-            raise TalkingFaceError(
-                "AUDIO_TOO_LONG",
-                f"{lm3d.shape[0]} frames ({lm3d.shape[0] / FPS:.0f} s) is over the "
-                f"{self.settings.audio_max_seconds:g} s limit ({env_name('audio_max_seconds')})",
-            )
-        lm3d = np.ascontiguousarray(lm3d, dtype=np.float32)
-        if not np.isfinite(lm3d).all():
-            raise TalkingFaceError("LANDMARKS_NON_FINITE", "lm3d contains NaN or infinite values")
-        return lm3d
+        return read_lm3d(payload, self.store, self.settings.audio_max_seconds, FPS)
 
     def _avatar(self, avatar: common_pb2.AvatarRef) -> LoadedAvatar:
         from talkingface.bundle import resolve_version

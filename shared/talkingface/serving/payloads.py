@@ -4,6 +4,7 @@ a .npy file in the store, bounded in size) and write result tensors to the store
 from __future__ import annotations
 
 import io
+import math
 import uuid
 
 import numpy as np
@@ -70,3 +71,36 @@ def store_tensors(
             )
         )
     return stored
+
+
+def read_lm3d(
+    payload: common_pb2.TensorPayload, store: ObjectStore, max_seconds: float, fps: float = 25.0
+) -> np.ndarray:
+    """An lm3d sequence payload as float32 [T, 68, 3], T >= 1: LANDMARKS_INVALID_SHAPE for
+    another shape or a non-float dtype, AUDIO_TOO_LONG past `max_seconds`
+    (TALKINGFACE_AUDIO_MAX_SECONDS), LANDMARKS_NON_FINITE for NaN or infinite values."""
+    from talkingface.config import env_name
+    from talkingface.lm3d import NUM_LANDMARKS
+
+    max_frames = math.ceil(max_seconds * fps)
+    lm3d = read_payload(payload, "lm3d", max_frames * NUM_LANDMARKS * 3 * 8, store)
+    if lm3d.ndim != 3 or lm3d.shape[1:] != (NUM_LANDMARKS, 3) or lm3d.shape[0] == 0:
+        raise TalkingFaceError(
+            "LANDMARKS_INVALID_SHAPE",
+            f"lm3d must be float32 [T, {NUM_LANDMARKS}, 3] with T >= 1, "
+            f"got {lm3d.dtype} {list(lm3d.shape)}",
+        )
+    if lm3d.dtype.kind != "f":
+        raise TalkingFaceError(
+            "LANDMARKS_INVALID_SHAPE", f"lm3d must be float32, got dtype {lm3d.dtype}"
+        )
+    if lm3d.shape[0] > max_frames:
+        raise TalkingFaceError(
+            "AUDIO_TOO_LONG",
+            f"{lm3d.shape[0]} frames ({lm3d.shape[0] / fps:.0f} s) is over the "
+            f"{max_seconds:g} s limit ({env_name('audio_max_seconds')})",
+        )
+    lm3d = np.ascontiguousarray(lm3d, dtype=np.float32)
+    if not np.isfinite(lm3d).all():
+        raise TalkingFaceError("LANDMARKS_NON_FINITE", "lm3d contains NaN or infinite values")
+    return lm3d
