@@ -18,7 +18,6 @@ EXIT_NOT_AVAILABLE = 3
 
 # command -> (one-line help, issue that builds it)
 PLANNED: dict[str, tuple[str, int]] = {
-    "render": ("render one audio file with an avatar bundle to mp4, in-process", 8),
     "up": ("start the whole fleet on this machine", 8),
     "submit": ("submit a render job to a running fleet and download the mp4", 8),
     "demo": ("the end-to-end demo that `make demo` runs", 8),
@@ -123,6 +122,62 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--json", action="store_true", help="print the manifest as JSON")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_cmd_synth)
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from talkingface.config import ConfigError, Settings
+    from talkingface.errors import TalkingFaceError
+    from talkingface.pipeline import render_file
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"talkingface render: {exc}", file=sys.stderr)
+        return 2
+    motion = args.ckpt / "motion" if args.ckpt else settings.motion_checkpoint
+    if not motion:
+        print(
+            "talkingface render: --ckpt CKPT_DIR (or TALKINGFACE_MOTION_CHECKPOINT) is required",
+            file=sys.stderr,
+        )
+        return 2
+    device = settings.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        result = render_file(
+            args.avatar, args.audio, args.out, motion, k=args.k, alpha=args.alpha,
+            seed=args.seed, temperature=args.temperature, pose_mode=args.pose_mode,
+            hubert=settings.hubert_checkpoint or None, pitch_method=settings.pitch_method,
+            device=device, max_seconds=settings.audio_max_seconds,
+        )  # fmt: skip
+    except TalkingFaceError as exc:
+        print(f"talkingface render: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"talkingface render: {exc}", file=sys.stderr)
+        return 2
+    _print_result(result, args.json)
+    return 0
+
+
+def _add_render(sub: argparse._SubParsersAction) -> None:
+    render = sub.add_parser(
+        "render", help="render one audio file with an avatar bundle directory to mp4, in-process"
+    )
+    render.add_argument("--avatar", type=Path, required=True, help="BUNDLE_DIR of train avatar")
+    render.add_argument("--audio", type=Path, required=True, help="any audio or video file")
+    render.add_argument("--out", type=Path, required=True, help="output .mp4")
+    render.add_argument("--ckpt", type=Path, help="CKPT_DIR holding motion/ (default: settings)")
+    render.add_argument("-k", type=int, default=20, help="projection neighbours (20)")
+    render.add_argument("--alpha", type=float, default=0.5, help="projection blend (0.5)")
+    render.add_argument("--seed", type=int, default=0)
+    render.add_argument("--temperature", type=float, help="motion sampling temperature")
+    render.add_argument("--pose-mode", choices=("pingpong", "loop"), default="pingpong")
+    render.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    render.set_defaults(func=_cmd_render)
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -302,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     features.set_defaults(func=_cmd_features)
 
     _add_train_eval(sub)
+    _add_render(sub)
 
     for name, (text, issue) in PLANNED.items():
         planned = sub.add_parser(name, help=f"{text} [not available yet]", add_help=False)

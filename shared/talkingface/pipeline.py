@@ -1,0 +1,96 @@
+"""The whole pipeline in one process: audio file + avatar bundle directory -> mp4
+(`talkingface render`). The same four stages the fleet runs as services, called directly:
+
+    audio -> features + pitch (talkingface.audio) -> lm3d (talkingface.motion; the avatar's
+    postnet when its bundle has one) -> projected lm3d (talkingface.landmarks, K and alpha)
+    -> frames (talkingface.render, the recorded pose track replayed) -> H.264 + AAC of the
+    original audio (talkingface.media)
+
+Frames are rendered in batches and streamed into the encoder, so memory does not grow with
+the length of the audio. The video has round(duration x 25) frames, so its duration matches
+the audio's to within half a frame (20 ms).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FPS = 25
+SAMPLE_RATE = 16000
+
+
+def render_file(
+    bundle_dir: Path | str,
+    audio_path: Path | str,
+    out: Path | str,
+    motion_dir: Path | str,
+    *,
+    k: int = 20,
+    alpha: float = 0.5,
+    seed: int = 0,
+    temperature: float | None = None,
+    pose_mode: str = "pingpong",
+    batch_frames: int = 4,
+    hubert: str | None = None,
+    pitch_method: str = "dio",
+    device: str = "cpu",
+    max_seconds: float = 900.0,
+) -> dict[str, Any]:
+    from talkingface.audio import decode_audio_file, extract
+    from talkingface.landmarks.bundle import PROJECTION_CONFIG, PROJECTION_INDEX, index_from_files
+    from talkingface.media import write_mp4
+    from talkingface.motion.data import _front_end
+    from talkingface.motion.infer import MotionModel, PostnetModel
+    from talkingface.render.checkpoint import load_renderer, pose_indices
+
+    started = time.perf_counter()
+    bundle = Path(bundle_dir)
+    audio = decode_audio_file(audio_path, max_seconds=max_seconds)
+    feats = extract(audio, _front_end(hubert), pitch_method=pitch_method)  # type: ignore[arg-type]
+    model = MotionModel.load(motion_dir, device=device)
+    index = index_from_files(
+        (bundle / PROJECTION_INDEX).read_bytes(), (bundle / PROJECTION_CONFIG).read_bytes()
+    )
+    postnet = None
+    if (bundle / "postnet" / "model.safetensors").is_file():
+        postnet = PostnetModel.load(bundle / "postnet", model.device)
+        model.check_postnet(postnet)
+    mean_face = index.frames.mean(axis=0).reshape(-1, 3)  # the avatar's training mean face
+    bins = feats.f0_bins.astype(np.int64)
+    lm3d = model.generate(
+        feats.features, bins, seed=seed, temperature=temperature, postnet=postnet,
+        mean_face=mean_face,
+    )  # fmt: skip
+    projected = index.project(lm3d, k=k, alpha=alpha)
+    renderer, track = load_renderer(bundle / "renderer", device)
+    poses = pose_indices(len(lm3d), len(track["R"]), pose_mode)
+    frames_lm = projected.lm3d
+    render_started = time.perf_counter()
+
+    def frames() -> Iterator[np.ndarray]:
+        for lo in range(0, len(frames_lm), batch_frames):
+            p = poses[lo : lo + batch_frames]
+            images, _ = renderer.render(
+                frames_lm[lo : lo + batch_frames], track["R"][p], track["t"][p], track["background"]
+            )
+            yield from np.clip(np.rint(images.cpu().numpy() * 255), 0, 255).astype(np.uint8)
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    count = write_mp4(out, frames(), FPS, audio, SAMPLE_RATE)
+    render_seconds = time.perf_counter() - render_started
+    return {
+        "out": str(out),
+        "frames": count,
+        "audio_seconds": round(len(audio) / SAMPLE_RATE, 3),
+        "video_seconds": round(count / FPS, 3),
+        "postnet": postnet is not None,
+        "bad_case_rate": round(projected.bad_case_rate, 4),
+        "bad_case_rate_before": round(projected.bad_case_rate_before, 4),
+        "render_fps": round(count / max(render_seconds, 1e-9), 2),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
