@@ -12,6 +12,10 @@ An avatar bundle is a versioned publish (`ObjectStore.publish_version`) under
 
 from __future__ import annotations
 
+import hashlib
+import os
+import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from talkingface.errors import TalkingFaceError
@@ -113,3 +117,46 @@ def corrupt(avatar_id: str, version: str, what: str, exc: BaseException) -> Talk
     return TalkingFaceError(
         "AVATAR_BUNDLE_CORRUPT", f"avatar {avatar_id!r} version {version}: {what} unusable: {exc}"
     )
+
+
+def fetch_files(
+    store: ObjectStore,
+    avatar_id: str,
+    version: str,
+    manifest: dict[str, Any],
+    names: tuple[str, ...],
+    directory: Path,
+    what: str,
+) -> None:
+    """Copy the bundle files `names` (all under one folder, e.g. `renderer/...`) of a version
+    into `directory` (by base name) unless a copy that matches the manifest is already there.
+    Versions are immutable, so a checked copy is as good as the store's; a damaged one is
+    fetched again. Files are written to a temporary name and renamed into place."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        entry = manifest["files"][name]
+        path = directory / Path(name).name
+        if (
+            path.is_file()
+            and path.stat().st_size == entry["size"]
+            and sha256_of(path) == entry["sha256"]
+        ):
+            continue
+        data = read_file(store, avatar_id, version, name, what)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def sha256_of(source: Path | bytes) -> str:
+    """Hex sha256 of a file (read in 1 MiB blocks) or of bytes."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return hashlib.sha256(source).hexdigest()
+    digest = hashlib.sha256()
+    with Path(source).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

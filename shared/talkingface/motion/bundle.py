@@ -15,15 +15,12 @@ checked against the manifest on every load) and maps every failure to a stable e
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from talkingface.bundle import AVATARS, avatar_prefix, resolve_version
+from talkingface.bundle import AVATARS, avatar_prefix, fetch_files, resolve_version, sha256_of
 from talkingface.errors import TalkingFaceError
 from talkingface.motion import checkpoint as ck
 from talkingface.storage.errors import (
@@ -73,7 +70,7 @@ def publish_postnet(
         files[name] = source
     metadata = {
         "postnet": {
-            "version": _sha256(files[POSTNET_WEIGHTS])[:12],  # = PostnetModel.version
+            "version": sha256_of(files[POSTNET_WEIGHTS])[:12],  # = PostnetModel.version
             "motion_version": meta.get("motion_version"),
             "feature_dim": meta.get("feature_dim"),
             "front_end": meta.get("front_end"),
@@ -120,7 +117,7 @@ def load_postnet(
         )
     directory = Path(cache_dir) / AVATARS / avatar_id / version / POSTNET_DIR
     try:
-        _fetch(store, prefix, avatar_id, version, manifest, directory)
+        fetch_files(store, avatar_id, version, manifest, POSTNET_FILES, directory, "postnet")
     except OSError as exc:
         raise TalkingFaceError(
             "INTERNAL", f"cannot write the postnet cache {directory} (TALKINGFACE_CACHE_DIR): {exc}"
@@ -135,39 +132,6 @@ def load_postnet(
     return model, version
 
 
-def _fetch(
-    store: ObjectStore,
-    prefix: str,
-    avatar_id: str,
-    version: str,
-    manifest: dict[str, Any],
-    directory: Path,
-) -> None:
-    """Copy the postnet files of a version into `directory` unless a checked copy is there."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in POSTNET_FILES:
-        entry = manifest["files"][name]
-        path = directory / name.removeprefix(POSTNET_DIR + "/")
-        if (
-            path.is_file()
-            and path.stat().st_size == entry["size"]
-            and _sha256(path) == entry["sha256"]
-        ):
-            continue
-        try:
-            data = store.read_version_file(prefix, version, name)
-        except (StoreIntegrityError, StoreObjectNotFound) as exc:
-            raise _corrupt(avatar_id, version, exc) from None
-        except StoreError as exc:
-            raise as_talkingface_error(exc) from None
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
 def _corrupt(avatar_id: str, version: str, exc: BaseException) -> TalkingFaceError:
     return TalkingFaceError(
         "AVATAR_BUNDLE_CORRUPT", f"avatar {avatar_id!r} version {version}: postnet unusable: {exc}"
@@ -179,13 +143,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{path.name} is not a JSON object")
     return value
-
-
-def _sha256(path: Path | bytes) -> str:
-    if isinstance(path, bytes | bytearray | memoryview):
-        return hashlib.sha256(path).hexdigest()
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -15,16 +15,13 @@ them on the requested device, mapping every failure to a stable error code.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from talkingface.bundle import (
     AVATARS,
     corrupt,
-    read_file,
+    fetch_files,
     read_manifest,
     require_files,
     resolve_version,
@@ -68,7 +65,7 @@ def load_renderer_bundle(
     )  # fmt: skip
     directory = Path(cache_dir) / AVATARS / avatar_id / version / rck.RENDERER_DIR
     try:
-        _fetch(store, avatar_id, version, manifest, directory)
+        fetch_files(store, avatar_id, version, manifest, RENDERER_FILES, directory, "renderer")
     except OSError as exc:
         raise TalkingFaceError(
             "INTERNAL",
@@ -102,34 +99,3 @@ def _check_track(renderer: Renderer, track: dict[str, Any]) -> None:
         raise ValueError(
             f"background plate of shape {list(track['background'].shape)}, not [{size}, {size}, 3]"
         )
-
-
-def _fetch(
-    store: ObjectStore, avatar_id: str, version: str, manifest: dict[str, Any], directory: Path
-) -> None:
-    """Copy the renderer files of a version into `directory` unless a checked copy is there."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in RENDERER_FILES:
-        entry = manifest["files"][name]
-        path = directory / name.removeprefix(rck.RENDERER_DIR + "/")
-        if (
-            path.is_file()
-            and path.stat().st_size == entry["size"]
-            and _sha256(path) == entry["sha256"]
-        ):
-            continue
-        data = read_file(store, avatar_id, version, name, "renderer")
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
