@@ -68,3 +68,32 @@ def test_render_refuses_corrupt_audio(bundle, tiny_ckpt, tmp_path, capsys):
     assert main(argv) == 2
     assert "AUDIO_" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_render_an_avatar_published_in_the_store(
+    bundle, tiny_ckpt, tiny_avatar, tmp_path, capsys, monkeypatch
+):
+    from talkingface.render.commands import bundle_files
+    from talkingface.storage import LocalStore
+
+    monkeypatch.setenv("TALKINGFACE_STORE", "local")
+    monkeypatch.setenv("TALKINGFACE_STORE_DIR", str(tmp_path / "store"))
+    monkeypatch.setenv("TALKINGFACE_CACHE_DIR", str(tmp_path / "cache"))
+    store = LocalStore(tmp_path / "store")
+    version = store.publish_version("avatars/yara", bundle_files(bundle)).version
+    common = ["--audio", str(tiny_avatar / "audio.wav"), "--ckpt", str(tiny_ckpt), "--json"]
+    out = tmp_path / "by-id.mp4"
+    assert main(["render", "--avatar", "yara", "--out", str(out), *common]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (
+        tmp_path / "cache" / "avatars" / "yara" / version / "renderer" / "config.json"
+    ).is_file()
+    # The same bundle rendered from the directory gives the same frames count and video.
+    direct = tmp_path / "direct.mp4"
+    assert main(["render", "--avatar", str(bundle), "--out", str(direct), *common]) == 0
+    assert (
+        report["frames"] == json.loads(capsys.readouterr().out.strip().splitlines()[-1])["frames"]
+    )
+    assert out.read_bytes() == direct.read_bytes()
+    assert main(["render", "--avatar", "nobody", "--out", str(tmp_path / "x.mp4"), *common]) == 2
+    assert "AVATAR_NOT_FOUND" in capsys.readouterr().err

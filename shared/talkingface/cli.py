@@ -147,8 +147,16 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
+        bundle = args.avatar
+        if not Path(bundle).is_dir():  # an avatar id: its latest published version
+            from talkingface.pipeline import fetch_bundle
+            from talkingface.storage import store_from_settings
+
+            bundle = fetch_bundle(
+                store_from_settings(settings), str(args.avatar), settings.cache_dir
+            )
         result = render_file(
-            args.avatar, args.audio, args.out, motion, k=args.k, alpha=args.alpha,
+            bundle, args.audio, args.out, motion, k=args.k, alpha=args.alpha,
             seed=args.seed, temperature=args.temperature, pose_mode=args.pose_mode,
             hubert=settings.hubert_checkpoint or None, pitch_method=settings.pitch_method,
             device=device, max_seconds=settings.audio_max_seconds,
@@ -165,9 +173,13 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 def _add_render(sub: argparse._SubParsersAction) -> None:
     render = sub.add_parser(
-        "render", help="render one audio file with an avatar bundle directory to mp4, in-process"
+        "render", help="render one audio file with an avatar (bundle or id) to mp4, in-process"
     )
-    render.add_argument("--avatar", type=Path, required=True, help="BUNDLE_DIR of train avatar")
+    render.add_argument(
+        "--avatar",
+        required=True,
+        help="BUNDLE_DIR of `train avatar`, or the id of an avatar published in the store",
+    )
     render.add_argument("--audio", type=Path, required=True, help="any audio or video file")
     render.add_argument("--out", type=Path, required=True, help="output .mp4")
     render.add_argument("--ckpt", type=Path, help="CKPT_DIR holding motion/ (default: settings)")

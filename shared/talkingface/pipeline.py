@@ -94,3 +94,34 @@ def render_file(
         "render_fps": round(count / max(render_seconds, 1e-9), 2),
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def fetch_bundle(store, avatar_id: str, cache_dir: Path | str, version: str = "") -> Path:
+    """A published avatar's bundle files (renderer, projection, postnet when present) copied
+    into `<cache_dir>/avatars/<id>/<version>/`, checked against the manifest; that directory.
+    AVATAR_NOT_FOUND, AVATAR_VERSION_NOT_FOUND, AVATAR_NOT_READY (no renderer or projection
+    index), AVATAR_BUNDLE_CORRUPT as for the services."""
+    from talkingface.bundle import (
+        AVATARS,
+        fetch_files,
+        read_manifest,
+        require_files,
+        resolve_version,
+    )
+    from talkingface.landmarks.bundle import PROJECTION_FILES
+    from talkingface.render.bundle import RENDERER_FILES
+
+    version = resolve_version(store, avatar_id, version)
+    manifest = read_manifest(store, avatar_id, version)
+    require_files(
+        manifest, RENDERER_FILES + PROJECTION_FILES, avatar_id, version,
+        f"train and publish it with `talkingface train avatar --publish {avatar_id}`",
+    )  # fmt: skip
+    root = Path(cache_dir) / AVATARS / avatar_id / version
+    postnet = tuple(n for n in ("postnet/model.safetensors", "postnet/config.json")
+                    if n in manifest["files"])  # fmt: skip
+    for folder, names in (("renderer", RENDERER_FILES), ("projection", PROJECTION_FILES),
+                          ("postnet", postnet if len(postnet) == 2 else ())):  # fmt: skip
+        if names:
+            fetch_files(store, avatar_id, version, manifest, names, root / folder, folder)
+    return root
