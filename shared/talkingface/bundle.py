@@ -13,8 +13,6 @@ An avatar bundle is a versioned publish (`ObjectStore.publish_version`) under
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +24,7 @@ from talkingface.storage.errors import (
     StoreObjectNotFound,
     as_talkingface_error,
 )
+from talkingface.storage.fetch import write_file_atomic
 from talkingface.storage.keys import validate_segment
 
 if TYPE_CHECKING:
@@ -142,13 +141,7 @@ def fetch_files(
             and sha256_of(path) == entry["sha256"]
         ):
             continue
-        data = read_file(store, avatar_id, version, name, what)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_file_atomic(path, read_file(store, avatar_id, version, name, what))
 
 
 def sha256_of(source: Path | bytes) -> str:

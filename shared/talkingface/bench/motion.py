@@ -17,18 +17,16 @@ ms_per_audio_second = median wall milliseconds / audio seconds; 1000 would be re
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from talkingface.audio.pitch import F0_BINS
+from talkingface.bench.machine import environment, load_average, sync
 from talkingface.lm3d import FPS, NUM_LANDMARKS
 from talkingface.motion.config import preset
 from talkingface.motion.data import Stats
@@ -46,32 +44,6 @@ NOTE = (
     "(long audio is cut into infer_window-frame windows, so time grows linearly with length "
     "and memory stays bounded)."
 )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _device_name(device: str) -> str:
-    return (
-        torch.cuda.get_device_name(torch.device(device))
-        if device.startswith("cuda")
-        else _cpu_model()
-    )
-
-
-def _load() -> float | None:
-    """1-minute load average: other work on the machine makes CPU figures meaningless."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
 
 
 def _params(module: torch.nn.Module) -> int:
@@ -100,20 +72,15 @@ def _to(model: MotionModel, postnet: PostnetModel, device: str) -> None:
     postnet.net.to(dev)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(torch.device(device))
-
-
 def _time_ms(fn, kwargs: dict[str, Any], device: str, repeats: int) -> list[float]:
     fn(**kwargs)  # warm-up: kernels, allocator, thread pool
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         started = time.perf_counter()
         fn(**kwargs)
-        _sync(device)
+        sync(device)
         times.append((time.perf_counter() - started) * 1000.0)
     return times
 
@@ -148,7 +115,7 @@ def run(
 
 def _run(presets, seconds, long_seconds, long_presets, hubert_dim, hubert_presets, repeats,
          devices) -> dict[str, Any]:  # fmt: skip
-    load_before = _load()
+    load_before = load_average()
     if devices is None:
         devices = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
     devices = list(devices)
@@ -202,13 +169,7 @@ def _run(presets, seconds, long_seconds, long_presets, hubert_dim, hubert_preset
                         rows.append(row)
     return {
         "bench": "motion",
-        "device": devices[-1],
-        "devices": {d: _device_name(d) for d in devices},
-        "cpu_model": _cpu_model(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": {"before": load_before, "after": _load()},
+        **environment(devices, load_before),
         "weights": "random-init",
         "fps": FPS,
         "note": NOTE,

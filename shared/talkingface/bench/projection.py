@@ -27,16 +27,15 @@ of the exact K nearest (a flat index over the same PCA space) that it returns, a
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from talkingface.bench.machine import cpu_model, load_average
 from talkingface.data.synthtalk.face import (
     ARTICULATION_CONTROLS,
     IDENTITY_TRAITS,
@@ -62,24 +61,6 @@ NOTE = (
     "frames of the same face plus off-manifold noise. recall_at_k: share of the exact K "
     "nearest returned by the approximate index."
 )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _load() -> float | None:
-    """1-minute load average: other work on the machine makes CPU figures meaningless."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
 
 
 def _smooth(rng: np.random.Generator, frames: int, modes: int) -> np.ndarray:
@@ -240,7 +221,7 @@ def run(
     if threads:
         torch.set_num_threads(threads)
         faiss.omp_set_num_threads(threads)
-    load_before = _load()
+    load_before = load_average()
     try:
         queries = predicted_frames(query_frames, seed)
         # first calls load and initialise library code (LAPACK, thread pools): not timed
@@ -253,7 +234,7 @@ def run(
     return {
         "bench": "projection",
         "device": "cpu",
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": used[0],
         "torch_threads": used[0],
@@ -261,7 +242,7 @@ def run(
         "torch": torch.__version__,
         "faiss": faiss.__version__,
         "numpy": np.__version__,
-        "load_average_1min": {"before": load_before, "after": _load()},
+        "load_average_1min": {"before": load_before, "after": load_average()},
         "k": k,
         "alpha": alpha,
         "query_frames": query_frames,

@@ -21,7 +21,6 @@ frames_per_second = frames / median wall seconds of rendering them (after one wa
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from talkingface.bench.motion import _cpu_model, _device_name, _load, _sync
+from talkingface.bench.machine import environment, load_average, sync
 from talkingface.render.config import preset
 from talkingface.render.data import AvatarVideo, load_avatar
 from talkingface.render.train import Renderer, carve, new_renderer
@@ -89,10 +88,10 @@ def _time(renderer: Renderer, video: AvatarVideo, frames: np.ndarray, batch: int
     renderer.render(video.lm3d[f], video.R[f], video.t[f], video.background)  # warm-up
     times, spent = [], 0
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         started = time.perf_counter()
         spent = once()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - started)
     return times, spent
 
@@ -122,7 +121,7 @@ def run(
 def _run(sizes, batch, frames, repeats, devices) -> dict[str, Any]:
     from talkingface.data.synthtalk.avatar import build_avatar
 
-    load_before = _load()
+    load_before = load_average()
     if devices is None:
         devices = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
     devices = list(devices)
@@ -160,13 +159,7 @@ def _run(sizes, batch, frames, repeats, devices) -> dict[str, Any]:
                 del renderer
     return {
         "bench": "render",
-        "device": devices[-1],
-        "devices": {d: _device_name(d) for d in devices},
-        "cpu_model": _cpu_model(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": {"before": load_before, "after": _load()},
+        **environment(devices, load_before),
         "weights": "random-init",
         "preset": PRESET,
         "note": NOTE,

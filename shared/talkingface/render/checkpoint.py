@@ -15,8 +15,6 @@ bundle (`talkingface.bundle`) carries these next to `projection/` and, when trai
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from talkingface.render.config import RenderConfig
 from talkingface.render.field import LandmarkField
 from talkingface.render.train import Renderer
 from talkingface.render.volume import OccupancyGrid
+from talkingface.storage.fetch import write_file_atomic
 
 RENDERER_DIR = "renderer"
 WEIGHTS = "model.safetensors"
@@ -36,15 +35,6 @@ FILES = (WEIGHTS, TRACK, CONFIG)
 FORMAT = "talkingface-renderer"
 FORMAT_VERSION = 1
 POSE_MODES = ("loop", "pingpong")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_renderer(
@@ -70,14 +60,14 @@ def save_renderer(
             for k, v in renderer.occupancy.state_dict().items()
         }
     )
-    _atomic_write(out / WEIGHTS, save_torch(tensors))
+    write_file_atomic(out / WEIGHTS, save_torch(tensors))
     track = {
         "R": np.ascontiguousarray(R, np.float32),
         "t": np.ascontiguousarray(t, np.float32),
         "K": renderer.K.detach().cpu().numpy().astype(np.float32),
         "background": np.ascontiguousarray(background, np.float32),
     }
-    _atomic_write(out / TRACK, save(track))
+    write_file_atomic(out / TRACK, save(track))
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -85,7 +75,7 @@ def save_renderer(
         "backend": renderer.field.backend,
         "metrics": metrics or {},
     }
-    _atomic_write(out / CONFIG, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    write_file_atomic(out / CONFIG, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return out
 
 

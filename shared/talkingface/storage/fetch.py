@@ -92,3 +92,14 @@ def local_checkpoint(source: str, settings: Settings, store: ObjectStore | None 
         store = store_from_settings(settings)
     target = Path(settings.cache_dir) / "checkpoints" / prefix.replace("/", "_")
     return str(fetch_prefix(store, prefix, target))
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary name beside `path`, then rename it into place: a reader
+    (or a crash) sees the old file or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
