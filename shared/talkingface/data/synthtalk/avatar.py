@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -34,15 +35,23 @@ PERSON, SCRIPT, MOTION, ARTICULATION = range(4)  # random stream purposes
 PAUSE_SECONDS = (0.25, 0.6)
 
 
-def _script(seconds: float, seed: int, voice) -> tuple[np.ndarray, list, list[dict]]:
-    """Sentences read one after another until `seconds` of audio: audio, phonemes, sentences."""
-    rng = stream_rng(seed, SCRIPT)
+def read_script(
+    seconds: float, rng: np.random.Generator, voice, avoid: Collection[str] = ()
+) -> tuple[np.ndarray, list, list[dict]]:
+    """Random sentences read one after another by `voice`, separated by pauses of
+    U(PAUSE_SECONDS), until `seconds` of audio; the audio is cut at `seconds`. A sentence in
+    `avoid` is drawn again. All draws come from `rng`: per sentence the text (and its
+    redraws), then the pause after it. Returns audio, phoneme events (shifted to the script's
+    time, those starting before the cut) and sentences ({text, start, end} in seconds)."""
+    avoid = set(avoid)
     pieces: list[np.ndarray] = []
     phonemes: list = []
     sentences: list[dict] = []
     offset = 0.0
     while offset < seconds:
         text = sentence(rng, voice.language)
+        while text in avoid:
+            text = sentence(rng, voice.language)
         utterance = synthesize(text, voice)
         pieces.append(utterance.audio)
         for event in utterance.phonemes:
@@ -64,6 +73,22 @@ def _script(seconds: float, seed: int, voice) -> tuple[np.ndarray, list, list[di
     audio = np.concatenate(pieces)[: round(seconds * ff.SAMPLE_RATE)]
     phonemes = [e for e in phonemes if e.start < len(audio) / ff.SAMPLE_RATE]
     return audio, phonemes, sentences
+
+
+def script_json(sentences: list[dict], phonemes: list) -> str:
+    """script.json's text: the sentences read and the phoneme events (start, end, IPA)."""
+    return json.dumps(
+        {
+            "sentences": sentences,
+            "phonemes": [[round(e.start, 4), round(e.end, 4), e.phoneme] for e in phonemes],
+        },
+        ensure_ascii=False,
+    )
+
+
+def _script(seconds: float, seed: int, voice) -> tuple[np.ndarray, list, list[dict]]:
+    """Sentences read one after another until `seconds` of audio: audio, phonemes, sentences."""
+    return read_script(seconds, stream_rng(seed, SCRIPT), voice)
 
 
 def build_avatar(
@@ -132,15 +157,7 @@ def build_avatar(
         euler_deg=np.rad2deg(euler).astype(np.float32),
         K=renderer.K.astype(np.float32),
     )
-    (out / "script.json").write_text(
-        json.dumps(
-            {
-                "sentences": sentences,
-                "phonemes": [[round(e.start, 4), round(e.end, 4), e.phoneme] for e in phonemes],
-            },
-            ensure_ascii=False,
-        )
-    )
+    (out / "script.json").write_text(script_json(sentences, phonemes))
     train_frames = frames * 10 // 11
     manifest = {
         "format": ff.AVATAR,

@@ -1,9 +1,10 @@
 """SynthTalk on-disk format, version 1: names, the manifest, and readers (docs/synthtalk.md).
 
 A SynthTalk directory holds one product: a corpus (many speakers: audio + landmarks, for the
-generic motion model) or an avatar (one person: video frames + audio + landmarks + poses,
-for the renderer). `synthtalk.json` at its root names the product and the format version and
-is written last, so a directory without it is incomplete.
+generic motion model), an avatar (one person: video frames + audio + landmarks + poses,
+for the renderer) or a clip (an avatar's person saying new sentences in a new voice: the
+input audio and ground truth of a demo). `synthtalk.json` at its root names the product and
+the format version and is written last, so a directory without it is incomplete.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ FORMAT_VERSION = 1
 MANIFEST = "synthtalk.json"
 CORPUS = "synthtalk-corpus"
 AVATAR = "synthtalk-avatar"
+CLIP = "synthtalk-clip"
 SAMPLE_RATE = 16000
 
 
@@ -95,4 +97,21 @@ def read_avatar(root: Path | str, mmap: bool = True) -> dict[str, Any]:
         with np.load(root / name) as data:
             out.update({key: data[key] for key in data.files})
     out["audio"], _ = read_wav(root / "audio.wav")
+    return out
+
+
+def read_clip(root: Path | str, mmap: bool = True) -> dict[str, Any]:
+    """Every array of a clip directory plus its manifest and script (frames memory-mapped)."""
+    root = Path(root)
+    manifest = read_manifest(root, CLIP)
+    out: dict[str, Any] = {"manifest": manifest}
+    mode = "r" if mmap else None
+    out["frames"] = np.load(root / "frames.npy", mmap_mode=mode)
+    out["masks"] = np.load(root / "masks.npy", mmap_mode=mode)
+    out["pose_indices"] = np.load(root / "pose_indices.npy")
+    for name in ("landmarks.npz", "poses.npz"):
+        with np.load(root / name) as data:
+            out.update({key: data[key] for key in data.files})
+    out["audio"], _ = read_wav(root / "audio.wav")
+    out["script"] = json.loads((root / "script.json").read_text())
     return out
