@@ -335,3 +335,26 @@ def test_fetch_prefix_refreshes_changed_and_removed_files(tmp_path):
     assert not (target / "sub" / "b.bin").exists()
     with pytest.raises(Exception, match="no checkpoint files"):
         fetch_prefix(store, "models/none", tmp_path / "none")
+
+
+@pytest.mark.slow
+def test_an_avatar_without_a_postnet_gets_its_own_face(servicer, tiny_data, tiny_avatar):
+    from talkingface.landmarks.bundle import avatar_index, projection_files
+
+    u = _utterance(tiny_data)
+    index = avatar_index(tiny_avatar)
+    servicer.store.publish_version("avatars/faceonly", projection_files(index))
+    request = _request(u.features, u.f0_bins, avatar=common_pb2.AvatarRef(avatar_id="faceonly"))
+    responses = list(servicer._generate(request))
+    assert not responses[0].summary.postnet_applied
+    own = assemble(r.chunk for r in responses[1:])["lm3d"]
+    generic = list(servicer._generate(_request(u.features, u.f0_bins)))
+    generic = assemble(r.chunk for r in generic[1:])["lm3d"]
+    face = index.frames.mean(axis=0).reshape(68, 3)
+    # The same motion, placed around the avatar's mean face instead of the generic one.
+    np.testing.assert_allclose(own - face, generic - servicer.model.stats.mean_face, atol=1e-4)
+    assert np.abs(own - generic).max() > 1e-3
+    # A version with neither a postnet nor an index is still not ready.
+    servicer.store.publish_version("avatars/empty", {"notes.txt": b"nothing"})
+    request = _request(u.features, u.f0_bins, avatar=common_pb2.AvatarRef(avatar_id="empty"))
+    assert _fails(servicer, request).code == "AVATAR_NOT_READY"

@@ -70,8 +70,18 @@ def load_motion_model(settings: Settings, store: ObjectStore | None = None) -> M
         raise ConfigError(f"{name}={source!r} is not a usable motion model: {exc}") from exc
 
 
-def postnet_nbytes(postnet: PostnetModel) -> int:
+class AvatarFace:
+    """An avatar whose bundle has no postnet: only its mean face (of the projection index's
+    training frames), around which the generic model's motion is placed."""
+
+    def __init__(self, mean_face: np.ndarray) -> None:
+        self.mean_face = np.asarray(mean_face, np.float32).reshape(-1, 3)
+
+
+def postnet_nbytes(postnet: PostnetModel | AvatarFace) -> int:
     """Memory held by a loaded postnet: its weights and buffers plus its statistics."""
+    if isinstance(postnet, AvatarFace):
+        return int(postnet.mean_face.nbytes)
     weights = sum(t.numel() * t.element_size() for t in postnet.net.state_dict().values())
     stats = sum(np.asarray(a).nbytes for a in postnet.stats.arrays().values())
     return int(weights + stats)
@@ -130,8 +140,10 @@ class MotionServicer:
         temperature = float(request.temperature)
         if not math.isfinite(temperature):
             raise TalkingFaceError("INVALID_REQUEST", "temperature must be a finite number")
-        postnet = self._avatar_postnet(request, model)
-        lm3d = self._run(model, features, bins, int(request.seed), temperature, postnet)
+        avatar = self._avatar_postnet(request, model)
+        postnet = avatar if not isinstance(avatar, AvatarFace) else None
+        face = avatar.mean_face if isinstance(avatar, AvatarFace) else None
+        lm3d = self._run(model, features, bins, int(request.seed), temperature, postnet, face)
         yield pb.GenerateMotionResponse(
             summary=pb.MotionSummary(
                 frames=int(lm3d.shape[0]),
@@ -148,13 +160,18 @@ class MotionServicer:
         for chunk in to_chunks("lm3d", lm3d):
             yield pb.GenerateMotionResponse(chunk=chunk)
 
-    def _run(self, model, features, bins, seed, temperature, postnet) -> np.ndarray:
+    def _run(self, model, features, bins, seed, temperature, postnet, face=None) -> np.ndarray:
         import torch
 
         try:
             with self._model_lock, torch.inference_mode():
                 lm3d = model.generate(
-                    features, bins, seed=seed, temperature=temperature or None, postnet=postnet
+                    features,
+                    bins,
+                    seed=seed,
+                    temperature=temperature or None,
+                    postnet=postnet,
+                    mean_face=face,
                 )
         except ValueError as exc:  # inputs are checked first; this is the model's last word
             raise TalkingFaceError("INVALID_REQUEST", str(exc)) from None
@@ -232,13 +249,26 @@ class MotionServicer:
         if not version:  # latest: resolved on every request, so a new publish applies at once
             version = resolve_version(self.store, avatar_id, "")
 
-        def load() -> PostnetModel:
-            postnet, _ = load_postnet(
-                self.store, avatar_id, version, self.settings.cache_dir, model.device
-            )
-            return postnet
+        def load() -> PostnetModel | AvatarFace:
+            from talkingface.landmarks.bundle import load_projection
+
+            try:
+                postnet, _ = load_postnet(
+                    self.store, avatar_id, version, self.settings.cache_dir, model.device
+                )
+                return postnet
+            except TalkingFaceError as exc:
+                if exc.code != "AVATAR_NOT_READY":
+                    raise
+                try:  # no postnet: the avatar's own face, from its projection index
+                    index, _ = load_projection(self.store, avatar_id, version)
+                except TalkingFaceError:
+                    raise exc from None
+                return AvatarFace(index.frames.mean(axis=0))
 
         postnet = self.postnets.get((avatar_id, version), load)
+        if isinstance(postnet, AvatarFace):
+            return postnet
         try:
             model.check_postnet(postnet)
         except ValueError as exc:
