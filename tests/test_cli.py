@@ -31,10 +31,17 @@ def test_planned_commands_exit_non_zero_with_a_clear_message(command, capsys):
     assert "not available yet" in err and f"issue #{PLANNED[command][1]}" in err
 
 
-@pytest.mark.parametrize("service", [s for s in SERVICES if s not in BUILT_SERVICES])
-def test_services_not_built_yet_refuse_to_serve(service, capsys):
-    assert main(["serve", service]) == EXIT_NOT_AVAILABLE
-    assert "not available yet" in capsys.readouterr().err
+def test_every_service_is_built():
+    assert set(SERVICES) == set(BUILT_SERVICES)
+
+
+def test_the_broker_needs_redis_and_is_not_a_ray_app(capsys, monkeypatch):
+    monkeypatch.delenv("TALKINGFACE_REDIS_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert main(["serve", "broker"]) == 2
+    assert "TALKINGFACE_REDIS_URL is required" in capsys.readouterr().err
+    assert main(["serve", "broker", "--ray"]) == 2
+    assert "not a Ray Serve application" in capsys.readouterr().err
 
 
 def test_config_prints_redacted_settings(capsys, monkeypatch):

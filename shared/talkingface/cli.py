@@ -18,8 +18,6 @@ EXIT_NOT_AVAILABLE = 3
 
 # command -> (one-line help, issue that builds it)
 PLANNED: dict[str, tuple[str, int]] = {
-    "up": ("start the whole fleet on this machine", 8),
-    "submit": ("submit a render job to a running fleet and download the mp4", 8),
     "demo": ("the end-to-end demo that `make demo` runs", 8),
 }
 SERVICES = ("audio_features", "motion", "landmark_projection", "renderer", "broker")
@@ -70,6 +68,7 @@ def _print_result(result: dict, as_json: bool) -> None:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from talkingface.data.synthtalk import preview
     from talkingface.data.synthtalk.avatar import build_avatar
+    from talkingface.data.synthtalk.clip import build_clip
     from talkingface.data.synthtalk.corpus import build_corpus
 
     progress = not args.json and not args.quiet
@@ -78,6 +77,15 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             result = build_corpus(args.out, args.minutes, args.seed, progress=progress)
             if args.preview:
                 result["preview"] = str(preview.corpus_preview(args.out))
+        elif args.product == "clip":
+            result = build_clip(
+                args.avatar,
+                args.out,
+                args.seed,
+                language=args.language,
+                seconds=args.seconds,
+                progress=progress,
+            )
         else:
             result = build_avatar(
                 args.out,
@@ -121,6 +129,14 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--preview", action="store_true", help="also write preview.mp4")
         p.add_argument("--json", action="store_true", help="print the manifest as JSON")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+    clip = products.add_parser("clip", help="an avatar's person saying new sentences, new voice")
+    clip.add_argument("--avatar", type=Path, required=True, help="the avatar's directory")
+    clip.add_argument("--out", type=Path, required=True, help="new output directory")
+    clip.add_argument("--seed", type=int, default=0, help="same seed, same clip (0)")
+    clip.add_argument("--language", help="espeak language (default: the held-out one)")
+    clip.add_argument("--seconds", type=float, default=5.0, help="seconds of speech (5)")
+    clip.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    clip.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_cmd_synth)
 
 
@@ -214,6 +230,7 @@ BUILT_SERVICES = {
         "LandmarkProjection",
     ),
     "renderer": ("talkingface.render.servicer", "talkingface.v1.renderer_pb2_grpc", "Renderer"),
+    "broker": ("talkingface.broker.servicer", "talkingface.v1.broker_pb2_grpc", "Broker"),
 }
 
 
@@ -233,6 +250,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.service, settings.log_level, settings.log_format)
     module_name, grpc_module, service = BUILT_SERVICES[args.service]
     module = importlib.import_module(module_name)
+    if args.ray and args.service == "broker":
+        print(
+            "talkingface serve: the broker is not a Ray Serve application (it drives them); "
+            "run it without --ray",
+            file=sys.stderr,
+        )
+        return 2
     if not args.ray:
         try:
             server = module.standalone(settings)
@@ -370,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_eval(sub)
     _add_render(sub)
+
+    from talkingface.broker.commands import add_avatar, add_submit, add_up, add_worker
+
+    add_up(sub)
+    add_submit(sub)
+    add_worker(sub)
+    add_avatar(sub)
 
     for name, (text, issue) in PLANNED.items():
         planned = sub.add_parser(name, help=f"{text} [not available yet]", add_help=False)

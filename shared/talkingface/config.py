@@ -111,6 +111,50 @@ class Settings:
     queue_retry_max_seconds: float = _setting(
         300.0, "Longest backoff between retries of a job, seconds."
     )
+    broker_address: str = _setting(
+        "127.0.0.1:50051",
+        "`host:port` of the broker's public gRPC API, for clients (`talkingface submit`).",
+    )
+    stages_address: str = _setting(
+        "127.0.0.1:9000",
+        "`host:port` of the fleet's Ray Serve gRPC proxy, through which the broker's workers "
+        "call the four stages (`application` metadata picks the stage).",
+    )
+    stage_timeout_seconds: float = _setting(
+        900.0, "Deadline of one stage call from a broker worker (one render shard included)."
+    )
+    render_shard_frames: int = _setting(
+        100,
+        "Frames per render shard: long audio is rendered as shards of this many frames "
+        "(rounded up to a multiple of TALKINGFACE_RENDERER_BATCH_FRAMES) in parallel.",
+    )
+    render_parallel_shards: int = _setting(
+        4, "Render shards of one job in flight at once (spread over the renderer replicas)."
+    )
+    broker_workers: int = _setting(
+        2,
+        "Render-job worker threads inside `talkingface serve broker` (0 = the API only; run "
+        "`talkingface worker` processes instead).",
+    )
+    broker_train_workers: int = _setting(
+        1, "Avatar-training worker threads inside `talkingface serve broker` (0 = none)."
+    )
+    broker_require_tenant: bool = _setting(
+        False,
+        "Refuse broker calls without `x-talkingface-tenant` metadata (UNAUTHENTICATED); when "
+        "false such calls act for the tenant `default`.",
+    )
+    janitor_interval_seconds: float = _setting(
+        300.0,
+        "How often the broker deletes the scratch space (`work/<job_id>/`) left by ended jobs "
+        "(a killed worker's, a cancelled render's late shard), seconds; 0 = never.",
+    )
+    upload_max_mb: int = _setting(
+        1024, "Largest file accepted by the broker's Upload, MiB (PAYLOAD_TOO_LARGE beyond)."
+    )
+    result_url_seconds: int = _setting(
+        3600, "Validity of the download URL in a finished render job's result, seconds."
+    )
     hubert_checkpoint: str = _setting(
         "",
         "HuBERT checkpoint for audio features: a local directory written by transformers' "
@@ -202,6 +246,17 @@ class Settings:
                 f"{env_name('queue_retry_base_seconds')} must be 0 or more and at most "
                 f"{env_name('queue_retry_max_seconds')}"
             )
+        for name, low in (("render_shard_frames", 1), ("render_parallel_shards", 1),
+                          ("broker_workers", 0), ("broker_train_workers", 0),
+                          ("upload_max_mb", 1), ("result_url_seconds", 1)):  # fmt: skip
+            if settings is not None and getattr(settings, name) < low:
+                problems.append(f"{env_name(name)} must be {low} or more")
+        if settings is not None and settings.result_url_seconds > 7 * 24 * 3600:
+            problems.append(f"{env_name('result_url_seconds')} must be at most 7 days (S3's limit)")
+        if settings is not None and settings.janitor_interval_seconds < 0:
+            problems.append(f"{env_name('janitor_interval_seconds')} must be 0 or more")
+        if settings is not None and settings.stage_timeout_seconds <= 0:
+            problems.append(f"{env_name('stage_timeout_seconds')} must be more than 0")
         if settings is not None and settings.store == "minio":
             problems += settings.missing("minio_endpoint", "minio_access_key", "minio_secret_key")
         if problems:

@@ -87,3 +87,19 @@ def float_wav(audio: np.ndarray, rate: int = 16000) -> bytes:
            + (rate * 4).to_bytes(4, "little") + (4).to_bytes(2, "little")
            + (32).to_bytes(2, "little"))  # fmt: skip
     return header + fmt + b"data" + len(data).to_bytes(4, "little") + data
+
+
+def mp4_audio_correlation(path, original: np.ndarray, lag: int = 2048) -> float:
+    """Pearson r between the decoded audio stream of an mp4 and the `original` samples it
+    should carry, at the best alignment within `lag` samples (AAC's priming delay)."""
+    with av.open(str(path)) as container:
+        decoded = np.concatenate(
+            [f.to_ndarray().reshape(-1) for f in container.decode(audio=0)]
+        ).astype(np.float64)
+    original = np.asarray(original, np.float64)
+    n = min(len(decoded), len(original)) - lag
+    spectrum = np.fft.rfft(decoded[: n + lag], 2 * (n + lag))
+    reference = np.fft.rfft(original[: n + lag], 2 * (n + lag))
+    cross = np.fft.irfft(spectrum * np.conj(reference))[:lag]
+    d = int(np.argmax(cross))
+    return float(np.corrcoef(decoded[d : d + n], original[:n])[0, 1])

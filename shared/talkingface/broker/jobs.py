@@ -191,26 +191,31 @@ local function publish(job, events, ttl, maxlen)
 end
 """
 
-# KEYS: job, tenant index, events, sequence[, idempotency]; ARGV: ttl, maxlen, job_id,
-# field/value...
+# KEYS: job, tenant index, events, sequence[, work stream[, idempotency]]; ARGV: ttl, maxlen,
+# job_id, work payload (JSON; '' = none), field/value...
 # Returns {1, job_id, record} for a new job, {0, existing_job_id} for a reused key.
+# With a work stream, the job's first work message is added in the same step (the message
+# format of talkingface.broker.queue), so a job can never be created without its work.
 _CREATE = (
     _LUA_COMMON
     + """
 local ttl = tonumber(ARGV[1])
-if KEYS[5] then
-  if not redis.call('SET', KEYS[5], ARGV[3], 'NX', 'EX', ttl) then
-    return {0, redis.call('GET', KEYS[5])}
+if KEYS[6] then
+  if not redis.call('SET', KEYS[6], ARGV[3], 'NX', 'EX', ttl) then
+    return {0, redis.call('GET', KEYS[6])}
   end
 end
 local now = now_ms()
 redis.call('HSET', KEYS[1], 'job_id', ARGV[3], 'created_at', now, 'updated_at', now,
-           unpack(ARGV, 4))
+           unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ttl)
 local seq = redis.call('INCR', KEYS[4])
 redis.call('ZADD', KEYS[2], 0, string.format('%015.0f:%015.0f:', now, seq) .. ARGV[3])
 redis.call('ZREMRANGEBYLEX', KEYS[2], '-', '(' .. string.format('%015.0f', now - 2 * ttl * 1000))
 redis.call('EXPIRE', KEYS[2], ttl)
+if KEYS[5] and ARGV[4] ~= '' then
+  redis.call('XADD', KEYS[5], '*', 'job_id', ARGV[3], 'payload', ARGV[4], 'prior', '0')
+end
 return {1, ARGV[3], publish(KEYS[1], KEYS[3], ttl, ARGV[2])}
 """
 )
@@ -325,11 +330,14 @@ class JobStore:
         idempotency_key: str | None = None,
         *,
         avatar_id: str = "",
+        enqueue: tuple[str, dict[str, Any]] | None = None,
     ) -> tuple[Job, bool]:
         """A new QUEUED job, or the tenant's existing job for this idempotency key.
 
         Returns (job, created); created is False when the key had been used before (the
         earlier job is returned as it is now, whatever `request` says this time).
+        `enqueue=(stream, payload)` adds the job's work message to that work-queue stream
+        (`WorkQueue.stream`) atomically with the record: both or neither.
         """
         _check_tenant(tenant)
         if kind not in KINDS:
@@ -344,6 +352,11 @@ class JobStore:
             raise TalkingFaceError("INVALID_REQUEST", f"request is not JSON: {exc}") from None
         job_id = uuid.uuid4().hex
         keys = [job_key(job_id), tenant_index_key(tenant), events_key(job_id), SEQUENCE_KEY]
+        payload = ""
+        if enqueue is not None or idempotency_key:
+            stream = enqueue[0] if enqueue is not None else f"tf:noqueue:{job_id}"
+            keys.append(stream)
+            payload = json.dumps(enqueue[1]) if enqueue is not None else ""
         if idempotency_key:
             keys.append(idempotency_key_name(tenant, idempotency_key))
         fields = {
@@ -362,7 +375,7 @@ class JobStore:
             "cancel_requested": "0",
         }
         flat = [item for pair in fields.items() for item in pair]
-        reply = self._create(keys=keys, args=[self.ttl_s, EVENTS_MAXLEN, job_id, *flat])
+        reply = self._create(keys=keys, args=[self.ttl_s, EVENTS_MAXLEN, job_id, payload, *flat])
         if int(reply[0]) == 1:
             return Job.from_fields(_pairs(reply[2])), True
         existing = _text(reply[1])

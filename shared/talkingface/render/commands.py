@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,18 @@ BUNDLE_DIRS = ("renderer", "projection", "postnet")
 POSTNET_FILES = ("model.safetensors", "config.json")
 
 
-def train_avatar(args: argparse.Namespace, settings, device: str) -> dict[str, Any]:
+def train_avatar(
+    args: argparse.Namespace,
+    settings,
+    device: str,
+    on_progress: Callable[[str, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train and write (and with args.publish publish) one avatar's bundle; its report.
+
+    `on_progress(stage, fraction)` (stage TRAIN or PUBLISH, fraction of the whole in [0, 1])
+    runs after every training step and between phases; an exception it raises (a job's
+    cancellation) stops the training there.
+    """
     import torch
     from tqdm import tqdm
 
@@ -46,6 +58,8 @@ def train_avatar(args: argparse.Namespace, settings, device: str) -> dict[str, A
 
     def progress(step: int, record: dict) -> None:
         bar.update()
+        if on_progress is not None:
+            on_progress("TRAIN", 0.9 * min(step + 1, config.steps) / config.steps)
         if "val_psnr" in record:
             bar.set_postfix(val_psnr=f"{record['val_psnr']:.2f}", occ=f"{record['occupancy']:.3f}")
 
@@ -80,6 +94,8 @@ def train_avatar(args: argparse.Namespace, settings, device: str) -> dict[str, A
     if args.ckpt is not None:
         from talkingface.motion.commands import _train_postnet
 
+        if on_progress is not None:
+            on_progress("TRAIN", 0.9)
         postnet_args = argparse.Namespace(**{**vars(args), "out": out / "postnet", "publish": None,
                                              "steps": None, "preset": None})  # fmt: skip
         result["postnet"] = _train_postnet(postnet_args, settings, device)
@@ -87,6 +103,8 @@ def train_avatar(args: argparse.Namespace, settings, device: str) -> dict[str, A
         from talkingface.bundle import avatar_prefix
         from talkingface.storage import store_from_settings
 
+        if on_progress is not None:
+            on_progress("PUBLISH", 0.97)
         files = bundle_files(out)
         published = store_from_settings(settings).publish_version(
             avatar_prefix(args.publish), files, metadata={"renderer": metrics}

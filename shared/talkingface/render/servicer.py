@@ -55,6 +55,7 @@ from talkingface.v1 import renderer_pb2 as pb
 log = logging.getLogger(__name__)
 FPS = 25
 STORE_PREFIX = "render"
+SCRATCH_PREFIX = "work"  # callers' scratch space (the broker's per-job work/<job_id>/)
 MIB = 1024 * 1024
 MAX_RESOLUTION = 1024  # an RGB8 frame stays under the 4 MiB message rule (3 MiB)
 JPEG_QSCALE = 3  # FFmpeg's -q:v for mjpeg: 2 (best) .. 31; 3 is about JPEG quality 90
@@ -199,9 +200,10 @@ class RendererServicer:
                 device=str(renderer.device),
             )
         )
+        prefix = _segment_prefix(request.segment_prefix, store)
         frames = self._frames(avatar, plan)
         if store:
-            yield pb.RenderResponse(segment=self._segment(frames, start, end))
+            yield pb.RenderResponse(segment=self._segment(frames, start, end, prefix))
             return
         encoder = FrameEncoder(encoding, size)
         for index, frame in frames:
@@ -246,12 +248,17 @@ class RendererServicer:
         return pixels
 
     def _segment(
-        self, frames: Iterator[tuple[int, np.ndarray]], start: int, end: int
+        self, frames: Iterator[tuple[int, np.ndarray]], start: int, end: int, prefix: str = ""
     ) -> common_pb2.ObjectRef:
-        """Encode the frames into one mp4 as they come and put it in the store."""
+        """Encode the frames into one mp4 as they come and put it in the store (under
+        `prefix`, or `render/<uuid>/`)."""
         from talkingface.media import write_mp4
 
-        key = f"{STORE_PREFIX}/{uuid.uuid4().hex}/segment_{start}_{end}.mp4"
+        name = f"segment_{start}_{end}.mp4"
+        if prefix:
+            key = f"{prefix}/{uuid.uuid4().hex[:12]}-{name}"
+        else:
+            key = f"{STORE_PREFIX}/{uuid.uuid4().hex}/{name}"
         with tempfile.TemporaryDirectory(prefix="talkingface-render-") as tmp:
             path = Path(tmp) / "segment.mp4"
             written = write_mp4(path, (frame for _, frame in frames), FPS)
@@ -365,6 +372,28 @@ def _resolution(value: int) -> int:
             f"resolution must be 0 (the avatar's size) or 1..{MAX_RESOLUTION} pixels, got {value}",
         )
     return int(value)
+
+
+def _segment_prefix(prefix: str, store: bool) -> str:
+    """A caller's segment prefix: only with OUTPUT_MODE_STORE, only under `work/`."""
+    if not prefix:
+        return ""
+    if not store:
+        raise TalkingFaceError(
+            "INVALID_REQUEST", "segment_prefix is read only with OUTPUT_MODE_STORE"
+        )
+    from talkingface.storage.errors import InvalidKey
+    from talkingface.storage.keys import validate_prefix
+
+    try:
+        prefix = validate_prefix(prefix)
+    except InvalidKey as exc:
+        raise TalkingFaceError("STORE_KEY_INVALID", f"segment_prefix: {exc.reason}") from None
+    if not prefix.startswith(SCRATCH_PREFIX + "/"):
+        raise TalkingFaceError(
+            "STORE_KEY_INVALID", f"segment_prefix must lie under {SCRATCH_PREFIX}/, got {prefix!r}"
+        )
+    return prefix
 
 
 def _frame_range(start: int, end: int, frames: int) -> tuple[int, int]:

@@ -11,6 +11,13 @@ Series (labels):
   talkingface_avatar_cache_evictions_total  counter   (cache)
   talkingface_render_backend_info           gauge = 1 (backend = tcnn | torch, device)  the
                                                        hash-grid backend of loaded renderers
+  talkingface_queue_depth                   gauge     (queue)  broker work not yet finished
+  talkingface_queue_pending                 gauge     (queue)  claimed, not yet acknowledged
+  talkingface_queue_dead_letters            gauge     (queue)  jobs given up on
+  talkingface_job_attempts_total            counter   (kind, outcome)
+  talkingface_job_seconds                   histogram (kind, outcome)
+  talkingface_stage_seconds                 histogram (stage)  render-job stages, as the
+                                                       broker's worker sees them
 """
 
 from __future__ import annotations
@@ -179,3 +186,40 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             return observed
 
         return decorate
+
+
+# Broker: queues and jobs.
+QUEUE_DEPTH = Gauge(
+    "talkingface_queue_depth",
+    "Jobs in a work queue not yet finished: undelivered, claimed (pending) or waiting out a "
+    "retry backoff.",
+    ["queue"],
+)
+QUEUE_PENDING = Gauge(
+    "talkingface_queue_pending",
+    "Jobs of a work queue claimed by a worker and not yet acknowledged.",
+    ["queue"],
+)
+QUEUE_DEAD_LETTERS = Gauge(
+    "talkingface_queue_dead_letters",
+    "Entries in a work queue's dead-letter stream (jobs given up on).",
+    ["queue"],
+)
+JOB_ATTEMPTS = Counter(
+    "talkingface_job_attempts_total",
+    "Job attempts by a worker, by kind and outcome (succeeded, cancelled, input_error, "
+    "error: retried or dead-lettered).",
+    ["kind", "outcome"],
+)
+JOB_SECONDS = Histogram(
+    "talkingface_job_seconds",
+    "Wall time of one job attempt in a worker, by kind and outcome.",
+    ["kind", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+STAGE_SECONDS = Histogram(
+    "talkingface_stage_seconds",
+    "Wall time of one pipeline stage of a render job, as the broker's worker sees it.",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)

@@ -65,8 +65,10 @@ class ServiceServer:
         warmup: Callable[[], None] | None = None,
         device: str = "cpu",
         backends: Mapping[str, str] | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
+        self._on_stop = on_stop
         self.settings = settings
         self._warmup = warmup
         self._ready = threading.Event()
@@ -147,6 +149,11 @@ class ServiceServer:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         log.info("shutting down", extra={"grace_s": grace})
         self.health.enter_graceful_shutdown()
+        if self._on_stop is not None:  # e.g. in-process workers: stop claiming new work
+            try:
+                self._on_stop()
+            except Exception:
+                log.exception("shutdown hook failed")
         if self._server is not None:
             self._server.stop(grace).wait()
         if self._metrics_server is not None:

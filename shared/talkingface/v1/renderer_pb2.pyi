@@ -31,7 +31,7 @@ FRAME_ENCODING_PNG: FrameEncoding
 FRAME_ENCODING_JPEG: FrameEncoding
 
 class RenderRequest(_message.Message):
-    __slots__ = ("avatar", "lm3d", "start_frame", "end_frame", "pose_mode", "pose_indices", "resolution", "encoding", "output")
+    __slots__ = ("avatar", "lm3d", "start_frame", "end_frame", "pose_mode", "pose_indices", "resolution", "encoding", "output", "segment_prefix")
     AVATAR_FIELD_NUMBER: _ClassVar[int]
     LM3D_FIELD_NUMBER: _ClassVar[int]
     START_FRAME_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class RenderRequest(_message.Message):
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     avatar: _common_pb2.AvatarRef
     lm3d: _common_pb2.TensorPayload
     start_frame: int
@@ -50,7 +51,8 @@ class RenderRequest(_message.Message):
     resolution: int
     encoding: FrameEncoding
     output: _common_pb2.OutputMode
-    def __init__(self, avatar: _Optional[_Union[_common_pb2.AvatarRef, _Mapping]] = ..., lm3d: _Optional[_Union[_common_pb2.TensorPayload, _Mapping]] = ..., start_frame: _Optional[int] = ..., end_frame: _Optional[int] = ..., pose_mode: _Optional[_Union[PoseMode, str]] = ..., pose_indices: _Optional[_Iterable[int]] = ..., resolution: _Optional[int] = ..., encoding: _Optional[_Union[FrameEncoding, str]] = ..., output: _Optional[_Union[_common_pb2.OutputMode, str]] = ...) -> None: ...
+    segment_prefix: str
+    def __init__(self, avatar: _Optional[_Union[_common_pb2.AvatarRef, _Mapping]] = ..., lm3d: _Optional[_Union[_common_pb2.TensorPayload, _Mapping]] = ..., start_frame: _Optional[int] = ..., end_frame: _Optional[int] = ..., pose_mode: _Optional[_Union[PoseMode, str]] = ..., pose_indices: _Optional[_Iterable[int]] = ..., resolution: _Optional[int] = ..., encoding: _Optional[_Union[FrameEncoding, str]] = ..., output: _Optional[_Union[_common_pb2.OutputMode, str]] = ..., segment_prefix: _Optional[str] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("index", "width", "height", "encoding", "data")

@@ -1,0 +1,208 @@
+"""A client of the broker's public API, for `talkingface submit`, the demo and scripts.
+
+`BrokerClient(address, tenant)` uploads files in chunks, submits render and avatar-training
+jobs, follows a job to its end (`wait`, with a callback per update) and downloads a finished
+render's mp4 from its download URL (file:// for the local store, http(s) for MinIO's
+presigned URLs). Failed RPCs raise the TalkingFaceError the broker sent.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+
+from talkingface.errors import TalkingFaceError, error_from_rpc
+from talkingface.serving.server import grpc_message_options
+from talkingface.v1 import broker_pb2 as pb
+from talkingface.v1 import broker_pb2_grpc, common_pb2
+
+CHUNK = 1024 * 1024
+TENANT_METADATA = "x-talkingface-tenant"
+FINAL_STATES = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
+
+
+def state_name(state: int) -> str:
+    return pb.JobState.Name(state).removeprefix("JOB_STATE_")
+
+
+def stage_name(stage: int) -> str:
+    return pb.Stage.Name(stage).removeprefix("STAGE_") if stage else ""
+
+
+class BrokerClient:
+    """The broker API for one tenant (see the module docstring)."""
+
+    def __init__(self, address: str, tenant: str = "default", timeout_s: float = 60.0) -> None:
+        self.address = address
+        self.tenant = tenant
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(address, options=grpc_message_options(8))
+        self.stub = broker_pb2_grpc.BrokerStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> BrokerClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((TENANT_METADATA, self.tenant),)
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Block until the broker's channel is connected (TalkingFaceError UNAVAILABLE)."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            raise TalkingFaceError(
+                "UNAVAILABLE", f"no broker answers at {self.address} (is `talkingface up` running?)"
+            ) from None
+
+    # --- uploads and jobs ------------------------------------------------------------------
+
+    def upload(self, source: Path | str | bytes, content_type: str = "") -> pb.UploadResponse:
+        """Stream a file (or bytes) to the broker; its upload id, size and sha256."""
+        data = source if isinstance(source, bytes) else None
+        path = None if data is not None else Path(source)
+        total = len(data) if data is not None else path.stat().st_size
+        name = "" if path is None else path.name
+
+        def requests() -> Iterator[pb.UploadRequest]:
+            header = pb.UploadHeader(filename=name, content_type=content_type, total_bytes=total)
+            yield pb.UploadRequest(header=header)
+            offset = 0
+            if data is not None:
+                pieces: Iterator[bytes] = (data[i : i + CHUNK] for i in range(0, len(data), CHUNK))
+            else:
+                pieces = _file_chunks(path)
+            for piece in pieces:
+                yield pb.UploadRequest(chunk=common_pb2.ByteChunk(offset=offset, data=piece))
+                offset += len(piece)
+
+        return self._call(self.stub.Upload, requests(), timeout=max(self.timeout_s, 600))
+
+    def submit_render(
+        self,
+        avatar_id: str,
+        *,
+        audio: Path | str | bytes | None = None,
+        upload_id: str = "",
+        options: pb.RenderOptions | None = None,
+        idempotency_key: str = "",
+        avatar_version: str = "",
+    ) -> pb.Job:
+        """Submit a render job; audio as a file (uploaded first), bytes (inline) or an
+        upload id."""
+        request = pb.SubmitRenderRequest(
+            avatar_id=avatar_id, avatar_version=avatar_version, idempotency_key=idempotency_key
+        )
+        if options is not None:
+            request.options.CopyFrom(options)
+        if isinstance(audio, bytes):
+            request.inline_audio = audio
+        elif audio is not None:
+            request.upload_id = self.upload(audio).upload_id
+        else:
+            request.upload_id = upload_id
+        return self._call(self.stub.SubmitRender, request)
+
+    def create_avatar(
+        self, data_dir: Path | str, preset: str = "", display_name: str = "",
+        idempotency_key: str = "",
+    ) -> pb.Job:  # fmt: skip
+        """Tar a SynthTalk avatar directory, upload it and queue its training job."""
+        with tempfile.TemporaryDirectory(prefix="talkingface-avatar-") as tmp:
+            archive = Path(tmp) / "avatar.tar"
+            with tarfile.open(archive, "w") as tar:
+                tar.add(Path(data_dir), arcname="avatar")
+            upload = self.upload(archive, "application/x-tar")
+        request = pb.CreateAvatarRequest(
+            display_name=display_name, synthtalk_upload_id=upload.upload_id, preset=preset,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+        return self._call(self.stub.CreateAvatar, request)
+
+    def get_job(self, job_id: str) -> pb.Job:
+        return self._call(self.stub.GetJob, pb.GetJobRequest(job_id=job_id))
+
+    def cancel_job(self, job_id: str) -> pb.Job:
+        return self._call(self.stub.CancelJob, pb.CancelJobRequest(job_id=job_id))
+
+    def get_avatar(self, avatar_id: str) -> pb.Avatar:
+        return self._call(self.stub.GetAvatar, pb.GetAvatarRequest(avatar_id=avatar_id))
+
+    def watch(self, job_id: str, timeout_s: float | None = None) -> Iterator[pb.Job]:
+        """The job now, then after every change, until it ends."""
+        try:
+            yield from self.stub.WatchJob(
+                pb.WatchJobRequest(job_id=job_id), metadata=self.metadata, timeout=timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+
+    def wait(
+        self,
+        job_id: str,
+        on_update: Callable[[pb.Job], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> pb.Job:
+        """Follow the job to its end (re-watching if the stream drops); the final job."""
+        import time
+
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        job = self.get_job(job_id)
+        while job.state not in FINAL_STATES:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TalkingFaceError("DEADLINE_EXCEEDED", f"job {job_id} did not end in time")
+            try:
+                for job in self.watch(job_id, timeout_s=left):
+                    if on_update is not None:
+                        on_update(job)
+            except TalkingFaceError as exc:
+                if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                    raise
+            job = self.get_job(job_id)
+        return job
+
+    def download(self, job: pb.Job, out: Path | str) -> Path:
+        """Write a succeeded render job's mp4 to `out`."""
+        url = job.render.download_url
+        if not url:
+            raise TalkingFaceError("NOT_FOUND", f"job {job.job_id} has no download URL")
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        parsed = urllib.parse.urlparse(url)
+        tmp = out.with_name(f".{out.name}.part")
+        if parsed.scheme == "file":
+            shutil.copyfile(urllib.request.url2pathname(parsed.path), tmp)
+        else:
+            with (
+                urllib.request.urlopen(url, timeout=self.timeout_s) as response,
+                tmp.open("wb") as handle,
+            ):
+                shutil.copyfileobj(response, handle, CHUNK)
+        tmp.replace(out)
+        return out
+
+    def _call(self, method, request, timeout: float | None = None):
+        try:
+            return method(request, metadata=self.metadata, timeout=timeout or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while piece := handle.read(CHUNK):
+            yield piece

@@ -1,0 +1,72 @@
+"""Scratch-space cleanup: `work/<job_id>/` prefixes of jobs that have ended.
+
+A render job writes its intermediate objects (tensors too big for a message, the renderer's
+segments) under `work/<job_id>/` and deletes that prefix when it ends. Two cases leave
+objects behind all the same: a worker killed mid-job (nobody knows its keys), and a shard the
+renderer was still encoding when the job was cancelled (it lands after the cleanup). The
+janitor lists `work/` and deletes the prefix of every job that is final (or whose record is
+gone) and has not changed for `min_age_s`, so a slow straggler of a running job is never
+touched. The broker runs it every TALKINGFACE_JANITOR_INTERVAL_SECONDS.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from talkingface.broker.jobs import JobStore
+from talkingface.errors import TalkingFaceError
+from talkingface.storage import ObjectStore, StoreError
+
+log = logging.getLogger(__name__)
+SCRATCH = "work"
+
+
+def sweep_scratch(store: ObjectStore, jobs: JobStore, min_age_s: float = 300.0) -> int:
+    """Delete the scratch prefixes of ended jobs; how many prefixes were deleted."""
+    try:
+        objects = store.list(SCRATCH)
+    except StoreError as exc:
+        log.warning("janitor cannot list %s/: %s", SCRATCH, exc)
+        return 0
+    job_ids = sorted({info.key.split("/")[1] for info in objects if info.key.count("/") >= 2})
+    now_ms = time.time() * 1000
+    deleted = 0
+    for job_id in job_ids:
+        try:
+            job = jobs.get(job_id)
+        except TalkingFaceError:  # gone (expired or never a job): nobody will use it again
+            job = None
+        if job is not None and (not job.terminal or now_ms - job.updated_at < min_age_s * 1000):
+            continue
+        try:
+            store.delete_prefix(f"{SCRATCH}/{job_id}")
+            deleted += 1
+        except StoreError as exc:
+            log.warning("janitor cannot delete %s/%s: %s", SCRATCH, job_id, exc)
+    if deleted:
+        log.info("janitor removed scratch space of %d ended jobs", deleted)
+    return deleted
+
+
+class Janitor:
+    """`sweep_scratch` every `interval_s` in a daemon thread until stopped."""
+
+    def __init__(self, store: ObjectStore, jobs: JobStore, interval_s: float) -> None:
+        self.store, self.jobs, self.interval_s = store, jobs, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="janitor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                sweep_scratch(self.store, self.jobs, min_age_s=max(60.0, self.interval_s))
+            except Exception:
+                log.exception("janitor sweep failed")

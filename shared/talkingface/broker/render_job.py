@@ -1,0 +1,295 @@
+"""A render job, driven stage by stage: audio -> features -> motion -> projection -> frames
+rendered in parallel shards -> one mp4 with the original audio, in the store.
+
+`RenderHandler` is the worker handler (`talkingface.broker.worker.run_once`) of the `render`
+queue. The job's request (written by the broker's SubmitRender) names the stored audio, the
+avatar version pinned at submission and the options. Each stage is one gRPC call to the
+fleet's Ray Serve proxy (`talkingface.broker.stages`); the heartbeat runs while a call is in
+flight, so the lease stays renewed and a cancellation is seen within one beat.
+
+Rendering: the frames are cut into shards of TALKINGFACE_RENDER_SHARD_FRAMES (a multiple of
+the renderer's batch size, so the renderer's fixed batch boundaries cost no extra frames),
+up to TALKINGFACE_RENDER_PARALLEL_SHARDS of them in flight at once; Ray Serve spreads them
+over the renderer replicas. Each shard comes back as an H.264 segment in the store; the
+segments are stitched in order by remuxing (`media.concat_mp4`: no re-encode) and muxed with
+AAC of the original audio. A cancellation or failure cancels the shards in flight.
+
+The result goes to one fixed key per job, `results/<tenant>/<job_id>/video.mp4`, so a job run
+twice (a lease taken over from a dead worker) still leaves exactly one result object.
+Intermediate objects (segments, tensors too big for a message) are deleted when the job ends,
+however it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any, TypeVar
+
+from talkingface.broker.jobs import Job
+from talkingface.broker.queue import Delivery
+from talkingface.broker.stages import Scratch, StageClients
+from talkingface.broker.worker import Heartbeat
+from talkingface.config import Settings
+from talkingface.errors import TalkingFaceError
+from talkingface.storage import ObjectStore, StoreError
+from talkingface.storage.errors import as_talkingface_error
+from talkingface.v1 import common_pb2, renderer_pb2
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+FPS = 25
+SAMPLE_RATE = 16000
+MP4 = "video/mp4"
+POSE_MODES = {
+    "pingpong": renderer_pb2.POSE_MODE_PING_PONG,
+    "loop": renderer_pb2.POSE_MODE_LOOP,
+}
+# Share of the job's progress at the start of each stage (render fills 0.12 .. 0.92).
+PROGRESS = {
+    "AUDIO_FEATURES": 0.0,
+    "MOTION": 0.05,
+    "LANDMARK_PROJECTION": 0.10,
+    "RENDER": 0.12,
+    "MUX": 0.92,
+}
+
+
+def result_key(tenant: str, job_id: str) -> str:
+    return f"results/{tenant}/{job_id}/video.mp4"
+
+
+def shard_ranges(frames: int, shard_frames: int, batch_frames: int) -> list[tuple[int, int]]:
+    """[start, end) ranges covering `frames`, each a multiple of `batch_frames` long (but the
+    last), about `shard_frames` long."""
+    if frames <= 0:
+        raise ValueError("frames must be positive")
+    batch = max(1, batch_frames)
+    size = max(batch, -(-max(1, shard_frames) // batch) * batch)
+    return [(lo, min(lo + size, frames)) for lo in range(0, frames, size)]
+
+
+class RenderHandler:
+    """Handler of `render` jobs (see the module docstring)."""
+
+    def __init__(self, stages: StageClients, store: ObjectStore, settings: Settings) -> None:
+        self.stages = stages
+        self.store = store
+        self.settings = settings
+        self.beat_s = min(max(settings.queue_lease_seconds / 4, 0.05), 5.0)
+
+    def __call__(self, job: Job, delivery: Delivery, heartbeat: Heartbeat) -> dict[str, Any]:
+        started = time.perf_counter()
+        request = job.request
+        options = request.get("options", {})
+        avatar = common_pb2.AvatarRef(
+            avatar_id=request["avatar_id"], version=request.get("avatar_version", "")
+        )
+        scratch = Scratch(job.job_id)
+        try:
+            heartbeat(stage="AUDIO_FEATURES", progress=PROGRESS["AUDIO_FEATURES"])
+            features = self._await(
+                lambda: self.stages.extract_features(request["audio_key"]),
+                heartbeat, "AUDIO_FEATURES",
+            )  # fmt: skip
+            frames = int(features.features.shape[0])
+            heartbeat(stage="MOTION", progress=PROGRESS["MOTION"])
+            lm3d = self._await(
+                lambda: self.stages.generate_motion(
+                    features.features, features.f0_bins, avatar,
+                    seed=int(options.get("seed", 0)),
+                    temperature=float(options.get("temperature", 0.0)),
+                    store=self.store, scratch=scratch,
+                ),
+                heartbeat, "MOTION",
+            )  # fmt: skip
+            heartbeat(stage="LANDMARK_PROJECTION", progress=PROGRESS["LANDMARK_PROJECTION"])
+            projection = self._await(
+                lambda: self.stages.project(
+                    lm3d, avatar, k=options.get("k"), alpha=options.get("alpha"),
+                    store=self.store, scratch=scratch,
+                ),
+                heartbeat, "LANDMARK_PROJECTION",
+            )  # fmt: skip
+            if len(projection.lm3d) != frames:
+                raise TalkingFaceError(
+                    "INTERNAL", f"projection returned {len(projection.lm3d)} of {frames} frames"
+                )
+            render_started = time.perf_counter()
+            segments = self._render(job, avatar, projection.lm3d, options, scratch, heartbeat)
+            render_seconds = time.perf_counter() - render_started
+            _observe("render", render_seconds)
+            heartbeat(stage="MUX", progress=PROGRESS["MUX"])
+            video, muxed = self._await(
+                lambda: self._mux(job, request["audio_key"], segments), heartbeat, "MUX"
+            )
+        finally:
+            scratch.clear(self.store)
+        if muxed["frames"] != frames:
+            raise TalkingFaceError(
+                "INTERNAL", f"the stitched video has {muxed['frames']} of {frames} frames"
+            )
+        metrics = {
+            "audio_seconds": round(features.summary.duration_seconds, 3),
+            "bad_case_rate": round(float(projection.summary.bad_case_rate), 4),
+            "bad_case_rate_before": round(float(projection.summary.bad_case_rate_before), 4),
+            "render_seconds": round(render_seconds, 2),
+            "render_fps": round(frames / max(render_seconds, 1e-9), 2),
+            "shards": float(len(segments)),
+            "remuxed": 1.0 if muxed["remuxed"] else 0.0,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        return {
+            "video": video,
+            "frames": frames,
+            "duration_seconds": round(frames / FPS, 3),
+            "avatar_version": projection.summary.avatar_version or avatar.version,
+            "metrics": metrics,
+        }
+
+    # --- render shards ---------------------------------------------------------------------
+
+    def _render(
+        self,
+        job: Job,
+        avatar: common_pb2.AvatarRef,
+        lm3d,
+        options: dict[str, Any],
+        scratch: Scratch,
+        heartbeat: Heartbeat,
+    ) -> list[str]:
+        """Keys of the stored segments, in frame order."""
+        frames = len(lm3d)
+        ranges = shard_ranges(
+            frames, self.settings.render_shard_frames, self.settings.renderer_batch_frames
+        )
+        payload = scratch.payload(self.store, "lm3d", lm3d)
+        base = renderer_pb2.RenderRequest(
+            avatar=avatar,
+            lm3d=payload,
+            pose_mode=POSE_MODES.get(options.get("pose_mode", "pingpong"), 2),
+            resolution=int(options.get("resolution", 0)),
+            segment_prefix=f"{scratch.prefix}/segments",
+        )
+        parallel = max(1, self.settings.render_parallel_shards)
+        keys: list[str | None] = [None] * len(ranges)
+        calls: dict[int, Any] = {}
+        pending: dict[Future, int] = {}
+        done_frames = 0
+        span = PROGRESS["MUX"] - PROGRESS["RENDER"]
+        next_shard = 0
+        pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="render-shard")
+        try:
+            heartbeat(stage="RENDER", progress=PROGRESS["RENDER"])
+            while next_shard < len(ranges) or pending:
+                while next_shard < len(ranges) and len(pending) < parallel:
+                    lo, hi = ranges[next_shard]
+                    request = renderer_pb2.RenderRequest()
+                    request.CopyFrom(base)
+                    request.start_frame, request.end_frame = lo, hi
+                    call, result = self.stages.render_segment(request)
+                    calls[next_shard] = call
+                    pending[pool.submit(result)] = next_shard
+                    next_shard += 1
+                finished, _ = wait(pending, timeout=self.beat_s, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    index = pending.pop(future)
+                    calls.pop(index, None)
+                    keys[index] = future.result().key  # a failed shard fails the job
+                    done_frames += ranges[index][1] - ranges[index][0]
+                progress = PROGRESS["RENDER"] + span * done_frames / frames
+                heartbeat(stage="RENDER", progress=round(progress, 4))
+        except BaseException:
+            for call in calls.values():
+                call.cancel()
+            for future in pending:
+                future.cancel()
+            self._delete([k for k in keys if k])
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        log.info(
+            "rendered",
+            extra={"job_id": job.job_id, "frames": frames, "shards": len(ranges)},
+        )
+        return [k for k in keys if k]
+
+    # --- mux -------------------------------------------------------------------------------
+
+    def _mux(self, job: Job, audio_key: str, segments: list[str]) -> tuple[dict, dict]:
+        """Stitch the segments with the original audio and store the mp4 (its ObjectRef as a
+        dict, and concat_mp4's report); the segments are deleted either way."""
+        from talkingface.audio.decode import decode_audio
+        from talkingface.media import concat_mp4
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="talkingface-mux-") as tmp:
+                paths = []
+                for i, key in enumerate(segments):
+                    path = Path(tmp) / f"segment_{i:05d}.mp4"
+                    self._download(key, path)
+                    paths.append(path)
+                audio = decode_audio(
+                    self._get(audio_key), max_seconds=self.settings.audio_max_seconds
+                )
+                out = Path(tmp) / "video.mp4"
+                report = concat_mp4(out, paths, FPS, audio, SAMPLE_RATE)
+                key = result_key(job.tenant, job.job_id)
+                with out.open("rb") as handle:
+                    info = self.store.put(key, handle, content_type=MP4)
+        except StoreError as exc:
+            raise as_talkingface_error(exc) from None
+        finally:
+            self._delete(segments)
+        video = {"key": info.key, "size": info.size, "sha256": info.sha256 or "",
+                 "content_type": MP4}  # fmt: skip
+        return video, report
+
+    def _download(self, key: str, path: Path) -> None:
+        with self.store.stream(key) as chunks, path.open("wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+
+    def _get(self, key: str) -> bytes:
+        try:
+            return self.store.get(key)
+        except StoreError as exc:
+            raise as_talkingface_error(exc) from None
+
+    def _delete(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.store.delete(key)
+            except StoreError:
+                log.warning("could not delete %s", key)
+
+    # --- waiting with a heartbeat ----------------------------------------------------------
+
+    def _await(self, fn: Callable[[], T], heartbeat: Heartbeat, stage: str) -> T:
+        """Run `fn` in a thread, beating every `beat_s` until it returns (or the beat raises:
+        the call is then abandoned to finish on its own)."""
+        started = time.perf_counter()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{stage.lower()}")
+        try:
+            future = pool.submit(fn)
+            while True:
+                try:
+                    result = future.result(timeout=self.beat_s)
+                    _observe(stage.lower(), time.perf_counter() - started)
+                    return result
+                except FutureTimeout:
+                    heartbeat(stage=stage)
+        finally:
+            pool.shutdown(wait=False)
+
+
+def _observe(stage: str, seconds: float) -> None:
+    from talkingface.serving.metrics import STAGE_SECONDS
+
+    STAGE_SECONDS.labels(stage).observe(seconds)

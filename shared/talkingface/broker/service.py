@@ -1,0 +1,215 @@
+"""The broker process: the public gRPC API and the worker threads that drive the stages.
+
+`broker_server(settings)` is what `talkingface serve broker` runs: a ServiceServer hosting
+`BrokerServicer` plus a `WorkerPool` of TALKINGFACE_BROKER_WORKERS render workers and
+TALKINGFACE_BROKER_TRAIN_WORKERS training workers (started once the server is up, stopped
+first on shutdown). `talkingface worker` runs a WorkerPool alone, for fleets that scale the
+workers apart from the API. Workers are stateless: any number of them, in any processes,
+share the Redis queues, and one that dies mid-job loses nothing (its lease runs out and
+another worker takes the job over).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from talkingface.broker.jobs import JobStore
+from talkingface.broker.queue import WorkQueue
+from talkingface.broker.worker import Cancelled, Handler, LeaseLost, is_input_error, run_once
+from talkingface.config import Settings
+
+log = logging.getLogger(__name__)
+QUEUES = ("render", "train")
+IDLE_BLOCK_MS = 500
+REDIS_DOWN_SLEEP_S = 1.0
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """The Redis of TALKINGFACE_REDIS_URL (ConfigError when it is not set)."""
+    settings.require("redis_url", by="the broker")
+    return redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+
+
+@dataclass
+class WorkerSpec:
+    queue: WorkQueue
+    handler: Handler
+    threads: int
+
+
+class WorkerPool:
+    """Threads that each claim and run one job at a time from their queue until stopped."""
+
+    def __init__(self, jobs: JobStore, specs: list[WorkerSpec], name: str = "") -> None:
+        self.jobs = jobs
+        self.specs = [s for s in specs if s.threads > 0]
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def size(self) -> int:
+        return sum(s.threads for s in self.specs)
+
+    def start(self) -> None:
+        for spec in self.specs:
+            spec.queue.ensure_group()
+            for i in range(spec.threads):
+                consumer = f"{self.name}-{spec.queue.name}-{i}"
+                thread = threading.Thread(
+                    target=self._loop, args=(spec, consumer), name=consumer, daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        log.info("workers started", extra={"workers": [t.name for t in self._threads]})
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming; wait up to `timeout` for jobs in hand (an unfinished one is taken
+        over by another worker once its lease expires)."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        left = [t.name for t in self._threads if t.is_alive()]
+        if left:
+            log.warning("workers still busy at shutdown", extra={"workers": left})
+
+    def wait(self) -> None:
+        for thread in self._threads:
+            thread.join()
+
+    def _loop(self, spec: WorkerSpec, consumer: str) -> None:
+        while not self._stop.is_set():
+            try:
+                run_once(spec.queue, self.jobs, consumer, spec.handler, block_ms=IDLE_BLOCK_MS)
+            except redis.RedisError as exc:
+                log.warning("redis unavailable: %s", exc, extra={"consumer": consumer})
+                self._stop.wait(REDIS_DOWN_SLEEP_S)
+            except Exception:
+                log.exception("worker step failed", extra={"consumer": consumer})
+                self._stop.wait(REDIS_DOWN_SLEEP_S)
+
+
+def instrumented(kind: str, handler: Handler) -> Handler:
+    """`handler` counting its attempts and timing them by outcome (talkingface_job_*)."""
+    from talkingface.serving.metrics import JOB_ATTEMPTS, JOB_SECONDS
+
+    def run(job, delivery, heartbeat):
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = handler(job, delivery, heartbeat)
+            outcome = "succeeded"
+            return result
+        except Cancelled:
+            outcome = "cancelled"
+            raise
+        except LeaseLost:
+            outcome = "lease_lost"
+            raise
+        except Exception as exc:
+            outcome = "input_error" if is_input_error(exc) else "error"
+            raise
+        finally:
+            JOB_ATTEMPTS.labels(kind, outcome).inc()
+            JOB_SECONDS.labels(kind, outcome).observe(time.perf_counter() - started)
+
+    return run
+
+
+def worker_pool(
+    settings: Settings,
+    client: redis.Redis,
+    *,
+    render_threads: int | None = None,
+    train_threads: int | None = None,
+    store: Any = None,
+) -> WorkerPool:
+    """Workers for the `render` and `train` queues, with the settings' thread counts unless
+    given."""
+    from talkingface.broker.avatars import AvatarRegistry
+    from talkingface.broker.render_job import RenderHandler
+    from talkingface.broker.stages import StageClients
+    from talkingface.broker.train_job import TrainAvatarHandler
+    from talkingface.storage import store_from_settings
+
+    store = store or store_from_settings(settings)
+    render_threads = settings.broker_workers if render_threads is None else render_threads
+    train_threads = settings.broker_train_workers if train_threads is None else train_threads
+    specs = []
+    if render_threads:
+        handler = RenderHandler(StageClients.from_settings(settings), store, settings)
+        specs.append(WorkerSpec(WorkQueue.from_settings(client, "render", settings),
+                                instrumented("render", handler), render_threads))  # fmt: skip
+    if train_threads:
+        handler = TrainAvatarHandler(store, settings, AvatarRegistry(client))
+        specs.append(WorkerSpec(WorkQueue.from_settings(client, "train", settings),
+                                instrumented("train_avatar", handler), train_threads))  # fmt: skip
+    return WorkerPool(JobStore.from_settings(client, settings), specs)
+
+
+def export_queue_metrics(client: redis.Redis, settings: Settings) -> None:
+    """Queue depth, pending and dead-letter gauges, read from Redis at every scrape."""
+    from talkingface.serving.metrics import QUEUE_DEAD_LETTERS, QUEUE_DEPTH, QUEUE_PENDING
+
+    for name in QUEUES:
+        queue = WorkQueue.from_settings(client, name, settings)
+        QUEUE_DEPTH.labels(name).set_function(_safe(queue.depth))
+        QUEUE_PENDING.labels(name).set_function(_safe(queue.pending))
+        QUEUE_DEAD_LETTERS.labels(name).set_function(
+            _safe(lambda q=queue: q.redis.xlen(q.dead_key))
+        )
+
+
+def _safe(read: Callable[[], int]) -> Callable[[], float]:
+    def value() -> float:
+        try:
+            return float(read())
+        except redis.RedisError:
+            return float("nan")
+
+    return value
+
+
+def broker_server(settings: Settings, *, store: Any = None):
+    """The broker's ServiceServer (API + in-process workers); see the module docstring."""
+    from talkingface.broker.janitor import Janitor
+    from talkingface.broker.servicer import BrokerServicer
+    from talkingface.serving.server import ServiceServer, binding_for
+    from talkingface.storage import store_from_settings
+    from talkingface.v1 import broker_pb2, broker_pb2_grpc
+
+    client = redis_client(settings)
+    store = store or store_from_settings(settings)
+    servicer = BrokerServicer(settings, client, store)
+    pool = worker_pool(settings, client, store=store)
+    export_queue_metrics(client, settings)
+    binding = binding_for(servicer, broker_pb2_grpc.add_BrokerServicer_to_server, broker_pb2,
+                          "Broker")  # fmt: skip
+    janitor = None
+    if settings.janitor_interval_seconds > 0:
+        janitor = Janitor(store, servicer.jobs, settings.janitor_interval_seconds)
+
+    def start() -> None:
+        pool.start()
+        if janitor is not None:
+            janitor.start()
+
+    def stop() -> None:
+        if janitor is not None:
+            janitor.stop()
+        pool.stop(settings.shutdown_grace_s)
+
+    server = ServiceServer("broker", [binding], settings, warmup=start, on_stop=stop)
+    server.pool = pool  # type: ignore[attr-defined]
+    server.servicer = servicer  # type: ignore[attr-defined]
+    return server

@@ -1,0 +1,136 @@
+"""An avatar-training job: uploaded SynthTalk avatar directory -> trained bundle, published.
+
+`TrainAvatarHandler` is the worker handler of the `train` queue. The job's request (written
+by the broker's CreateAvatar) names the upload (a tar of a SynthTalk avatar directory, as
+`talkingface synth avatar` writes it), the avatar id the broker registered and the training
+preset. Steps: PREPROCESS (fetch the tar, unpack it safely, check it is a SynthTalk avatar),
+TRAIN (`talkingface train avatar`: renderer, projection index and, when the fleet's motion
+checkpoint is a local CKPT_DIR/motion, the avatar's postnet), PUBLISH (a new immutable
+version under `avatars/<avatar_id>/`, manifest last). Training reports progress after every
+step through the heartbeat, which also stops it at once when the job is cancelled.
+
+Unpacking refuses anything but plain files and directories inside the target (tarfile's
+`data` filter: no absolute paths, no `..`, no links out, no devices); a tar that is not a
+SynthTalk avatar fails the job with INVALID_REQUEST, without retries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from talkingface.broker.avatars import AvatarRegistry
+from talkingface.broker.jobs import Job
+from talkingface.broker.queue import Delivery
+from talkingface.broker.worker import Heartbeat
+from talkingface.config import Settings
+from talkingface.errors import TalkingFaceError
+from talkingface.storage import ObjectStore, StoreError
+from talkingface.storage.errors import as_talkingface_error
+
+log = logging.getLogger(__name__)
+MAX_MEMBERS = 10_000
+
+
+class TrainAvatarHandler:
+    """Handler of `train_avatar` jobs (see the module docstring)."""
+
+    def __init__(self, store: ObjectStore, settings: Settings, registry: AvatarRegistry) -> None:
+        self.store = store
+        self.settings = settings
+        self.registry = registry
+        self.beat_s = min(max(settings.queue_lease_seconds / 4, 0.05), 5.0)
+
+    def __call__(self, job: Job, delivery: Delivery, heartbeat: Heartbeat) -> dict[str, Any]:
+        from talkingface.render.commands import train_avatar
+
+        request = job.request
+        avatar_id = request["avatar_id"]
+        # Idempotent: the broker claimed it already unless it died right after queueing.
+        self.registry.claim(job.tenant, request.get("display_name", ""), job.job_id, avatar_id)
+        heartbeat(stage="PREPROCESS", progress=0.0)
+        last = [0.0, ""]
+
+        def on_progress(stage: str, fraction: float) -> None:
+            now = time.monotonic()
+            if stage != last[1] or now - last[0] >= self.beat_s:
+                last[0], last[1] = now, stage
+                heartbeat(stage=stage, progress=round(0.05 + 0.95 * fraction, 4))
+
+        with tempfile.TemporaryDirectory(prefix="talkingface-train-") as tmp:
+            root = self._unpack(request["data_key"], Path(tmp) / "data")
+            heartbeat(stage="TRAIN", progress=0.05)
+            args = argparse.Namespace(
+                data=root, out=Path(tmp) / "bundle", preset=request.get("preset") or "cpu",
+                steps=request.get("steps"), seed=int(request.get("seed", 0)), quiet=True,
+                ckpt=self._motion_ckpt(), publish=avatar_id, no_pitch=False,
+            )  # fmt: skip
+            try:
+                report = train_avatar(args, self.settings, self.settings.device, on_progress)
+            except (ValueError, FileNotFoundError) as exc:
+                raise TalkingFaceError(
+                    "INVALID_REQUEST", f"cannot train this avatar: {exc}"
+                ) from None
+        published = report["published"]
+        metrics = dict(report["renderer"])
+        metrics.pop("backend", None)
+        if "postnet" in report:
+            metrics["postnet"] = 1.0
+        return {"avatar_id": avatar_id, "version": published["version"], "metrics": metrics}
+
+    def _unpack(self, key: str, target: Path) -> Path:
+        """The SynthTalk avatar directory inside the uploaded tar, unpacked under `target`."""
+        from talkingface.data.synthtalk import fileformat as ff
+
+        target.mkdir(parents=True)
+        archive = target.parent / "upload.tar"
+        try:
+            with self.store.stream(key) as chunks, archive.open("wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+        except StoreError as exc:
+            raise as_talkingface_error(exc) from None
+        try:
+            with tarfile.open(archive) as tar:
+                members = tar.getmembers()
+                if len(members) > MAX_MEMBERS:
+                    raise TalkingFaceError(
+                        "INVALID_REQUEST", f"the tar holds over {MAX_MEMBERS} entries"
+                    )
+                tar.extractall(target, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            raise TalkingFaceError(
+                "INVALID_REQUEST", f"the upload is not a usable tar archive: {exc}"
+            ) from None
+        archive.unlink()
+        candidates = [target] + [p for p in target.iterdir() if p.is_dir()]
+        for root in candidates:
+            if (root / ff.MANIFEST).is_file():
+                try:
+                    ff.read_manifest(root, ff.AVATAR)
+                except (ValueError, OSError) as exc:
+                    raise TalkingFaceError(
+                        "INVALID_REQUEST", f"not a SynthTalk avatar: {exc}"
+                    ) from None
+                return root
+        raise TalkingFaceError(
+            "INVALID_REQUEST",
+            "the tar holds no SynthTalk avatar (synthtalk.json at its top or in one folder)",
+        )
+
+    def _motion_ckpt(self) -> Path | None:
+        """CKPT_DIR for the postnet when the fleet's motion checkpoint is a local
+        CKPT_DIR/motion beside its sync expert; None (no postnet) otherwise."""
+        setting = self.settings.motion_checkpoint
+        if not setting or setting.startswith("store:"):
+            return None
+        motion = Path(setting)
+        if motion.name == "motion" and (motion.parent / "syncnet").is_dir():
+            return motion.parent
+        log.info("no postnet for new avatars: %s is not CKPT_DIR/motion", setting)
+        return None

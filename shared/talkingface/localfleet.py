@@ -1,0 +1,215 @@
+"""The whole fleet on one machine (`talkingface up`, and the demo): Redis, local Ray Serve
+with the four stage applications of the serve config, and the broker with its workers.
+
+- Redis: TALKINGFACE_REDIS_URL when set; otherwise a private `redis-server` on a free
+  loopback port, with its append-only file under `<cache_dir>/fleet/redis/` (appendfsync
+  everysec), so jobs survive a restart of the fleet.
+- Object store: the settings' (the local-directory store by default; MinIO when configured).
+- Stages: `services/serve_config.yaml` (or `--config`) deployed on a local Ray: GPU fractions
+  set to 0 where torch sees no GPU, and each application's max_replicas capped to the
+  machine's cores (a replica that cannot get a core only slows the others down).
+- Broker: the public API on TALKINGFACE_GRPC_PORT with TALKINGFACE_BROKER_WORKERS render
+  workers and TALKINGFACE_BROKER_TRAIN_WORKERS training workers in its process.
+
+`LocalFleet` is a context manager: everything it started is stopped again on exit, children
+first (broker, Serve and Ray, then Redis).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from talkingface.config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+REDIS_START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port != 6379:  # never the default: a system Redis may listen there
+            return port
+
+
+class PrivateRedis:
+    """A redis-server child process on loopback, persisting to an AOF in `directory`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> str:
+        import redis
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ConfigError(
+                "no TALKINGFACE_REDIS_URL and no redis-server binary to start a private one "
+                "(run `make setup`, or point TALKINGFACE_REDIS_URL at a Redis)"
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        log_path = self.directory / "redis-server.log"
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes", "--appendfsync", "everysec", "--dir",
+                str(self.directory), "--daemonize", "no", "--logfile", str(log_path)]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ConfigError(f"redis-server exited at start-up; see {log_path}")
+            try:
+                if client.ping():
+                    return self.url
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                time.sleep(0.05)
+        self.stop()
+        raise ConfigError(f"redis-server did not answer within {REDIS_START_TIMEOUT_S:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def local_serve_config(
+    config_path: Path | str | None = None, cpus: int | None = None, port: int | None = None
+):
+    """The serve config for this machine: no GPU fractions without a GPU, every
+    application's max_replicas capped to the cores, and the gRPC proxy on `port` if given."""
+    import torch
+
+    from talkingface.serving.fleet import load_serve_config
+
+    config = load_serve_config(config_path)
+    if not torch.cuda.is_available():
+        config = config.without_gpus()
+    cpus = cpus or os.cpu_count() or 1
+    if port is not None:
+        config.raw.setdefault("grpc_options", {})["port"] = int(port)
+    for app in config.raw["applications"]:
+        for deployment in app.get("deployments", []):
+            scaling = deployment.get("autoscaling_config")
+            if scaling:
+                scaling["max_replicas"] = max(
+                    scaling.get("min_replicas", 1), min(scaling.get("max_replicas", 1), cpus)
+                )
+    return config
+
+
+class LocalFleet:
+    """Start the fleet on this machine (see the module docstring); a context manager."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: Path | str | None = None,
+        broker_port: int | None = None,
+        stages_port: int | None = None,
+        num_cpus: int | None = None,
+    ) -> None:
+        if not settings.motion_checkpoint:
+            raise ConfigError(
+                "the motion stage needs a trained model: set TALKINGFACE_MOTION_CHECKPOINT "
+                "to CKPT_DIR/motion (or pass --ckpt CKPT_DIR)"
+            )
+        self.settings = settings
+        self.config_path = config_path
+        self.broker_port = settings.grpc_port if broker_port is None else broker_port
+        self.stages_port = stages_port
+        self.num_cpus = num_cpus
+        self.redis: PrivateRedis | None = None
+        self.broker: Any = None
+        self.serve_config: Any = None
+        self._ray_started = False
+
+    @property
+    def broker_address(self) -> str:
+        return f"127.0.0.1:{self.broker.port}"
+
+    @property
+    def stages_address(self) -> str:
+        return self.settings.stages_address
+
+    def start(self) -> LocalFleet:
+        from talkingface.broker.service import broker_server
+        from talkingface.serving.fleet import deploy_fleet
+
+        try:
+            updates: dict[str, Any] = {}
+            if not self.settings.redis_url:
+                self.redis = PrivateRedis(Path(self.settings.cache_dir) / "fleet" / "redis")
+                updates["redis_url"] = self.redis.start()
+            self.serve_config = local_serve_config(self.config_path, port=self.stages_port)
+            updates["stages_address"] = f"127.0.0.1:{self.serve_config.grpc_port}"
+            self.settings = dataclasses.replace(self.settings, **updates)
+            log.info("starting the stage applications on local Ray Serve")
+            # Logical CPUs for Ray: replicas mostly wait for requests, so four applications
+            # fit on any machine; real parallelism is bounded by max_replicas above.
+            cpus = self.num_cpus or max(os.cpu_count() or 1, 8)
+            deploy_fleet(self.serve_config, self.settings, num_cpus=cpus)
+            self._ray_started = True
+            broker_settings = dataclasses.replace(self.settings, grpc_port=self.broker_port)
+            self.broker = broker_server(broker_settings)
+            self.broker.start()
+            self.broker.warm_up()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def endpoints(self) -> dict[str, str]:
+        return {
+            "broker": self.broker_address,
+            "broker_metrics": f"http://127.0.0.1:{self.broker.metrics_port}/metrics",
+            "stages": self.stages_address,
+            "redis": self.settings.redis_url if self.redis else "(TALKINGFACE_REDIS_URL)",
+            "store": (str(self.settings.store_dir) if self.settings.store == "local"
+                      else f"minio {self.settings.minio_endpoint}/{self.settings.minio_bucket}"),
+        }  # fmt: skip
+
+    def stop(self) -> None:
+        if self.broker is not None:
+            self.broker.stop(grace=5.0)
+            self.broker = None
+        if self._ray_started:
+            import ray
+            from ray import serve
+
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+            self._ray_started = False
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def __enter__(self) -> LocalFleet:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,384 @@
+"""The broker end to end, on real parts: a private Redis, moto's S3 server behind the MinIO
+client, the four stage applications of services/serve_config.yaml on local Ray Serve (tiny
+models), the broker's gRPC API, and workers in this process or as `talkingface worker`
+processes. Submit -> SUCCEEDED -> an mp4 whose video lasts as long as the audio and whose
+audio stream is the input; a worker SIGKILLed mid-job; idempotency; corrupt audio;
+cancellation; tenant isolation; avatars trained through the broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from types import SimpleNamespace
+
+import grpc
+import numpy as np
+import pytest
+import redis
+
+from talkingface.broker.avatars import AvatarRegistry
+from talkingface.broker.client import BrokerClient
+from talkingface.broker.janitor import sweep_scratch
+from talkingface.broker.jobs import JobStore
+from talkingface.broker.queue import WorkQueue
+from talkingface.broker.render_job import result_key
+from talkingface.broker.service import broker_server, worker_pool
+from talkingface.config import Settings
+from talkingface.errors import TalkingFaceError, error_from_rpc
+from talkingface.media import probe, read_wav
+from talkingface.serving.fleet import deploy_fleet, load_serve_config
+from talkingface.storage import MinioStore
+from talkingface.v1 import broker_pb2 as pb
+from tests.audio._media import mp4_audio_correlation
+
+pytestmark = pytest.mark.slow
+
+TENANT = "acme"
+AVATAR = "ann"
+SHARD_FRAMES = 16
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_avatar, tmp_path_factory):
+    """A tiny trained avatar bundle directory (renderer + projection index)."""
+    import argparse
+
+    from talkingface.render.commands import train_avatar
+
+    out = tmp_path_factory.mktemp("fleet-bundle") / "bundle"
+    args = argparse.Namespace(data=tiny_avatar, out=out, preset="tiny", steps=20, seed=1,
+                              quiet=True, ckpt=None, publish=None)  # fmt: skip
+    train_avatar(args, Settings.from_env({}), "cpu")
+    return out
+
+
+@pytest.fixture(scope="module")
+def fleet(serve_grpc_port, redis_server, s3_server, tiny_ckpt, bundle, tmp_path_factory):
+    """The stages on Ray Serve, a broker API without workers, and the environment that
+    configures both (for `talkingface worker` subprocesses too)."""
+    from talkingface.render.commands import bundle_files
+
+    tmp = tmp_path_factory.mktemp("fleet")
+    env = {
+        "TALKINGFACE_STORE": "minio",
+        "TALKINGFACE_MINIO_ENDPOINT": s3_server.endpoint,
+        "TALKINGFACE_MINIO_ACCESS_KEY": s3_server.access_key,
+        "TALKINGFACE_MINIO_SECRET_KEY": s3_server.secret_key,
+        "TALKINGFACE_MINIO_REGION": s3_server.region,
+        "TALKINGFACE_MINIO_BUCKET": f"tf-fleet-{uuid.uuid4().hex[:12]}",
+        "TALKINGFACE_REDIS_URL": redis_server.url,
+        "TALKINGFACE_STAGES_ADDRESS": f"127.0.0.1:{serve_grpc_port}",
+        "TALKINGFACE_MOTION_CHECKPOINT": str(tiny_ckpt / "motion"),
+        "TALKINGFACE_DEVICE": "cpu",
+        "TALKINGFACE_CACHE_DIR": str(tmp / "cache"),
+        "TALKINGFACE_GRPC_HOST": "127.0.0.1",
+        "TALKINGFACE_GRPC_PORT": "0",
+        "TALKINGFACE_METRICS_PORT": "0",
+        "TALKINGFACE_QUEUE_LEASE_SECONDS": "3",
+        "TALKINGFACE_QUEUE_RETRY_BASE_SECONDS": "0.2",
+        "TALKINGFACE_RENDER_SHARD_FRAMES": str(SHARD_FRAMES),
+        "TALKINGFACE_RENDER_PARALLEL_SHARDS": "2",
+        "TALKINGFACE_BROKER_WORKERS": "0",
+        "TALKINGFACE_BROKER_TRAIN_WORKERS": "0",
+        "TALKINGFACE_LOG_FORMAT": "text",
+    }
+    settings = Settings.from_env(env)
+    store = MinioStore(s3_server.endpoint, s3_server.access_key, s3_server.secret_key,
+                       bucket=settings.minio_bucket, region=s3_server.region)  # fmt: skip
+    deploy_fleet(load_serve_config().without_gpus(), settings, start=False)
+    store.publish_version(f"avatars/{AVATAR}", bundle_files(bundle))
+    client = redis.Redis.from_url(redis_server.url)
+    AvatarRegistry(client).claim(TENANT, "Ann", avatar_id=AVATAR)
+    broker = broker_server(settings)
+    broker.start()
+    broker.warm_up()
+    address = f"127.0.0.1:{broker.port}"
+    yield SimpleNamespace(
+        env=env, settings=settings, store=store, redis=client, address=address,
+        api=BrokerClient(address, TENANT), jobs=JobStore(client),
+        render_queue=WorkQueue.from_settings(client, "render", settings),
+        train_queue=WorkQueue.from_settings(client, "train", settings),
+    )  # fmt: skip
+    broker.stop(grace=1.0)
+
+
+@pytest.fixture
+def workers(fleet):
+    """One render and one training worker in this process, for the length of a test."""
+    pool = worker_pool(fleet.settings, fleet.redis, render_threads=1, train_threads=1)
+    pool.start()
+    yield pool
+    pool.stop(30.0)
+
+
+def _speech(tiny_avatar, seconds: float) -> bytes:
+    """The first `seconds` of the avatar's own speech, as a 16-bit WAV file."""
+    import io
+    import wave
+
+    samples, rate = read_wav(tiny_avatar / "audio.wav")
+    pcm = np.round(np.clip(samples[: int(seconds * rate)], -1, 1) * 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes(pcm.tobytes())
+    return buffer.getvalue()
+
+
+def _drained(fleet) -> None:
+    for queue in (fleet.render_queue, fleet.train_queue):
+        assert queue.pending() == 0, queue.name
+        assert queue.depth() == 0, queue.name
+
+
+def test_submit_renders_an_mp4_of_the_input_audio(fleet, workers, tiny_avatar, tmp_path):
+    audio_path = tmp_path / "speech.wav"
+    audio_path.write_bytes(_speech(tiny_avatar, 2.6))
+    samples, rate = read_wav(audio_path)
+    job = fleet.api.submit_render(AVATAR, audio=audio_path, idempotency_key="render-1")
+    assert job.state == pb.JOB_STATE_QUEUED
+    seen = []
+    final = fleet.api.wait(job.job_id, seen.append, timeout_s=300)
+    assert final.state == pb.JOB_STATE_SUCCEEDED, final.error
+    stages = [u.stage for u in seen if u.state == pb.JOB_STATE_RUNNING]
+    for stage in (pb.STAGE_AUDIO_FEATURES, pb.STAGE_MOTION, pb.STAGE_LANDMARK_PROJECTION,
+                  pb.STAGE_RENDER, pb.STAGE_MUX):  # fmt: skip
+        assert stage in stages
+    progress = [u.progress for u in seen]
+    assert progress == sorted(progress) and final.progress == 1.0
+
+    out = fleet.api.download(final, tmp_path / "out.mp4")  # the presigned URL, over HTTP
+    assert final.render.download_url.startswith("http://")
+    info = probe(out)
+    duration = len(samples) / rate
+    assert info["video"]["codec"] == "h264" and info["audio"]["codec"] == "aac"
+    assert abs(info["video"]["duration"] - duration) <= 0.04
+    assert final.render.frames == round(duration * 25)
+    assert mp4_audio_correlation(out, samples) > 0.9
+    frames = -(-final.render.frames // SHARD_FRAMES)
+    assert final.render.metrics["shards"] == frames and final.render.metrics["remuxed"] == 1.0
+    # One result object, nothing left in scratch space, nothing pending.
+    results = fleet.store.list(f"results/{TENANT}/{final.job_id}")
+    assert [r.key for r in results] == [result_key(TENANT, final.job_id)]
+    assert fleet.store.list(f"work/{final.job_id}") == []
+    _drained(fleet)
+
+
+def test_the_same_idempotency_key_gives_one_job(fleet, tiny_avatar):
+    audio = _speech(tiny_avatar, 1.0)
+    uploads_before = len(fleet.store.list(f"uploads/{TENANT}"))
+    first = fleet.api.submit_render(AVATAR, audio=audio, idempotency_key="same-key")
+    second = fleet.api.submit_render(AVATAR, audio=audio, idempotency_key="same-key")
+    assert first.job_id == second.job_id
+    assert fleet.render_queue.depth() == 1  # one work message, no workers running
+    assert len(fleet.store.list(f"uploads/{TENANT}")) == uploads_before + 1
+    # Another tenant's identical key is another job (and it cannot see this one).
+    other = BrokerClient(fleet.address, "globex")
+    with pytest.raises(TalkingFaceError) as caught:
+        other.get_job(first.job_id)
+    assert caught.value.code == "JOB_NOT_FOUND"
+    cancelled = fleet.api.cancel_job(first.job_id)
+    assert cancelled.state == pb.JOB_STATE_CANCELLED
+    pool = worker_pool(fleet.settings, fleet.redis, render_threads=1, train_threads=0)
+    pool.start()  # acks the cancelled job's message without running it
+    try:
+        deadline = time.monotonic() + 30
+        while fleet.render_queue.depth() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        pool.stop(10.0)
+    _drained(fleet)
+    assert fleet.api.get_job(first.job_id).state == pb.JOB_STATE_CANCELLED
+
+
+def test_corrupt_audio_fails_fast_with_its_code(fleet, workers):
+    started = time.monotonic()
+    job = fleet.api.submit_render(AVATAR, audio=b"RIFF" + bytes(range(256)) * 8)
+    final = fleet.api.wait(job.job_id, timeout_s=60)
+    assert final.state == pb.JOB_STATE_FAILED
+    code = final.error.code
+    from talkingface.v1 import common_pb2
+
+    assert common_pb2.ErrorCode.Name(code).startswith("AUDIO_"), final.error
+    assert final.attempt == 1  # an input error is not retried
+    assert time.monotonic() - started < 30
+    assert fleet.store.list(f"results/{TENANT}/{job.job_id}") == []
+    _drained(fleet)
+
+
+def test_bad_requests_get_their_codes(fleet, tiny_avatar):
+    audio = _speech(tiny_avatar, 0.5)
+    cases = [
+        (dict(avatar_id="nobody", audio=audio), "AVATAR_NOT_FOUND"),
+        (dict(avatar_id=AVATAR, audio=b""), "AUDIO_EMPTY"),
+        (dict(avatar_id=AVATAR, upload_id="0123456789abcdef"), "NOT_FOUND"),
+        (dict(avatar_id=AVATAR, audio=audio, options=pb.RenderOptions(k=-1)),
+         "PROJECTION_INVALID_OPTIONS"),
+        (dict(avatar_id=AVATAR, audio=audio, options=pb.RenderOptions(alpha=1.5)),
+         "PROJECTION_INVALID_OPTIONS"),
+        (dict(avatar_id=AVATAR, audio=audio, options=pb.RenderOptions(resolution=33)),
+         "INVALID_REQUEST"),
+        (dict(avatar_id=AVATAR, avatar_version="v-none", audio=audio),
+         "AVATAR_VERSION_NOT_FOUND"),
+    ]  # fmt: skip
+    for kwargs, code in cases:
+        with pytest.raises(TalkingFaceError) as caught:
+            fleet.api.submit_render(**kwargs)
+        assert caught.value.code == code, kwargs
+    # Another tenant can neither see the avatar nor use this tenant's uploads.
+    upload = fleet.api.upload(audio)
+    other = BrokerClient(fleet.address, "globex")
+    for call in (lambda: other.submit_render(AVATAR, audio=audio),
+                 lambda: other.get_avatar(AVATAR)):  # fmt: skip
+        with pytest.raises(TalkingFaceError) as caught:
+            call()
+        assert caught.value.code == "AVATAR_NOT_FOUND"
+    AvatarRegistry(fleet.redis).claim("globex", avatar_id="bob")
+    with pytest.raises(TalkingFaceError) as caught:
+        other.submit_render("bob", upload_id=upload.upload_id)
+    assert caught.value.code == "NOT_FOUND"  # the upload is acme's
+    with pytest.raises(TalkingFaceError) as caught:
+        BrokerClient(fleet.address, "not a tenant!").get_job("x")
+    assert caught.value.code == "INVALID_REQUEST"
+    _drained(fleet)
+
+
+def test_a_running_job_can_be_cancelled(fleet, workers, tiny_avatar):
+    job = fleet.api.submit_render(AVATAR, audio=_speech(tiny_avatar, 3.8))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        current = fleet.api.get_job(job.job_id)
+        if current.state == pb.JOB_STATE_RUNNING and current.stage == pb.STAGE_RENDER:
+            break
+        time.sleep(0.05)
+    assert current.stage == pb.STAGE_RENDER, current
+    cancelled_at = time.monotonic()
+    fleet.api.cancel_job(job.job_id)
+    final = fleet.api.wait(job.job_id, timeout_s=60)
+    assert final.state == pb.JOB_STATE_CANCELLED
+    assert time.monotonic() - cancelled_at < 20
+    deadline = time.monotonic() + 30  # the worker acks after cleaning up
+    while fleet.render_queue.pending() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _drained(fleet)
+    assert fleet.store.list(f"results/{TENANT}/{job.job_id}") == []
+    # A shard in flight at the cancel may land after the job's own cleanup; the janitor
+    # removes the scratch space of ended jobs.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        sweep_scratch(fleet.store, fleet.jobs, min_age_s=0)
+        if not fleet.store.list(f"work/{job.job_id}"):
+            break
+        time.sleep(0.5)
+    assert fleet.store.list(f"work/{job.job_id}") == []
+
+
+def test_the_janitor_keeps_the_scratch_space_of_running_jobs(fleet):
+    running, _ = fleet.jobs.create(TENANT, "render", {"x": 1})
+    fleet.jobs.update(running.job_id, state="RUNNING")
+    ended, _ = fleet.jobs.create(TENANT, "render", {"x": 2})
+    fleet.jobs.update(ended.job_id, state="FAILED", error_code="INTERNAL")
+    for job_id in (running.job_id, ended.job_id, "0" * 32):  # the last one has no record
+        fleet.store.put(f"work/{job_id}/segments/a.mp4", b"x")
+    assert sweep_scratch(fleet.store, fleet.jobs, min_age_s=3600) == 1  # only the recordless
+    assert sweep_scratch(fleet.store, fleet.jobs, min_age_s=0) == 1  # now the ended one too
+    assert [i.key for i in fleet.store.list("work")] == [f"work/{running.job_id}/segments/a.mp4"]
+    fleet.jobs.update(running.job_id, state="CANCELLED")
+    assert sweep_scratch(fleet.store, fleet.jobs, min_age_s=0) == 1
+    assert fleet.store.list("work") == []
+
+
+def _worker_process(fleet, tmp_path, name: str) -> subprocess.Popen:
+    env = {**os.environ, **fleet.env, "TALKINGFACE_RENDER_PARALLEL_SHARDS": "1",
+           "TALKINGFACE_RENDER_SHARD_FRAMES": "8"}  # fmt: skip
+    log = (tmp_path / f"{name}.log").open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "talkingface.cli", "worker", "--queues", "render"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes(fleet, tiny_avatar, tmp_path):
+    job = fleet.api.submit_render(AVATAR, audio=_speech(tiny_avatar, 3.0))
+    first = _worker_process(fleet, tmp_path, "first")
+    second = None
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # wait until it is rendering, a shard done
+            current = fleet.api.get_job(job.job_id)
+            if current.stage == pb.STAGE_RENDER and current.progress > 0.15:
+                break
+            assert first.poll() is None, (tmp_path / "first.log").read_text()
+            time.sleep(0.05)
+        assert current.stage == pb.STAGE_RENDER, current
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert fleet.render_queue.pending() == 1  # the killed worker's claim is still there
+        second = _worker_process(fleet, tmp_path, "second")
+        final = fleet.api.wait(job.job_id, timeout_s=240)
+        assert final.state == pb.JOB_STATE_SUCCEEDED, (tmp_path / "second.log").read_text()
+        assert final.attempt == 2  # taken over once its lease ran out
+        results = fleet.store.list(f"results/{TENANT}/{job.job_id}")
+        assert [r.key for r in results] == [result_key(TENANT, job.job_id)]
+        assert final.render.frames == 75
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+    _drained(fleet)
+
+
+def test_an_avatar_trained_through_the_broker(fleet, workers, tiny_avatar):
+    job = fleet.api.create_avatar(tiny_avatar, preset="tiny", display_name="Tiny")
+    assert job.kind == pb.JOB_KIND_TRAIN_AVATAR and job.avatar_id
+    assert fleet.api.get_avatar(job.avatar_id).state == pb.AVATAR_STATE_TRAINING
+    final = fleet.api.wait(job.job_id, timeout_s=300)
+    assert final.state == pb.JOB_STATE_SUCCEEDED, final.error
+    avatar = fleet.api.get_avatar(job.avatar_id)
+    assert avatar.state == pb.AVATAR_STATE_READY and avatar.display_name == "Tiny"
+    assert [v.version for v in avatar.versions] == [final.avatar.version]
+    assert avatar.versions[0].metrics["renderer.val_psnr"] > 0
+    manifest = fleet.store.read_manifest(f"avatars/{job.avatar_id}", final.avatar.version)
+    assert {"renderer/model.safetensors", "projection/index.safetensors",
+            "postnet/model.safetensors"} <= set(manifest["files"])  # fmt: skip
+    listed = fleet.redis.zrange(f"tf:tenantavatars:{TENANT}", 0, -1)
+    assert job.avatar_id.encode() in listed
+    with pytest.raises(TalkingFaceError) as caught:
+        BrokerClient(fleet.address, "globex").get_avatar(job.avatar_id)
+    assert caught.value.code == "AVATAR_NOT_FOUND"
+    deleted = fleet.api.stub.DeleteAvatar(
+        pb.DeleteAvatarRequest(avatar_id=job.avatar_id), metadata=fleet.api.metadata
+    )
+    assert deleted.versions_deleted == 1
+    assert fleet.store.list(f"avatars/{job.avatar_id}") == []
+    with pytest.raises(TalkingFaceError) as caught:
+        fleet.api.get_avatar(job.avatar_id)
+    assert caught.value.code == "AVATAR_NOT_FOUND"
+    _drained(fleet)
+
+
+def test_an_upload_that_is_not_an_avatar_fails_its_training_job(fleet, workers):
+    upload = fleet.api.upload(np.arange(1000, dtype=np.uint8).tobytes())
+    created = fleet.api.stub.CreateAvatar(
+        pb.CreateAvatarRequest(synthtalk_upload_id=upload.upload_id, preset="tiny"),
+        metadata=fleet.api.metadata,
+    )
+    final = fleet.api.wait(created.job_id, timeout_s=60)
+    assert final.state == pb.JOB_STATE_FAILED
+    from talkingface.v1 import common_pb2
+
+    assert common_pb2.ErrorCode.Name(final.error.code) == "INVALID_REQUEST"
+    assert fleet.api.get_avatar(created.avatar_id).state == pb.AVATAR_STATE_FAILED
+    with pytest.raises(grpc.RpcError) as caught:  # real video: a later release
+        fleet.api.stub.CreateAvatar(
+            pb.CreateAvatarRequest(video_upload_id=upload.upload_id), metadata=fleet.api.metadata
+        )
+    assert error_from_rpc(caught.value).code == "NOT_AVAILABLE_YET"
+    _drained(fleet)
