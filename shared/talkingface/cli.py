@@ -17,9 +17,7 @@ from talkingface import __version__
 EXIT_NOT_AVAILABLE = 3
 
 # command -> (one-line help, issue that builds it)
-PLANNED: dict[str, tuple[str, int]] = {
-    "demo": ("the end-to-end demo that `make demo` runs", 8),
-}
+PLANNED: dict[str, tuple[str, int]] = {}
 SERVICES = ("audio_features", "motion", "landmark_projection", "renderer", "broker")
 SERVICE_ISSUES = {
     "audio_features": 4,
@@ -401,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_submit(sub)
     add_worker(sub)
     add_avatar(sub)
+
+    from talkingface.demo import add_demo
+
+    add_demo(sub)
 
     for name, (text, issue) in PLANNED.items():
         planned = sub.add_parser(name, help=f"{text} [not available yet]", add_help=False)

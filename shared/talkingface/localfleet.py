@@ -130,6 +130,7 @@ class LocalFleet:
         broker_port: int | None = None,
         stages_port: int | None = None,
         num_cpus: int | None = None,
+        redis_dir: Path | None = None,
     ) -> None:
         if not settings.motion_checkpoint:
             raise ConfigError(
@@ -140,6 +141,7 @@ class LocalFleet:
         self.config_path = config_path
         self.broker_port = settings.grpc_port if broker_port is None else broker_port
         self.stages_port = stages_port
+        self.redis_dir = redis_dir or Path(settings.cache_dir) / "fleet" / "redis"
         self.num_cpus = num_cpus
         self.redis: PrivateRedis | None = None
         self.broker: Any = None
@@ -161,7 +163,7 @@ class LocalFleet:
         try:
             updates: dict[str, Any] = {}
             if not self.settings.redis_url:
-                self.redis = PrivateRedis(Path(self.settings.cache_dir) / "fleet" / "redis")
+                self.redis = PrivateRedis(self.redis_dir)
                 updates["redis_url"] = self.redis.start()
             self.serve_config = local_serve_config(self.config_path, port=self.stages_port)
             updates["stages_address"] = f"127.0.0.1:{self.serve_config.grpc_port}"

@@ -24,6 +24,52 @@ FPS = 25
 SAMPLE_RATE = 16000
 
 
+def predict_landmarks(
+    bundle_dir: Path | str,
+    audio: np.ndarray,
+    motion_dir: Path | str,
+    *,
+    k: int = 20,
+    alpha: float = 0.5,
+    seed: int = 0,
+    temperature: float | None = None,
+    hubert: str | None = None,
+    pitch_method: str = "dio",
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """The first three stages on 16 kHz audio: `features` (the extraction), `motion` (lm3d
+    from the motion model with the bundle's postnet, or around the avatar's mean face) and
+    `projection` (onto the avatar's training landmarks), plus `postnet` (applied or not)."""
+    from talkingface.audio import extract
+    from talkingface.landmarks.bundle import PROJECTION_CONFIG, PROJECTION_INDEX, index_from_files
+    from talkingface.motion.data import _front_end
+    from talkingface.motion.infer import MotionModel, PostnetModel
+
+    bundle = Path(bundle_dir)
+    feats = extract(audio, _front_end(hubert), pitch_method=pitch_method)  # type: ignore[arg-type]
+    model = MotionModel.load(motion_dir, device=device)
+    index = index_from_files(
+        (bundle / PROJECTION_INDEX).read_bytes(), (bundle / PROJECTION_CONFIG).read_bytes()
+    )
+    postnet = None
+    if (bundle / "postnet" / "model.safetensors").is_file():
+        postnet = PostnetModel.load(bundle / "postnet", model.device)
+        model.check_postnet(postnet)
+    # The avatar's mean face: the postnet's when it has one, else its training landmarks'.
+    mean_face = None if postnet is not None else index.frames.mean(axis=0).reshape(-1, 3)
+    bins = feats.f0_bins.astype(np.int64)
+    lm3d = model.generate(
+        feats.features, bins, seed=seed, temperature=temperature, postnet=postnet,
+        mean_face=mean_face,
+    )  # fmt: skip
+    return {
+        "features": feats,
+        "motion": lm3d,
+        "projection": index.project(lm3d, k=k, alpha=alpha),
+        "postnet": postnet is not None,
+    }
+
+
 def render_file(
     bundle_dir: Path | str,
     audio_path: Path | str,
@@ -41,34 +87,20 @@ def render_file(
     device: str = "cpu",
     max_seconds: float = 900.0,
 ) -> dict[str, Any]:
-    from talkingface.audio import decode_audio_file, extract
-    from talkingface.landmarks.bundle import PROJECTION_CONFIG, PROJECTION_INDEX, index_from_files
+    from talkingface.audio import decode_audio_file
     from talkingface.media import write_mp4
-    from talkingface.motion.data import _front_end
-    from talkingface.motion.infer import MotionModel, PostnetModel
     from talkingface.render.checkpoint import load_renderer, pose_indices
 
     started = time.perf_counter()
     bundle = Path(bundle_dir)
     audio = decode_audio_file(audio_path, max_seconds=max_seconds)
-    feats = extract(audio, _front_end(hubert), pitch_method=pitch_method)  # type: ignore[arg-type]
-    model = MotionModel.load(motion_dir, device=device)
-    index = index_from_files(
-        (bundle / PROJECTION_INDEX).read_bytes(), (bundle / PROJECTION_CONFIG).read_bytes()
-    )
-    postnet = None
-    if (bundle / "postnet" / "model.safetensors").is_file():
-        postnet = PostnetModel.load(bundle / "postnet", model.device)
-        model.check_postnet(postnet)
-    mean_face = index.frames.mean(axis=0).reshape(-1, 3)  # the avatar's training mean face
-    bins = feats.f0_bins.astype(np.int64)
-    lm3d = model.generate(
-        feats.features, bins, seed=seed, temperature=temperature, postnet=postnet,
-        mean_face=mean_face,
+    predicted = predict_landmarks(
+        bundle, audio, motion_dir, k=k, alpha=alpha, seed=seed, temperature=temperature,
+        hubert=hubert, pitch_method=pitch_method, device=device,
     )  # fmt: skip
-    projected = index.project(lm3d, k=k, alpha=alpha)
+    projected = predicted["projection"]
     renderer, track = load_renderer(bundle / "renderer", device)
-    poses = pose_indices(len(lm3d), len(track["R"]), pose_mode)
+    poses = pose_indices(len(projected.lm3d), len(track["R"]), pose_mode)
     frames_lm = projected.lm3d
     render_started = time.perf_counter()
 
@@ -88,7 +120,7 @@ def render_file(
         "frames": count,
         "audio_seconds": round(len(audio) / SAMPLE_RATE, 3),
         "video_seconds": round(count / FPS, 3),
-        "postnet": postnet is not None,
+        "postnet": predicted["postnet"],
         "bad_case_rate": round(projected.bad_case_rate, 4),
         "bad_case_rate_before": round(projected.bad_case_rate_before, 4),
         "render_fps": round(count / max(render_seconds, 1e-9), 2),
