@@ -206,6 +206,12 @@ def test_store_mode_writes_an_h264_segment(service, sequence, full):
         decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
     assert decoded.shape == (8, SIZE, SIZE, 3)
     assert np.abs(decoded.astype(int) - whole[4:12]).mean() < 12
+    # A caller's scratch prefix (the broker's work/<job_id>/segments).
+    request.segment_prefix = "work/job1/segments"
+    _, segment = list(stub.Render(request, metadata=METADATA, timeout=300))
+    assert segment.segment.key.startswith("work/job1/segments/")
+    assert segment.segment.key.endswith("-segment_4_12.mp4")
+    assert store.get(segment.segment.key) == store.get(ref.key)  # the same frames, same bytes
 
 
 def test_unknown_and_unready_avatars(service, sequence):
@@ -243,6 +249,17 @@ def test_invalid_ranges(service, sequence, start, end):
         ),
         (None, {"pose_indices": [0]}, "INVALID_REQUEST"),
         (None, {"resolution": 33, "output": common_pb2.OUTPUT_MODE_STORE}, "INVALID_REQUEST"),
+        (None, {"segment_prefix": "work/x"}, "INVALID_REQUEST"),  # frames are streamed
+        (
+            None,
+            {"segment_prefix": "avatars/x", "output": common_pb2.OUTPUT_MODE_STORE},
+            "STORE_KEY_INVALID",
+        ),
+        (
+            None,
+            {"segment_prefix": "work/../x", "output": common_pb2.OUTPUT_MODE_STORE},
+            "STORE_KEY_INVALID",
+        ),
     ],
 )
 def test_bad_requests_are_invalid_argument(service, sequence, lm3d, options, code):
