@@ -7,6 +7,7 @@ cancellation; tenant isolation; avatars trained through the broker."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -381,4 +382,32 @@ def test_an_upload_that_is_not_an_avatar_fails_its_training_job(fleet, workers):
             pb.CreateAvatarRequest(video_upload_id=upload.upload_id), metadata=fleet.api.metadata
         )
     assert error_from_rpc(caught.value).code == "NOT_AVAILABLE_YET"
+    _drained(fleet)
+
+
+def test_the_submit_and_avatar_commands(fleet, workers, tiny_avatar, tmp_path, capsys):
+    from talkingface.cli import main
+
+    audio = tmp_path / "speech.wav"
+    audio.write_bytes(_speech(tiny_avatar, 1.2))
+    client = ["--broker", fleet.address, "--tenant", TENANT, "--json"]
+    out = tmp_path / "cli.mp4"
+    argv = ["submit", "--avatar", AVATAR, "--audio", str(audio), "--out", str(out), "-k", "8"]
+    assert main([*argv, *client]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["state"] == "SUCCEEDED" and report["out"] == str(out)
+    assert abs(probe(out)["video"]["duration"] - 1.2) <= 0.04
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF" + bytes(300))
+    assert main(["submit", "--avatar", AVATAR, "--audio", str(bad), "--out",
+                 str(tmp_path / "bad.mp4"), *client]) == 1  # fmt: skip
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["state"] == "FAILED"
+    assert "AUDIO_" in captured.err and not (tmp_path / "bad.mp4").exists()
+    assert main(["submit", "--avatar", "nobody", "--audio", str(audio), "--out",
+                 str(tmp_path / "n.mp4"), *client]) == 2  # fmt: skip
+    assert "AVATAR_NOT_FOUND" in capsys.readouterr().err
+    assert main(["avatar", "show", AVATAR, *client]) == 0
+    shown = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert shown["avatar_id"] == AVATAR and shown["state"] == "AVATAR_STATE_READY"
     _drained(fleet)

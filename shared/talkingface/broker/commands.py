@@ -148,13 +148,22 @@ def submit_and_download(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Submit, follow with a progress bar, download on success; a summary of the job."""
+    job = client.submit_render(
+        avatar_id, audio=audio, options=options, idempotency_key=idempotency_key
+    )
+    job = follow(client, job, progress)
+    summary = job_summary(job)
+    if summary["state"] == "SUCCEEDED":
+        summary["out"] = str(client.download(job, out))
+    return summary
+
+
+def follow(client, job, progress: bool = True):
+    """Wait for the job to end, with a progress bar (stage, percent, elapsed) on stderr."""
     from tqdm import tqdm
 
     from talkingface.broker.client import stage_name, state_name
 
-    job = client.submit_render(
-        avatar_id, audio=audio, options=options, idempotency_key=idempotency_key
-    )
     bar = tqdm(total=100, desc="queued", unit="%", disable=not progress, dynamic_ncols=True,
                bar_format="{desc:>22s} {percentage:3.0f}%|{bar}| {elapsed}")  # fmt: skip
 
@@ -165,13 +174,9 @@ def submit_and_download(
         bar.refresh()
 
     try:
-        job = client.wait(job.job_id, on_update)
+        return client.wait(job.job_id, on_update)
     finally:
         bar.close()
-    summary = job_summary(job)
-    if summary["state"] == "SUCCEEDED":
-        summary["out"] = str(client.download(job, out))
-    return summary
 
 
 def job_summary(job) -> dict[str, Any]:
@@ -242,7 +247,7 @@ def cmd_avatar(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
             job = client.create_avatar(args.data, args.preset or "", args.name or "")
             print(f"avatar {job.avatar_id}: training (job {job.job_id})", file=sys.stderr)
-            job = client.wait(job.job_id)
+            job = follow(client, job, progress=not args.json)
         except TalkingFaceError as exc:
             print(f"talkingface avatar: {exc.code}: {exc.message}", file=sys.stderr)
             return EXIT_USAGE

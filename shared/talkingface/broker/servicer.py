@@ -56,6 +56,7 @@ DEFAULT_TENANT = "default"
 RENDER_QUEUE = "render"
 TRAIN_QUEUE = "train"
 MAX_INLINE_AUDIO = 4 * 1024 * 1024
+WATCH_SPAN_S = 2.0
 MAX_K = 256
 MAX_RESOLUTION = 1024
 PRESETS = ("tiny", "cpu", "full")
@@ -169,10 +170,18 @@ class BrokerServicer:
     def WatchJob(self, request: pb.WatchJobRequest, context) -> Iterator[pb.Job]:
         try:
             tenant = self._tenant(context)
-            for job in self.jobs.watch(request.job_id, tenant, block_ms=500):
-                yield self._job(job)
-                if not context.is_active():
-                    return
+            last = None
+            # Watch in short spans, so a client that went away frees its thread within one.
+            while context.is_active():
+                for job in self.jobs.watch(
+                    request.job_id, tenant, block_ms=500, timeout_s=WATCH_SPAN_S
+                ):
+                    seen = (job.updated_at, job.state, job.stage, job.progress, job.attempt)
+                    if seen != last:  # each span starts with the job as it is: sent once
+                        last = seen
+                        yield self._job(job)
+                    if job.terminal:
+                        return
         except TalkingFaceError as error:
             abort(context, error)
 
