@@ -6,23 +6,14 @@ import pytest
 
 from talkingface.cli import main
 from talkingface.media import probe, read_wav
-from talkingface.render.commands import train_avatar
 from tests.audio._media import mp4_audio_correlation
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_avatar, tmp_path_factory):
-    import argparse
-
-    from talkingface.config import Settings
-
-    out = tmp_path_factory.mktemp("pipeline") / "bundle"
-    args = argparse.Namespace(data=tiny_avatar, out=out, preset="tiny", steps=20, seed=1,
-                              quiet=True, ckpt=None, publish=None)  # fmt: skip
-    train_avatar(args, Settings.from_env({}), "cpu")
-    return out
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 def test_render_command_writes_an_mp4_of_the_audio(

@@ -44,17 +44,8 @@ SHARD_FRAMES = 16
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_avatar, tmp_path_factory):
-    """A tiny trained avatar bundle directory (renderer + projection index)."""
-    import argparse
-
-    from talkingface.render.commands import train_avatar
-
-    out = tmp_path_factory.mktemp("fleet-bundle") / "bundle"
-    args = argparse.Namespace(data=tiny_avatar, out=out, preset="tiny", steps=20, seed=1,
-                              quiet=True, ckpt=None, publish=None)  # fmt: skip
-    train_avatar(args, Settings.from_env({}), "cpu")
-    return out
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from talkingface import __version__
 from talkingface.data.synthtalk import fileformat as ff
@@ -27,7 +26,7 @@ from talkingface.data.synthtalk.corpus import HELDOUT_LANGUAGE, stream_rng
 from talkingface.data.synthtalk.sentences import sentence
 from talkingface.data.synthtalk.speaker import sample_speaker
 from talkingface.data.synthtalk.speech import LANGUAGES, random_voice, synthesize
-from talkingface.data.synthtalk.video import PersonRenderer, sample_appearance
+from talkingface.data.synthtalk.video import PersonRenderer, render_video, sample_appearance
 from talkingface.media import write_wav
 
 FPS = 25
@@ -124,19 +123,9 @@ def build_avatar(
     rotations, translations, euler = random_head_motion(stream_rng(seed, MOTION), frames, FPS)
 
     renderer = PersonRenderer(speaker.neutral_landmarks(), appearance, size=size)
-    video = np.lib.format.open_memmap(
-        out / "frames.npy", mode="w+", dtype=np.uint8, shape=(frames, size, size, 3)
+    lm2d = render_video(
+        out, renderer, track.landmarks, rotations, translations, "synth avatar", progress
     )
-    masks = np.lib.format.open_memmap(
-        out / "masks.npy", mode="w+", dtype=np.bool_, shape=(frames, size, size)
-    )
-    lm2d = np.zeros((frames, 68, 2), np.float32)
-    for i in tqdm(range(frames), desc="synth avatar", unit="frame", disable=not progress):
-        frame = renderer.render(track.landmarks[i], rotations[i], translations[i])
-        video[i], masks[i], lm2d[i] = frame.rgb, frame.mask, frame.lm2d
-    video.flush()
-    masks.flush()
-    del video, masks
 
     write_wav(out / "audio.wav", audio, ff.SAMPLE_RATE)
     np.save(out / "background.npy", renderer.background)

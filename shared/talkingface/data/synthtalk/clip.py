@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from talkingface import __version__
 from talkingface.data.synthtalk import fileformat as ff
@@ -28,7 +27,12 @@ from talkingface.data.synthtalk.avatar import FPS, PERSON, read_script, script_j
 from talkingface.data.synthtalk.corpus import HELDOUT_LANGUAGE, stream_rng
 from talkingface.data.synthtalk.speaker import Speaker, sample_speaker
 from talkingface.data.synthtalk.speech import LANGUAGES, Voice, random_voice
-from talkingface.data.synthtalk.video import Appearance, PersonRenderer, sample_appearance
+from talkingface.data.synthtalk.video import (
+    Appearance,
+    PersonRenderer,
+    render_video,
+    sample_appearance,
+)
 from talkingface.media import write_wav
 from talkingface.render.checkpoint import pose_indices
 
@@ -104,19 +108,9 @@ def build_clip(
     size = int(avatar["size"])
     renderer = PersonRenderer(speaker.neutral_landmarks(), appearance, size=size)
     out.mkdir(parents=True, exist_ok=True)
-    video = np.lib.format.open_memmap(
-        out / "frames.npy", mode="w+", dtype=np.uint8, shape=(frames, size, size, 3)
+    lm2d = render_video(
+        out, renderer, track.landmarks, rotations, translations, "synth clip", progress
     )
-    masks = np.lib.format.open_memmap(
-        out / "masks.npy", mode="w+", dtype=np.bool_, shape=(frames, size, size)
-    )
-    lm2d = np.zeros((frames, 68, 2), np.float32)
-    for i in tqdm(range(frames), desc="synth clip", unit="frame", disable=not progress):
-        frame = renderer.render(track.landmarks[i], rotations[i], translations[i])
-        video[i], masks[i], lm2d[i] = frame.rgb, frame.mask, frame.lm2d
-    video.flush()
-    masks.flush()
-    del video, masks
 
     write_wav(out / "audio.wav", audio, ff.SAMPLE_RATE)
     np.savez_compressed(

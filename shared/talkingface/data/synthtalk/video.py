@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from talkingface.data.synthtalk.head import build_head
 from talkingface.data.synthtalk.raster import rasterize
 from talkingface.data.synthtalk.shading import Pixels, shade
 
-__all__ = ["Appearance", "PersonRenderer", "RenderedFrame", "sample_appearance"]
+__all__ = ["Appearance", "PersonRenderer", "RenderedFrame", "render_video", "sample_appearance"]
 
 
 @dataclass
@@ -150,3 +151,33 @@ class PersonRenderer:
         """Render B frames: landmarks [B, 68, 3], R [B, 3, 3], t [B, 3] (a convenience loop:
         batching does not pay on the CPU, where the per-frame work is already vectorised)."""
         return [self.render(lm, r, tr) for lm, r, tr in zip(landmarks, R, t, strict=True)]
+
+
+def render_video(
+    out: Path,
+    renderer: PersonRenderer,
+    landmarks: np.ndarray,
+    rotations: np.ndarray,
+    translations: np.ndarray,
+    desc: str,
+    progress: bool = True,
+) -> np.ndarray:
+    """Render every frame into `out/frames.npy` and `out/masks.npy` (memory-mapped, written as
+    they come, so memory does not grow with the video); returns the 2-D landmarks [T, 68, 2]."""
+    from tqdm import tqdm
+
+    frames, size = len(landmarks), renderer.size
+    video = np.lib.format.open_memmap(
+        out / "frames.npy", mode="w+", dtype=np.uint8, shape=(frames, size, size, 3)
+    )
+    masks = np.lib.format.open_memmap(
+        out / "masks.npy", mode="w+", dtype=np.bool_, shape=(frames, size, size)
+    )
+    lm2d = np.zeros((frames, 68, 2), np.float32)
+    for i in tqdm(range(frames), desc=desc, unit="frame", disable=not progress):
+        frame = renderer.render(landmarks[i], rotations[i], translations[i])
+        video[i], masks[i], lm2d[i] = frame.rgb, frame.mask, frame.lm2d
+    video.flush()
+    masks.flush()
+    del video, masks
+    return lm2d
