@@ -18,11 +18,11 @@ import numpy as np
 AAC_FRAME = 1024  # samples per AAC frame
 
 
-def write_wav(path: Path | str, audio: np.ndarray, sample_rate: int) -> None:
-    """Write mono float audio in [-1, 1] as 16-bit PCM WAV."""
+def write_wav(path, audio: np.ndarray, sample_rate: int) -> None:
+    """Write mono float audio in [-1, 1] as 16-bit PCM WAV to a path or a binary file."""
     pcm = np.clip(np.asarray(audio, np.float32), -1.0, 1.0)
     pcm = np.round(pcm * 32767.0).astype("<i2")
-    with wave.open(str(path), "wb") as handle:
+    with wave.open(path if hasattr(path, "write") else str(path), "wb") as handle:
         handle.setnchannels(1)
         handle.setsampwidth(2)
         handle.setframerate(sample_rate)

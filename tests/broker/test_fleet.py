@@ -110,16 +110,12 @@ def workers(fleet):
 def _speech(tiny_avatar, seconds: float) -> bytes:
     """The first `seconds` of the avatar's own speech, as a 16-bit WAV file."""
     import io
-    import wave
+
+    from talkingface.media import write_wav
 
     samples, rate = read_wav(tiny_avatar / "audio.wav")
-    pcm = np.round(np.clip(samples[: int(seconds * rate)], -1, 1) * 32767).astype("<i2")
     buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(rate)
-        handle.writeframes(pcm.tobytes())
+    write_wav(buffer, samples[: int(seconds * rate)], rate)
     return buffer.getvalue()
 
 

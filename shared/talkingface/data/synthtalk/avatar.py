@@ -90,6 +90,21 @@ def _script(seconds: float, seed: int, voice) -> tuple[np.ndarray, list, list[di
     return read_script(seconds, stream_rng(seed, SCRIPT), voice)
 
 
+def save_landmarks(out: Path, track, lm2d: np.ndarray, speaker) -> None:
+    """`landmarks.npz`: the articulation track's landmarks and controls, the projected 2-D
+    landmarks and the speaker's neutral face (the same arrays for avatars and clips)."""
+    np.savez_compressed(
+        out / "landmarks.npz",
+        lm3d=track.landmarks.astype(np.float32),
+        lm2d=lm2d,
+        controls=track.controls.astype(np.float32),
+        blink=track.blink.astype(np.float32),
+        loudness_db=track.loudness_db.astype(np.float32),
+        f0_hz=track.f0_hz.astype(np.float32),
+        neutral_lm3d=speaker.neutral_landmarks().astype(np.float32),
+    )
+
+
 def build_avatar(
     out: Path | str,
     seconds: float,
@@ -129,16 +144,7 @@ def build_avatar(
 
     write_wav(out / "audio.wav", audio, ff.SAMPLE_RATE)
     np.save(out / "background.npy", renderer.background)
-    np.savez_compressed(
-        out / "landmarks.npz",
-        lm3d=track.landmarks.astype(np.float32),
-        lm2d=lm2d,
-        controls=track.controls.astype(np.float32),
-        blink=track.blink.astype(np.float32),
-        loudness_db=track.loudness_db.astype(np.float32),
-        f0_hz=track.f0_hz.astype(np.float32),
-        neutral_lm3d=speaker.neutral_landmarks().astype(np.float32),
-    )
+    save_landmarks(out, track, lm2d, speaker)
     np.savez_compressed(
         out / "poses.npz",
         R=rotations.astype(np.float32),

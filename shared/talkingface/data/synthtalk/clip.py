@@ -23,7 +23,13 @@ import numpy as np
 from talkingface import __version__
 from talkingface.data.synthtalk import fileformat as ff
 from talkingface.data.synthtalk.articulation import articulate
-from talkingface.data.synthtalk.avatar import FPS, PERSON, read_script, script_json
+from talkingface.data.synthtalk.avatar import (
+    FPS,
+    PERSON,
+    read_script,
+    save_landmarks,
+    script_json,
+)
 from talkingface.data.synthtalk.corpus import HELDOUT_LANGUAGE, stream_rng
 from talkingface.data.synthtalk.speaker import Speaker, sample_speaker
 from talkingface.data.synthtalk.speech import LANGUAGES, Voice, random_voice
@@ -113,16 +119,7 @@ def build_clip(
     )
 
     write_wav(out / "audio.wav", audio, ff.SAMPLE_RATE)
-    np.savez_compressed(
-        out / "landmarks.npz",
-        lm3d=track.landmarks.astype(np.float32),
-        lm2d=lm2d,
-        controls=track.controls.astype(np.float32),
-        blink=track.blink.astype(np.float32),
-        loudness_db=track.loudness_db.astype(np.float32),
-        f0_hz=track.f0_hz.astype(np.float32),
-        neutral_lm3d=speaker.neutral_landmarks().astype(np.float32),
-    )
+    save_landmarks(out, track, lm2d, speaker)
     np.savez_compressed(
         out / "poses.npz",
         R=rotations.astype(np.float32),
