@@ -398,3 +398,35 @@ def test_the_submit_and_avatar_commands(fleet, workers, tiny_avatar, tmp_path, c
     shown = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert shown["avatar_id"] == AVATAR and shown["state"] == "AVATAR_STATE_READY"
     _drained(fleet)
+
+
+def test_bad_uploads_are_refused_and_leave_nothing(fleet):
+    from talkingface.v1 import common_pb2
+
+    def upload(*items):
+        try:
+            fleet.api.stub.Upload(iter(items), metadata=fleet.api.metadata, timeout=30)
+        except grpc.RpcError as exc:
+            return error_from_rpc(exc).code
+        return "OK"
+
+    def header(total=0, content_type=""):
+        return pb.UploadRequest(header=pb.UploadHeader(total_bytes=total,
+                                                       content_type=content_type))  # fmt: skip
+
+    def chunk(offset, data):
+        return pb.UploadRequest(chunk=common_pb2.ByteChunk(offset=offset, data=data))
+
+    before = fleet.store.list(f"uploads/{TENANT}")
+    assert upload(chunk(0, b"abc")) == "INVALID_REQUEST"  # no header first
+    assert upload(header()) == "INVALID_REQUEST"  # nothing in it
+    assert upload(header(), chunk(0, b"abc"), chunk(5, b"def")) == "INVALID_REQUEST"  # a gap
+    assert upload(header(10), chunk(0, b"abc")) == "INVALID_REQUEST"  # shorter than announced
+    assert upload(header(), chunk(0, b"a"), header()) == "INVALID_REQUEST"  # a second header
+    assert upload(header(total=2**40)) == "PAYLOAD_TOO_LARGE"
+    assert fleet.store.list(f"uploads/{TENANT}") == before
+    reply = fleet.api.stub.Upload(
+        iter([header(3, "text/plain\r\nX-Evil: 1"), chunk(0, b"abc")]), metadata=fleet.api.metadata
+    )
+    info = fleet.store.stat(f"uploads/{TENANT}/{reply.upload_id}/data")
+    assert info.size == 3 and info.content_type == "application/octet-stream"

@@ -354,6 +354,7 @@ class JobStore:
         keys = [job_key(job_id), tenant_index_key(tenant), events_key(job_id), SEQUENCE_KEY]
         payload = ""
         if enqueue is not None or idempotency_key:
+            # KEYS[5] is positional: without work to queue it names a key never written.
             stream = enqueue[0] if enqueue is not None else f"tf:noqueue:{job_id}"
             keys.append(stream)
             payload = json.dumps(enqueue[1]) if enqueue is not None else ""

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from talkingface.broker.jobs import Job
 from talkingface.broker.queue import Delivery
 from talkingface.broker.stages import Scratch, StageClients
-from talkingface.broker.worker import Heartbeat
+from talkingface.broker.worker import Cancelled, Heartbeat
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError
 from talkingface.storage import ObjectStore, StoreError
@@ -126,9 +126,15 @@ class RenderHandler:
             render_seconds = time.perf_counter() - render_started
             _observe("render", render_seconds)
             heartbeat(stage="MUX", progress=PROGRESS["MUX"])
-            video, muxed = self._await(
-                lambda: self._mux(job, request["audio_key"], segments), heartbeat, "MUX"
-            )
+            try:
+                video, muxed = self._await(
+                    lambda: self._mux(job, request["audio_key"], segments), heartbeat, "MUX",
+                    settle=True,
+                )  # fmt: skip
+                heartbeat(stage="MUX")  # a cancel that came while the result was written
+            except Cancelled:
+                self._delete([result_key(job.tenant, job.job_id)])
+                raise
         finally:
             scratch.clear(self.store)
         if muxed["frames"] != frames:
@@ -271,9 +277,12 @@ class RenderHandler:
 
     # --- waiting with a heartbeat ----------------------------------------------------------
 
-    def _await(self, fn: Callable[[], T], heartbeat: Heartbeat, stage: str) -> T:
-        """Run `fn` in a thread, beating every `beat_s` until it returns (or the beat raises:
-        the call is then abandoned to finish on its own)."""
+    def _await(
+        self, fn: Callable[[], T], heartbeat: Heartbeat, stage: str, settle: bool = False
+    ) -> T:
+        """Run `fn` in a thread, beating every `beat_s` until it returns. When a beat raises
+        (cancelled, lease lost) the call is abandoned to finish on its own, or, with
+        `settle`, waited for first (so what it writes is there to clean up)."""
         started = time.perf_counter()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{stage.lower()}")
         try:
@@ -284,7 +293,12 @@ class RenderHandler:
                     _observe(stage.lower(), time.perf_counter() - started)
                     return result
                 except FutureTimeout:
-                    heartbeat(stage=stage)
+                    try:
+                        heartbeat(stage=stage)
+                    except BaseException:
+                        if settle:
+                            wait([future])
+                        raise
         finally:
             pool.shutdown(wait=False)
 

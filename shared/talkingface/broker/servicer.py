@@ -25,6 +25,7 @@ import contextlib
 import io
 import logging
 import math
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
@@ -99,9 +100,7 @@ class BrokerServicer:
             header = reader.header()
             key = upload_key(tenant, upload_id)
             try:
-                info = self.store.put(
-                    key, reader, content_type=header.content_type or "application/octet-stream"
-                )
+                info = self.store.put(key, reader, content_type=_content_type(header))
             except StoreError as exc:
                 raise as_talkingface_error(exc) from None
             if reader.error is not None:  # the stream raised inside the store's read
@@ -528,6 +527,16 @@ class _UploadReader(io.RawIOBase):
             return
         self._offset += len(chunk.data)
         self._buffer += chunk.data
+
+
+_MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}")
+
+
+def _content_type(header: pb.UploadHeader) -> str:
+    """The client's content type when it is a plain `type/subtype`, else octet-stream (it is
+    stored as object metadata, so nothing else of the user's string gets there)."""
+    value = header.content_type.strip()
+    return value if _MIME.fullmatch(value) else "application/octet-stream"
 
 
 def _timestamp(ms: int) -> Timestamp:

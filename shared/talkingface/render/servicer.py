@@ -179,6 +179,7 @@ class RendererServicer:
         avatar = self._avatar(request.avatar)
         size = size or avatar.size
         store = request.output == common_pb2.OUTPUT_MODE_STORE
+        prefix = _segment_prefix(request.segment_prefix, store)
         if store and size % 2:
             raise TalkingFaceError(
                 "INVALID_REQUEST",
@@ -200,7 +201,6 @@ class RendererServicer:
                 device=str(renderer.device),
             )
         )
-        prefix = _segment_prefix(request.segment_prefix, store)
         frames = self._frames(avatar, plan)
         if store:
             yield pb.RenderResponse(segment=self._segment(frames, start, end, prefix))
