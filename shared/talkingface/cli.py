@@ -263,10 +263,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             return 2
         server.serve_forever()
         return 0
-    import signal
-    import threading
-
     from talkingface.serving.ray_app import deploy, servicer_function, start_local_serve
+    from talkingface.serving.server import wait_for_stop_signal
 
     try:
         application = module.app(settings)
@@ -284,10 +282,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         f"(metadata application={args.service})",
         flush=True,
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
+    wait_for_stop_signal()
     from ray import serve
 
     serve.shutdown()

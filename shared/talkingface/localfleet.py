@@ -103,20 +103,10 @@ def local_serve_config(
 
     from talkingface.serving.fleet import load_serve_config
 
-    config = load_serve_config(config_path)
+    config = load_serve_config(config_path).with_max_replicas(cpus or os.cpu_count() or 1)
     if not torch.cuda.is_available():
         config = config.without_gpus()
-    cpus = cpus or os.cpu_count() or 1
-    if port is not None:
-        config.raw.setdefault("grpc_options", {})["port"] = int(port)
-    for app in config.raw["applications"]:
-        for deployment in app.get("deployments", []):
-            scaling = deployment.get("autoscaling_config")
-            if scaling:
-                scaling["max_replicas"] = max(
-                    scaling.get("min_replicas", 1), min(scaling.get("max_replicas", 1), cpus)
-                )
-    return config
+    return config if port is None else config.with_grpc_port(port)
 
 
 class LocalFleet:

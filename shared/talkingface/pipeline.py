@@ -133,13 +133,26 @@ def fetch_bundle(store, avatar_id: str, cache_dir: Path | str, version: str = ""
     into `<cache_dir>/avatars/<id>/<version>/`, checked against the manifest; that directory.
     AVATAR_NOT_FOUND, AVATAR_VERSION_NOT_FOUND, AVATAR_NOT_READY (no renderer or projection
     index), AVATAR_BUNDLE_CORRUPT as for the services."""
-    from talkingface.bundle import (
-        AVATARS,
-        fetch_files,
-        read_manifest,
-        require_files,
-        resolve_version,
-    )
+    from talkingface.bundle import AVATARS, fetch_files
+    from talkingface.landmarks.bundle import PROJECTION_FILES
+    from talkingface.render.bundle import RENDERER_FILES
+
+    version, manifest = renderable_version(store, avatar_id, version)
+    root = Path(cache_dir) / AVATARS / avatar_id / version
+    postnet = tuple(n for n in ("postnet/model.safetensors", "postnet/config.json")
+                    if n in manifest["files"])  # fmt: skip
+    for folder, names in (("renderer", RENDERER_FILES), ("projection", PROJECTION_FILES),
+                          ("postnet", postnet if len(postnet) == 2 else ())):  # fmt: skip
+        if names:
+            fetch_files(store, avatar_id, version, manifest, names, root / folder, folder)
+    return root
+
+
+def renderable_version(store, avatar_id: str, version: str = "") -> tuple[str, dict[str, Any]]:
+    """(version, manifest) of a published avatar version that can be rendered: `version`, or
+    the latest. AVATAR_NOT_FOUND, AVATAR_VERSION_NOT_FOUND, AVATAR_NOT_READY (no renderer
+    or projection index in it)."""
+    from talkingface.bundle import read_manifest, require_files, resolve_version
     from talkingface.landmarks.bundle import PROJECTION_FILES
     from talkingface.render.bundle import RENDERER_FILES
 
@@ -149,11 +162,4 @@ def fetch_bundle(store, avatar_id: str, cache_dir: Path | str, version: str = ""
         manifest, RENDERER_FILES + PROJECTION_FILES, avatar_id, version,
         f"train and publish it with `talkingface train avatar --publish {avatar_id}`",
     )  # fmt: skip
-    root = Path(cache_dir) / AVATARS / avatar_id / version
-    postnet = tuple(n for n in ("postnet/model.safetensors", "postnet/config.json")
-                    if n in manifest["files"])  # fmt: skip
-    for folder, names in (("renderer", RENDERER_FILES), ("projection", PROJECTION_FILES),
-                          ("postnet", postnet if len(postnet) == 2 else ())):  # fmt: skip
-        if names:
-            fetch_files(store, avatar_id, version, manifest, names, root / folder, folder)
-    return root
+    return version, manifest

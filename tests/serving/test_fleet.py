@@ -39,6 +39,19 @@ def test_the_shipped_config_is_valid_for_ray_and_for_us():
     assert renderer["ray_actor_options"]["num_gpus"] > 0  # without_gpus copies
 
 
+def test_a_config_for_one_machine():
+    config = load_serve_config()
+    small = config.with_max_replicas(2).with_grpc_port(9123)
+    assert small.grpc_port == 9123 and config.grpc_port != 9123
+    for app, original in zip(small.applications, config.applications, strict=True):
+        scaling = app["deployments"][0]["autoscaling_config"]
+        before = original["deployments"][0]["autoscaling_config"]
+        expected = max(before["min_replicas"], min(2, before["max_replicas"]))
+        assert scaling["max_replicas"] == expected
+    renderer = config.application("renderer")["deployments"][0]["autoscaling_config"]
+    assert renderer["max_replicas"] > 2  # with_max_replicas copies
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

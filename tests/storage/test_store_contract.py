@@ -103,6 +103,17 @@ def test_stream_as_context_manager(store: ObjectStore) -> None:
     assert list(chunks) == []
 
 
+def test_download_streams_into_a_file(store: ObjectStore, tmp_path: Path) -> None:
+    data = os.urandom(3 * MiB + 17)
+    store.put("a/big.bin", data)
+    target = tmp_path / "big.bin"
+    target.write_bytes(b"an older, longer file" * 1000000)
+    store.download("a/big.bin", target, chunk_size=MiB)
+    assert target.read_bytes() == data
+    with pytest.raises(StoreObjectNotFound):
+        store.download("a/missing.bin", tmp_path / "missing.bin")
+
+
 def test_put_rejects_text(store: ObjectStore) -> None:
     with pytest.raises(TypeError):
         store.put("t/a", "text")  # type: ignore[arg-type]

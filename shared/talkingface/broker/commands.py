@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from talkingface.config import ConfigError, Settings
+from talkingface.serving.server import wait_for_stop_signal
 
 EXIT_FAILED_JOB = 1
 EXIT_USAGE = 2
@@ -32,14 +31,6 @@ def _settings(command: str) -> Settings | None:
     except ConfigError as exc:
         print(f"talkingface {command}: {exc}", file=sys.stderr)
         return None
-
-
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
 
 
 # --- up --------------------------------------------------------------------------------------
@@ -76,7 +67,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"submit with: talkingface submit --broker {fleet.broker_address} "
                   "--avatar ID --audio FILE --out FILE.mp4   (Ctrl-C stops the fleet)",
                   flush=True)  # fmt: skip
-        _wait_for_signal()
+        wait_for_stop_signal()
     finally:
         fleet.stop()
     return 0
@@ -306,7 +297,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     pool.start()
     print(f"talkingface worker: {pool.size} worker(s) on {', '.join(sorted(queues))}",
           file=sys.stderr, flush=True)  # fmt: skip
-    _wait_for_signal()
+    wait_for_stop_signal()
     pool.stop(settings.shutdown_grace_s)
     return 0
 

@@ -191,8 +191,8 @@ local function publish(job, events, ttl, maxlen)
 end
 """
 
-# KEYS: job, tenant index, events, sequence[, work stream[, idempotency]]; ARGV: ttl, maxlen,
-# job_id, work payload (JSON; '' = none), field/value...
+# KEYS: job, tenant index, events, sequence[, idempotency][, work stream]; ARGV: ttl, maxlen,
+# job_id, has idempotency key ('1' | '0'), work payload (JSON; '' = none), field/value...
 # Returns {1, job_id, record} for a new job, {0, existing_job_id} for a reused key.
 # With a work stream, the job's first work message is added in the same step (the message
 # format of talkingface.broker.queue), so a job can never be created without its work.
@@ -200,21 +200,23 @@ _CREATE = (
     _LUA_COMMON
     + """
 local ttl = tonumber(ARGV[1])
-if KEYS[6] then
-  if not redis.call('SET', KEYS[6], ARGV[3], 'NX', 'EX', ttl) then
-    return {0, redis.call('GET', KEYS[6])}
+local idem = ARGV[4] == '1' and KEYS[5] or nil
+local work = KEYS[idem and 6 or 5]
+if idem then
+  if not redis.call('SET', idem, ARGV[3], 'NX', 'EX', ttl) then
+    return {0, redis.call('GET', idem)}
   end
 end
 local now = now_ms()
 redis.call('HSET', KEYS[1], 'job_id', ARGV[3], 'created_at', now, 'updated_at', now,
-           unpack(ARGV, 5))
+           unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ttl)
 local seq = redis.call('INCR', KEYS[4])
 redis.call('ZADD', KEYS[2], 0, string.format('%015.0f:%015.0f:', now, seq) .. ARGV[3])
 redis.call('ZREMRANGEBYLEX', KEYS[2], '-', '(' .. string.format('%015.0f', now - 2 * ttl * 1000))
 redis.call('EXPIRE', KEYS[2], ttl)
-if KEYS[5] and ARGV[4] ~= '' then
-  redis.call('XADD', KEYS[5], '*', 'job_id', ARGV[3], 'payload', ARGV[4], 'prior', '0')
+if work then
+  redis.call('XADD', work, '*', 'job_id', ARGV[3], 'payload', ARGV[5], 'prior', '0')
 end
 return {1, ARGV[3], publish(KEYS[1], KEYS[3], ttl, ARGV[2])}
 """
@@ -339,7 +341,7 @@ class JobStore:
         `enqueue=(stream, payload)` adds the job's work message to that work-queue stream
         (`WorkQueue.stream`) atomically with the record: both or neither.
         """
-        _check_tenant(tenant)
+        check_tenant(tenant)
         if kind not in KINDS:
             raise TalkingFaceError("INVALID_REQUEST", f"job kind must be one of {KINDS}")
         if len(idempotency_key or "") > MAX_IDEMPOTENCY_KEY:
@@ -352,14 +354,12 @@ class JobStore:
             raise TalkingFaceError("INVALID_REQUEST", f"request is not JSON: {exc}") from None
         job_id = uuid.uuid4().hex
         keys = [job_key(job_id), tenant_index_key(tenant), events_key(job_id), SEQUENCE_KEY]
-        payload = ""
-        if enqueue is not None or idempotency_key:
-            # KEYS[5] is positional: without work to queue it names a key never written.
-            stream = enqueue[0] if enqueue is not None else f"tf:noqueue:{job_id}"
-            keys.append(stream)
-            payload = json.dumps(enqueue[1]) if enqueue is not None else ""
         if idempotency_key:
             keys.append(idempotency_key_name(tenant, idempotency_key))
+        payload = ""
+        if enqueue is not None:
+            keys.append(enqueue[0])
+            payload = json.dumps(enqueue[1])
         fields = {
             "tenant": tenant,
             "kind": kind,
@@ -376,7 +376,9 @@ class JobStore:
             "cancel_requested": "0",
         }
         flat = [item for pair in fields.items() for item in pair]
-        reply = self._create(keys=keys, args=[self.ttl_s, EVENTS_MAXLEN, job_id, payload, *flat])
+        has_key = "1" if idempotency_key else "0"
+        args = [self.ttl_s, EVENTS_MAXLEN, job_id, has_key, payload, *flat]
+        reply = self._create(keys=keys, args=args)
         if int(reply[0]) == 1:
             return Job.from_fields(_pairs(reply[2])), True
         existing = _text(reply[1])
@@ -404,7 +406,7 @@ class JobStore:
     def request_cancel(self, job_id: str, tenant: str) -> Job:
         """Cancel a job: a QUEUED job is CANCELLED at once; a RUNNING one is flagged
         (`cancel_requested`) for its worker to stop at the next heartbeat."""
-        _check_tenant(tenant)
+        check_tenant(tenant)
         return self._run_update(job_id, tenant, "cancel", [])
 
     def list(
@@ -419,7 +421,7 @@ class JobStore:
         `state` filters; `page_size` 0 means DEFAULT_PAGE_SIZE, and more than MAX_PAGE_SIZE
         is served as MAX_PAGE_SIZE.
         """
-        _check_tenant(tenant)
+        check_tenant(tenant)
         if state is not None and state not in STATES:
             raise TalkingFaceError("INVALID_REQUEST", f"state must be one of {STATES}")
         if page_size < 0:
@@ -523,7 +525,8 @@ class JobStore:
         )
 
 
-def _check_tenant(tenant: str) -> None:
+def check_tenant(tenant: str) -> None:
+    """INVALID_REQUEST unless `tenant` is a valid tenant name (one key segment, no `:`)."""
     if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
         raise TalkingFaceError(
             "INVALID_REQUEST", "tenant must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}"

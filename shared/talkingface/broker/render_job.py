@@ -16,12 +16,13 @@ AAC of the original audio. A cancellation or failure cancels the shards in fligh
 
 The result goes to one fixed key per job, `results/<tenant>/<job_id>/video.mp4`, so a job run
 twice (a lease taken over from a dead worker) still leaves exactly one result object.
-Intermediate objects (segments, tensors too big for a message) are deleted when the job ends,
-however it ends.
+Intermediate objects (segments, tensors too big for a message) all lie under the job's scratch
+prefix `work/<job_id>/`, deleted as a whole when the job ends, however it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -133,7 +134,8 @@ class RenderHandler:
                 )  # fmt: skip
                 heartbeat(stage="MUX")  # a cancel that came while the result was written
             except Cancelled:
-                self._delete([result_key(job.tenant, job.job_id)])
+                with contextlib.suppress(StoreError):
+                    self.store.delete(result_key(job.tenant, job.job_id))
                 raise
         finally:
             scratch.clear(self.store)
@@ -179,7 +181,7 @@ class RenderHandler:
         base = renderer_pb2.RenderRequest(
             avatar=avatar,
             lm3d=payload,
-            pose_mode=POSE_MODES.get(options.get("pose_mode", "pingpong"), 2),
+            pose_mode=POSE_MODES[options.get("pose_mode", "pingpong")],
             resolution=int(options.get("resolution", 0)),
             segment_prefix=f"{scratch.prefix}/segments",
         )
@@ -211,12 +213,11 @@ class RenderHandler:
                     done_frames += ranges[index][1] - ranges[index][0]
                 progress = PROGRESS["RENDER"] + span * done_frames / frames
                 heartbeat(stage="RENDER", progress=round(progress, 4))
-        except BaseException:
+        except BaseException:  # the segments stored so far go with the job's scratch space
             for call in calls.values():
                 call.cancel()
             for future in pending:
                 future.cancel()
-            self._delete([k for k in keys if k])
             raise
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -230,7 +231,7 @@ class RenderHandler:
 
     def _mux(self, job: Job, audio_key: str, segments: list[str]) -> tuple[dict, dict]:
         """Stitch the segments with the original audio and store the mp4 (its ObjectRef as a
-        dict, and concat_mp4's report); the segments are deleted either way."""
+        dict, and concat_mp4's report)."""
         from talkingface.audio.decode import decode_audio
         from talkingface.media import concat_mp4
 
@@ -239,7 +240,7 @@ class RenderHandler:
                 paths = []
                 for i, key in enumerate(segments):
                     path = Path(tmp) / f"segment_{i:05d}.mp4"
-                    self._download(key, path)
+                    self.store.download(key, path)
                     paths.append(path)
                 audio = decode_audio(
                     self._get(audio_key), max_seconds=self.settings.audio_max_seconds
@@ -251,29 +252,15 @@ class RenderHandler:
                     info = self.store.put(key, handle, content_type=MP4)
         except StoreError as exc:
             raise as_talkingface_error(exc) from None
-        finally:
-            self._delete(segments)
         video = {"key": info.key, "size": info.size, "sha256": info.sha256 or "",
                  "content_type": MP4}  # fmt: skip
         return video, report
-
-    def _download(self, key: str, path: Path) -> None:
-        with self.store.stream(key) as chunks, path.open("wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
 
     def _get(self, key: str) -> bytes:
         try:
             return self.store.get(key)
         except StoreError as exc:
             raise as_talkingface_error(exc) from None
-
-    def _delete(self, keys: list[str]) -> None:
-        for key in keys:
-            try:
-                self.store.delete(key)
-            except StoreError:
-                log.warning("could not delete %s", key)
 
     # --- waiting with a heartbeat ----------------------------------------------------------
 

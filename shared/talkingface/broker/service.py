@@ -209,7 +209,4 @@ def broker_server(settings: Settings, *, store: Any = None):
             janitor.stop()
         pool.stop(settings.shutdown_grace_s)
 
-    server = ServiceServer("broker", [binding], settings, warmup=start, on_stop=stop)
-    server.pool = pool  # type: ignore[attr-defined]
-    server.servicer = servicer  # type: ignore[attr-defined]
-    return server
+    return ServiceServer("broker", [binding], settings, warmup=start, on_stop=stop)

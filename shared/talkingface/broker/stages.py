@@ -15,9 +15,6 @@ caller can cancel a render that is no longer wanted.
 from __future__ import annotations
 
 import contextlib
-import io
-import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +24,9 @@ import numpy as np
 
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError, error_from_rpc
+from talkingface.serving.payloads import store_tensors
 from talkingface.serving.server import grpc_message_options
 from talkingface.storage import ObjectStore, StoreError
-from talkingface.storage.errors import as_talkingface_error
 from talkingface.tensors import MAX_INLINE_BYTES, TensorAssembler, to_tensor
 from talkingface.v1 import (
     audio_features_pb2,
@@ -44,7 +41,6 @@ from talkingface.v1 import (
 )
 
 APPLICATIONS = ("audio_features", "motion", "landmark_projection", "renderer")
-NPY = "application/x-npy"
 # Inline tensors stay well under the 4 MiB message rule, leaving room for the envelope.
 INLINE_LIMIT = min(MAX_INLINE_BYTES, 3 * 1024 * 1024)
 
@@ -73,7 +69,6 @@ class StageClients:
         self.motion = motion_pb2_grpc.MotionStub(self._channel)
         self.projection = landmark_projection_pb2_grpc.LandmarkProjectionStub(self._channel)
         self.renderer = renderer_pb2_grpc.RendererStub(self._channel)
-        self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StageClients:
@@ -216,29 +211,17 @@ class Scratch:
 
     def __init__(self, job_id: str) -> None:
         self.prefix = f"work/{job_id}"
-        self._written: list[str] = []
-        self._lock = threading.Lock()
 
     def payload(self, store: ObjectStore, name: str, array: np.ndarray) -> common_pb2.TensorPayload:
         """`array` inline when it fits a message, else as a .npy reference in the store."""
         array = np.ascontiguousarray(array)
         if array.nbytes <= INLINE_LIMIT:
             return common_pb2.TensorPayload(inline=to_tensor(array))
-        buffer = io.BytesIO()
-        np.save(buffer, array, allow_pickle=False)
-        key = f"{self.prefix}/{name}-{uuid.uuid4().hex[:8]}.npy"
-        try:
-            info = store.put(key, buffer.getvalue(), content_type=NPY)
-        except StoreError as exc:
-            raise as_talkingface_error(exc) from None
-        with self._lock:
-            self._written.append(key)
-        return common_pb2.TensorPayload(
-            ref=common_pb2.ObjectRef(key=info.key, size=info.size, sha256=info.sha256 or "")
-        )
+        stored = store_tensors(store, self.prefix, {name: array})
+        return common_pb2.TensorPayload(ref=stored.tensors[name])
 
     def clear(self, store: ObjectStore) -> None:
-        # Best effort: the next attempt or an operator's sweep removes what is left.
+        # Best effort: the janitor removes what is left (broker.janitor).
         with contextlib.suppress(StoreError):
             store.delete_prefix(self.prefix)
 

@@ -90,9 +90,7 @@ class TrainAvatarHandler:
         target.mkdir(parents=True)
         archive = target.parent / "upload.tar"
         try:
-            with self.store.stream(key) as chunks, archive.open("wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
+            self.store.download(key, archive)
         except StoreError as exc:
             raise as_talkingface_error(exc) from None
         try:

@@ -60,9 +60,9 @@ def load_avatar(root: Path | str, size: int | None = None) -> AvatarVideo:
             f"(asked for {size})"
         )
     factor = native // size
-    frames = _downsample(np.asarray(avatar["frames"]), factor)
-    masks = _downsample(np.asarray(avatar["masks"], np.uint8)[..., None] * 255, factor)[..., 0]
-    background = _downsample(np.asarray(avatar["background"])[None], factor)[0]
+    frames = downsample(np.asarray(avatar["frames"]), factor)
+    masks = downsample(np.asarray(avatar["masks"], np.uint8)[..., None] * 255, factor)[..., 0]
+    background = downsample(np.asarray(avatar["background"])[None], factor)[0]
     K = np.asarray(avatar["K"], np.float32).copy()
     K[:2] /= factor
     splits = avatar["manifest"]["splits"]
@@ -80,7 +80,7 @@ def load_avatar(root: Path | str, size: int | None = None) -> AvatarVideo:
     )
 
 
-def _downsample(images: np.ndarray, factor: int) -> np.ndarray:
+def downsample(images: np.ndarray, factor: int) -> np.ndarray:
     """Box-filter uint8 images [T, H, W, C] by an integer factor (rounded back to uint8)."""
     if factor == 1:
         return np.ascontiguousarray(images)

@@ -55,7 +55,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def _psnr_where(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+def psnr_where(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     mse = float(((a - b) ** 2)[mask].mean()) if mask.any() else float("nan")
     return 10.0 * np.log10(1.0 / max(mse, 1e-12))
 
@@ -88,8 +88,8 @@ def evaluate_renderer(renderer, video, max_frames: int | None = None) -> dict[st
         "size": video.size,
         "psnr": round(psnr(rendered_t, truth_t), 3),
         "ssim": round(ssim(rendered_t, truth_t), 4),
-        "psnr_head": round(_psnr_where(out, truth, heads), 3),
-        "psnr_lip": round(_psnr_where(out, truth, boxes), 3),
+        "psnr_head": round(psnr_where(out, truth, heads), 3),
+        "psnr_lip": round(psnr_where(out, truth, boxes), 3),
         "mouth_open_r": round(_pearson(dark_rendered, gap), 4),
         "mouth_open_r_truth": round(_pearson(dark_truth, gap), 4),
         "mouth_pixels_r": round(_pearson(dark_rendered, dark_truth), 4),

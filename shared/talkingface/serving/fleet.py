@@ -61,6 +61,25 @@ class ServeConfig:
                 deployment.get("ray_actor_options", {})["num_gpus"] = 0
         return ServeConfig(self.path, raw)
 
+    def with_max_replicas(self, limit: int) -> ServeConfig:
+        """The same fleet with every application's max_replicas at most `limit` (never
+        below its min_replicas): on one machine, a replica that cannot get a core only slows
+        the others down."""
+        raw = copy.deepcopy(self.raw)
+        for app in raw["applications"]:
+            for deployment in app.get("deployments", []):
+                scaling = deployment.get("autoscaling_config")
+                if scaling:
+                    low = scaling.get("min_replicas", 1)
+                    scaling["max_replicas"] = max(low, min(scaling.get("max_replicas", 1), limit))
+        return ServeConfig(self.path, raw)
+
+    def with_grpc_port(self, port: int) -> ServeConfig:
+        """The same fleet with the Serve gRPC proxy on `port`."""
+        raw = copy.deepcopy(self.raw)
+        raw.setdefault("grpc_options", {})["port"] = int(port)
+        return ServeConfig(self.path, raw)
+
 
 def load_serve_config(path: Path | str | None = None) -> ServeConfig:
     """Read and check a serve config file (default: services/serve_config.yaml)."""

@@ -188,3 +188,13 @@ class ServiceServer:
         except Exception:
             log.exception("warm-up failed; stopping")
             requested.set()
+
+
+def wait_for_stop_signal() -> None:
+    """Block the main thread until SIGTERM or SIGINT (for processes that serve from other
+    threads: Ray Serve, worker pools, the local fleet)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(0.5):  # a timed wait, so the signal handler gets to run
+        pass

@@ -133,6 +133,12 @@ class ObjectStore(ABC):
         """
         return self._open(validate_key(key), _check_chunk_size(chunk_size))
 
+    def download(self, key: str, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+        """Stream the object into the file `path` (created or replaced), in constant memory."""
+        with self.stream(key, chunk_size) as chunks, Path(path).open("wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+
     def stat(self, key: str) -> ObjectInfo:
         """Size, sha256 and content type of an existing object."""
         return self._stat(validate_key(key))

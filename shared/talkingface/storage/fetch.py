@@ -65,9 +65,7 @@ def fetch_prefix(store: ObjectStore, prefix: str, target: Path) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
             try:
-                with tmp.open("wb") as handle, store.stream(info.key) as chunks:
-                    for chunk in chunks:
-                        handle.write(chunk)
+                store.download(info.key, tmp)
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)

@@ -28,22 +28,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from talkingface.config import ConfigError, Settings
+from talkingface.demo.quality import measure, print_report, side_by_side
+from talkingface.demo.steps import DemoError, run_parallel, run_step
 
 AVATAR_ID = "demo"
 TENANT = "default"
-DONE = ".done"
-TICK_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -90,23 +86,6 @@ PLANS = {
 }
 
 
-class Step:
-    """One cached step: a folder, its `.done` marker (the step's JSON report) and a log."""
-
-    def __init__(self, root: Path, name: str) -> None:
-        self.dir = root / name
-        self.name = name
-        self.log = root / "logs" / f"{name}.log"
-
-    @property
-    def done(self) -> bool:
-        return (self.dir / DONE).is_file()
-
-    def finish(self, report: dict[str, Any]) -> dict[str, Any]:
-        (self.dir / DONE).write_text(json.dumps(report, sort_keys=True) + "\n")
-        return report
-
-
 class Demo:
     def __init__(
         self,
@@ -141,8 +120,10 @@ class Demo:
         self._train()
         self.timings["prepare"] = round(time.perf_counter() - started, 1)
         rendered = self._render_through_the_fleet()
-        metrics = self._metrics(rendered)
-        self._side_by_side(rendered)
+        clip, video = self._data_dir("clip"), self.out / "demo.mp4"
+        metrics = measure(clip, video, self._data_dir("bundle"), self._data_dir("ckpt"))
+        metrics["render_fps"] = rendered["job"].get("metrics", {}).get("render_fps")
+        side_by_side(clip, video, self.out / "demo_side_by_side.mp4")
         report = {
             "out": str(self.out / "demo.mp4"),
             "side_by_side": str(self.out / "demo_side_by_side.mp4"),
@@ -209,88 +190,21 @@ class Demo:
                 threads=threads, force=self.ran_avatar,
             )  # fmt: skip
 
-        self._parallel(motion_chain, avatar_chain)
+        run_parallel(motion_chain, avatar_chain)
         self._cli_step(
             "postnet", ["train", "postnet", "--data", str(avatar), "--ckpt", str(ckpt),
                         "--out", str(bundle / "postnet")],
             force=ran["motion"] or ran["renderer"],
         )  # fmt: skip
 
-    def _parallel(self, *chains) -> None:
-        errors: list[BaseException] = []
-
-        def run(chain) -> None:
-            try:
-                chain()
-            except BaseException as exc:  # re-raised below, in the caller's thread
-                errors.append(exc)
-
-        threads = [threading.Thread(target=run, args=(c,)) for c in chains]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-
-    def _cli_step(
-        self,
-        name: str,
-        argv: list[str],
-        *,
-        fresh_dir: Path | None = None,
-        threads: str | None = None,
-        force: bool = False,
-    ) -> bool:
-        """Run one `talkingface …` command as a cached step, unless it is done and nothing
-        it depends on ran again (`force`); True when it ran."""
-        import shutil
-
-        step = Step(self.root, name)
-        if step.done and not force:
+    def _cli_step(self, name: str, argv: list[str], **options) -> bool:
+        """One cached `talkingface …` step (talkingface.demo.steps.run_step); True when it ran."""
+        ran, seconds = run_step(self.root, name, argv, say=self.say, **options)
+        if ran:
+            self.timings[name] = seconds
+        else:
             self.cached.append(name)
-            self.say(f"demo: {name}: cached")
-            return False
-        (step.dir / DONE).unlink(missing_ok=True)
-        if fresh_dir is not None:
-            shutil.rmtree(fresh_dir, ignore_errors=True)  # an interrupted earlier attempt
-        step.dir.mkdir(parents=True, exist_ok=True)
-        # Training commands keep their progress bars (in the log, read back by the ticker).
-        quiet = [] if argv[0] == "train" else ["--quiet"]
-        command = [sys.executable, "-m", "talkingface.cli", *argv, "--json", *quiet]
-        env = dict(os.environ, TALKINGFACE_LOG_FORMAT="text")
-        if threads:
-            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        self.say(f"demo: {name}: `talkingface {' '.join(argv[:2])}` (log: {step.log})")
-        started = time.perf_counter()
-        with step.log.open("w") as log:
-            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-            ticker = threading.Thread(
-                target=self._tick, args=(name, proc, started, step.log), daemon=True
-            )
-            ticker.start()
-            stdout, _ = proc.communicate()
-        seconds = round(time.perf_counter() - started, 1)
-        if proc.returncode != 0:
-            tail = "\n".join(step.log.read_text(errors="replace").splitlines()[-15:])
-            raise DemoError(f"step {name} failed (exit {proc.returncode}); {step.log} ends:\n"
-                            f"{tail}")  # fmt: skip
-        lines = [line for line in stdout.splitlines() if line.startswith("{")]
-        self.timings[name] = seconds
-        self.say(f"demo: {name}: done in {seconds:.0f} s")
-        step.finish({"seconds": seconds, "report": json.loads(lines[-1]) if lines else {}})
-        return True
-
-    def _tick(self, name: str, proc: subprocess.Popen, started: float, log: Path) -> None:
-        next_at = TICK_S
-        while proc.poll() is None:
-            time.sleep(0.5)
-            elapsed = time.perf_counter() - started
-            if elapsed >= next_at and proc.poll() is None:
-                done = _bar_position(log)
-                where = f"step {done[0]}/{done[1]}, " if done else ""
-                self.say(f"demo: {name}: {where}{elapsed / 60:.1f} min")
-                next_at += TICK_S
+        return ran
 
     # --- 3 + 4. the fleet ------------------------------------------------------------------
 
@@ -343,97 +257,6 @@ class Demo:
             raise DemoError(f"the render job ended {job['state']}: {job.get('error')}")
         return {"job": job, "version": version}
 
-    # --- 5. quality ------------------------------------------------------------------------
-
-    def _metrics(self, rendered: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
-        from talkingface.data.synthtalk.fileformat import read_clip
-        from talkingface.media import read_wav
-        from talkingface.motion import checkpoint as ck
-        from talkingface.motion.infer import SyncScorer
-        from talkingface.motion.metrics import motion_metrics
-        from talkingface.pipeline import predict_landmarks
-        from talkingface.render.evaluate import _psnr_where, mouth_boxes
-        from talkingface.render.train import psnr, ssim
-
-        clip = read_clip(self._data_dir("clip"), mmap=False)
-        video = _decode_video(self.out / "demo.mp4")
-        truth = _resize_to(np.asarray(clip["frames"]), video.shape[1])
-        n = min(len(video), len(truth))
-        a = torch.from_numpy(video[:n].astype(np.float32) / 255.0)
-        b = torch.from_numpy(truth[:n].astype(np.float32) / 255.0)
-        scale = video.shape[1] / clip["frames"].shape[1]
-        boxes = mouth_boxes(clip["lm2d"][:n] * scale, video.shape[1])
-        render = {
-            "frames": int(n),
-            "size": int(video.shape[1]),
-            "psnr": round(psnr(a, b), 2),
-            "ssim": round(ssim(a, b), 4),
-            "psnr_lip": round(_psnr_where(a.numpy(), b.numpy(), boxes), 2),
-        }
-        # Lip sync: the landmarks the fleet rendered, recomputed in-process (same models,
-        # same seed and options: the stages are deterministic) against the clip's truth.
-        audio, rate = read_wav(self._data_dir("clip") / "audio.wav")
-        ckpt = self._data_dir("ckpt")
-        predicted = predict_landmarks(self._data_dir("bundle"), audio, ckpt / "motion")
-        projected = predicted["projection"].lm3d
-        gt = np.asarray(clip["lm3d"], np.float32)
-        m = min(len(projected), len(gt))
-        lips = motion_metrics([projected[:m]], [gt[:m]])
-        scorer = SyncScorer.load(ck.model_dir(ckpt, "syncnet"))
-        face = gt.mean(axis=0)
-        features = predicted["features"].features
-        sync = scorer.score([(features, projected[:m], face)])
-        sync_truth = scorer.score([(features, gt[:m], face)])
-        return {
-            "render": render,
-            "lip_sync": {
-                "mouth_lmd_mm": round(lips["mouth_lmd_mm"], 3),
-                "mouth_open_r": round(lips["mouth_open_r"], 3),
-                "l2_mm": round(lips["l2_mm"], 3),
-                "sync_conf": round(sync["sync_conf"], 3),
-                "sync_conf_truth": round(sync_truth["sync_conf"], 3),
-                "bad_case_rate": round(float(predicted["projection"].bad_case_rate), 4),
-            },
-            "clip": {
-                "language": clip["manifest"]["language"],
-                "voice": clip["manifest"]["voice"]["voice_id"],
-                "seconds": round(len(audio) / rate, 2),
-            },
-            "render_fps": rendered["job"].get("metrics", {}).get("render_fps"),
-        }
-
-    def _side_by_side(self, rendered: dict[str, Any]) -> None:
-        from talkingface.data.synthtalk.fileformat import read_clip
-        from talkingface.media import read_wav, write_mp4
-
-        clip = read_clip(self._data_dir("clip"), mmap=True)
-        video = _decode_video(self.out / "demo.mp4")
-        truth = _resize_to(np.asarray(clip["frames"]), video.shape[1])
-        n = min(len(video), len(truth))
-        audio, rate = read_wav(self._data_dir("clip") / "audio.wav")
-        pairs = (np.concatenate([truth[i], video[i]], axis=1) for i in range(n))
-        write_mp4(self.out / "demo_side_by_side.mp4", pairs, 25, audio, rate)
-
-
-def _bar_position(log: Path) -> tuple[int, int] | None:
-    """(done, total) of the last tqdm bar update in a step's log, if there is one."""
-    import re
-
-    try:
-        with log.open("rb") as handle:
-            handle.seek(max(0, log.stat().st_size - 4096))
-            tail = handle.read().decode(errors="replace")
-    except OSError:
-        return None
-    found = re.findall(r"\| *(\d+)/(\d+) \[", tail)
-    return (int(found[-1][0]), int(found[-1][1])) if found else None
-
-
-class DemoError(RuntimeError):
-    """A demo step failed; the message says which and where its log is."""
-
 
 def _publish(store, files: dict[str, Path]) -> str:
     """The version of the demo avatar holding exactly these files (published if new)."""
@@ -446,43 +269,6 @@ def _publish(store, files: dict[str, Path]) -> str:
         if {n: e["sha256"] for n, e in listed.items()} == digests:
             return version
     return store.publish_version(prefix, files, metadata={"demo": True}).version
-
-
-def _decode_video(path: Path) -> np.ndarray:
-    import av
-
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
-def _resize_to(frames: np.ndarray, size: int) -> np.ndarray:
-    """Frames [T, S, S, 3] box-filtered down to `size` (an integer factor of S)."""
-    s = frames.shape[1]
-    if s == size:
-        return frames
-    if s % size:
-        raise ValueError(f"cannot box-filter {s} px frames to {size} px")
-    f = s // size
-    shrunk = frames.reshape(len(frames), size, f, size, f, 3).astype(np.float32).mean((2, 4))
-    return np.clip(np.rint(shrunk), 0, 255).astype(np.uint8)
-
-
-def print_report(report: dict[str, Any], say=print) -> None:
-    m = report["metrics"]
-    r, lips, clip = m["render"], m["lip_sync"], m["clip"]
-    say("")
-    say(f"demo: wrote {report['out']} and {report['side_by_side']} (ground truth | rendered)")
-    say(f"demo: input: {clip['seconds']} s of {clip['language']} speech, voice {clip['voice']} "
-        "(a language and voice never seen in training)")  # fmt: skip
-    say(f"demo: rendering vs ground truth: PSNR {r['psnr']} dB, SSIM {r['ssim']}, "
-        f"lip-box PSNR {r['psnr_lip']} dB at {r['size']}x{r['size']}, "
-        f"{m['render_fps']} fps")  # fmt: skip
-    say(f"demo: lip sync: mouth LMD {lips['mouth_lmd_mm']} mm, mouth-opening r "
-        f"{lips['mouth_open_r']}, sync confidence {lips['sync_conf']} (ground truth "
-        f"{lips['sync_conf_truth']}), bad cases {lips['bad_case_rate']:.1%}")  # fmt: skip
-    times = report["seconds"]
-    say(f"demo: {times['total'] / 60:.1f} min in all ({times['prepare'] / 60:.1f} preparing; "
-        f"cached steps: {', '.join(report['cached_steps']) or 'none'})")  # fmt: skip
 
 
 def cmd_demo(args) -> int:

@@ -1,0 +1,121 @@
+"""How good the demo's result is: the rendered mp4 against the clip's ground truth.
+
+- Rendering: PSNR, SSIM and lip-box PSNR of the rendered frames against the true frames
+  (they share the head poses: the clip is posed on the avatar's track as the renderer
+  replays it), at the rendered size (the truth box-filtered down when it is larger).
+- Lip sync: mouth-landmark distance, mouth-opening correlation, landmark L2 and sync-expert
+  confidence of the landmarks that drove the renderer, against the clip's true landmarks.
+  Those landmarks are recomputed in-process (the same models, seed and options; the stages
+  are deterministic), since a render job returns only the video.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def decode_video(path: Path) -> np.ndarray:
+    """Every frame of an mp4's video stream, RGB uint8 [T, H, W, 3]."""
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def _frame_pairs(clip_dir: Path, video_path: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """(the clip, rendered frames, true frames at the rendered size), cut to equal length."""
+    from talkingface.data.synthtalk.fileformat import read_clip
+    from talkingface.render.data import downsample
+
+    clip = read_clip(clip_dir, mmap=True)
+    video = decode_video(video_path)
+    native, size = clip["frames"].shape[1], video.shape[1]
+    if native % size:
+        raise ValueError(f"cannot compare {native} px ground truth with a {size} px render")
+    truth = downsample(np.asarray(clip["frames"]), native // size)
+    n = min(len(video), len(truth))
+    return clip, video[:n], truth[:n]
+
+
+def measure(clip_dir: Path, video_path: Path, bundle_dir: Path, ckpt_dir: Path) -> dict[str, Any]:
+    """Rendering and lip-sync quality of `video_path` against the clip (module docstring)."""
+    import torch
+
+    from talkingface.media import read_wav
+    from talkingface.motion import checkpoint as ck
+    from talkingface.motion.infer import SyncScorer
+    from talkingface.motion.metrics import motion_metrics
+    from talkingface.pipeline import predict_landmarks
+    from talkingface.render.evaluate import mouth_boxes, psnr_where
+    from talkingface.render.train import psnr, ssim
+
+    clip, video, truth = _frame_pairs(clip_dir, video_path)
+    n, size = len(video), video.shape[1]
+    a = torch.from_numpy(video.astype(np.float32) / 255.0)
+    b = torch.from_numpy(truth.astype(np.float32) / 255.0)
+    boxes = mouth_boxes(clip["lm2d"][:n] * size / clip["frames"].shape[1], size)
+    render = {
+        "frames": int(n),
+        "size": int(size),
+        "psnr": round(psnr(a, b), 2),
+        "ssim": round(ssim(a, b), 4),
+        "psnr_lip": round(psnr_where(a.numpy(), b.numpy(), boxes), 2),
+    }
+    audio, rate = read_wav(clip_dir / "audio.wav")
+    predicted = predict_landmarks(bundle_dir, audio, ckpt_dir / "motion")
+    projected = predicted["projection"].lm3d
+    gt = np.asarray(clip["lm3d"], np.float32)
+    m = min(len(projected), len(gt))
+    lips = motion_metrics([projected[:m]], [gt[:m]])
+    scorer = SyncScorer.load(ck.model_dir(ckpt_dir, "syncnet"))
+    face = gt.mean(axis=0)
+    features = predicted["features"].features
+    sync = scorer.score([(features, projected[:m], face)])
+    sync_truth = scorer.score([(features, gt[:m], face)])
+    return {
+        "render": render,
+        "lip_sync": {
+            "mouth_lmd_mm": round(lips["mouth_lmd_mm"], 3),
+            "mouth_open_r": round(lips["mouth_open_r"], 3),
+            "l2_mm": round(lips["l2_mm"], 3),
+            "sync_conf": round(sync["sync_conf"], 3),
+            "sync_conf_truth": round(sync_truth["sync_conf"], 3),
+            "bad_case_rate": round(float(predicted["projection"].bad_case_rate), 4),
+        },
+        "clip": {
+            "language": clip["manifest"]["language"],
+            "voice": clip["manifest"]["voice"]["voice_id"],
+            "seconds": round(len(audio) / rate, 2),
+        },
+    }
+
+
+def side_by_side(clip_dir: Path, video_path: Path, out: Path) -> None:
+    """ground truth | rendered, frame by frame, with the clip's audio."""
+    from talkingface.media import read_wav, write_mp4
+
+    _, video, truth = _frame_pairs(clip_dir, video_path)
+    audio, rate = read_wav(clip_dir / "audio.wav")
+    pairs = (np.concatenate([t, v], axis=1) for t, v in zip(truth, video, strict=True))
+    write_mp4(out, pairs, 25, audio, rate)
+
+
+def print_report(report: dict[str, Any], say=print) -> None:
+    m = report["metrics"]
+    r, lips, clip = m["render"], m["lip_sync"], m["clip"]
+    say("")
+    say(f"demo: wrote {report['out']} and {report['side_by_side']} (ground truth | rendered)")
+    say(f"demo: input: {clip['seconds']} s of {clip['language']} speech, voice {clip['voice']} "
+        "(a language and voice never seen in training)")  # fmt: skip
+    say(f"demo: rendering vs ground truth: PSNR {r['psnr']} dB, SSIM {r['ssim']}, "
+        f"lip-box PSNR {r['psnr_lip']} dB at {r['size']}x{r['size']}, "
+        f"{m['render_fps']} fps")  # fmt: skip
+    say(f"demo: lip sync: mouth LMD {lips['mouth_lmd_mm']} mm, mouth-opening r "
+        f"{lips['mouth_open_r']}, sync confidence {lips['sync_conf']} (ground truth "
+        f"{lips['sync_conf_truth']}), bad cases {lips['bad_case_rate']:.1%}")  # fmt: skip
+    times = report["seconds"]
+    say(f"demo: {times['total'] / 60:.1f} min in all ({times['prepare'] / 60:.1f} preparing; "
+        f"cached steps: {', '.join(report['cached_steps']) or 'none'})")  # fmt: skip
