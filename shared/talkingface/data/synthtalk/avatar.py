@@ -105,6 +105,25 @@ def save_landmarks(out: Path, track, lm2d: np.ndarray, speaker) -> None:
     )
 
 
+def manifest_head(
+    product: str, seed: int, size: int, frames: int, samples: int, language: str, voice
+) -> dict[str, Any]:
+    """The fields every SynthTalk video product's manifest starts with (avatar, clip)."""
+    return {
+        "format": product,
+        "version": ff.FORMAT_VERSION,
+        "generator": f"talkingface {__version__}",
+        "seed": seed,
+        "fps": FPS,
+        "sample_rate": ff.SAMPLE_RATE,
+        "size": size,
+        "frames": frames,
+        "duration_seconds": round(samples / ff.SAMPLE_RATE, 4),
+        "language": language,
+        "voice": {**voice.__dict__, "voice_id": voice.voice_id},
+    }
+
+
 def build_avatar(
     out: Path | str,
     seconds: float,
@@ -155,17 +174,7 @@ def build_avatar(
     (out / "script.json").write_text(script_json(sentences, phonemes))
     train_frames = frames * 10 // 11
     manifest = {
-        "format": ff.AVATAR,
-        "version": ff.FORMAT_VERSION,
-        "generator": f"talkingface {__version__}",
-        "seed": seed,
-        "fps": FPS,
-        "sample_rate": ff.SAMPLE_RATE,
-        "size": size,
-        "frames": frames,
-        "duration_seconds": round(len(audio) / ff.SAMPLE_RATE, 4),
-        "language": language,
-        "voice": {**voice.__dict__, "voice_id": voice.voice_id},
+        **manifest_head(ff.AVATAR, seed, size, frames, len(audio), language, voice),
         "speaker": {
             "id": speaker.speaker_id,
             "identity": [round(float(x), 6) for x in speaker.identity],

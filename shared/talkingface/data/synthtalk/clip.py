@@ -20,12 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from talkingface import __version__
 from talkingface.data.synthtalk import fileformat as ff
 from talkingface.data.synthtalk.articulation import articulate
 from talkingface.data.synthtalk.avatar import (
-    FPS,
     PERSON,
+    manifest_head,
     read_script,
     save_landmarks,
     script_json,
@@ -129,17 +128,7 @@ def build_clip(
     np.save(out / "pose_indices.npy", indices.astype(np.int64))
     (out / "script.json").write_text(script_json(sentences, phonemes))
     manifest = {
-        "format": ff.CLIP,
-        "version": ff.FORMAT_VERSION,
-        "generator": f"talkingface {__version__}",
-        "seed": seed,
-        "fps": FPS,
-        "sample_rate": ff.SAMPLE_RATE,
-        "size": size,
-        "frames": frames,
-        "duration_seconds": round(len(audio) / ff.SAMPLE_RATE, 4),
-        "language": language,
-        "voice": {**voice.__dict__, "voice_id": voice.voice_id},
+        **manifest_head(ff.CLIP, seed, size, frames, len(audio), language, voice),
         "sentences": [s["text"] for s in sentences],
         "avatar": {
             "seed": avatar["seed"],
