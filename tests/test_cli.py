@@ -1,6 +1,7 @@
 """The console script: planned commands refuse honestly, real ones work."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -95,3 +96,26 @@ def test_features_command(tmp_path, capsys):
     (tmp_path / "bad.mp3").write_bytes(b"ID3" + bytes(range(256)) * 20)
     assert main(["features", "--audio", str(tmp_path / "bad.mp3"), "--out", str(out)]) == 2
     assert "AUDIO_" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["features", "--audio", "{wav}", "--out", "{out}", "--json"], ["--help"], ["config"],
+     ["synth", "--help"], ["train", "--help"], ["eval", "--help"], ["render", "--help"]],
+)  # fmt: skip
+def test_commands_print_only_the_products_output(tmp_path, argv):
+    # As a new user runs them: a fresh interpreter, the 8-channel 96 kHz 16-bit WAV that
+    # once segfaulted `features` (issue 14), and nothing on stderr (pyworld's import used
+    # to print a pkg_resources deprecation warning there on every command).
+    from tests.audio._layouts import plain_wav
+
+    wav, out = tmp_path / "c8.wav", tmp_path / "c8.npz"
+    wav.write_bytes(plain_wav(8, 96000))
+    args = [a.format(wav=wav, out=out) for a in argv]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHONWARNINGS")}
+    done = subprocess.run([sys.executable, "-m", "talkingface.cli", *args], capture_output=True,
+                          text=True, timeout=300, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    if argv[0] == "features":
+        assert json.loads(done.stdout)["frames"] == 6 and out.exists()

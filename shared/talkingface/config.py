@@ -167,6 +167,17 @@ class Settings:
     audio_max_upload_mb: int = _setting(
         256, "Largest encoded audio upload accepted, MiB (PAYLOAD_TOO_LARGE beyond)."
     )
+    sandbox_memory_mb: int = _setting(
+        2048,
+        "Memory one sandboxed decode of untrusted media may take on top of the sandbox "
+        "server's own, MiB (its child is refused more: AUDIO_CORRUPT).",
+    )
+    sandbox_cpu_seconds: float = _setting(
+        60.0, "CPU time one sandboxed decode may use, seconds (killed beyond: AUDIO_CORRUPT)."
+    )
+    sandbox_timeout_seconds: float = _setting(
+        120.0, "Wall-clock time one sandboxed decode may take, seconds (killed beyond)."
+    )
     pitch_method: str = _setting(
         "dio",
         "Default pitch tracker: `dio` (dio + stonemask) or `harvest`.",
@@ -255,6 +266,10 @@ class Settings:
             problems.append(f"{env_name('result_url_seconds')} must be at most 7 days (S3's limit)")
         if settings is not None and settings.janitor_interval_seconds < 0:
             problems.append(f"{env_name('janitor_interval_seconds')} must be 0 or more")
+        for name, low in (("sandbox_memory_mb", 64), ("sandbox_cpu_seconds", 1),
+                          ("sandbox_timeout_seconds", 1)):  # fmt: skip
+            if settings is not None and getattr(settings, name) < low:
+                problems.append(f"{env_name(name)} must be {low} or more")
         if settings is not None and settings.stage_timeout_seconds <= 0:
             problems.append(f"{env_name('stage_timeout_seconds')} must be more than 0")
         if settings is not None and settings.store == "minio":

@@ -128,3 +128,15 @@ def test_missing_reference_is_not_found(service):
         list(stub.Extract(request, metadata=METADATA, timeout=60))
     assert failed.value.code() == grpc.StatusCode.NOT_FOUND
     assert error_from_rpc(failed.value).code == "STORE_OBJECT_NOT_FOUND"
+
+
+def test_a_many_channel_file_and_the_next_request_on_the_same_replica(service):
+    # An 8-channel 96 kHz 16-bit WAV once killed the replica (issue 14); now it is features,
+    # and the replica answers the next request.
+    from tests.audio._layouts import plain_wav
+
+    stub, _ = service
+    for channels in (8, 16, 1):
+        request = pb.ExtractFeaturesRequest(audio=pb.AudioInput(data=plain_wav(channels, 96000)))
+        summary = next(iter(stub.Extract(request, metadata=METADATA, timeout=120))).summary
+        assert summary.frames == 6 and summary.duration_seconds == pytest.approx(0.25)

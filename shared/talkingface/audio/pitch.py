@@ -7,12 +7,18 @@ Harvest, over F0_MIN_HZ..F0_MAX_HZ, and read at each 25 fps frame's centre,
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
-import pyworld
 
 from talkingface.audio.decode import SAMPLE_RATE
+
+with warnings.catch_warnings():
+    # pyworld's __init__ imports pkg_resources, whose deprecation warning would reach every
+    # user of every command; nothing of pkg_resources is used.
+    warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+    import pyworld
 
 HOP = 640  # samples per 25 fps frame (40 ms)
 F0_BINS = 300  # embedding rows (paper: 300 bins); bin 0 = unvoiced

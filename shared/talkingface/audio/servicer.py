@@ -49,7 +49,13 @@ def _cuda() -> bool:
 
 
 class AudioFeaturesServicer:
-    """talkingface.v1.AudioFeatures (methods named as the RPCs)."""
+    """talkingface.v1.AudioFeatures (methods named as the RPCs).
+
+    Uploaded bytes are decoded in the sandbox (`talkingface.sandbox`): a codec that crashes
+    or hangs on one file fails that request with AUDIO_CORRUPT and the replica goes on.
+    """
+
+    decode_task = "talkingface.audio.decode:decode_task"  # the sandbox task that decodes
 
     def __init__(self, settings: Settings | None = None, lazy: bool = False) -> None:
         """With lazy=True the front end loads in warm_up() (the standalone server calls it
@@ -62,7 +68,12 @@ class AudioFeaturesServicer:
             self.warm_up()
 
     def warm_up(self) -> None:
+        from talkingface.audio import decode
+        from talkingface.sandbox import Limits
+
         self.front_end = load_front_end(self.settings)
+        self.limits = Limits.from_settings(self.settings)
+        decode.warm_up(self.limits, self.decode_task)  # the sandbox server, started now
         log.info("audio features ready", extra={"front_end": self.front_end.name})
 
     @property
@@ -149,7 +160,9 @@ class AudioFeaturesServicer:
         method = {pb.PITCH_METHOD_HARVEST: "harvest", pb.PITCH_METHOD_DIO: "dio"}.get(
             options.pitch_method, self.settings.pitch_method
         )
-        audio = decode_audio(data, max_seconds=self.settings.audio_max_seconds, filename_hint=hint)
+        audio = decode_audio(
+            data, self.settings.audio_max_seconds, hint, limits=self.limits, task=self.decode_task
+        )
         result = extract(audio, front_end=front_end, pitch_method=method)
         yield pb.ExtractFeaturesResponse(
             summary=pb.FeaturesSummary(

@@ -34,7 +34,6 @@ brows.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -141,9 +140,7 @@ def estimate_f0(audio: np.ndarray, sample_rate: int, num_frames: int) -> np.ndar
     f0 = np.zeros(num_frames, np.float32)
     if num_frames == 0 or len(audio) < sample_rate // 10:
         return f0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pyworld imports the deprecated pkg_resources
-        import pyworld
+    from talkingface.audio.pitch import pyworld  # imported there without its warning
 
     # f0 <= 500 Hz needs nothing above 4 kHz: halving 16 kHz to 8 kHz makes dio and
     # stonemask ~1.5x faster with the same estimates (checked against 16 kHz on test tones).
