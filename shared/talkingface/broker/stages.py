@@ -10,11 +10,18 @@ error (fail the job) from a transient one (retry it).
 Calls are plain blocking gRPC calls with a deadline (TALKINGFACE_STAGE_TIMEOUT_SECONDS), safe
 to make from several threads at once; `render_segment` hands back its call object first so a
 caller can cancel a render that is no longer wanted.
+
+What a client may read: a stage's own TalkingFaceError keeps its message. A bare status from
+Ray Serve or gRPC (a replica that died, a connection refused) carries internal text (actor
+ids, pids, node addresses, OOM advice): it is logged here and replaced by a plain message.
+A replica that died while serving the call becomes UNAVAILABLE marked `stage_crash=<app>`;
+the worker retries it once and fails the job with JOB_INPUT_CRASHED if it happens again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +30,12 @@ import grpc
 import numpy as np
 
 from talkingface.config import Settings
-from talkingface.errors import TalkingFaceError, error_from_rpc
+from talkingface.errors import (
+    ERROR_CODE_METADATA_KEY,
+    GRPC_STATUS,
+    TalkingFaceError,
+    error_from_rpc,
+)
 from talkingface.serving.payloads import store_tensors
 from talkingface.serving.server import grpc_message_options
 from talkingface.storage import ObjectStore, StoreError
@@ -40,7 +52,20 @@ from talkingface.v1 import (
     renderer_pb2_grpc,
 )
 
+log = logging.getLogger(__name__)
 APPLICATIONS = ("audio_features", "motion", "landmark_projection", "renderer")
+# How Ray reports a replica whose process died under a request (ActorDiedError and kin).
+REPLICA_DIED = (
+    "actordiederror",
+    "actorunavailableerror",
+    "rayactorerror",
+    "actor died",
+    "actor is dead",
+    "worker process has died",
+    "worker exit type",
+    "workercrashederror",
+    "outofmemoryerror",
+)
 # Inline tensors stay well under the 4 MiB message rule, leaving room for the envelope.
 INLINE_LIMIT = min(MAX_INLINE_BYTES, 3 * 1024 * 1024)
 
@@ -194,15 +219,37 @@ class StageClients:
 
 
 def stage_error(application: str, exc: grpc.RpcError) -> TalkingFaceError:
-    """The stage's own error, or UNAVAILABLE (retried) when the stage could not be reached.
+    """The stage's own error; otherwise a plain one (see the module docstring).
 
     Ray Serve answers NOT_FOUND for an application that is not deployed yet (or any more):
-    that is the fleet's state, not the request's, so it is retried too.
+    that is the fleet's state, not the request's, so it is UNAVAILABLE (retried) too.
     """
     error = error_from_rpc(exc)
-    if error.code == "NOT_FOUND" and "application" in error.message.lower():
-        return TalkingFaceError("UNAVAILABLE", f"{application}: {error.message}")
-    return error
+    if _own_error(exc):
+        return error
+    status = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    log.warning("stage %s failed: %s %s", application, getattr(status, "name", status), details)
+    if error.code == "NOT_FOUND" and "application" in details.lower():
+        return TalkingFaceError("UNAVAILABLE", f"the {application} stage is not deployed")
+    if any(marker in details.lower() for marker in REPLICA_DIED):
+        return TalkingFaceError(
+            "UNAVAILABLE",
+            f"the {application} stage stopped while working on this request",
+            stage_crash=application,
+        )
+    name = getattr(status, "name", "UNKNOWN")
+    return TalkingFaceError(error.code, f"the {application} stage failed ({name})")
+
+
+def _own_error(exc: grpc.RpcError) -> bool:
+    """True when the status carries one of our codes (so its text is ours too)."""
+    metadata = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    if any(key == ERROR_CODE_METADATA_KEY for key, _ in metadata or ()):
+        return True
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    name, sep, _ = details.partition(": ")
+    return bool(sep) and name in GRPC_STATUS
 
 
 class Scratch:

@@ -15,6 +15,15 @@ FAILED_PRECONDITION, or PAYLOAD_TOO_LARGE) fails the job at once. Anything else 
 transient: the job goes back to QUEUED and is retried after `queue.backoff(deliveries)` until
 the queue's delivery limit, when it fails with JOB_RETRIES_EXHAUSTED and is dead-lettered.
 A result that cannot be stored (not JSON) fails the job with INTERNAL, without retries.
+
+A stage replica that died under the job (a TalkingFaceError marked `stage_crash`, see
+`talkingface.broker.stages`) is retried once, in case the replica died of something else;
+the crashes are counted in the message's payload (`crashes`: stage -> count), and the second
+crash of one stage fails the job with JOB_INPUT_CRASHED and dead-letters it for operators,
+instead of letting one poison input take down a replica on every delivery.
+
+The message a client reads is the TalkingFaceError's own (stages and handlers write those for
+clients); any other exception is reported by its type name only, its text goes to the log.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ INPUT_ERROR_STATUSES = frozenset(
 # RESOURCE_EXHAUSTED also means "overloaded" (transient); this code of it is the input's fault.
 INPUT_ERROR_CODES = frozenset({"PAYLOAD_TOO_LARGE"})
 MAX_ERROR_MESSAGE = 1000
+CRASHES_ALLOWED = 1  # crashes of one stage on one job before the job fails
 
 
 class Cancelled(Exception):
@@ -153,7 +163,27 @@ def run_once(
 def _handle_failure(
     queue: WorkQueue, jobs: JobStore, delivery: Delivery, exc: Exception, context: dict
 ) -> None:
-    message = f"{exc}"[:MAX_ERROR_MESSAGE]
+    if isinstance(exc, TalkingFaceError):
+        message = f"{exc}"[:MAX_ERROR_MESSAGE]
+    else:  # not written for clients: its text stays in the log
+        log.error("job failed with an unexpected error", exc_info=exc, extra=context)
+        message = f"internal error ({type(exc).__name__})"
+    crashed = exc.metadata.get("stage_crash") if isinstance(exc, TalkingFaceError) else None
+    if crashed:
+        crashes = dict(delivery.payload.get("crashes") or {})
+        crashes[crashed] = int(crashes.get(crashed, 0)) + 1
+        delivery.payload["crashes"] = crashes  # carried over by retry()
+        if crashes[crashed] > CRASHES_ALLOWED:
+            log.error("the %s stage crashed on this job again; failing it", crashed,
+                      extra=context)  # fmt: skip
+            detail = (
+                f"the {crashed} stage stopped while working on this job "
+                f"{crashes[crashed]} times; the input is not retried"
+            )
+            _finish(jobs, delivery.job_id, state=FAILED, error_code="JOB_INPUT_CRASHED",
+                    error_message=detail)  # fmt: skip
+            queue.dead_letter(delivery, f"JOB_INPUT_CRASHED: {detail}")
+            return
     if is_input_error(exc):
         assert isinstance(exc, TalkingFaceError)
         log.info("job failed on its input: %s", exc.code, extra=context)
@@ -170,7 +200,8 @@ def _handle_failure(
             error_code="JOB_RETRIES_EXHAUSTED",
             error_message=f"{detail}: {message}"[:MAX_ERROR_MESSAGE],
         )
-        queue.dead_letter(delivery, f"{type(exc).__name__}: {message}")
+        # The dead-letter stream is for operators: it keeps the exception's own text.
+        queue.dead_letter(delivery, f"{type(exc).__name__}: {f'{exc}'[:MAX_ERROR_MESSAGE]}")
         return
     delay = queue.backoff(delivery.deliveries)
     log.warning("job failed, retrying in %.1f s: %r", delay, exc, extra=context)

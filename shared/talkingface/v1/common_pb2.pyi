@@ -58,6 +58,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_NOT_FOUND: _ClassVar[ErrorCode]
     JOB_ALREADY_FINISHED: _ClassVar[ErrorCode]
     JOB_RETRIES_EXHAUSTED: _ClassVar[ErrorCode]
+    JOB_INPUT_CRASHED: _ClassVar[ErrorCode]
     STORE_KEY_INVALID: _ClassVar[ErrorCode]
     STORE_OBJECT_NOT_FOUND: _ClassVar[ErrorCode]
     STORE_INTEGRITY: _ClassVar[ErrorCode]
@@ -105,6 +106,7 @@ VIDEO_CORRUPT: ErrorCode
 JOB_NOT_FOUND: ErrorCode
 JOB_ALREADY_FINISHED: ErrorCode
 JOB_RETRIES_EXHAUSTED: ErrorCode
+JOB_INPUT_CRASHED: ErrorCode
 STORE_KEY_INVALID: ErrorCode
 STORE_OBJECT_NOT_FOUND: ErrorCode
 STORE_INTEGRITY: ErrorCode
