@@ -29,9 +29,9 @@ def expected_mono(channels: int, seconds: float = SECONDS, rate: int = 16000) ->
     return signal(channels, rate, seconds).mean(axis=1)
 
 
-def plain_wav(channels: int, rate: int) -> bytes:
+def plain_wav(channels: int, rate: int, seconds: float = SECONDS) -> bytes:
     """16-bit PCM written by Python's wave module: a plain header without a channel mask."""
-    pcm = np.round(signal(channels, rate) * 32767).astype("<i2")
+    pcm = np.round(signal(channels, rate, seconds) * 32767).astype("<i2")
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as handle:
         handle.setnchannels(channels)

@@ -155,6 +155,46 @@ def test_depth_counts_pending_undelivered_and_delayed(make_queue):
     assert (queue.depth(), queue.pending()) == (2, 0)
 
 
+ZERO = {"queued": 0, "pending": 0, "delayed": 0, "dead": 0}
+
+
+def test_messages_of_counts_one_jobs_messages_in_each_state(make_queue):
+    queue = make_queue(lease_ms=LONG_LEASE_MS)
+    assert queue.messages_of("job-1") == ZERO
+    # Another job with a message in each state, in the same queue all along.
+    for _ in range(3):
+        queue.enqueue("other", {})
+    _, delayed, dead = (queue.claim("w1", block_ms=100) for _ in range(3))
+    assert queue.retry(delayed, delay_s=60)
+    queue.dead_letter(dead, "boom")
+    first = queue.enqueue("job-1", {"n": 1})
+    queue.enqueue("job-1", {"n": 2})
+    queue.enqueue("other", {})
+    others = {"queued": 1, "pending": 1, "delayed": 1, "dead": 1}
+    assert queue.messages_of("other") == others
+    assert queue.messages_of("job-1") == {**ZERO, "queued": 2}
+    mine = queue.claim("w2", block_ms=100)
+    assert (mine.job_id, mine.message_id) == ("job-1", first)
+    assert queue.messages_of("job-1") == {**ZERO, "queued": 1, "pending": 1}
+    assert queue.retry(mine, delay_s=60)
+    assert queue.messages_of("job-1") == {**ZERO, "queued": 1, "delayed": 1}
+    second = queue.claim("w2", block_ms=100)
+    assert (second.job_id, second.payload) == ("job-1", {"n": 2})
+    assert queue.messages_of("job-1") == {**ZERO, "pending": 1, "delayed": 1}
+    queue.dead_letter(second, "boom")
+    assert queue.messages_of("job-1") == {**ZERO, "delayed": 1, "dead": 1}
+    assert queue.messages_of("other") == others  # never counted with job-1's
+    assert queue.messages_of("job-2") == ZERO
+
+
+def test_messages_of_without_the_group(make_queue, redis_client):
+    queue = make_queue()
+    redis_client.delete(queue.stream)  # no stream, no group: XPENDING answers NOGROUP
+    assert queue.messages_of("job-1") == ZERO
+    queue.enqueue("job-1", {})  # a stream without the group: undelivered
+    assert queue.messages_of("job-1") == {**ZERO, "queued": 1}
+
+
 def test_the_group_is_recreated_when_the_stream_vanished(make_queue, redis_client):
     queue = make_queue()
     redis_client.delete(queue.stream)  # e.g. a Redis restarted without persistence

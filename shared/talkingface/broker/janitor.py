@@ -23,16 +23,17 @@ log = logging.getLogger(__name__)
 SCRATCH = "work"
 
 
-def sweep_scratch(store: ObjectStore, jobs: JobStore, min_age_s: float = 300.0) -> int:
-    """Delete the scratch prefixes of ended jobs; how many prefixes were deleted."""
+def sweep_scratch(store: ObjectStore, jobs: JobStore, min_age_s: float = 300.0) -> list[str]:
+    """Delete the scratch prefixes of ended jobs; the ids of the jobs whose `work/<job_id>/`
+    prefix was deleted, sorted (empty when `work/` cannot be listed)."""
     try:
         objects = store.list(SCRATCH)
     except StoreError as exc:
         log.warning("janitor cannot list %s/: %s", SCRATCH, exc)
-        return 0
+        return []
     job_ids = sorted({info.key.split("/")[1] for info in objects if info.key.count("/") >= 2})
     now_ms = time.time() * 1000
-    deleted = 0
+    deleted: list[str] = []
     for job_id in job_ids:
         try:
             job = jobs.get(job_id)
@@ -42,11 +43,11 @@ def sweep_scratch(store: ObjectStore, jobs: JobStore, min_age_s: float = 300.0) 
             continue
         try:
             store.delete_prefix(f"{SCRATCH}/{job_id}")
-            deleted += 1
+            deleted.append(job_id)
         except StoreError as exc:
             log.warning("janitor cannot delete %s/%s: %s", SCRATCH, job_id, exc)
     if deleted:
-        log.info("janitor removed scratch space of %d ended jobs", deleted)
+        log.info("janitor removed scratch space of %d ended jobs", len(deleted))
     return deleted
 
 
@@ -66,7 +67,7 @@ class Janitor:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
+            try:  # the ids it returns are for tests and operators; the log line says how many
                 sweep_scratch(self.store, self.jobs, min_age_s=max(60.0, self.interval_s))
             except Exception:
                 log.exception("janitor sweep failed")

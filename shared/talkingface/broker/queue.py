@@ -53,10 +53,17 @@ DEFAULT_MAX_DELIVERIES = 5
 DEFAULT_RETRY_BASE_S = 2.0
 DEFAULT_RETRY_MAX_S = 300.0
 PROMOTE_BATCH = 100
+_ALL = 2**31 - 1  # XPENDING's COUNT for "the whole PEL" (Redis allocates nothing for it)
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _job_id(fields: dict[Any, Any] | None) -> str:
+    """The `job_id` field of a stream entry (bytes or str keys, as the client decodes)."""
+    fields = fields or {}
+    return _text(fields.get(b"job_id", fields.get("job_id", "")))
 
 
 @dataclass(frozen=True)
@@ -306,6 +313,37 @@ class WorkQueue:
             if "NOGROUP" in str(exc):
                 return 0
             raise
+
+    def messages_of(self, job_id: str) -> dict[str, int]:
+        """How many messages of `job_id` this queue holds, by state: "queued" (in the stream,
+        not yet delivered), "pending" (claimed and not acked: in the group's PEL), "delayed"
+        (waiting out a retry backoff) and "dead" (in the dead-letter stream).
+
+        One consistent snapshot (a MULTI of XRANGE, XPENDING, ZRANGE and XRANGE), but it
+        reads the whole stream, PEL, delayed set and dead-letter stream: O(queue length), for
+        tests and operators, not hot paths.
+        """
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xrange(self.stream)
+            pipe.xpending_range(self.stream, GROUP, min="-", max="+", count=_ALL)
+            pipe.zrange(self.delayed_key, 0, -1)
+            pipe.xrange(self.dead_key)
+            in_stream, pel, delayed, dead = pipe.execute(raise_on_error=False)
+        for reply in (in_stream, delayed, dead):
+            if isinstance(reply, Exception):
+                raise reply
+        if isinstance(pel, Exception):
+            if not isinstance(pel, redis.ResponseError) or "NOGROUP" not in str(pel):
+                raise pel
+            pel = []  # no group (or no stream): nothing was ever claimed
+        claimed = {_text(entry["message_id"]) for entry in pel}
+        counts = dict.fromkeys(("queued", "pending", "delayed", "dead"), 0)
+        for message_id, fields in in_stream:
+            if _job_id(fields) == job_id:
+                counts["pending" if _text(message_id) in claimed else "queued"] += 1
+        counts["delayed"] = sum(json.loads(m).get("job_id") == job_id for m in delayed)
+        counts["dead"] = sum(_job_id(fields) == job_id for _, fields in dead)
+        return counts
 
     def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         """The oldest `count` dead-letter entries (each with its `id`), for operators."""
