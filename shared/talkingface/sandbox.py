@@ -210,7 +210,8 @@ def _run_child(task: str, data: bytes, params: dict, limits: dict, control: tupl
     os.close(write_fd)
     deadline = time.monotonic() + float(limits["timeout_seconds"])
     output = bytearray()
-    timed_out = False
+    most = int(limits["memory_mb"]) * _MB + (1 << 20)  # an answer cannot be bigger than that
+    timed_out = too_big = False
     poller = select.poll()
     poller.register(read_fd, select.POLLIN)
     try:
@@ -224,18 +225,26 @@ def _run_child(task: str, data: bytes, params: dict, limits: dict, control: tupl
                 if not chunk:
                     break
                 output += chunk
+                if len(output) > most:
+                    too_big = True
+                    break
     finally:
         os.close(read_fd)
-        if timed_out:
+        if timed_out or too_big:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _, status, usage = os.wait4(pid, 0)
     if timed_out:
         return {"ok": False, "reason": "timeout",
                 "message": f"no answer within {limits['timeout_seconds']:g} s"}, b""  # fmt: skip
+    if too_big:
+        return {"ok": False, "reason": "memory", "message": "the answer is too big"}, b""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
         cpu_spent = usage.ru_utime + usage.ru_stime >= float(limits["cpu_seconds"])
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_spent):
             return {"ok": False, "reason": "cpu", "signal": name,
