@@ -47,4 +47,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
   echo "$want" >"$stamp"
 fi
+# The face models (three Apache-2.0 .tflite files out of the pinned mediapipe wheel, checked by
+# sha256) into the cache; a no-op when they are there. docs/ingest.md, "Face models".
+.venv/bin/python -m talkingface.face.models
+
 echo "setup: ok ($(.venv/bin/python --version), talkingface $(.venv/bin/python -c 'import talkingface; print(talkingface.__version__)'))"
