@@ -1,0 +1,162 @@
+"""Tracking one face through a video, temporal smoothing, and person segmentation.
+
+`FaceTracker.track(frame)` detects on the first frame and whenever the track is lost (the
+mesh's face-presence score under 0.5); otherwise it crops from the previous frame's mesh, as
+MediaPipe's face-mesh graph does. Every `count_every` frames it also runs the detector to
+count the faces in view, so that a second person who walks in is noticed although the
+tracker never needs the detector for the tracked face. Faces are counted from a detection
+score of 0.75 (weaker detections are mostly clutter: a fold of clothing scored 0.55 on the
+test portrait). The caller decides what too many faces means (`talkingface avatar ingest`:
+an error when it lasts more than a few frames).
+
+`OneEuro` is the One-Euro filter (Casiez, Roussel and Vogel, CHI 2012) over any array of
+coordinates: a low-pass filter whose cut-off rises with speed, so slow motion is smoothed
+and fast motion is followed without lag. `jitter` measures what it removes.
+
+`PersonSegmenter.run(frame)` is MediaPipe's selfie segmentation: the probability that each
+pixel belongs to a person.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from talkingface.face.detect import FaceDetector, letterbox
+from talkingface.face.mesh import MIN_PRESENCE, FaceMesh, Roi
+from talkingface.face.models import TFLiteModel
+
+COUNT_MIN_SCORE = 0.75
+
+
+@dataclass
+class Tracked:
+    """One frame's result: the mesh in image pixels ([468, 3]) or None when no face was
+    found; its presence score; whether the detector was run for it (first frame, lost track
+    or a face count); how many faces the detector saw (None when it was not run); the
+    detection score of the face taken (None when tracked)."""
+
+    points: np.ndarray | None
+    presence: float
+    detected: bool
+    faces: int | None
+    detection_score: float | None = None
+
+
+class FaceTracker:
+    """Tracks the most prominent face of a video, frame by frame (not thread-safe)."""
+
+    def __init__(self, cache_dir=None, count_every: int = 5, refine: int = 1) -> None:
+        self.detector = FaceDetector(cache_dir)
+        self.mesh = FaceMesh(cache_dir)
+        self.count_every = max(1, count_every)
+        self.refine = refine
+        self.previous: np.ndarray | None = None
+        self.frame = 0
+
+    def reset(self) -> None:
+        self.previous = None
+
+    def track(self, rgb: np.ndarray) -> Tracked:
+        index, self.frame = self.frame, self.frame + 1
+        counted = None
+        if self.previous is not None:
+            result = self.mesh.run(rgb, Roi.from_landmarks(self.previous))
+            if result.presence >= MIN_PRESENCE:
+                self.previous = result.points
+                if index % self.count_every == 0:
+                    counted = _count(self.detector.detect(rgb))
+                return Tracked(result.points, result.presence, counted is not None, counted)
+        faces = self.detector.detect(rgb)  # best score first
+        best = None
+        for face in faces:  # the first whose mesh confirms a face
+            result = self.mesh.run(rgb, Roi.from_detection(face))
+            for _ in range(self.refine):  # the crop a tracked frame would have had
+                if result.presence < MIN_PRESENCE:
+                    break
+                result = self.mesh.run(rgb, Roi.from_landmarks(result.points))
+            if result.presence >= MIN_PRESENCE:
+                best = (face, result)
+                break
+        if best is None:
+            self.previous = None
+            return Tracked(None, 0.0, True, _count(faces))
+        face, result = best
+        self.previous = result.points
+        return Tracked(result.points, result.presence, True, _count(faces), face.score)
+
+
+def _count(faces) -> int:
+    return sum(face.score >= COUNT_MIN_SCORE for face in faces)
+
+
+class OneEuro:
+    """The One-Euro filter at a fixed rate, element-wise over arrays of any shape.
+
+    min_cutoff (Hz) sets the smoothing at rest; beta how fast the cut-off rises with speed
+    (units of the signal per second); d_cutoff (Hz) smooths the speed estimate.
+    """
+
+    def __init__(self, rate: float = 25.0, min_cutoff: float = 1.0, beta: float = 0.05,
+                 d_cutoff: float = 1.0) -> None:  # fmt: skip
+        self.rate, self.min_cutoff, self.beta, self.d_cutoff = rate, min_cutoff, beta, d_cutoff
+        self.x: np.ndarray | None = None
+        self.dx: np.ndarray | None = None
+
+    def _alpha(self, cutoff):
+        tau = 1.0 / (2 * np.pi * cutoff)
+        return 1.0 / (1.0 + tau * self.rate)
+
+    def __call__(self, value: np.ndarray) -> np.ndarray:
+        value = np.asarray(value, dtype=np.float64)
+        if self.x is None:
+            self.x, self.dx = value.copy(), np.zeros_like(value)
+            return value.copy()
+        speed = (value - self.x) * self.rate
+        a_d = self._alpha(self.d_cutoff)
+        self.dx = a_d * speed + (1 - a_d) * self.dx
+        cutoff = self.min_cutoff + self.beta * np.abs(self.dx)
+        a = self._alpha(cutoff)
+        self.x = a * value + (1 - a) * self.x
+        return self.x.copy()
+
+    def reset(self) -> None:
+        self.x = self.dx = None
+
+
+def smooth(track: np.ndarray, rate: float = 25.0, **options: float) -> np.ndarray:
+    """A whole [T, ...] track through a fresh OneEuro filter."""
+    f = OneEuro(rate, **options)
+    return np.stack([f(frame) for frame in np.asarray(track)])
+
+
+def jitter(track: np.ndarray) -> float:
+    """Median over points of the RMS second difference of a [T, N, C] track (frame-to-frame
+    acceleration: what smoothing removes and steady motion does not add), in its units."""
+    track = np.asarray(track, dtype=np.float64)
+    if len(track) < 3:
+        return 0.0
+    accel = track[2:] - 2 * track[1:-1] + track[:-2]
+    per_point = np.sqrt((np.linalg.norm(accel, axis=-1) ** 2).mean(axis=0))
+    return float(np.median(per_point))
+
+
+class PersonSegmenter:
+    """`run(rgb)` -> [H, W] float32 probability that a pixel shows a person."""
+
+    INPUT = 256
+
+    def __init__(self, cache_dir=None) -> None:
+        self.model = TFLiteModel("selfie_segmentation", cache_dir)
+
+    def run(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        square, scale, offset = letterbox(np.asarray(rgb), self.INPUT)
+        (prob,) = self.model.run(square.astype(np.float32)[None] / 255.0)
+        prob = prob.reshape(self.INPUT, self.INPUT)
+        left, top = int(offset[0]), int(offset[1])
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        inner = np.ascontiguousarray(prob[top : top + nh, left : left + nw], dtype=np.float32)
+        return np.asarray(Image.fromarray(inner).resize((w, h), Image.BILINEAR))

@@ -1,0 +1,94 @@
+"""Tracking a "photo video" (a real photograph under known rigid motions), losing and
+finding the face again, counting a second face, the One-Euro filter, and segmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage import data
+
+from talkingface.face.ibug68 import interocular, to_ibug68
+from talkingface.face.track import FaceTracker, OneEuro, PersonSegmenter, jitter, smooth
+from tests.face.test_face import _move
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return data.astronaut()
+
+
+def _video(photo, n=12):
+    """Frames of the photo turning and drifting (2 deg and 3 px a frame) with their maps."""
+    frames, maps = [], []
+    for i in range(n):
+        frame, m = _move(photo, 2.0 * i - 10, (3.0 * i - 15, 1.5 * i - 8))
+        frames.append(frame)
+        maps.append(m)
+    return frames, maps
+
+
+def test_a_photo_video_is_tracked_and_follows_the_known_motion(photo):
+    tracker = FaceTracker(count_every=4)
+    reference = FaceTracker().track(photo).points
+    frames, maps = _video(photo)
+    results = [tracker.track(frame) for frame in frames]
+    assert all(r.points is not None and r.presence > 0.9 for r in results)
+    assert results[0].detected and results[0].faces == 1  # detected once, then tracked
+    assert [r.faces for r in results[1:]] == [None, None, None, 1, None, None, None, 1,
+                                              None, None, None]  # fmt: skip
+    errors = []
+    for result, m in zip(results, maps, strict=True):
+        want = to_ibug68(reference[:, :2] @ m[:, :2].T + m[:, 2])
+        got = to_ibug68(result.points)[:, :2]
+        errors.append(np.median(np.linalg.norm(got - want, axis=1)[17:]) / interocular(want))
+    assert max(errors) <= 0.02, np.round(errors, 4)
+
+
+def test_a_lost_face_is_found_again_and_a_second_face_is_counted(photo):
+    tracker = FaceTracker(count_every=1)
+    blank = np.zeros_like(photo)
+    results = [tracker.track(f) for f in (photo, blank, blank, photo)]
+    assert [r.points is not None for r in results] == [True, False, False, True]
+    assert results[3].detected  # found again by the detector, not by the old crop
+    head = photo[40:240, 130:330]
+    pair = np.ascontiguousarray(np.concatenate([head, head[:, ::-1]], axis=1))
+    tracker.reset()
+    assert tracker.track(pair).faces == 2 and tracker.track(pair).faces == 2
+
+
+def test_one_euro_smooths_rest_and_follows_motion():
+    rng = np.random.default_rng(0)
+    t = np.arange(200) / 25.0
+    still = 100.0 + rng.normal(0, 0.5, (200, 10, 2))  # 0.5 px of noise on a still face
+    smoothed = smooth(still, min_cutoff=1.0, beta=0.05)
+    assert jitter(smoothed) < 0.25 * jitter(still)
+    # A fast move (100 px/s) is followed: after it settles the lag is under 2 px.
+    path = np.where(t < 2, 0.0, np.minimum((t - 2) * 100.0, 100.0))
+    moving = path[:, None, None] + rng.normal(0, 0.5, (200, 10, 2))
+    out = smooth(moving, min_cutoff=1.0, beta=0.05)
+    assert np.abs(out[-25:] - 100.0).max() < 2.0
+    assert np.abs(out[60:75] - path[60:75, None, None]).mean() < 10.0  # mid-move lag, small
+    f = OneEuro()
+    assert np.array_equal(f(np.ones(3)), np.ones(3))  # the first sample passes unchanged
+
+
+def test_person_segmentation_on_a_portrait(photo):
+    prob = PersonSegmenter().run(photo)
+    assert prob.shape == photo.shape[:2] and prob.dtype == np.float32
+    assert prob[90:170, 190:260].mean() > 0.95  # the face
+    assert prob[0:60, 0:60].mean() < 0.05 and prob[0:60, 450:].mean() < 0.05  # the backdrop
+    assert prob[300:, 100:300].mean() > 0.9  # the suit
+
+
+def test_a_small_face_in_a_720p_frame_is_found_in_tiles(photo):
+    from talkingface.face.detect import FaceDetector
+
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    frame[104:616, 384:896] = photo  # the face is ~95 px of 1280: too small for one pass
+    detector = FaceDetector()
+    assert detector.detect(frame, tiles=False) == []
+    best = detector.detect(frame)[0]
+    (own,) = detector.detect(photo)
+    np.testing.assert_allclose(best.box, own.box + np.array([384, 104, 384, 104]), atol=6.0)
+    result = FaceTracker().track(frame)
+    assert result.points is not None and result.faces == 1
