@@ -167,6 +167,9 @@ class Settings:
     audio_max_upload_mb: int = _setting(
         256, "Largest encoded audio upload accepted, MiB (PAYLOAD_TOO_LARGE beyond)."
     )
+    video_max_seconds: float = _setting(
+        1800.0, "Longest avatar video accepted for ingest, seconds (VIDEO_TOO_LONG beyond)."
+    )
     sandbox_memory_mb: int = _setting(
         2048,
         "Memory one sandboxed decode of untrusted media may take on top of the sandbox "

@@ -55,6 +55,8 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RENDER_INVALID_RANGE: _ClassVar[ErrorCode]
     VIDEO_NO_FACE: _ClassVar[ErrorCode]
     VIDEO_CORRUPT: _ClassVar[ErrorCode]
+    VIDEO_NO_VIDEO_STREAM: _ClassVar[ErrorCode]
+    VIDEO_TOO_LONG: _ClassVar[ErrorCode]
     JOB_NOT_FOUND: _ClassVar[ErrorCode]
     JOB_ALREADY_FINISHED: _ClassVar[ErrorCode]
     JOB_RETRIES_EXHAUSTED: _ClassVar[ErrorCode]
@@ -103,6 +105,8 @@ AVATAR_NOT_READY: ErrorCode
 RENDER_INVALID_RANGE: ErrorCode
 VIDEO_NO_FACE: ErrorCode
 VIDEO_CORRUPT: ErrorCode
+VIDEO_NO_VIDEO_STREAM: ErrorCode
+VIDEO_TOO_LONG: ErrorCode
 JOB_NOT_FOUND: ErrorCode
 JOB_ALREADY_FINISHED: ErrorCode
 JOB_RETRIES_EXHAUSTED: ErrorCode

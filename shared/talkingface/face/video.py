@@ -1,0 +1,219 @@
+"""Reading an uploaded video: probe, and frames at 25 fps, always in the sandbox.
+
+A user's video is untrusted bytes for a native decoder, so both passes run as sandbox tasks
+(`talkingface.sandbox`): a crash, hang or runaway allocation in a codec costs that request
+a VIDEO_CORRUPT error, never the worker. Frames never travel back through the sandbox's
+pipe: `read_frames` has the child append them to a raw file the caller names (then opened
+with memory mapping), so a 3-minute 720p video needs no more memory than a few frames.
+
+Timing: the output has one frame per 1/25 s from the first video frame's timestamp to the
+stream's end, each the decoded frame whose timestamp is nearest (variable frame rates and
+29.97/30/50/60 fps sources alike, as FFmpeg's `fps` filter does). Rotation metadata (the
+display matrix) is applied, so a phone video shot upright comes out upright.
+
+Errors: VIDEO_CORRUPT (not a media file, no decodable video frame, a decoder crash),
+VIDEO_NO_VIDEO_STREAM (an audio file or an image sequence named .mp4: no video stream),
+VIDEO_TOO_LONG (more than `max_seconds`).
+"""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from talkingface.errors import TalkingFaceError
+from talkingface.sandbox import Limits, SandboxError, TaskError, run_task
+
+FPS = 25
+PROBE_TASK = "talkingface.face.video:probe_task"
+FRAMES_TASK = "talkingface.face.video:frames_task"
+_OPEN_OPTIONS = {"probesize": "5000000", "analyzeduration": "5000000"}
+
+
+# --- in the sandbox ------------------------------------------------------------------------------
+
+
+def _open(data: bytes):
+    import av
+
+    try:
+        return av.open(io.BytesIO(data), mode="r", options=_OPEN_OPTIONS,
+                       metadata_errors="ignore")  # fmt: skip
+    except Exception as exc:
+        message = f"not a readable media file ({type(exc).__name__})"
+        raise TaskError("VIDEO_CORRUPT", message) from None
+
+
+def _video_stream(container):
+    # Cover art (an "attached picture" of an audio file) is a still image, not a video.
+    streams = [s for s in container.streams if s.type == "video" and not _attached_pic(s)]
+    if not streams:
+        raise TaskError("VIDEO_NO_VIDEO_STREAM", "the file has no video stream")
+    return streams[0]
+
+
+def _attached_pic(stream) -> bool:
+    import av
+
+    flag = getattr(getattr(av.stream, "Disposition", None), "attached_pic", None)
+    return bool(flag is not None and stream.disposition & flag)
+
+
+def _timed_frames(container, stream):
+    """(seconds, rgb uint8 [H, W, 3]) of each decoded frame, rotation applied."""
+    import av
+
+    bad = 0
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except (av.error.InvalidDataError, av.error.ValueError, av.error.EOFError):
+            bad += 1
+            if bad > 32:
+                message = "too many video packets failed to decode"
+                raise TaskError("VIDEO_CORRUPT", message) from None
+            continue
+        for frame in frames:
+            if frame.pts is None or frame.time_base is None:
+                continue
+            rgb = frame.to_ndarray(format="rgb24")
+            turns = round((frame.rotation or 0) / 90) % 4
+            if turns:
+                # FFmpeg's rotation is counter-clockwise in degrees; np.rot90 turns the same way.
+                rgb = np.ascontiguousarray(np.rot90(rgb, turns))
+            yield float(frame.pts * frame.time_base), rgb
+
+
+def _end_time(container, stream, last: float, step: float) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float((stream.start_time or 0) * stream.time_base + stream.duration
+                     * stream.time_base)  # fmt: skip
+    return last + step
+
+
+def probe_task(data: bytes, params: dict) -> tuple[dict, bytes]:
+    """Stream facts without decoding the frames: size, rate, duration, rotation, audio."""
+    with _open(data) as container:
+        stream = _video_stream(container)
+        rate = stream.average_rate or stream.guessed_rate or Fraction(FPS)
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000
+        meta = {
+            "codec": stream.codec_context.name,
+            "width": int(stream.codec_context.width or 0),
+            "height": int(stream.codec_context.height or 0),
+            "fps": float(rate),
+            "duration": duration,
+            "has_audio": any(s.type == "audio" for s in container.streams),
+        }
+    return meta, b""
+
+
+def frames_task(data: bytes, params: dict) -> tuple[dict, bytes]:
+    """Decode, resample to 25 fps and append each frame's raw RGB bytes to params["out"]."""
+    max_frames = int(params["max_seconds"] * FPS) + 1
+    size = params.get("size")
+    written, source = 0, 0
+    shape = None
+    with _open(data) as container, open(params["out"], "wb") as out:
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO"
+        step = 1.0 / float(stream.average_rate or FPS)
+        start = prev_t = prev = None
+
+        def emit(frame: np.ndarray) -> None:
+            nonlocal written
+            if written >= max_frames:
+                raise TaskError("VIDEO_TOO_LONG", f"the video is longer than the limit of "
+                                f"{params['max_seconds']:g} s")  # fmt: skip
+            out.write(np.ascontiguousarray(frame).tobytes())
+            written += 1
+
+        for t, rgb in _timed_frames(container, stream):
+            if size:
+                rgb = _resize(rgb, int(size))
+            if shape is None:
+                shape = rgb.shape
+            elif rgb.shape != shape:  # a resolution change mid-stream: keep the first size
+                rgb = _fit(rgb, shape)
+            source += 1
+            if prev is None:
+                start, prev_t, prev = t, t, rgb
+                continue
+            # Every grid time nearer to the previous frame than to this one (ties: earlier).
+            middle = (prev_t + t) / 2
+            while start + written / FPS <= middle + 1e-9:
+                emit(prev)
+            prev_t, prev = t, rgb
+        if prev is None:
+            raise TaskError("VIDEO_CORRUPT", "no video frame could be decoded")
+        end = _end_time(container, stream, prev_t, step)
+        while start + written / FPS < end - 1e-6 or written == 0:
+            emit(prev)
+    return {"frames": written, "height": int(shape[0]), "width": int(shape[1]),
+            "source_frames": source, "start": start}, b""  # fmt: skip
+
+
+def _fit(rgb: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(rgb).resize((shape[1], shape[0]), Image.BILINEAR))
+
+
+def _resize(rgb: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    scale = size / max(h, w)
+    if scale >= 1:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((round(w * scale), round(h * scale)),
+                                                  Image.BILINEAR))  # fmt: skip
+
+
+# --- the caller's side --------------------------------------------------------------------------
+
+
+def _error(exc: SandboxError) -> TalkingFaceError:
+    if exc.reason == "task_error":
+        return TalkingFaceError(exc.code, exc.message)
+    if exc.reason == "unavailable":
+        return TalkingFaceError("UNAVAILABLE", "the video decoder could not be started")
+    detail = {
+        "crashed": f"the decoder crashed on this file ({exc.signal})",
+        "cpu": "decoding used too much CPU time",
+        "timeout": "decoding took too long",
+        "memory": "decoding needed too much memory",
+    }.get(exc.reason, "the video could not be decoded")
+    return TalkingFaceError("VIDEO_CORRUPT", detail)
+
+
+def probe(data: bytes, limits: Limits | None = None) -> dict:
+    """Facts about the video stream (see probe_task); VIDEO_* errors."""
+    try:
+        meta, _ = run_task(PROBE_TASK, data, {}, limits)
+    except SandboxError as exc:
+        raise _error(exc) from None
+    return meta
+
+
+def read_frames(data: bytes, out: Path | str, max_seconds: float = 1800.0,
+                size: int | None = None, limits: Limits | None = None) -> np.ndarray:  # fmt: skip
+    """The video at 25 fps as a read-only memory map [T, H, W, 3] uint8 of the raw file `out`
+    (written by the sandboxed decoder, one frame at a time).
+
+    `size` caps the long side (downscaled, never up). VIDEO_* errors.
+    """
+    params = {"out": str(out), "max_seconds": float(max_seconds), "size": size}
+    try:
+        meta, _ = run_task(FRAMES_TASK, data, params, limits)
+    except SandboxError as exc:
+        raise _error(exc) from None
+    shape = (meta["frames"], meta["height"], meta["width"], 3)
+    return np.memmap(out, dtype=np.uint8, mode="r", shape=shape)

@@ -1,0 +1,110 @@
+"""Reading uploaded video in the sandbox: 25 fps by nearest timestamps from constant and
+variable frame rates, rotation metadata honoured, frames streamed to a file, and the bad
+inputs answered with their codes."""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from talkingface.errors import TalkingFaceError
+from talkingface.face.video import probe, read_frames
+
+W, H = 96, 64
+
+
+def _frame(i: int) -> np.ndarray:
+    """Frame i: a flat grey level of 8 * (i % 30) + 8 with a white block in the top-left."""
+    rgb = np.full((H, W, 3), 8 * (i % 30) + 8, np.uint8)
+    rgb[:16, :24] = 255
+    return rgb
+
+
+def _level(rgb: np.ndarray) -> int:
+    """Which i % 30 a decoded frame shows (from its grey level away from the block)."""
+    grey = float(np.median(rgb[rgb.shape[0] // 2 :, rgb.shape[1] // 2 :]))
+    return round((grey - 8) / 8)
+
+
+def _mp4(pts_ms: list[int], rotation: int = 0, audio: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=1000)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.time_base = Fraction(1, 1000)
+        stream.codec_context.options = {"crf": "10", "g": "1"}
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for i, pts in enumerate(pts_ms):
+            frame = av.VideoFrame.from_ndarray(_frame(i), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def _nearest(pts_ms: list[int], count: int) -> list[int]:
+    t = np.asarray(pts_ms) / 1000
+    return [int(np.argmin(np.abs(t - (t[0] + k / 25)) + 1e-9 * np.arange(len(t))))
+            for k in range(count)]  # fmt: skip
+
+
+@pytest.mark.parametrize("fps", [30, 25, 50])
+def test_constant_frame_rates_come_out_at_25(tmp_path, fps):
+    pts = [round(1000 * i / fps) for i in range(2 * fps)]  # 2 seconds
+    data = _mp4(pts)
+    frames = read_frames(data, tmp_path / "frames.raw")
+    assert frames.shape == (50, H, W, 3)
+    assert [_level(f) for f in frames] == [i % 30 for i in _nearest(pts, 50)]
+    info = probe(data)
+    assert (info["width"], info["height"], info["has_audio"]) == (W, H, False)
+
+
+def test_a_variable_frame_rate_is_resampled_by_timestamps(tmp_path):
+    rng = np.random.default_rng(0)
+    pts = np.cumsum(np.r_[0, rng.integers(15, 70, 59)]).tolist()  # 15-70 ms apart
+    frames = read_frames(_mp4(pts), tmp_path / "frames.raw")
+    expected = _nearest(pts, len(frames))
+    assert abs(len(frames) - (pts[-1] / 1000) * 25) <= 2
+    assert [_level(f) for f in frames] == [i % 30 for i in expected]
+
+
+def test_rotation_metadata_is_honoured(tmp_path):
+    frames = read_frames(_mp4([0, 40, 80, 120], rotation=90), tmp_path / "frames.raw")
+    assert frames.shape[1:3] == (W, H)  # upright: the sides swapped
+    # Rotated 90 degrees counter-clockwise: the top-left block is now bottom-left.
+    assert frames[0][-16:, :16].mean() > 240 and frames[0][:16, :16].mean() < 200
+
+
+def test_size_caps_the_long_side(tmp_path):
+    frames = read_frames(_mp4([0, 40, 80]), tmp_path / "frames.raw", size=48)
+    assert frames.shape[1:3] == (32, 48)
+
+
+def _code(data: bytes, tmp_path, **kwargs) -> str:
+    with pytest.raises(TalkingFaceError) as caught:
+        read_frames(data, tmp_path / "bad.raw", **kwargs)
+    return caught.value.code
+
+
+def test_bad_inputs_get_their_codes(tmp_path):
+    assert _code(b"not a video at all" * 50, tmp_path) == "VIDEO_CORRUPT"
+    good = _mp4([40 * i for i in range(50)])
+    assert _code(good[: len(good) // 3], tmp_path) == "VIDEO_CORRUPT"  # cut off mid-file
+    assert _code(good, tmp_path, max_seconds=1.0) == "VIDEO_TOO_LONG"
+    audio = io.BytesIO()  # an audio file named .mp4
+    with av.open(audio, "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="flt",
+                                           layout="mono")  # fmt: skip
+        frame.sample_rate, frame.pts = 16000, 0
+        for packet in list(stream.encode(frame)) + list(stream.encode(None)):
+            container.mux(packet)
+    assert _code(audio.getvalue(), tmp_path) == "VIDEO_NO_VIDEO_STREAM"
+    with pytest.raises(TalkingFaceError) as caught:
+        probe(audio.getvalue())
+    assert caught.value.code == "VIDEO_NO_VIDEO_STREAM"
