@@ -167,6 +167,9 @@ class Settings:
     audio_max_upload_mb: int = _setting(
         256, "Largest encoded audio upload accepted, MiB (PAYLOAD_TOO_LARGE beyond)."
     )
+    video_min_seconds: float = _setting(
+        20.0, "Shortest avatar video accepted for ingest, seconds (VIDEO_TOO_SHORT below)."
+    )
     video_max_seconds: float = _setting(
         1800.0, "Longest avatar video accepted for ingest, seconds (VIDEO_TOO_LONG beyond)."
     )

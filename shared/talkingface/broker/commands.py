@@ -225,6 +225,8 @@ def cmd_avatar(args: argparse.Namespace) -> int:
     settings = _settings("avatar")
     if settings is None:
         return EXIT_USAGE
+    if args.action == "ingest":
+        return _ingest(args, settings)
     with BrokerClient(args.broker or settings.broker_address, args.tenant) as client:
         try:
             client.wait_ready(args.connect_timeout)
@@ -247,6 +249,41 @@ def cmd_avatar(args: argparse.Namespace) -> int:
     return 0 if result["state"] == "SUCCEEDED" else EXIT_FAILED_JOB
 
 
+def _ingest(args: argparse.Namespace, settings) -> int:
+    """`talkingface avatar ingest`: a video file -> an avatar directory, on this machine."""
+    from talkingface.errors import TalkingFaceError
+    from talkingface.face.ingest import ingest
+
+    if not args.video or not args.out:
+        print("talkingface avatar ingest: --video FILE and --out DIR are required",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    last = [""]
+
+    def progress(stage: str, fraction: float) -> None:
+        if not args.json and stage != last[0]:
+            print(f"ingest: {stage} ({100 * fraction:.0f} %)", file=sys.stderr, flush=True)
+            last[0] = stage
+
+    try:
+        report = ingest(
+            args.video, args.out, size=args.size, fov_deg=args.fov,
+            min_seconds=settings.video_min_seconds, max_seconds=settings.video_max_seconds,
+            progress=progress,
+        )  # fmt: skip
+    except TalkingFaceError as exc:
+        print(f"talkingface avatar ingest: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps({"out": str(args.out), **report}, sort_keys=True))
+    else:
+        print(f"avatar directory {args.out}: {report['frames']['in']} frames; train it with "
+              f"`talkingface train avatar --data {args.out} --out BUNDLE`")  # fmt: skip
+        for warning in report["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
 def avatar_summary(avatar) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
@@ -254,12 +291,22 @@ def avatar_summary(avatar) -> dict[str, Any]:
 
 
 def add_avatar(sub: argparse._SubParsersAction) -> None:
-    avatar = sub.add_parser("avatar", help="create (train) or show an avatar in a running fleet")
-    avatar.add_argument("action", choices=("create", "show"))
+    avatar = sub.add_parser(
+        "avatar",
+        help="ingest a video into an avatar directory (here), or create (train) or show an "
+        "avatar in a running fleet",
+    )
+    avatar.add_argument("action", choices=("ingest", "create", "show"))
     avatar.add_argument("avatar_id", nargs="?", default="", help="the avatar to show")
     avatar.add_argument("--data", type=Path, help="create: a SynthTalk avatar directory")
     avatar.add_argument("--preset", choices=("tiny", "cpu", "full"), help="create: (cpu)")
     avatar.add_argument("--name", help="create: display name")
+    avatar.add_argument("--video", type=Path, help="ingest: the person's talking video")
+    avatar.add_argument("--out", type=Path, help="ingest: the avatar directory to write")
+    avatar.add_argument("--size", type=int, default=256, help="ingest: frame size (256)")
+    avatar.add_argument(
+        "--fov", type=float, default=40.0, help="ingest: the camera's vertical field of view (40)"
+    )
     _add_client_options(avatar)
     avatar.set_defaults(func=cmd_avatar)
 

@@ -57,6 +57,12 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VIDEO_CORRUPT: _ClassVar[ErrorCode]
     VIDEO_NO_VIDEO_STREAM: _ClassVar[ErrorCode]
     VIDEO_TOO_LONG: _ClassVar[ErrorCode]
+    VIDEO_NO_AUDIO: _ClassVar[ErrorCode]
+    VIDEO_TOO_SHORT: _ClassVar[ErrorCode]
+    VIDEO_MULTIPLE_FACES: _ClassVar[ErrorCode]
+    VIDEO_FACE_TOO_SMALL: _ClassVar[ErrorCode]
+    VIDEO_EXTREME_POSE: _ClassVar[ErrorCode]
+    VIDEO_FROZEN: _ClassVar[ErrorCode]
     JOB_NOT_FOUND: _ClassVar[ErrorCode]
     JOB_ALREADY_FINISHED: _ClassVar[ErrorCode]
     JOB_RETRIES_EXHAUSTED: _ClassVar[ErrorCode]
@@ -107,6 +113,12 @@ VIDEO_NO_FACE: ErrorCode
 VIDEO_CORRUPT: ErrorCode
 VIDEO_NO_VIDEO_STREAM: ErrorCode
 VIDEO_TOO_LONG: ErrorCode
+VIDEO_NO_AUDIO: ErrorCode
+VIDEO_TOO_SHORT: ErrorCode
+VIDEO_MULTIPLE_FACES: ErrorCode
+VIDEO_FACE_TOO_SMALL: ErrorCode
+VIDEO_EXTREME_POSE: ErrorCode
+VIDEO_FROZEN: ErrorCode
 JOB_NOT_FOUND: ErrorCode
 JOB_ALREADY_FINISHED: ErrorCode
 JOB_RETRIES_EXHAUSTED: ErrorCode

@@ -1,0 +1,372 @@
+"""`talkingface avatar ingest`: a real person's talking video -> an avatar directory that
+`train avatar` reads unchanged (the SynthTalk avatar format, docs/synthtalk.md), plus a torso
+mask and `ingest.json`.
+
+Steps (docs/ingest.md):
+1. Read the video and its audio in the sandbox (`face.video`, `audio.decode`): 25 fps by
+   timestamps, rotation applied, audio to 16 kHz mono.
+2. Track the face (`face.track.FaceTracker`): 468-point meshes, the face count, gaps filled
+   by interpolation; One-Euro smoothing with the jitter before and after.
+3. Pose without a 3DMM (`face.pose`): the person's rigid shape from their own frames, each
+   frame's similarity from it; the shape is placed in the contract's canonical frame and
+   units (`talkingface.lm3d`) by aligning its iBUG-68 subset to the contract's mean face, and
+   each frame's weak-perspective similarity becomes a pinhole pose (R, t) for intrinsics K
+   from `fov_deg` (vertical, of the source frame).
+4. One fixed square crop per video around the median head position (3.2 canonical units on
+   a side, SynthTalk's framing), resized to `size`.
+5. Person segmentation per cropped frame, split into head (above the chin line, hair
+   included) and torso; the background plate is the per-pixel median over the frames where
+   that pixel is background, pixels never uncovered filled from their nearest neighbours.
+6. Checks that fail with a code a person can act on (VIDEO_* codes, docs/ingest.md).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from talkingface import __version__
+from talkingface.errors import TalkingFaceError
+from talkingface.face.ibug68 import IBUG68, REGIONS, interocular
+from talkingface.face.pose import (
+    apply,
+    canonical_shape,
+    euler_degrees,
+    frame_poses,
+    umeyama,
+)
+from talkingface.face.track import COUNT_MIN_SCORE, FaceTracker, PersonSegmenter, jitter, smooth
+from talkingface.face.video import probe, read_frames
+
+FPS = 25
+SAMPLE_RATE = 16000
+CROP_UNITS = 3.2  # side of the square crop in canonical units (10 cm): SynthTalk's framing
+CROP_DROP = 0.25  # the crop's centre sits this far below the head's centre (neck, shoulders)
+DEFAULT_FOV_DEG = 40.0  # vertical field of view of a phone or webcam in landscape
+MAX_TRACK_SIDE = 1280  # frames are tracked at most this large (long side)
+MAX_NO_FACE = 0.2  # more frames than this without a face: VIDEO_NO_FACE
+MAX_MULTI_FACE_COUNTS = 3  # more face counts than this seeing two faces: VIDEO_MULTIPLE_FACES
+MIN_FACE_PX = 40  # median inter-ocular distance below this: VIDEO_FACE_TOO_SMALL
+EXTREME_YAW, EXTREME_PITCH = 45.0, 35.0  # VIDEO_EXTREME_POSE when most frames pass these
+MIN_MOUTH_MOTION = 0.01  # std of the mouth opening (canonical units) below this: VIDEO_FROZEN
+SMOOTH_MIN_CUTOFF, SMOOTH_BETA = 3.0, 1.0  # One-Euro: Hz, and Hz per (pixel / s)
+STILL_IMAGE_CODECS = {"png", "mjpeg", "jpegls", "bmp", "gif", "webp", "tiff", "jpeg2000"}
+D = np.diag([1.0, -1.0, -1.0])  # image axes (x right, y down, z away) <-> contract axes
+
+
+def _contract_template() -> np.ndarray:
+    from talkingface.data.synthtalk.face import MEAN_SHAPE
+
+    return np.asarray(MEAN_SHAPE, np.float64)
+
+
+def ingest(
+    video: Path | str,
+    out: Path | str,
+    *,
+    size: int = 256,
+    fov_deg: float = DEFAULT_FOV_DEG,
+    min_seconds: float = 20.0,
+    max_seconds: float = 1800.0,
+    progress: Callable[[str, float], None] | None = None,
+) -> dict[str, Any]:
+    """Ingest `video` into the avatar directory `out`; returns the report (ingest.json).
+
+    Raises TalkingFaceError (VIDEO_*, AUDIO_*, INVALID_REQUEST) on bad input, with nothing
+    left in `out`.
+    """
+    from talkingface.audio.decode import decode_audio
+
+    started = time.perf_counter()
+    say = progress or (lambda stage, fraction: None)
+    video, out = Path(video), Path(out)
+    if size < 32 or size % 2:
+        raise TalkingFaceError("INVALID_REQUEST", "--size must be an even number >= 32")
+    if out.exists() and any(out.iterdir()):
+        raise TalkingFaceError("INVALID_REQUEST", f"{out} is not empty; choose a new --out")
+    try:
+        data = video.read_bytes()
+    except OSError as exc:
+        raise TalkingFaceError("INVALID_REQUEST", f"cannot read {video}: {exc.strerror}") from None
+    say("decode", 0.0)
+    info = probe(data)
+    if info["codec"] in STILL_IMAGE_CODECS and not (info["duration"] or 0) > 0.5:
+        raise TalkingFaceError("VIDEO_NO_VIDEO_STREAM", f"the file is a still image "
+                               f"({info['codec']}), not a video")  # fmt: skip
+    try:
+        audio = decode_audio(data, max_seconds=max_seconds, filename_hint=video.name)
+    except TalkingFaceError as exc:
+        if exc.code in ("AUDIO_UNSUPPORTED_CODEC", "AUDIO_EMPTY"):
+            message = "the video has no audio track: an avatar is trained on the person speaking"
+            raise TalkingFaceError("VIDEO_NO_AUDIO", message) from None
+        if exc.code == "AUDIO_TOO_LONG":
+            message = f"the video is longer than the limit of {max_seconds:g} s"
+            raise TalkingFaceError("VIDEO_TOO_LONG", message) from None
+        raise
+    with tempfile.TemporaryDirectory(prefix="talkingface-ingest-") as tmp:
+        frames = read_frames(data, Path(tmp) / "frames.raw", max_seconds, MAX_TRACK_SIDE)
+        seconds = len(frames) / FPS
+        if seconds < min_seconds:
+            raise TalkingFaceError("VIDEO_TOO_SHORT", f"the video lasts {seconds:.1f} s; an "
+                                   f"avatar needs at least {min_seconds:g} s (2 minutes or "
+                                   "more is best)")  # fmt: skip
+        say("track", 0.1)
+        track = _track(frames, say)
+        geometry = _geometry(track, frames.shape[1:3], fov_deg)
+        _check_geometry(geometry)
+        say("crop", 0.6)
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            report = _write(out, frames, track, geometry, audio, size, say)
+        except BaseException:
+            for child in out.iterdir():
+                child.unlink()
+            if created:
+                out.rmdir()
+            raise
+    report.update(
+        source={"file": video.name, **info, "frames_25fps": len(frames)},
+        seconds_to_ingest=round(time.perf_counter() - started, 2),
+    )
+    _warnings(report, seconds)
+    (out / "ingest.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    say("done", 1.0)
+    return report
+
+
+# --- tracking ---------------------------------------------------------------------------------
+
+
+def _track(frames: np.ndarray, say) -> dict[str, Any]:
+    tracker = FaceTracker()
+    meshes = np.full((len(frames), 468, 3), np.nan, np.float32)
+    counts, scores = [], []
+    for i, frame in enumerate(frames):
+        result = tracker.track(np.ascontiguousarray(frame))
+        if result.points is not None:
+            meshes[i] = result.points
+        if result.faces is not None:
+            counts.append(result.faces)
+        if result.detection_score is not None:
+            scores.append(result.detection_score)
+        if i % 50 == 0:
+            say("track", 0.1 + 0.4 * i / len(frames))
+    found = ~np.isnan(meshes[:, 0, 0])
+    missing = float(1 - found.mean())
+    if missing > MAX_NO_FACE:
+        raise TalkingFaceError("VIDEO_NO_FACE", f"no face in {100 * missing:.0f} % of the "
+                               "frames (at most 20 %): one person, facing the camera, in "
+                               "view the whole time")  # fmt: skip
+    if sum(c > 1 for c in counts) > MAX_MULTI_FACE_COUNTS:
+        raise TalkingFaceError("VIDEO_MULTIPLE_FACES", "more than one face is in view: the "
+                               "video must show one person only")  # fmt: skip
+    filled = _interpolate(meshes, found)
+    iod = interocular(filled[:, IBUG68])
+    if float(np.median(iod)) < MIN_FACE_PX:
+        raise TalkingFaceError("VIDEO_FACE_TOO_SMALL", f"the face is too small "
+                               f"({np.median(iod):.0f} px between the eyes' outer corners, "
+                               f"at least {MIN_FACE_PX}): move closer or film at a higher "
+                               "resolution")  # fmt: skip
+    # Light smoothing: lips move at up to ~8 Hz, so the cut-off must rise fast with speed
+    # (on SynthTalk: jitter -25 %, lip-opening correlation 0.937 -> 0.934; 1.5 Hz and
+    # beta 0.02 cost 0.13 of it).
+    smoothed = smooth(filled, min_cutoff=SMOOTH_MIN_CUTOFF, beta=SMOOTH_BETA).astype(np.float32)
+    return {
+        "raw": filled, "mesh": smoothed, "found": found, "counts": counts,
+        "detection_scores": scores, "iod": iod,
+    }  # fmt: skip
+
+
+def _interpolate(meshes: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Linear interpolation of missing frames (nearest at the ends)."""
+    if found.all():
+        return meshes.copy()
+    index = np.arange(len(meshes))
+    flat = meshes.reshape(len(meshes), -1)
+    out = np.empty_like(flat)
+    for j in range(flat.shape[1]):
+        out[:, j] = np.interp(index, index[found], flat[found, j])
+    return out.reshape(meshes.shape)
+
+
+# --- geometry ----------------------------------------------------------------------------------
+
+
+def _geometry(track: dict[str, Any], frame_hw: tuple[int, int], fov_deg: float) -> dict:
+    mesh = track["mesh"].astype(np.float64)
+    step = max(1, len(mesh) // 300)  # the shape from at most ~300 frames
+    shape = canonical_shape(mesh[::step])
+    s, rot, shift, residual = frame_poses(mesh, shape)
+    # The shape in the contract's frame: P = sigma Q D C + o.
+    sigma, q, o = umeyama(shape[IBUG68] @ D.T, _contract_template())
+    # Expression in canonical space: each frame's mesh brought back through its own pose.
+    local = np.einsum("tij,tnj->tni", np.swapaxes(rot, 1, 2), mesh - shift[:, None, :])
+    local /= s[:, None, None]
+    lm3d = apply(sigma, q, o, local[:, IBUG68] @ D.T).astype(np.float32)
+    r_cam = rot @ D @ q.T  # contract -> camera rotation (OpenCV axes)
+    k = s / sigma  # pixels per canonical unit
+    h, w = frame_hw
+    focal = 0.5 * h / np.tan(np.deg2rad(fov_deg) / 2)
+    z = focal / k
+    # Mesh points are pixel-centre coordinates; the camera's are pixel-corner ones (+0.5).
+    origin_px = -k[:, None] * np.einsum("tij,j->ti", r_cam, o) + shift + [0.5, 0.5, 0.0]
+    t_cam = np.stack([(origin_px[:, 0] - w / 2) * z / focal,
+                      (origin_px[:, 1] - h / 2) * z / focal, z], axis=1)  # fmt: skip
+    # R = FACING @ Ry(yaw) Rx(pitch) Rz(roll), FACING = D, as SynthTalk's camera writes it.
+    euler = euler_degrees(np.einsum("ij,tjk->tik", D, r_cam))
+    return {
+        "lm3d": lm3d, "R": r_cam.astype(np.float32), "t": t_cam.astype(np.float32),
+        "focal": focal, "k": k, "origin_px": origin_px, "residual": residual, "euler": euler,
+    }  # fmt: skip
+
+
+def _check_geometry(geometry: dict) -> None:
+    from talkingface.lm3d import mouth_opening
+
+    if float(np.std(mouth_opening(geometry["lm3d"]))) < MIN_MOUTH_MOTION:
+        raise TalkingFaceError("VIDEO_FROZEN", "the mouth does not move: the video must show "
+                               "the person speaking")  # fmt: skip
+    yaw, pitch = np.abs(geometry["euler"][:, 0]), np.abs(geometry["euler"][:, 1])
+    if np.mean((yaw > EXTREME_YAW) | (pitch > EXTREME_PITCH)) > 0.5:
+        raise TalkingFaceError("VIDEO_EXTREME_POSE", "the head is turned away most of the "
+                               "time: look towards the camera")  # fmt: skip
+
+
+# --- writing the avatar ---------------------------------------------------------------------
+
+
+def _write(out, frames, track, geometry, audio, size, say) -> dict[str, Any]:
+    from talkingface.data.synthtalk import fileformat as ff
+    from talkingface.media import write_wav
+
+    count = len(frames)
+    h, w = frames.shape[1:3]
+    side = float(np.median(geometry["k"])) * CROP_UNITS
+    centre = np.median(geometry["origin_px"], axis=0)[:2] + np.array([0.0, CROP_DROP * side])
+    x0, y0 = centre - side / 2
+    scale = size / side
+    K = np.array([[geometry["focal"] * scale, 0, (w / 2 - x0) * scale],
+                  [0, geometry["focal"] * scale, (h / 2 - y0) * scale],
+                  [0, 0, 1]], np.float32)  # fmt: skip
+    corner = np.array([x0, y0]) - 0.5  # mesh points are pixel-centre coordinates
+    lm2d = ((track["mesh"][:, IBUG68, :2] - corner) * scale).astype(np.float32)
+    lm2d_raw = ((track["raw"][:, IBUG68, :2] - corner) * scale).astype(np.float32)
+
+    video = np.lib.format.open_memmap(out / "frames.npy", mode="w+", dtype=np.uint8,
+                                      shape=(count, size, size, 3))  # fmt: skip
+    heads = np.lib.format.open_memmap(out / "masks.npy", mode="w+", dtype=np.bool_,
+                                      shape=(count, size, size))  # fmt: skip
+    torsos = np.lib.format.open_memmap(out / "torso_masks.npy", mode="w+", dtype=np.bool_,
+                                       shape=(count, size, size))  # fmt: skip
+    segmenter = PersonSegmenter()
+    rows = np.arange(size, dtype=np.float32)[:, None]
+    coverage = []
+    transform = (1 / scale, 0.0, x0, 0.0, 1 / scale, y0)  # output -> source, pixel corners
+    for i in range(count):
+        frame = Image.fromarray(np.ascontiguousarray(frames[i]))
+        crop = np.asarray(frame.transform((size, size), Image.AFFINE, transform,
+                                          resample=Image.BILINEAR))  # fmt: skip
+        video[i] = crop
+        person = segmenter.run(crop) >= 0.5
+        chin = lm2d[i, 8, 1]
+        face_h = max(chin - lm2d[i, 17:27, 1].min(), 1.0)
+        above = rows < chin + 0.08 * face_h
+        heads[i] = person & above
+        torsos[i] = person & ~above
+        coverage.append(float(person.mean()))
+        if i % 50 == 0:
+            say("crop", 0.6 + 0.3 * i / count)
+    video.flush()
+    heads.flush()
+    torsos.flush()
+    say("plate", 0.9)
+    background, unseen = _plate(video, heads, torsos)
+    np.save(out / "background.npy", background)
+    write_wav(out / "audio.wav", audio, SAMPLE_RATE)
+    np.savez_compressed(out / "landmarks.npz", lm3d=geometry["lm3d"], lm2d=lm2d)
+    np.savez_compressed(out / "poses.npz", R=geometry["R"], t=geometry["t"], K=K,
+                        euler_deg=geometry["euler"].astype(np.float32))  # fmt: skip
+    train = count * 10 // 11
+    manifest = {
+        "format": ff.AVATAR, "version": ff.FORMAT_VERSION,
+        "generator": f"talkingface {__version__} avatar ingest", "fps": FPS,
+        "sample_rate": SAMPLE_RATE, "size": size, "frames": count,
+        "duration_seconds": round(len(audio) / SAMPLE_RATE, 4),
+        "splits": {"train": [0, train], "val": [train, count]},
+        "camera": {"K": K.tolist(), "convention": "p_cam = R @ p_canonical + t; OpenCV "
+                   "camera (x right, y down, z forward)"},
+        "source": "video",
+    }  # fmt: skip
+    ff.write_manifest(out, manifest)
+    iod = interocular(lm2d)
+    jitter_raw = jitter(lm2d_raw / iod[:, None, None])
+    jitter_smooth = jitter(lm2d / iod[:, None, None])
+    found = track["found"]
+    return {
+        "frames": {"in": int(count), "kept": int(count), "face_found": int(found.sum()),
+                   "interpolated": int((~found).sum())},
+        "detection_confidence": {"median": _r(np.median(track["detection_scores"] or [0])),
+                                 "min": _r(np.min(track["detection_scores"] or [0]))},
+        "faces_counted": {"checks": len(track["counts"]),
+                          "more_than_one": int(sum(c > 1 for c in track["counts"])),
+                          "min_score": COUNT_MIN_SCORE},
+        "face_size_px": {"interocular_median_source": _r(np.median(track["iod"])),
+                         "interocular_median_crop": _r(np.median(iod))},
+        "pose_degrees": {name: [_r(np.min(geometry["euler"][:, j])),
+                                _r(np.max(geometry["euler"][:, j]))]
+                         for j, name in enumerate(("yaw", "pitch", "roll"))},
+        "pose_residual_px": _r(np.median(geometry["residual"])),
+        "crop": {"x0": _r(x0), "y0": _r(y0), "side": _r(side), "size": size},
+        "mask_coverage": {"person": _r(np.mean(coverage)), "head": _r(heads.mean()),
+                          "torso": _r(torsos.mean()), "plate_unseen": _r(unseen)},
+        "landmark_jitter_iod": {"raw": _r(jitter_raw, 5), "smoothed": _r(jitter_smooth, 5)},
+        "regions": {name: [sl.start, sl.stop] for name, sl in REGIONS.items()},
+        "warnings": [],
+    }  # fmt: skip
+
+
+def _plate(video, heads, torsos) -> tuple[np.ndarray, float]:
+    """Per-pixel median over the frames where the pixel is background; never-seen pixels
+    from their nearest seen neighbour. Returns the plate and the unseen share."""
+    from scipy import ndimage
+
+    count, size = video.shape[0], video.shape[1]
+    step = max(1, count // 200)  # the median of at most ~200 frames
+    stack = np.asarray(video[::step], np.float32)
+    person = np.asarray(heads[::step]) | np.asarray(torsos[::step])
+    stack[person] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # pixels never seen: filled below
+        plate = np.nanmedian(stack, axis=0)
+    unseen = np.isnan(plate[..., 0])
+    if unseen.all():
+        return np.zeros((size, size, 3), np.uint8), 1.0
+    if unseen.any():
+        _, (iy, ix) = ndimage.distance_transform_edt(unseen, return_indices=True)
+        plate = plate[iy, ix]
+    return np.clip(np.rint(plate), 0, 255).astype(np.uint8), float(unseen.mean())
+
+
+def _warnings(report: dict[str, Any], seconds: float) -> None:
+    warn = report["warnings"]
+    if seconds < 120:
+        warn.append(f"the video lasts {seconds:.0f} s; 2 minutes or more trains a better avatar")
+    if report["frames"]["interpolated"]:
+        warn.append(f"{report['frames']['interpolated']} frames without a face were "
+                    "interpolated")  # fmt: skip
+    if report["mask_coverage"]["plate_unseen"] > 0.05:
+        warn.append("part of the background is never seen behind the person: the plate is "
+                    "filled in there")  # fmt: skip
+
+
+def _r(value, digits: int = 3) -> float:
+    return round(float(value), digits)
