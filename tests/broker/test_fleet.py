@@ -77,6 +77,7 @@ def fleet(serve_grpc_port, redis_server, s3_server, tiny_ckpt, bundle, tmp_path_
         "TALKINGFACE_BROKER_WORKERS": "0",
         "TALKINGFACE_BROKER_TRAIN_WORKERS": "0",
         "TALKINGFACE_LOG_FORMAT": "text",
+        "TALKINGFACE_VIDEO_MIN_SECONDS": "5",
     }
     settings = Settings.from_env(env)
     store = MinioStore(s3_server.endpoint, s3_server.access_key, s3_server.secret_key,
@@ -109,11 +110,16 @@ def workers(fleet):
 
 def _speech(tiny_avatar, seconds: float) -> bytes:
     """The first `seconds` of the avatar's own speech, as a 16-bit WAV file."""
+    samples, rate = read_wav(tiny_avatar / "audio.wav")
+    return _speech_of(samples, seconds, rate)
+
+
+def _speech_of(samples, seconds: float, rate: int = 16000) -> bytes:
+    """The first `seconds` of `samples` as a 16-bit WAV file."""
     import io
 
     from talkingface.media import write_wav
 
-    samples, rate = read_wav(tiny_avatar / "audio.wav")
     buffer = io.BytesIO()
     write_wav(buffer, samples[: int(seconds * rate)], rate)
     return buffer.getvalue()
@@ -478,12 +484,40 @@ def test_an_upload_that_is_not_an_avatar_fails_its_training_job(fleet, workers):
 
     assert common_pb2.ErrorCode.Name(final.error.code) == "INVALID_REQUEST"
     assert fleet.api.get_avatar(created.avatar_id).state == pb.AVATAR_STATE_FAILED
-    with pytest.raises(grpc.RpcError) as caught:  # real video: a later release
-        fleet.api.stub.CreateAvatar(
-            pb.CreateAvatarRequest(video_upload_id=upload.upload_id), metadata=fleet.api.metadata
-        )
-    assert error_from_rpc(caught.value).code == "NOT_AVAILABLE_YET"
-    _drained(fleet, created.job_id)
+    as_video = fleet.api.stub.CreateAvatar(  # the same bytes as a video: not one
+        pb.CreateAvatarRequest(video_upload_id=upload.upload_id, preset="tiny"),
+        metadata=fleet.api.metadata,
+    )
+    final = fleet.api.wait(as_video.job_id, timeout_s=60)
+    assert common_pb2.ErrorCode.Name(final.error.code) == "VIDEO_CORRUPT"
+    assert final.attempt == 1  # an input error is not retried
+    _drained(fleet, created.job_id, as_video.job_id)
+
+
+def test_an_avatar_from_a_person_video_through_the_broker(fleet, workers, tmp_path):
+    # Issue 15: an uploaded mp4 (a SynthTalk person, encoded; 6 s) is ingested, trained and
+    # published by the train worker, and a render job on the new avatar succeeds.
+    from talkingface.data.synthtalk.avatar import build_avatar
+    from talkingface.data.synthtalk.fileformat import read_avatar
+    from talkingface.media import write_mp4
+
+    build_avatar(tmp_path / "person", seconds=6.0, seed=5, size=256, progress=False)
+    person = read_avatar(tmp_path / "person")
+    video = tmp_path / "person.mp4"
+    write_mp4(video, person["frames"], 25, person["audio"], 16000, crf=18)
+    job = fleet.api.create_avatar_from_video(video, preset="tiny", display_name="Video")
+    seen = []
+    final = fleet.api.wait(job.job_id, seen.append, timeout_s=300)
+    assert final.state == pb.JOB_STATE_SUCCEEDED, final.error
+    stages = {u.stage for u in seen}
+    assert {pb.STAGE_PREPROCESS, pb.STAGE_TRAIN} <= stages
+    avatar = fleet.api.get_avatar(job.avatar_id)
+    assert avatar.state == pb.AVATAR_STATE_READY and avatar.display_name == "Video"
+    render = fleet.api.submit_render(job.avatar_id, audio=_speech_of(person["audio"], 1.0))
+    rendered = fleet.api.wait(render.job_id, timeout_s=300)
+    assert rendered.state == pb.JOB_STATE_SUCCEEDED, rendered.error
+    assert rendered.render.frames == 25
+    _drained(fleet, job.job_id, render.job_id)
 
 
 def test_the_submit_and_avatar_commands(fleet, workers, tiny_avatar, tmp_path, capsys):

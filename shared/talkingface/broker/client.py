@@ -132,6 +132,18 @@ class BrokerClient:
         )  # fmt: skip
         return self._call(self.stub.CreateAvatar, request)
 
+    def create_avatar_from_video(
+        self, video: Path | str, preset: str = "", display_name: str = "",
+        idempotency_key: str = "",
+    ) -> pb.Job:  # fmt: skip
+        """Upload a person's talking video and queue its ingest and training job."""
+        upload = self.upload(video, "video/mp4")
+        request = pb.CreateAvatarRequest(
+            display_name=display_name, video_upload_id=upload.upload_id, preset=preset,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+        return self._call(self.stub.CreateAvatar, request)
+
     def get_job(self, job_id: str) -> pb.Job:
         return self._call(self.stub.GetJob, pb.GetJobRequest(job_id=job_id))
 

@@ -235,10 +235,18 @@ def cmd_avatar(args: argparse.Namespace) -> int:
                 print(json.dumps(result, sort_keys=True) if args.json
                       else json.dumps(result, indent=2))  # fmt: skip
                 return 0
-            if not args.data or not args.data.is_dir():
-                print("talkingface avatar create: --data AVATAR_DIR is required", file=sys.stderr)
+            if args.video is not None:
+                if not args.video.is_file():
+                    print(f"talkingface avatar create: no file {args.video}", file=sys.stderr)
+                    return EXIT_USAGE
+                job = client.create_avatar_from_video(args.video, args.preset or "",
+                                                      args.name or "")  # fmt: skip
+            elif not args.data or not args.data.is_dir():
+                print("talkingface avatar create: --video FILE or --data AVATAR_DIR is required",
+                      file=sys.stderr)  # fmt: skip
                 return EXIT_USAGE
-            job = client.create_avatar(args.data, args.preset or "", args.name or "")
+            else:
+                job = client.create_avatar(args.data, args.preset or "", args.name or "")
             print(f"avatar {job.avatar_id}: training (job {job.job_id})", file=sys.stderr)
             job = follow(client, job, progress=not args.json)
         except TalkingFaceError as exc:
@@ -301,7 +309,7 @@ def add_avatar(sub: argparse._SubParsersAction) -> None:
     avatar.add_argument("--data", type=Path, help="create: a SynthTalk avatar directory")
     avatar.add_argument("--preset", choices=("tiny", "cpu", "full"), help="create: (cpu)")
     avatar.add_argument("--name", help="create: display name")
-    avatar.add_argument("--video", type=Path, help="ingest: the person's talking video")
+    avatar.add_argument("--video", type=Path, help="ingest, create: the person's talking video")
     avatar.add_argument("--out", type=Path, help="ingest: the avatar directory to write")
     avatar.add_argument("--size", type=int, default=256, help="ingest: frame size (256)")
     avatar.add_argument(

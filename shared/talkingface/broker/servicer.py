@@ -13,8 +13,8 @@ tenant's uploads, jobs or avatars: they read as not found.
   the same tenant returns the first job. Problems with the audio itself (corrupt, silent, too
   long) surface from the features stage: the job ends FAILED with the AUDIO_* code.
 - CreateAvatar registers a new avatar (TRAINING at once) and queues its training job on the
-  `train` queue; SynthTalk avatar directories (a tar upload) are accepted now, real video in
-  a later release (NOT_AVAILABLE_YET).
+  `train` queue: a SynthTalk avatar directory (a tar upload, `synthtalk_upload_id`) or a
+  person's talking video (`video_upload_id`, ingested by the training worker first).
 - GetJob and WatchJob put a fresh download URL (presigned for MinIO, file:// for the local
   store) into a finished render job's result.
 """
@@ -173,23 +173,18 @@ class BrokerServicer:
                     "INVALID_REQUEST", f"preset must be one of {', '.join(PRESETS)} (or empty)"
                 )
             source = request.WhichOneof("source")
-            if source == "video_upload_id":
-                self._upload(tenant, request.video_upload_id)
-                raise TalkingFaceError(
-                    "NOT_AVAILABLE_YET",
-                    "avatars from real video are not available yet; upload a SynthTalk "
-                    "avatar directory as a tar (synthtalk_upload_id)",
-                )
-            if source != "synthtalk_upload_id":
+            if source not in ("synthtalk_upload_id", "video_upload_id"):
                 raise TalkingFaceError("INVALID_REQUEST", "the request names no avatar source")
-            data_key = self._upload(tenant, request.synthtalk_upload_id)
+            upload_id = getattr(request, source)
+            data_key = self._upload(tenant, upload_id)
             if len(request.display_name) > MAX_DISPLAY_NAME:
                 raise TalkingFaceError(
                     "INVALID_REQUEST", f"display_name is longer than {MAX_DISPLAY_NAME} characters"
                 )
             avatar_id = new_avatar_id()
             body = {"avatar_id": avatar_id, "display_name": request.display_name,
-                    "data_key": data_key, "preset": preset, "source": "synthtalk"}  # fmt: skip
+                    "data_key": data_key, "preset": preset,
+                    "source": "video" if source == "video_upload_id" else "synthtalk"}  # fmt: skip
             job, created = self.jobs.create(
                 tenant, "train_avatar", body, request.idempotency_key or None,
                 avatar_id=avatar_id,

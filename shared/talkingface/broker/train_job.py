@@ -1,9 +1,12 @@
-"""An avatar-training job: uploaded SynthTalk avatar directory -> trained bundle, published.
+"""An avatar-training job: an uploaded video or SynthTalk avatar directory -> trained bundle,
+published.
 
 `TrainAvatarHandler` is the worker handler of the `train` queue. The job's request (written
-by the broker's CreateAvatar) names the upload (a tar of a SynthTalk avatar directory, as
-`talkingface synth avatar` writes it), the avatar id the broker registered and the training
-preset. Steps: PREPROCESS (fetch the tar, unpack it safely, check it is a SynthTalk avatar),
+by the broker's CreateAvatar) names the upload (a person's talking video, or a tar of a
+SynthTalk avatar directory as `talkingface synth avatar` writes it), the avatar id the broker
+registered and the training preset. Steps: PREPROCESS (a video: `talkingface avatar ingest`,
+decoding in the sandbox, VIDEO_* codes for bad videos; a tar: fetch it, unpack it safely,
+check it is a SynthTalk avatar),
 TRAIN (`talkingface train avatar`: renderer, projection index and, when the fleet's motion
 checkpoint is a local CKPT_DIR/motion, the avatar's postnet), PUBLISH (a new immutable
 version under `avatars/<avatar_id>/`, manifest last). Training reports progress after every
@@ -54,17 +57,28 @@ class TrainAvatarHandler:
         # Idempotent: the broker claimed it already unless it died right after queueing.
         self.registry.claim(job.tenant, request.get("display_name", ""), job.job_id, avatar_id)
         heartbeat(stage="PREPROCESS", progress=0.0)
+        video = request.get("source") == "video"
+        start = 0.3 if video else 0.05  # training's share of the progress starts here
         last = [0.0, ""]
 
         def on_progress(stage: str, fraction: float) -> None:
             now = time.monotonic()
             if stage != last[1] or now - last[0] >= self.beat_s:
                 last[0], last[1] = now, stage
-                heartbeat(stage=stage, progress=round(0.05 + 0.95 * fraction, 4))
+                heartbeat(stage=stage, progress=round(start + (1 - start) * fraction, 4))
+
+        def on_ingest(step: str, fraction: float) -> None:
+            now = time.monotonic()
+            if now - last[0] >= self.beat_s:
+                last[0] = now
+                heartbeat(stage="PREPROCESS", progress=round(start * fraction, 4))
 
         with tempfile.TemporaryDirectory(prefix="talkingface-train-") as tmp:
-            root = self._unpack(request["data_key"], Path(tmp) / "data")
-            heartbeat(stage="TRAIN", progress=0.05)
+            if video:
+                root = self._ingest(request["data_key"], Path(tmp), on_ingest)
+            else:
+                root = self._unpack(request["data_key"], Path(tmp) / "data")
+            heartbeat(stage="TRAIN", progress=start)
             args = argparse.Namespace(
                 data=root, out=Path(tmp) / "bundle", preset=request.get("preset") or "cpu",
                 steps=request.get("steps"), seed=int(request.get("seed", 0)), quiet=True,
@@ -82,6 +96,21 @@ class TrainAvatarHandler:
         if "postnet" in report:
             metrics["postnet"] = 1.0
         return {"avatar_id": avatar_id, "version": published["version"], "metrics": metrics}
+
+    def _ingest(self, key: str, tmp: Path, progress) -> Path:
+        """The uploaded video ingested into an avatar directory under `tmp`."""
+        from talkingface.face.ingest import ingest
+
+        video = tmp / "upload.video"
+        try:
+            self.store.download(key, video)
+        except StoreError as exc:
+            raise as_talkingface_error(exc) from None
+        root = tmp / "data"
+        ingest(video, root, min_seconds=self.settings.video_min_seconds,
+               max_seconds=self.settings.video_max_seconds, progress=progress)  # fmt: skip
+        video.unlink()
+        return root
 
     def _unpack(self, key: str, target: Path) -> Path:
         """The SynthTalk avatar directory inside the uploaded tar, unpacked under `target`."""
