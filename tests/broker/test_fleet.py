@@ -520,6 +520,35 @@ def test_an_avatar_from_a_person_video_through_the_broker(fleet, workers, tmp_pa
     _drained(fleet, job.job_id, render.job_id)
 
 
+def test_a_bundle_trained_elsewhere_is_imported(fleet, workers, bundle, tmp_path, capsys):
+    # Issue 15: `avatar import --bundle`: checked, published as is (no training), renders.
+    import shutil
+
+    from talkingface.cli import main
+    from talkingface.v1 import common_pb2
+
+    client = ["--broker", fleet.address, "--tenant", TENANT, "--json"]
+    assert main(["avatar", "import", "--bundle", str(bundle), "--name", "Imported", *client]) == 0
+    imported = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert imported["state"] == "SUCCEEDED"
+    avatar = fleet.api.get_avatar(imported["avatar_id"])
+    assert avatar.state == pb.AVATAR_STATE_READY and avatar.display_name == "Imported"
+    render = fleet.api.submit_render(avatar.avatar_id, audio=_speech_of(np.zeros(16000), 1.0))
+    rendered = fleet.api.wait(render.job_id, timeout_s=300)
+    assert rendered.state == pb.JOB_STATE_SUCCEEDED, rendered.error
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    model = broken / "renderer" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:100])  # cut short
+    job = fleet.api.import_avatar(broken, display_name="Broken")
+    final = fleet.api.wait(job.job_id, timeout_s=60)
+    assert common_pb2.ErrorCode.Name(final.error.code) == "AVATAR_BUNDLE_CORRUPT"
+    assert final.attempt == 1
+    assert fleet.api.get_avatar(job.avatar_id).state == pb.AVATAR_STATE_FAILED
+    assert fleet.store.list(f"avatars/{job.avatar_id}") == []
+    _drained(fleet, imported["job_id"], render.job_id, job.job_id)
+
+
 def test_the_submit_and_avatar_commands(fleet, workers, tiny_avatar, tmp_path, capsys):
     from talkingface.cli import main
 

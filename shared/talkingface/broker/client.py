@@ -132,6 +132,22 @@ class BrokerClient:
         )  # fmt: skip
         return self._call(self.stub.CreateAvatar, request)
 
+    def import_avatar(
+        self, bundle_dir: Path | str, display_name: str = "", idempotency_key: str = ""
+    ) -> pb.Job:
+        """Tar a trained avatar bundle directory, upload it and queue its import (check,
+        publish; no training)."""
+        with tempfile.TemporaryDirectory(prefix="talkingface-bundle-") as tmp:
+            archive = Path(tmp) / "bundle.tar"
+            with tarfile.open(archive, "w") as tar:
+                tar.add(Path(bundle_dir), arcname="bundle")
+            upload = self.upload(archive, "application/x-tar")
+        request = pb.CreateAvatarRequest(
+            display_name=display_name, bundle_upload_id=upload.upload_id,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+        return self._call(self.stub.CreateAvatar, request)
+
     def create_avatar_from_video(
         self, video: Path | str, preset: str = "", display_name: str = "",
         idempotency_key: str = "",

@@ -235,7 +235,13 @@ def cmd_avatar(args: argparse.Namespace) -> int:
                 print(json.dumps(result, sort_keys=True) if args.json
                       else json.dumps(result, indent=2))  # fmt: skip
                 return 0
-            if args.video is not None:
+            if args.action == "import":
+                if not args.bundle or not args.bundle.is_dir():
+                    print("talkingface avatar import: --bundle BUNDLE_DIR is required",
+                          file=sys.stderr)  # fmt: skip
+                    return EXIT_USAGE
+                job = client.import_avatar(args.bundle, args.name or "")
+            elif args.video is not None:
                 if not args.video.is_file():
                     print(f"talkingface avatar create: no file {args.video}", file=sys.stderr)
                     return EXIT_USAGE
@@ -247,7 +253,8 @@ def cmd_avatar(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
             else:
                 job = client.create_avatar(args.data, args.preset or "", args.name or "")
-            print(f"avatar {job.avatar_id}: training (job {job.job_id})", file=sys.stderr)
+            doing = "importing" if args.action == "import" else "training"
+            print(f"avatar {job.avatar_id}: {doing} (job {job.job_id})", file=sys.stderr)
             job = follow(client, job, progress=not args.json)
         except TalkingFaceError as exc:
             print(f"talkingface avatar: {exc.code}: {exc.message}", file=sys.stderr)
@@ -301,14 +308,15 @@ def avatar_summary(avatar) -> dict[str, Any]:
 def add_avatar(sub: argparse._SubParsersAction) -> None:
     avatar = sub.add_parser(
         "avatar",
-        help="ingest a video into an avatar directory (here), or create (train) or show an "
-        "avatar in a running fleet",
+        help="ingest a video into an avatar directory (here), or create (train), import (a "
+        "bundle trained elsewhere) or show an avatar in a running fleet",
     )
-    avatar.add_argument("action", choices=("ingest", "create", "show"))
+    avatar.add_argument("action", choices=("ingest", "create", "import", "show"))
     avatar.add_argument("avatar_id", nargs="?", default="", help="the avatar to show")
     avatar.add_argument("--data", type=Path, help="create: a SynthTalk avatar directory")
     avatar.add_argument("--preset", choices=("tiny", "cpu", "full"), help="create: (cpu)")
-    avatar.add_argument("--name", help="create: display name")
+    avatar.add_argument("--name", help="create, import: display name")
+    avatar.add_argument("--bundle", type=Path, help="import: a trained avatar bundle directory")
     avatar.add_argument("--video", type=Path, help="ingest, create: the person's talking video")
     avatar.add_argument("--out", type=Path, help="ingest: the avatar directory to write")
     avatar.add_argument("--size", type=int, default=256, help="ingest: frame size (256)")

@@ -13,8 +13,9 @@ tenant's uploads, jobs or avatars: they read as not found.
   the same tenant returns the first job. Problems with the audio itself (corrupt, silent, too
   long) surface from the features stage: the job ends FAILED with the AUDIO_* code.
 - CreateAvatar registers a new avatar (TRAINING at once) and queues its training job on the
-  `train` queue: a SynthTalk avatar directory (a tar upload, `synthtalk_upload_id`) or a
-  person's talking video (`video_upload_id`, ingested by the training worker first).
+  `train` queue: a SynthTalk avatar directory (a tar upload, `synthtalk_upload_id`), a
+  person's talking video (`video_upload_id`, ingested by the training worker first), or a
+  bundle trained elsewhere (`bundle_upload_id`, a tar: checked and published, no training).
 - GetJob and WatchJob put a fresh download URL (presigned for MinIO, file:// for the local
   store) into a finished render job's result.
 """
@@ -51,6 +52,9 @@ TRAIN_QUEUE = "train"
 MAX_INLINE_AUDIO = 4 * 1024 * 1024
 WATCH_SPAN_S = 2.0
 PRESETS = ("tiny", "cpu", "full")
+# CreateAvatar's sources -> the training job's `source`.
+SOURCES = {"video_upload_id": "video", "synthtalk_upload_id": "synthtalk",
+           "bundle_upload_id": "bundle"}  # fmt: skip
 
 
 class BrokerServicer:
@@ -173,7 +177,7 @@ class BrokerServicer:
                     "INVALID_REQUEST", f"preset must be one of {', '.join(PRESETS)} (or empty)"
                 )
             source = request.WhichOneof("source")
-            if source not in ("synthtalk_upload_id", "video_upload_id"):
+            if source not in SOURCES:
                 raise TalkingFaceError("INVALID_REQUEST", "the request names no avatar source")
             upload_id = getattr(request, source)
             data_key = self._upload(tenant, upload_id)
@@ -184,7 +188,7 @@ class BrokerServicer:
             avatar_id = new_avatar_id()
             body = {"avatar_id": avatar_id, "display_name": request.display_name,
                     "data_key": data_key, "preset": preset,
-                    "source": "video" if source == "video_upload_id" else "synthtalk"}  # fmt: skip
+                    "source": SOURCES[source]}  # fmt: skip
             job, created = self.jobs.create(
                 tenant, "train_avatar", body, request.idempotency_key or None,
                 avatar_id=avatar_id,

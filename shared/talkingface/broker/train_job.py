@@ -73,6 +73,8 @@ class TrainAvatarHandler:
                 last[0] = now
                 heartbeat(stage="PREPROCESS", progress=round(start * fraction, 4))
 
+        if request.get("source") == "bundle":
+            return self._import(request, heartbeat)
         with tempfile.TemporaryDirectory(prefix="talkingface-train-") as tmp:
             if video:
                 root = self._ingest(request["data_key"], Path(tmp), on_ingest)
@@ -97,6 +99,41 @@ class TrainAvatarHandler:
             metrics["postnet"] = 1.0
         return {"avatar_id": avatar_id, "version": published["version"], "metrics": metrics}
 
+    def _import(self, request: dict[str, Any], heartbeat: Heartbeat) -> dict[str, Any]:
+        """A bundle trained elsewhere: unpack, check that its renderer loads here, publish."""
+        from talkingface.bundle import avatar_prefix
+        from talkingface.render import checkpoint as rck
+        from talkingface.render.bundle import check_track
+        from talkingface.render.commands import bundle_files
+
+        avatar_id = request["avatar_id"]
+        with tempfile.TemporaryDirectory(prefix="talkingface-import-") as tmp:
+            target = Path(tmp) / "data"
+            self._extract(request["data_key"], target)
+            roots = [target] + [p for p in target.iterdir() if p.is_dir()]
+            root = next((r for r in roots if (r / rck.RENDERER_DIR).is_dir()), None)
+            if root is None:
+                where = f"{rck.RENDERER_DIR}/ at its top or in one folder"
+                raise TalkingFaceError(
+                    "INVALID_REQUEST", f"the tar holds no avatar bundle ({where})"
+                )
+            try:
+                files = bundle_files(root)
+                renderer, track = rck.load_renderer(root / rck.RENDERER_DIR, "cpu")
+                check_track(renderer, track)
+            except Exception as exc:  # missing files, safetensors, shapes, json
+                raise TalkingFaceError(
+                    "AVATAR_BUNDLE_CORRUPT", f"the bundle does not load: {type(exc).__name__}"
+                ) from None
+            heartbeat(stage="PUBLISH", progress=0.9)
+            try:
+                published = self.store.publish_version(
+                    avatar_prefix(avatar_id), files, metadata={"imported": True}
+                )
+            except StoreError as exc:
+                raise as_talkingface_error(exc) from None
+        return {"avatar_id": avatar_id, "version": published.version, "metrics": {}}
+
     def _ingest(self, key: str, tmp: Path, progress) -> Path:
         """The uploaded video ingested into an avatar directory under `tmp`."""
         from talkingface.face.ingest import ingest
@@ -116,6 +153,24 @@ class TrainAvatarHandler:
         """The SynthTalk avatar directory inside the uploaded tar, unpacked under `target`."""
         from talkingface.data.synthtalk import fileformat as ff
 
+        self._extract(key, target)
+        candidates = [target] + [p for p in target.iterdir() if p.is_dir()]
+        for root in candidates:
+            if (root / ff.MANIFEST).is_file():
+                try:
+                    ff.read_manifest(root, ff.AVATAR)
+                except (ValueError, OSError) as exc:
+                    raise TalkingFaceError(
+                        "INVALID_REQUEST", f"not a SynthTalk avatar: {exc}"
+                    ) from None
+                return root
+        raise TalkingFaceError(
+            "INVALID_REQUEST",
+            "the tar holds no SynthTalk avatar (synthtalk.json at its top or in one folder)",
+        )
+
+    def _extract(self, key: str, target: Path) -> None:
+        """The uploaded tar, fetched and unpacked safely under `target`."""
         target.mkdir(parents=True)
         archive = target.parent / "upload.tar"
         try:
@@ -135,20 +190,6 @@ class TrainAvatarHandler:
                 "INVALID_REQUEST", f"the upload is not a usable tar archive: {exc}"
             ) from None
         archive.unlink()
-        candidates = [target] + [p for p in target.iterdir() if p.is_dir()]
-        for root in candidates:
-            if (root / ff.MANIFEST).is_file():
-                try:
-                    ff.read_manifest(root, ff.AVATAR)
-                except (ValueError, OSError) as exc:
-                    raise TalkingFaceError(
-                        "INVALID_REQUEST", f"not a SynthTalk avatar: {exc}"
-                    ) from None
-                return root
-        raise TalkingFaceError(
-            "INVALID_REQUEST",
-            "the tar holds no SynthTalk avatar (synthtalk.json at its top or in one folder)",
-        )
 
     def _motion_ckpt(self) -> Path | None:
         """CKPT_DIR for the postnet when the fleet's motion checkpoint is a local

@@ -73,7 +73,7 @@ def load_renderer_bundle(
         ) from None
     try:
         renderer, track = rck.load_renderer(directory, device)
-        _check_track(renderer, track)
+        check_track(renderer, track)
     except EncoderBackendError as exc:
         raise TalkingFaceError(
             "AVATAR_NOT_READY",
@@ -85,7 +85,7 @@ def load_renderer_bundle(
     return renderer, track, version
 
 
-def _check_track(renderer: Renderer, track: dict[str, Any]) -> None:
+def check_track(renderer: Renderer, track: dict[str, Any]) -> None:
     missing = [key for key in TRACK_KEYS if key not in track]
     if missing:
         raise ValueError(f"track.safetensors lacks {', '.join(missing)}")

@@ -266,18 +266,20 @@ class Avatar(_message.Message):
     def __init__(self, avatar_id: _Optional[str] = ..., display_name: _Optional[str] = ..., state: _Optional[_Union[AvatarState, str]] = ..., latest_version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[AvatarVersion, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateAvatarRequest(_message.Message):
-    __slots__ = ("display_name", "video_upload_id", "synthtalk_upload_id", "preset", "idempotency_key")
+    __slots__ = ("display_name", "video_upload_id", "synthtalk_upload_id", "bundle_upload_id", "preset", "idempotency_key")
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     VIDEO_UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     SYNTHTALK_UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     display_name: str
     video_upload_id: str
     synthtalk_upload_id: str
+    bundle_upload_id: str
     preset: str
     idempotency_key: str
-    def __init__(self, display_name: _Optional[str] = ..., video_upload_id: _Optional[str] = ..., synthtalk_upload_id: _Optional[str] = ..., preset: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    def __init__(self, display_name: _Optional[str] = ..., video_upload_id: _Optional[str] = ..., synthtalk_upload_id: _Optional[str] = ..., bundle_upload_id: _Optional[str] = ..., preset: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class ListAvatarsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
