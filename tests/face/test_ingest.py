@@ -168,8 +168,13 @@ def test_the_ingest_command(synthtalk, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TALKINGFACE_VIDEO_MIN_SECONDS", "5")
     out = tmp_path / "cli-avatar"
     argv = ["avatar", "ingest", "--video", str(synthtalk[1]), "--out", str(out), "--size", "64"]
-    assert main([*argv, "--json"]) == 0
+    assert main([*argv, "--json", "--preview"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["out"] == str(out) and report["frames"]["in"] == int(SECONDS * 25)
+    from talkingface.media import probe
+
+    info = probe(out / report["preview"])  # three 64-pixel panels side by side, with sound
+    assert (info["video"]["width"], info["video"]["height"]) == (192, 64)
+    assert info["audio"]["codec"] == "aac"
     assert main(argv) == 2  # the directory is not empty now
     assert "INVALID_REQUEST" in capsys.readouterr().err

@@ -284,7 +284,7 @@ def _ingest(args: argparse.Namespace, settings) -> int:
         report = ingest(
             args.video, args.out, size=args.size, fov_deg=args.fov,
             min_seconds=settings.video_min_seconds, max_seconds=settings.video_max_seconds,
-            progress=progress,
+            progress=progress, preview=args.preview,
         )  # fmt: skip
     except TalkingFaceError as exc:
         print(f"talkingface avatar ingest: {exc.code}: {exc.message}", file=sys.stderr)
@@ -320,6 +320,9 @@ def add_avatar(sub: argparse._SubParsersAction) -> None:
     avatar.add_argument("--video", type=Path, help="ingest, create: the person's talking video")
     avatar.add_argument("--out", type=Path, help="ingest: the avatar directory to write")
     avatar.add_argument("--size", type=int, default=256, help="ingest: frame size (256)")
+    avatar.add_argument(
+        "--preview", action="store_true", help="ingest: also preview.mp4 (crop | marks | plate)"
+    )
     avatar.add_argument(
         "--fov", type=float, default=40.0, help="ingest: the camera's vertical field of view (40)"
     )

@@ -13,7 +13,7 @@ Steps (docs/ingest.md):
    each frame's weak-perspective similarity becomes a pinhole pose (R, t) for intrinsics K
    from `fov_deg` (vertical, of the source frame).
 4. One fixed square crop per video around the median head position (3.2 canonical units on
-   a side, SynthTalk's framing), resized to `size`.
+   a side, SynthTalk's framing), kept inside the frame, resized to `size`.
 5. Person segmentation per cropped frame, split into head (above the chin line, hair
    included) and torso; the background plate is the per-pixel median over the frames where
    that pixel is background, pixels never uncovered filled from their nearest neighbours.
@@ -77,11 +77,12 @@ def ingest(
     min_seconds: float = 20.0,
     max_seconds: float = 1800.0,
     progress: Callable[[str, float], None] | None = None,
+    preview: bool = False,
 ) -> dict[str, Any]:
     """Ingest `video` into the avatar directory `out`; returns the report (ingest.json).
 
     Raises TalkingFaceError (VIDEO_*, AUDIO_*, INVALID_REQUEST) on bad input, with nothing
-    left in `out`.
+    left in `out`. `preview` also writes preview.mp4 (`write_preview`).
     """
     from talkingface.audio.decode import decode_audio
 
@@ -138,6 +139,9 @@ def ingest(
         seconds_to_ingest=round(time.perf_counter() - started, 2),
     )
     _warnings(report, seconds)
+    if preview:
+        say("preview", 0.95)
+        report["preview"] = write_preview(out).name
     (out / "ingest.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     say("done", 1.0)
     return report
@@ -250,9 +254,12 @@ def _write(out, frames, track, geometry, audio, size, say) -> dict[str, Any]:
 
     count = len(frames)
     h, w = frames.shape[1:3]
-    side = float(np.median(geometry["k"])) * CROP_UNITS
+    # The square stays inside the frame (black padding would read as a person to the
+    # segmentation and as background to the plate): shifted in, and no larger than the frame.
+    side = min(float(np.median(geometry["k"])) * CROP_UNITS, float(min(h, w)))
     centre = np.median(geometry["origin_px"], axis=0)[:2] + np.array([0.0, CROP_DROP * side])
-    x0, y0 = centre - side / 2
+    x0 = float(np.clip(centre[0] - side / 2, 0.0, w - side))
+    y0 = float(np.clip(centre[1] - side / 2, 0.0, h - side))
     scale = size / side
     K = np.array([[geometry["focal"] * scale, 0, (w / 2 - x0) * scale],
                   [0, geometry["focal"] * scale, (h / 2 - y0) * scale],
@@ -343,6 +350,10 @@ def _plate(video, heads, torsos) -> tuple[np.ndarray, float]:
     step = max(1, count // 200)  # the median of at most ~200 frames
     stack = np.asarray(video[::step], np.float32)
     person = np.asarray(heads[::step]) | np.asarray(torsos[::step])
+    # A margin around the person: the segmentation's edge is soft, and hair or skin there
+    # would leak into the plate.
+    grow = np.ones((1, 3, 3), bool)
+    person = ndimage.binary_dilation(person, grow, iterations=max(1, size // 64))
     stack[person] = np.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # pixels never seen: filled below
@@ -354,6 +365,33 @@ def _plate(video, heads, torsos) -> tuple[np.ndarray, float]:
         _, (iy, ix) = ndimage.distance_transform_edt(unseen, return_indices=True)
         plate = plate[iy, ix]
     return np.clip(np.rint(plate), 0, 255).astype(np.uint8), float(unseen.mean())
+
+
+def write_preview(root: Path | str, out: Path | str | None = None) -> Path:
+    """preview.mp4 of an ingested avatar directory, three panels a frame: the crop | the crop
+    with the landmarks (inner lips in magenta), the head mask tinted green and the torso mask
+    blue | the background plate. With the audio."""
+    from talkingface.data.synthtalk import fileformat as ff
+    from talkingface.data.synthtalk.preview import _overlay
+    from talkingface.media import write_mp4
+
+    root = Path(root)
+    data = ff.read_avatar(root)
+    torsos = np.load(root / "torso_masks.npy", mmap_mode="r")
+    plate = np.asarray(data["background"])
+    out = Path(out) if out else root / "preview.mp4"
+
+    def panels():
+        for i, frame in enumerate(data["frames"]):
+            frame = np.asarray(frame)
+            tinted = frame.astype(np.float32)
+            tinted[data["masks"][i]] = 0.6 * tinted[data["masks"][i]] + [0, 100, 0]
+            tinted[torsos[i]] = 0.6 * tinted[torsos[i]] + [0, 0, 100]
+            marked = _overlay(np.clip(tinted, 0, 255).astype(np.uint8), data["lm2d"][i])
+            yield np.concatenate([frame, marked, plate], axis=1)
+
+    write_mp4(out, panels(), FPS, data["audio"], SAMPLE_RATE)
+    return out
 
 
 def _warnings(report: dict[str, Any], seconds: float) -> None:
