@@ -51,7 +51,14 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-BUILT_BENCHES = ("synth", "features", "motion", "projection", "render")  # talkingface.bench
+BUILT_BENCHES = (
+    "synth",
+    "features",
+    "motion",
+    "projection",
+    "render",
+    "ingest",
+)  # talkingface.bench
 BENCH_ISSUES: dict[str, int] = {}  # stage -> issue that builds its benchmark
 
 
