@@ -113,7 +113,8 @@ def ingest(
             raise TalkingFaceError("VIDEO_TOO_LONG", message) from None
         raise
     with tempfile.TemporaryDirectory(prefix="talkingface-ingest-") as tmp:
-        frames = read_frames(data, Path(tmp) / "frames.raw", max_seconds, MAX_TRACK_SIDE)
+        frames = read_frames(data, Path(tmp) / "frames.raw", max_seconds, MAX_TRACK_SIDE,
+                             limits=_video_limits(max_seconds))  # fmt: skip
         seconds = len(frames) / FPS
         if seconds < min_seconds:
             raise TalkingFaceError("VIDEO_TOO_SHORT", f"the video lasts {seconds:.1f} s; an "
@@ -145,6 +146,20 @@ def ingest(
     (out / "ingest.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     say("done", 1.0)
     return report
+
+
+def _video_limits(max_seconds: float):
+    """The sandbox's limits for decoding a whole video: the settings' memory, and CPU and
+    wall-clock time that grow with the longest video accepted (decoding runs at several
+    times real time; the audio-sized defaults would cut a long video short)."""
+    from talkingface.sandbox import Limits
+
+    base = Limits.from_settings()
+    return Limits(
+        memory_mb=base.memory_mb,
+        cpu_seconds=max(base.cpu_seconds, max_seconds / 2),
+        timeout_seconds=max(base.timeout_seconds, float(max_seconds)),
+    )
 
 
 # --- tracking ---------------------------------------------------------------------------------
