@@ -23,6 +23,7 @@ from talkingface.face.ingest import ingest
 from talkingface.face.pose import rotation_angle_degrees
 from talkingface.lm3d import mouth_opening
 from talkingface.media import write_mp4
+from tests.face.test_video import audio_only_mp4
 
 pytestmark = pytest.mark.slow
 SECONDS = 8.0
@@ -151,15 +152,8 @@ def test_bad_inputs_answer_their_codes(tmp_path):
     got = {code: _code(tmp_path, payload, f"{code}.mp4", **kwargs)
            for code, (payload, kwargs) in cases.items()}  # fmt: skip
     assert got == {code: code for code in cases}
-    audio_only = io.BytesIO()
-    with av.open(audio_only, "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=16000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 48000), np.float32), format="flt",
-                                           layout="mono")  # fmt: skip
-        frame.sample_rate, frame.pts = 16000, 0
-        for packet in list(stream.encode(frame)) + list(stream.encode(None)):
-            container.mux(packet)
-    assert _code(tmp_path, audio_only.getvalue(), "audio.mp4") == "VIDEO_NO_VIDEO_STREAM"
+    audio_only = audio_only_mp4(3.0)
+    assert _code(tmp_path, audio_only, "audio.mp4") == "VIDEO_NO_VIDEO_STREAM"
 
 
 def test_the_ingest_command(synthtalk, tmp_path, capsys, monkeypatch):

@@ -85,6 +85,19 @@ def test_size_caps_the_long_side(tmp_path):
     assert frames.shape[1:3] == (32, 48)
 
 
+def audio_only_mp4(seconds: float) -> bytes:
+    """An audio file named .mp4: AAC silence, no video stream."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000, layout="mono")
+        samples = np.zeros((1, int(seconds * 16000)), np.float32)
+        frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+        frame.sample_rate, frame.pts = 16000, 0
+        for packet in list(stream.encode(frame)) + list(stream.encode(None)):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
 def _code(data: bytes, tmp_path, **kwargs) -> str:
     with pytest.raises(TalkingFaceError) as caught:
         read_frames(data, tmp_path / "bad.raw", **kwargs)
@@ -96,15 +109,8 @@ def test_bad_inputs_get_their_codes(tmp_path):
     good = _mp4([40 * i for i in range(50)])
     assert _code(good[: len(good) // 3], tmp_path) == "VIDEO_CORRUPT"  # cut off mid-file
     assert _code(good, tmp_path, max_seconds=1.0) == "VIDEO_TOO_LONG"
-    audio = io.BytesIO()  # an audio file named .mp4
-    with av.open(audio, "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=16000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="flt",
-                                           layout="mono")  # fmt: skip
-        frame.sample_rate, frame.pts = 16000, 0
-        for packet in list(stream.encode(frame)) + list(stream.encode(None)):
-            container.mux(packet)
-    assert _code(audio.getvalue(), tmp_path) == "VIDEO_NO_VIDEO_STREAM"
+    audio = audio_only_mp4(1.0)
+    assert _code(audio, tmp_path) == "VIDEO_NO_VIDEO_STREAM"
     with pytest.raises(TalkingFaceError) as caught:
-        probe(audio.getvalue())
+        probe(audio)
     assert caught.value.code == "VIDEO_NO_VIDEO_STREAM"

@@ -121,32 +121,18 @@ class BrokerClient:
         idempotency_key: str = "",
     ) -> pb.Job:  # fmt: skip
         """Tar a SynthTalk avatar directory, upload it and queue its training job."""
-        with tempfile.TemporaryDirectory(prefix="talkingface-avatar-") as tmp:
-            archive = Path(tmp) / "avatar.tar"
-            with tarfile.open(archive, "w") as tar:
-                tar.add(Path(data_dir), arcname="avatar")
-            upload = self.upload(archive, "application/x-tar")
-        request = pb.CreateAvatarRequest(
-            display_name=display_name, synthtalk_upload_id=upload.upload_id, preset=preset,
-            idempotency_key=idempotency_key,
-        )  # fmt: skip
-        return self._call(self.stub.CreateAvatar, request)
+        upload = self._upload_tar(data_dir, "avatar")
+        return self._create_avatar(display_name, idempotency_key, preset,
+                                   synthtalk_upload_id=upload.upload_id)  # fmt: skip
 
     def import_avatar(
         self, bundle_dir: Path | str, display_name: str = "", idempotency_key: str = ""
     ) -> pb.Job:
         """Tar a trained avatar bundle directory, upload it and queue its import (check,
         publish; no training)."""
-        with tempfile.TemporaryDirectory(prefix="talkingface-bundle-") as tmp:
-            archive = Path(tmp) / "bundle.tar"
-            with tarfile.open(archive, "w") as tar:
-                tar.add(Path(bundle_dir), arcname="bundle")
-            upload = self.upload(archive, "application/x-tar")
-        request = pb.CreateAvatarRequest(
-            display_name=display_name, bundle_upload_id=upload.upload_id,
-            idempotency_key=idempotency_key,
-        )  # fmt: skip
-        return self._call(self.stub.CreateAvatar, request)
+        upload = self._upload_tar(bundle_dir, "bundle")
+        return self._create_avatar(display_name, idempotency_key, "",
+                                   bundle_upload_id=upload.upload_id)  # fmt: skip
 
     def create_avatar_from_video(
         self, video: Path | str, preset: str = "", display_name: str = "",
@@ -154,10 +140,20 @@ class BrokerClient:
     ) -> pb.Job:  # fmt: skip
         """Upload a person's talking video and queue its ingest and training job."""
         upload = self.upload(video, "video/mp4")
-        request = pb.CreateAvatarRequest(
-            display_name=display_name, video_upload_id=upload.upload_id, preset=preset,
-            idempotency_key=idempotency_key,
-        )  # fmt: skip
+        return self._create_avatar(display_name, idempotency_key, preset,
+                                   video_upload_id=upload.upload_id)  # fmt: skip
+
+    def _upload_tar(self, directory: Path | str, name: str) -> pb.UploadResponse:
+        with tempfile.TemporaryDirectory(prefix=f"talkingface-{name}-") as tmp:
+            archive = Path(tmp) / f"{name}.tar"
+            with tarfile.open(archive, "w") as tar:
+                tar.add(Path(directory), arcname=name)
+            return self.upload(archive, "application/x-tar")
+
+    def _create_avatar(self, display_name: str, idempotency_key: str, preset: str,
+                       **source: str) -> pb.Job:  # fmt: skip
+        request = pb.CreateAvatarRequest(display_name=display_name, preset=preset,
+                                         idempotency_key=idempotency_key, **source)  # fmt: skip
         return self._call(self.stub.CreateAvatar, request)
 
     def get_job(self, job_id: str) -> pb.Job:
