@@ -128,25 +128,21 @@ def _speech_of(samples, seconds: float, rate: int = 16000) -> bytes:
 NO_MESSAGES = {"queued": 0, "pending": 0, "delayed": 0, "dead": 0}
 
 
-def _drained(fleet, *job_ids: str) -> None:
+def _drained(fleet, *job_ids: str, timeout_s: float = 30.0) -> None:
     """No message of these jobs left in either queue: the fleet is shared by the module's
-    tests, so only the test's own jobs are looked at, never the queues' totals."""
+    tests, so only the test's own jobs are looked at, never the queues' totals. A worker
+    writes a job's outcome before it acks the message (so that nothing is lost), so a job
+    seen final may still hold its message for a moment: wait for the ack, then assert."""
     assert job_ids, "name the test's own jobs"
-    for queue in (fleet.render_queue, fleet.train_queue):
-        for job_id in job_ids:
-            assert queue.messages_of(job_id) == NO_MESSAGES, (queue.name, job_id)
-
-
-def _wait_drained(fleet, job_id: str, timeout_s: float = 30.0) -> None:
-    """Until the job's messages are finished (a worker acks after cleaning up), then
-    `_drained`."""
+    queues = (fleet.render_queue, fleet.train_queue)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if all(q.messages_of(job_id) == NO_MESSAGES
-               for q in (fleet.render_queue, fleet.train_queue)):  # fmt: skip
+        if all(q.messages_of(j) == NO_MESSAGES for q in queues for j in job_ids):
             break
         time.sleep(0.1)
-    _drained(fleet, job_id)
+    for queue in queues:
+        for job_id in job_ids:
+            assert queue.messages_of(job_id) == NO_MESSAGES, (queue.name, job_id)
 
 
 def _swept(fleet, job_id: str, quiet_s: float = 2.0, timeout_s: float = 30.0) -> None:
@@ -227,7 +223,7 @@ def test_the_same_idempotency_key_gives_one_job(fleet, tiny_avatar):
     pool = worker_pool(fleet.settings, fleet.redis, render_threads=1, train_threads=0)
     pool.start()  # acks the cancelled job's message without running it
     try:
-        _wait_drained(fleet, first.job_id)
+        _drained(fleet, first.job_id)
     finally:
         pool.stop(10.0)
     assert fleet.api.get_job(first.job_id).state == pb.JOB_STATE_CANCELLED
@@ -313,7 +309,7 @@ def test_a_running_job_can_be_cancelled(fleet, workers, tiny_avatar):
     final = fleet.api.wait(job.job_id, timeout_s=60)
     assert final.state == pb.JOB_STATE_CANCELLED
     assert time.monotonic() - cancelled_at < 20
-    _wait_drained(fleet, job.job_id)  # the worker acks after cleaning up
+    _drained(fleet, job.job_id)  # the worker acks after cleaning up
     assert fleet.store.list(f"results/{TENANT}/{job.job_id}") == []
     # A shard in flight at the cancel may land after the job's own cleanup; the janitor
     # removes the scratch space of ended jobs.
@@ -338,7 +334,7 @@ def test_a_shard_that_lands_after_the_cancel_is_swept_by_the_janitor(fleet, work
     assert current.stage == pb.STAGE_RENDER, current
     fleet.api.cancel_job(job_id)
     assert fleet.api.wait(job_id, timeout_s=60).state == pb.JOB_STATE_CANCELLED
-    _wait_drained(fleet, job_id)  # acked, so the worker's cleanup has run
+    _drained(fleet, job_id)  # acked, so the worker's cleanup has run
     # All the cleanup may have missed is a shard of the job's own that was still in flight.
     for info in fleet.store.list(f"work/{job_id}"):
         assert info.key.startswith(f"work/{job_id}/segments/"), info.key
