@@ -127,9 +127,9 @@ def abort(context: grpc.ServicerContext, error: TalkingFaceError) -> NoReturn:
     raise AssertionError("context.abort returned")  # abort always raises
 
 
-def error_from_rpc(exc: grpc.RpcError) -> TalkingFaceError:
-    """Recover the TalkingFaceError a server sent (or a generic one for a bare status)."""
-    status = exc.code() if hasattr(exc, "code") else _S.UNKNOWN
+def own_error_from_rpc(exc: grpc.RpcError) -> TalkingFaceError | None:
+    """The TalkingFaceError a server of ours sent, or None for a bare status (one whose text
+    is not ours: gRPC's own, or a proxy's such as Ray Serve's)."""
     details = (exc.details() if hasattr(exc, "details") else "") or ""
     name, sep, message = details.partition(": ")
     if sep and name in GRPC_STATUS:
@@ -137,4 +137,14 @@ def error_from_rpc(exc: grpc.RpcError) -> TalkingFaceError:
     for key, value in (exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else ()) or ():
         if key == ERROR_CODE_METADATA_KEY and value in GRPC_STATUS:
             return TalkingFaceError(value, details)
+    return None
+
+
+def error_from_rpc(exc: grpc.RpcError) -> TalkingFaceError:
+    """Recover the TalkingFaceError a server sent (or a generic one for a bare status)."""
+    own = own_error_from_rpc(exc)
+    if own is not None:
+        return own
+    status = exc.code() if hasattr(exc, "code") else _S.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
     return TalkingFaceError(_CODE_FOR_STATUS.get(status, "INTERNAL"), details or str(status))

@@ -95,6 +95,15 @@ class SandboxError(Exception):
         super().__init__(f"{reason}: {message}")
         self.reason, self.message, self.code, self.signal = reason, message, code, sig
 
+    def describe(self, limits: Limits) -> str:
+        """A plain sentence for a client about a child that gave no answer (no internals)."""
+        return {
+            "crashed": f"the decoder crashed on this file ({self.signal})",
+            "cpu": f"decoding used more than {limits.cpu_seconds:g} s of CPU",
+            "timeout": f"decoding took longer than {limits.timeout_seconds:g} s",
+            "memory": f"decoding needed more than {limits.memory_mb} MiB of memory",
+        }.get(self.reason, f"the file could not be decoded ({self.message})")
+
     @property
     def input_fault(self) -> bool:
         """True when the input is to blame (anything but an unavailable sandbox)."""

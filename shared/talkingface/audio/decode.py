@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import wave
 from pathlib import Path
 
 import av
@@ -219,12 +218,10 @@ def decode_audio(
 def warm_up(limits: Limits | None = None, task: str = DECODE_TASK) -> None:
     """Start this process's sandbox server and load the decoder there (0.1 s of silence), so
     that the first real request does not pay for it."""
+    from talkingface.media import write_wav
+
     buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(SAMPLE_RATE)
-        handle.writeframes(bytes(2 * SAMPLE_RATE // 10))
+    write_wav(buffer, np.zeros(SAMPLE_RATE // 10, np.float32), SAMPLE_RATE)
     decode_audio(buffer.getvalue(), 1.0, limits=limits, task=task)
 
 
@@ -238,13 +235,7 @@ def _sandbox_error(exc: SandboxError, limits: Limits) -> TalkingFaceError:
         log.error("audio decoding sandbox unavailable: %s", exc.message)
         return TalkingFaceError("UNAVAILABLE", "the audio decoder could not be started")
     log.warning("audio decoder stopped on an input: %s (%s)", exc.reason, exc.message)
-    message = {
-        "crashed": f"the decoder crashed on this file ({exc.signal})",
-        "cpu": f"decoding used more than {limits.cpu_seconds:g} s of CPU",
-        "timeout": f"decoding took longer than {limits.timeout_seconds:g} s",
-        "memory": f"decoding needed more than {limits.memory_mb} MiB of memory",
-    }.get(exc.reason, f"audio could not be decoded ({exc.message})")
-    return _corrupt(message)
+    return _corrupt(exc.describe(limits))
 
 
 def decode_audio_file(path: str | Path, max_seconds: float = 900.0) -> np.ndarray:

@@ -30,12 +30,7 @@ import grpc
 import numpy as np
 
 from talkingface.config import Settings
-from talkingface.errors import (
-    ERROR_CODE_METADATA_KEY,
-    GRPC_STATUS,
-    TalkingFaceError,
-    error_from_rpc,
-)
+from talkingface.errors import TalkingFaceError, error_from_rpc, own_error_from_rpc
 from talkingface.serving.payloads import store_tensors
 from talkingface.serving.server import grpc_message_options
 from talkingface.storage import ObjectStore, StoreError
@@ -224,9 +219,10 @@ def stage_error(application: str, exc: grpc.RpcError) -> TalkingFaceError:
     Ray Serve answers NOT_FOUND for an application that is not deployed yet (or any more):
     that is the fleet's state, not the request's, so it is UNAVAILABLE (retried) too.
     """
+    own = own_error_from_rpc(exc)
+    if own is not None:
+        return own
     error = error_from_rpc(exc)
-    if _own_error(exc):
-        return error
     status = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = (exc.details() if hasattr(exc, "details") else "") or ""
     log.warning("stage %s failed: %s %s", application, getattr(status, "name", status), details)
@@ -240,16 +236,6 @@ def stage_error(application: str, exc: grpc.RpcError) -> TalkingFaceError:
         )
     name = getattr(status, "name", "UNKNOWN")
     return TalkingFaceError(error.code, f"the {application} stage failed ({name})")
-
-
-def _own_error(exc: grpc.RpcError) -> bool:
-    """True when the status carries one of our codes (so its text is ours too)."""
-    metadata = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-    if any(key == ERROR_CODE_METADATA_KEY for key, _ in metadata or ()):
-        return True
-    details = (exc.details() if hasattr(exc, "details") else "") or ""
-    name, sep, _ = details.partition(": ")
-    return bool(sep) and name in GRPC_STATUS
 
 
 class Scratch:

@@ -57,26 +57,26 @@ class TrainAvatarHandler:
         # Idempotent: the broker claimed it already unless it died right after queueing.
         self.registry.claim(job.tenant, request.get("display_name", ""), job.job_id, avatar_id)
         heartbeat(stage="PREPROCESS", progress=0.0)
-        video = request.get("source") == "video"
-        start = 0.3 if video else 0.05  # training's share of the progress starts here
+        source = request.get("source", "synthtalk")
+        if source == "bundle":
+            return self._import(request, heartbeat)
+        start = 0.3 if source == "video" else 0.05  # training's share of the progress
         last = [0.0, ""]
 
-        def on_progress(stage: str, fraction: float) -> None:
+        def beat(stage: str, progress: float) -> None:  # at most every beat_s within a stage
             now = time.monotonic()
             if stage != last[1] or now - last[0] >= self.beat_s:
                 last[0], last[1] = now, stage
-                heartbeat(stage=stage, progress=round(start + (1 - start) * fraction, 4))
+                heartbeat(stage=stage, progress=round(progress, 4))
 
-        def on_ingest(step: str, fraction: float) -> None:
-            now = time.monotonic()
-            if now - last[0] >= self.beat_s:
-                last[0] = now
-                heartbeat(stage="PREPROCESS", progress=round(start * fraction, 4))
+        def on_progress(stage: str, fraction: float) -> None:  # training
+            beat(stage, start + (1 - start) * fraction)
 
-        if request.get("source") == "bundle":
-            return self._import(request, heartbeat)
+        def on_ingest(step: str, fraction: float) -> None:  # a video's preprocessing
+            beat("PREPROCESS", start * fraction)
+
         with tempfile.TemporaryDirectory(prefix="talkingface-train-") as tmp:
-            if video:
+            if source == "video":
                 root = self._ingest(request["data_key"], Path(tmp), on_ingest)
             else:
                 root = self._unpack(request["data_key"], Path(tmp) / "data")
@@ -108,15 +108,8 @@ class TrainAvatarHandler:
 
         avatar_id = request["avatar_id"]
         with tempfile.TemporaryDirectory(prefix="talkingface-import-") as tmp:
-            target = Path(tmp) / "data"
-            self._extract(request["data_key"], target)
-            roots = [target] + [p for p in target.iterdir() if p.is_dir()]
-            root = next((r for r in roots if (r / rck.RENDERER_DIR).is_dir()), None)
-            if root is None:
-                where = f"{rck.RENDERER_DIR}/ at its top or in one folder"
-                raise TalkingFaceError(
-                    "INVALID_REQUEST", f"the tar holds no avatar bundle ({where})"
-                )
+            root = self._extract(request["data_key"], Path(tmp) / "data", rck.RENDERER_DIR,
+                                 "avatar bundle")  # fmt: skip
             try:
                 files = bundle_files(root)
                 renderer, track = rck.load_renderer(root / rck.RENDERER_DIR, "cpu")
@@ -153,24 +146,16 @@ class TrainAvatarHandler:
         """The SynthTalk avatar directory inside the uploaded tar, unpacked under `target`."""
         from talkingface.data.synthtalk import fileformat as ff
 
-        self._extract(key, target)
-        candidates = [target] + [p for p in target.iterdir() if p.is_dir()]
-        for root in candidates:
-            if (root / ff.MANIFEST).is_file():
-                try:
-                    ff.read_manifest(root, ff.AVATAR)
-                except (ValueError, OSError) as exc:
-                    raise TalkingFaceError(
-                        "INVALID_REQUEST", f"not a SynthTalk avatar: {exc}"
-                    ) from None
-                return root
-        raise TalkingFaceError(
-            "INVALID_REQUEST",
-            "the tar holds no SynthTalk avatar (synthtalk.json at its top or in one folder)",
-        )
+        root = self._extract(key, target, ff.MANIFEST, "SynthTalk avatar")
+        try:
+            ff.read_manifest(root, ff.AVATAR)
+        except (ValueError, OSError) as exc:
+            raise TalkingFaceError("INVALID_REQUEST", f"not a SynthTalk avatar: {exc}") from None
+        return root
 
-    def _extract(self, key: str, target: Path) -> None:
-        """The uploaded tar, fetched and unpacked safely under `target`."""
+    def _extract(self, key: str, target: Path, marker: str, what: str) -> Path:
+        """The uploaded tar, fetched and unpacked safely under `target`; the folder holding
+        `marker` (the top or one folder in it), INVALID_REQUEST when none does."""
         target.mkdir(parents=True)
         archive = target.parent / "upload.tar"
         try:
@@ -190,6 +175,12 @@ class TrainAvatarHandler:
                 "INVALID_REQUEST", f"the upload is not a usable tar archive: {exc}"
             ) from None
         archive.unlink()
+        for root in [target, *(p for p in target.iterdir() if p.is_dir())]:
+            if (root / marker).exists():
+                return root
+        raise TalkingFaceError(
+            "INVALID_REQUEST", f"the tar holds no {what} ({marker} at its top or in one folder)"
+        )
 
     def _motion_ckpt(self) -> Path | None:
         """CKPT_DIR for the postnet when the fleet's motion checkpoint is a local

@@ -87,7 +87,7 @@ def _timed_frames(container, stream):
             yield float(frame.pts * frame.time_base), rgb
 
 
-def _end_time(container, stream, last: float, step: float) -> float:
+def _end_time(stream, last: float, step: float) -> float:
     if stream.duration is not None and stream.time_base is not None:
         return float((stream.start_time or 0) * stream.time_base + stream.duration
                      * stream.time_base)  # fmt: skip
@@ -153,7 +153,7 @@ def frames_task(data: bytes, params: dict) -> tuple[dict, bytes]:
             prev_t, prev = t, rgb
         if prev is None:
             raise TaskError("VIDEO_CORRUPT", "no video frame could be decoded")
-        end = _end_time(container, stream, prev_t, step)
+        end = _end_time(stream, prev_t, step)
         while start + written / FPS < end - 1e-6 or written == 0:
             emit(prev)
     return {"frames": written, "height": int(shape[0]), "width": int(shape[1]),
@@ -180,26 +180,21 @@ def _resize(rgb: np.ndarray, size: int) -> np.ndarray:
 # --- the caller's side --------------------------------------------------------------------------
 
 
-def _error(exc: SandboxError) -> TalkingFaceError:
+def _error(exc: SandboxError, limits: Limits) -> TalkingFaceError:
     if exc.reason == "task_error":
         return TalkingFaceError(exc.code, exc.message)
     if exc.reason == "unavailable":
         return TalkingFaceError("UNAVAILABLE", "the video decoder could not be started")
-    detail = {
-        "crashed": f"the decoder crashed on this file ({exc.signal})",
-        "cpu": "decoding used too much CPU time",
-        "timeout": "decoding took too long",
-        "memory": "decoding needed too much memory",
-    }.get(exc.reason, "the video could not be decoded")
-    return TalkingFaceError("VIDEO_CORRUPT", detail)
+    return TalkingFaceError("VIDEO_CORRUPT", exc.describe(limits))
 
 
 def probe(data: bytes, limits: Limits | None = None) -> dict:
     """Facts about the video stream (see probe_task); VIDEO_* errors."""
+    limits = limits or Limits.from_settings()
     try:
         meta, _ = run_task(PROBE_TASK, data, {}, limits)
     except SandboxError as exc:
-        raise _error(exc) from None
+        raise _error(exc, limits) from None
     return meta
 
 
@@ -211,9 +206,10 @@ def read_frames(data: bytes, out: Path | str, max_seconds: float = 1800.0,
     `size` caps the long side (downscaled, never up). VIDEO_* errors.
     """
     params = {"out": str(out), "max_seconds": float(max_seconds), "size": size}
+    limits = limits or Limits.from_settings()
     try:
         meta, _ = run_task(FRAMES_TASK, data, params, limits)
     except SandboxError as exc:
-        raise _error(exc) from None
+        raise _error(exc, limits) from None
     shape = (meta["frames"], meta["height"], meta["width"], 3)
     return np.memmap(out, dtype=np.uint8, mode="r", shape=shape)
