@@ -1,14 +1,25 @@
-"""Fixtures for the broker tests: a JobStore and short-lease WorkQueues on the private Redis."""
+"""Fixtures for the broker tests: a JobStore and short-lease WorkQueues on the private Redis;
+for the end-to-end modules (test_fleet*.py) one fleet per module (the stages on Ray Serve, the
+broker's API, its store and Redis) and workers for the length of a test."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 import redis
 
+from talkingface.broker.avatars import AvatarRegistry
+from talkingface.broker.client import BrokerClient
 from talkingface.broker.jobs import JobStore
 from talkingface.broker.queue import WorkQueue
+from talkingface.broker.service import broker_server, worker_pool
+from talkingface.config import Settings
+from talkingface.serving.fleet import deploy_fleet, load_serve_config
+from talkingface.storage import MinioStore
+from tests.broker.fleet_support import AVATAR, SHARD_FRAMES, TENANT
 
 LEASE_MS = 200
 
@@ -34,3 +45,68 @@ def assert_drained(queue: WorkQueue) -> None:
     """Nothing pending, undelivered or waiting out a backoff."""
     assert queue.pending() == 0
     assert queue.depth() == 0
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle):
+    return tiny_bundle
+
+
+@pytest.fixture(scope="module")
+def fleet(serve_grpc_port, redis_server, s3_server, tiny_ckpt, bundle, tmp_path_factory):
+    """The stages on Ray Serve, a broker API without workers, and the environment that
+    configures both (for `talkingface worker` subprocesses too)."""
+    from talkingface.render.commands import bundle_files
+
+    tmp = tmp_path_factory.mktemp("fleet")
+    env = {
+        "TALKINGFACE_STORE": "minio",
+        "TALKINGFACE_MINIO_ENDPOINT": s3_server.endpoint,
+        "TALKINGFACE_MINIO_ACCESS_KEY": s3_server.access_key,
+        "TALKINGFACE_MINIO_SECRET_KEY": s3_server.secret_key,
+        "TALKINGFACE_MINIO_REGION": s3_server.region,
+        "TALKINGFACE_MINIO_BUCKET": f"tf-fleet-{uuid.uuid4().hex[:12]}",
+        "TALKINGFACE_REDIS_URL": redis_server.url,
+        "TALKINGFACE_STAGES_ADDRESS": f"127.0.0.1:{serve_grpc_port}",
+        "TALKINGFACE_MOTION_CHECKPOINT": str(tiny_ckpt / "motion"),
+        "TALKINGFACE_DEVICE": "cpu",
+        "TALKINGFACE_CACHE_DIR": str(tmp / "cache"),
+        "TALKINGFACE_GRPC_HOST": "127.0.0.1",
+        "TALKINGFACE_GRPC_PORT": "0",
+        "TALKINGFACE_METRICS_PORT": "0",
+        "TALKINGFACE_QUEUE_LEASE_SECONDS": "3",
+        "TALKINGFACE_QUEUE_RETRY_BASE_SECONDS": "0.2",
+        "TALKINGFACE_RENDER_SHARD_FRAMES": str(SHARD_FRAMES),
+        "TALKINGFACE_RENDER_PARALLEL_SHARDS": "2",
+        "TALKINGFACE_BROKER_WORKERS": "0",
+        "TALKINGFACE_BROKER_TRAIN_WORKERS": "0",
+        "TALKINGFACE_LOG_FORMAT": "text",
+        "TALKINGFACE_VIDEO_MIN_SECONDS": "5",
+    }
+    settings = Settings.from_env(env)
+    store = MinioStore(s3_server.endpoint, s3_server.access_key, s3_server.secret_key,
+                       bucket=settings.minio_bucket, region=s3_server.region)  # fmt: skip
+    deploy_fleet(load_serve_config().without_gpus(), settings, start=False)
+    store.publish_version(f"avatars/{AVATAR}", bundle_files(bundle))
+    client = redis.Redis.from_url(redis_server.url)
+    AvatarRegistry(client).claim(TENANT, "Ann", avatar_id=AVATAR)
+    broker = broker_server(settings)
+    broker.start()
+    broker.warm_up()
+    address = f"127.0.0.1:{broker.port}"
+    yield SimpleNamespace(
+        env=env, settings=settings, store=store, redis=client, address=address,
+        api=BrokerClient(address, TENANT), jobs=JobStore(client),
+        render_queue=WorkQueue.from_settings(client, "render", settings),
+        train_queue=WorkQueue.from_settings(client, "train", settings),
+    )  # fmt: skip
+    broker.stop(grace=1.0)
+
+
+@pytest.fixture
+def workers(fleet):
+    """One render and one training worker in this process, for the length of a test."""
+    pool = worker_pool(fleet.settings, fleet.redis, render_threads=1, train_threads=1)
+    pool.start()
+    yield pool
+    pool.stop(30.0)
