@@ -127,7 +127,23 @@ def _code(tmp_path, payload: bytes, name: str = "in.mp4", **kwargs) -> str:
     return caught.value.code
 
 
-def test_bad_inputs_answer_their_codes(tmp_path):
+def _turned_away(truth, yaw_deg: float, frames: int = 75) -> list[np.ndarray]:
+    """The ground truth's mouth motion on another SynthTalk person, head turned `yaw_deg`."""
+    from talkingface.data.synthtalk.camera import head_pose
+    from talkingface.data.synthtalk.speaker import sample_speaker
+    from talkingface.data.synthtalk.video import PersonRenderer, sample_appearance
+
+    rng = np.random.default_rng(0)
+    speaker = sample_speaker(rng, "turned")
+    renderer = PersonRenderer(speaker.neutral_landmarks(), sample_appearance(rng), size=256)
+    out = []
+    for i in range(frames):
+        R, t = head_pose(yaw=np.deg2rad(yaw_deg + 3 * np.sin(i / 7)))
+        out.append(renderer.render(truth["lm3d"][i], R, t).rgb)
+    return out
+
+
+def test_bad_inputs_answer_their_codes(synthtalk, tmp_path):
     from PIL import Image
 
     photo = np.ascontiguousarray(data.astronaut()[:384, 64:448])  # one face, 66 px eye to eye
@@ -148,6 +164,7 @@ def test_bad_inputs_answer_their_codes(tmp_path):
         "VIDEO_MULTIPLE_FACES": (_mp4([pair] * 75, 3.0), {}),
         "VIDEO_FACE_TOO_SMALL": (_mp4([small] * 75, 3.0), {}),
         "VIDEO_FROZEN": (_mp4(still, 3.0), {}),
+        "VIDEO_EXTREME_POSE": (_mp4(_turned_away(read_avatar(synthtalk[0]), 55.0), 3.0), {}),
     }
     got = {code: _code(tmp_path, payload, f"{code}.mp4", **kwargs)
            for code, (payload, kwargs) in cases.items()}  # fmt: skip
@@ -172,3 +189,78 @@ def test_the_ingest_command(synthtalk, tmp_path, capsys, monkeypatch):
     assert info["audio"]["codec"] == "aac"
     assert main(argv) == 2  # the directory is not empty now
     assert "INVALID_REQUEST" in capsys.readouterr().err
+
+
+def test_frames_without_a_face_at_the_ends_are_cut_with_their_sound(synthtalk, tmp_path):
+    truth = read_avatar(synthtalk[0])
+    grey = np.full((25, *truth["frames"].shape[1:]), 128, np.uint8)  # 1 s before, 0.4 s after
+    frames = np.concatenate([grey, np.asarray(truth["frames"]), grey[:10]])
+    audio = np.concatenate(
+        [np.zeros(16000, np.float32), truth["audio"], np.zeros(6400, np.float32)]
+    )
+    write_mp4(tmp_path / "padded.mp4", frames, 25, audio, 16000, crf=18)
+    report = ingest(tmp_path / "padded.mp4", tmp_path / "avatar", size=64, fov_deg=18.0,
+                    min_seconds=5.0)  # fmt: skip
+    count = len(truth["frames"])
+    assert report["frames"]["in"] == count + 35
+    assert report["frames"]["dropped_why"] == {"no_face_at_start": 25, "no_face_at_end": 10}
+    assert report["frames"]["kept"] == count and report["frames"]["dropped"] == 35
+    assert report["frames"]["decoder"]["source_frames_skipped"] == 0
+    got = read_avatar(tmp_path / "avatar")
+    assert len(got["frames"]) == count
+    # The sound kept is the person's, not the silence before them.
+    assert abs(len(got["audio"]) - count * 640) <= 640
+    n, m = count * 600, 20000  # where the kept sound best matches the person's own
+    best = max(range(-m, m + 1, 40), key=lambda lag: abs(np.dot(
+        got["audio"][m : n - m], truth["audio"][m + lag : n - m + lag])))  # fmt: skip
+    assert abs(best) <= 1600, best  # within 0.1 s (codec delay), not the 1 s of silence
+
+
+@pytest.fixture(scope="module")
+def astronaut_mesh():
+    from talkingface.face.detect import FaceDetector
+    from talkingface.face.mesh import FaceMesh, Roi
+
+    photo = data.astronaut()
+    (face,) = FaceDetector().detect(photo)
+    mesh = FaceMesh()
+    result = mesh.run(photo, Roi.from_detection(face))
+    for _ in range(2):
+        result = mesh.run(photo, Roi.from_landmarks(result.points))
+    return photo, result.points
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_real_photo_moved_and_talking_is_tracked_as_it_was_moved(synthtalk, astronaut_mesh,
+                                                                   tmp_path, seed):  # fmt: skip
+    """A photo puppet: the astronaut's mouth opens as a SynthTalk person's does while the
+    picture turns (±12°), zooms (±8 %) and shifts (±12 px) along a smooth random track."""
+    from talkingface.face.ibug68 import to_ibug68
+    from tests.face.puppet import puppet_video
+
+    photo, points = astronaut_mesh
+    truth = read_avatar(synthtalk[0])
+    iod = float(np.linalg.norm(points[33, :2] - points[263, :2]))
+    openings = np.clip(mouth_opening(truth["lm3d"]), 0, None) / 1.1 * iod  # ~1.1 units eye to eye
+    video = puppet_video(photo, points, openings, seed)
+    write_mp4(tmp_path / "puppet.mp4", video.frames, 25, truth["audio"], 16000, crf=18)
+    report = ingest(tmp_path / "puppet.mp4", tmp_path / "avatar", size=128, min_seconds=5.0)
+    got = read_avatar(tmp_path / "avatar")
+    assert report["frames"]["face_found"] == report["frames"]["in"] == len(openings)
+    # Equivariance: the brows, eyes and nose where the known motion takes the still photo's.
+    crop = report["crop"]
+    lm2d = got["lm2d"] * crop["side"] / crop["size"] + [crop["x0"], crop["y0"]]
+    still = to_ibug68(points)[:, :2]
+    expected = (
+        np.einsum("tij,nj->tni", video.similarity[:, :, :2], still)
+        + video.similarity[:, None, :, 2]
+    )
+    error = np.linalg.norm(lm2d - expected, axis=-1)[:, 17:48] / interocular(expected)[:, None]
+    assert np.median(error) <= 0.02, np.median(error)
+    # The in-plane rotation, from the recovered head poses: the head's x axis in the image.
+    angle = np.rad2deg(np.arctan2(got["R"][:, 1, 0], got["R"][:, 0, 0]))
+    turned = (angle - angle[0]) - (video.degrees - video.degrees[0])
+    assert np.median(np.abs(turned)) <= 1.0, np.median(np.abs(turned))
+    # The mouth opens when the puppet's does.
+    r = np.corrcoef(mouth_opening(got["lm3d"]), openings)[0, 1]
+    assert r >= 0.9, r

@@ -5,6 +5,7 @@ inputs answered with their codes."""
 from __future__ import annotations
 
 import io
+import itertools
 from fractions import Fraction
 
 import av
@@ -57,9 +58,16 @@ def _nearest(pts_ms: list[int], count: int) -> list[int]:
 def test_constant_frame_rates_come_out_at_25(tmp_path, fps):
     pts = [round(1000 * i / fps) for i in range(2 * fps)]  # 2 seconds
     data = _mp4(pts)
-    frames = read_frames(data, tmp_path / "frames.raw")
+    stats: dict = {}
+    frames = read_frames(data, tmp_path / "frames.raw", stats=stats)
     assert frames.shape == (50, H, W, 3)
-    assert [_level(f) for f in frames] == [i % 30 for i in _nearest(pts, 50)]
+    nearest = _nearest(pts, 50)
+    assert [_level(f) for f in frames] == [i % 30 for i in nearest]
+    # What the resampling did: source frames never used, output frames repeating the last.
+    assert stats["source_frames"] == len(pts)
+    assert stats["source_frames_skipped"] == len(pts) - len(set(nearest))
+    assert stats["frames_repeated"] == sum(a == b for a, b in itertools.pairwise(nearest))
+    assert stats["packets_undecodable"] == 0
     info = probe(data)
     assert (info["width"], info["height"], info["has_audio"]) == (W, H, False)
 

@@ -14,9 +14,10 @@ Steps (docs/ingest.md):
    from `fov_deg` (vertical, of the source frame).
 4. One fixed square crop per video around the median head position (3.2 canonical units on
    a side, SynthTalk's framing), kept inside the frame, resized to `size`.
-5. Person segmentation per cropped frame, split into head (above the chin line, hair
-   included) and torso; the background plate is the per-pixel median over the frames where
-   that pixel is background, pixels never uncovered filled from their nearest neighbours.
+5. Person segmentation per cropped frame, split into head (hair included) and torso by a
+   line rigid with the head just below the chin; the background plate is the per-pixel
+   median over the frames where that pixel is background; pixels never uncovered take the
+   median of all frames under the torso and their nearest neighbour's value elsewhere.
 6. Checks that fail with a code a person can act on (VIDEO_* codes, docs/ingest.md).
 """
 
@@ -48,6 +49,7 @@ from talkingface.face.video import probe, read_frames
 
 FPS = 25
 SAMPLE_RATE = 16000
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
 CROP_UNITS = 3.2  # side of the square crop in canonical units (10 cm): SynthTalk's framing
 CROP_DROP = 0.25  # the crop's centre sits this far below the head's centre (neck, shoulders)
 DEFAULT_FOV_DEG = 40.0  # vertical field of view of a phone or webcam in landscape
@@ -57,6 +59,7 @@ MAX_MULTI_FACE_COUNTS = 3  # more face counts than this seeing two faces: VIDEO_
 MIN_FACE_PX = 40  # median inter-ocular distance below this: VIDEO_FACE_TOO_SMALL
 EXTREME_YAW, EXTREME_PITCH = 45.0, 35.0  # VIDEO_EXTREME_POSE when most frames pass these
 MIN_MOUTH_MOTION = 0.01  # std of the mouth opening (canonical units) below this: VIDEO_FROZEN
+NECK_CUT = 0.2  # the head mask ends this far (canonical units: 2 cm) below the lowest chin
 SMOOTH_MIN_CUTOFF, SMOOTH_BETA = 3.0, 1.0  # One-Euro: Hz, and Hz per (pixel / s)
 STILL_IMAGE_CODECS = {"png", "mjpeg", "jpegls", "bmp", "gif", "webp", "tiff", "jpeg2000"}
 D = np.diag([1.0, -1.0, -1.0])  # image axes (x right, y down, z away) <-> contract axes
@@ -113,15 +116,20 @@ def ingest(
             raise TalkingFaceError("VIDEO_TOO_LONG", message) from None
         raise
     with tempfile.TemporaryDirectory(prefix="talkingface-ingest-") as tmp:
+        decoded: dict[str, int] = {}
         frames = read_frames(data, Path(tmp) / "frames.raw", max_seconds, MAX_TRACK_SIDE,
-                             limits=_video_limits(max_seconds))  # fmt: skip
-        seconds = len(frames) / FPS
-        if seconds < min_seconds:
-            raise TalkingFaceError("VIDEO_TOO_SHORT", f"the video lasts {seconds:.1f} s; an "
-                                   f"avatar needs at least {min_seconds:g} s (2 minutes or "
-                                   "more is best)")  # fmt: skip
+                             limits=_video_limits(max_seconds), stats=decoded)  # fmt: skip
+        total = len(frames)
+        _check_length(total / FPS, min_seconds)
         say("track", 0.1)
         track = _track(frames, say)
+        # Frames without a face before the first or after the last face are cut, with their
+        # sound; gaps in between are interpolated.
+        lo, hi = track["span"]
+        frames = frames[lo:hi]
+        audio = audio[lo * SAMPLES_PER_FRAME : hi * SAMPLES_PER_FRAME]
+        seconds = len(frames) / FPS
+        _check_length(seconds, min_seconds, cut=total - len(frames))
         geometry = _geometry(track, frames.shape[1:3], fov_deg)
         _check_geometry(geometry)
         say("crop", 0.6)
@@ -135,8 +143,14 @@ def ingest(
             if created:
                 out.rmdir()
             raise
+    report["frames"] = {
+        "in": total, "kept": hi - lo, "dropped": total - (hi - lo),
+        "dropped_why": {"no_face_at_start": lo, "no_face_at_end": total - hi},
+        "face_found": int(track["found"].sum()), "interpolated": int((~track["found"]).sum()),
+        "decoder": decoded,
+    }  # fmt: skip
     report.update(
-        source={"file": video.name, **info, "frames_25fps": len(frames)},
+        source={"file": video.name, **info, "frames_25fps": total},
         seconds_to_ingest=round(time.perf_counter() - started, 2),
     )
     _warnings(report, seconds)
@@ -146,6 +160,14 @@ def ingest(
     (out / "ingest.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     say("done", 1.0)
     return report
+
+
+def _check_length(seconds: float, min_seconds: float, cut: int = 0) -> None:
+    if seconds < min_seconds:
+        why = f" ({cut} frames without a face at its start or end cut)" if cut else ""
+        raise TalkingFaceError("VIDEO_TOO_SHORT", f"the video lasts {seconds:.1f} s{why}; an "
+                               f"avatar needs at least {min_seconds:g} s (2 minutes or more "
+                               "is best)")  # fmt: skip
 
 
 def _video_limits(max_seconds: float):
@@ -188,11 +210,18 @@ def _track(frames: np.ndarray, say) -> dict[str, Any]:
     if sum(c > 1 for c in counts) > MAX_MULTI_FACE_COUNTS:
         raise TalkingFaceError("VIDEO_MULTIPLE_FACES", "more than one face is in view: the "
                                "video must show one person only")  # fmt: skip
+    where = np.flatnonzero(found)
+    lo, hi = int(where[0]), int(where[-1]) + 1
+    meshes, found = meshes[lo:hi], found[lo:hi]
     filled = _interpolate(meshes, found)
     iod = interocular(filled[:, IBUG68])
-    if float(np.median(iod)) < MIN_FACE_PX:
+    # The size check in 3-D (the mesh's depth is on the pixel scale): a face turned sideways
+    # is foreshortened, not small.
+    corners = filled[:, IBUG68[[36, 45]]]
+    iod3 = np.linalg.norm(corners[:, 0] - corners[:, 1], axis=-1)
+    if float(np.median(iod3)) < MIN_FACE_PX:
         raise TalkingFaceError("VIDEO_FACE_TOO_SMALL", f"the face is too small "
-                               f"({np.median(iod):.0f} px between the eyes' outer corners, "
+                               f"({np.median(iod3):.0f} px between the eyes' outer corners, "
                                f"at least {MIN_FACE_PX}): move closer or film at a higher "
                                "resolution")  # fmt: skip
     # Light smoothing: lips move at up to ~8 Hz, so the cut-off must rise fast with speed
@@ -201,7 +230,7 @@ def _track(frames: np.ndarray, say) -> dict[str, Any]:
     smoothed = smooth(filled, min_cutoff=SMOOTH_MIN_CUTOFF, beta=SMOOTH_BETA).astype(np.float32)
     return {
         "raw": filled, "mesh": smoothed, "found": found, "counts": counts,
-        "detection_scores": scores, "iod": iod,
+        "detection_scores": scores, "iod": iod, "span": (lo, hi),
     }  # fmt: skip
 
 
@@ -251,13 +280,17 @@ def _geometry(track: dict[str, Any], frame_hw: tuple[int, int], fov_deg: float) 
 def _check_geometry(geometry: dict) -> None:
     from talkingface.lm3d import mouth_opening
 
+    # The pose first: turned away, the mouth cannot be read either.
+    yaw, pitch = np.abs(geometry["euler"][:, 0]), np.abs(geometry["euler"][:, 1])
+    extreme = float(np.mean((yaw > EXTREME_YAW) | (pitch > EXTREME_PITCH)))
+    if extreme > 0.5:
+        raise TalkingFaceError("VIDEO_EXTREME_POSE", f"the head is turned away (yaw over "
+                               f"{EXTREME_YAW:g} or pitch over {EXTREME_PITCH:g} degrees) in "
+                               f"{100 * extreme:.0f} % of the frames: look towards the "
+                               "camera")  # fmt: skip
     if float(np.std(mouth_opening(geometry["lm3d"]))) < MIN_MOUTH_MOTION:
         raise TalkingFaceError("VIDEO_FROZEN", "the mouth does not move: the video must show "
                                "the person speaking")  # fmt: skip
-    yaw, pitch = np.abs(geometry["euler"][:, 0]), np.abs(geometry["euler"][:, 1])
-    if np.mean((yaw > EXTREME_YAW) | (pitch > EXTREME_PITCH)) > 0.5:
-        raise TalkingFaceError("VIDEO_EXTREME_POSE", "the head is turned away most of the "
-                               "time: look towards the camera")  # fmt: skip
 
 
 # --- writing the avatar ---------------------------------------------------------------------
@@ -290,7 +323,7 @@ def _write(out, frames, track, geometry, audio, size, say) -> dict[str, Any]:
     torsos = np.lib.format.open_memmap(out / "torso_masks.npy", mode="w+", dtype=np.bool_,
                                        shape=(count, size, size))  # fmt: skip
     segmenter = PersonSegmenter()
-    rows = np.arange(size, dtype=np.float32)[:, None]
+    below = _below_the_neck_cut(geometry, K, size)
     coverage = []
     transform = (1 / scale, 0.0, x0, 0.0, 1 / scale, y0)  # output -> source, pixel corners
     for i in range(count):
@@ -299,11 +332,9 @@ def _write(out, frames, track, geometry, audio, size, say) -> dict[str, Any]:
                                           resample=Image.BILINEAR))  # fmt: skip
         video[i] = crop
         person = segmenter.run(crop) >= 0.5
-        chin = lm2d[i, 8, 1]
-        face_h = max(chin - lm2d[i, 17:27, 1].min(), 1.0)
-        above = rows < chin + 0.08 * face_h
-        heads[i] = person & above
-        torsos[i] = person & ~above
+        cut = below(i)
+        heads[i] = person & ~cut
+        torsos[i] = person & cut
         coverage.append(float(person.mean()))
         if i % 50 == 0:
             say("crop", 0.6 + 0.3 * i / count)
@@ -332,10 +363,7 @@ def _write(out, frames, track, geometry, audio, size, say) -> dict[str, Any]:
     iod = interocular(lm2d)
     jitter_raw = jitter(lm2d_raw / iod[:, None, None])
     jitter_smooth = jitter(lm2d / iod[:, None, None])
-    found = track["found"]
     return {
-        "frames": {"in": int(count), "kept": int(count), "face_found": int(found.sum()),
-                   "interpolated": int((~found).sum())},
         "detection_confidence": {"median": _r(np.median(track["detection_scores"] or [0])),
                                  "min": _r(np.min(track["detection_scores"] or [0]))},
         "faces_counted": {"checks": len(track["counts"]),
@@ -356,28 +384,61 @@ def _write(out, frames, track, geometry, audio, size, say) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _below_the_neck_cut(geometry: dict, K: np.ndarray, size: int) -> Callable[[int], np.ndarray]:
+    """Frame i -> bool [size, size]: the pixels below the neck cut, a line rigid with the head:
+    the projection of a canonical line NECK_CUT units below the lowest chin (the jaw open)
+    at half the chin's depth. Rigid with the head, the cut keeps the same part of the head
+    in the head mask whatever the pose, so carving the renderer's empty space from the masks
+    never cuts off the jaw of a head tipped back."""
+    lm3d = geometry["lm3d"]
+    y_cut = float(lm3d[:, 8, 1].min()) - NECK_CUT
+    z_cut = 0.5 * float(np.median(lm3d[:, 8, 2]))
+    ends = np.array([[-2.0, y_cut, z_cut], [2.0, y_cut, z_cut], [0.0, 0.0, z_cut]])
+    R, t = geometry["R"].astype(np.float64), geometry["t"].astype(np.float64)
+    cam = np.einsum("tij,nj->tni", R, ends) + t[:, None]
+    uv = np.einsum("ij,tnj->tni", K.astype(np.float64), cam)
+    uv = uv[..., :2] / uv[..., 2:]
+    xs = np.arange(size, dtype=np.float64) + 0.5
+    gx, gy = np.meshgrid(xs, xs)
+
+    def below(i: int) -> np.ndarray:
+        (ax, ay), (bx, by), (hx, hy) = uv[i]
+        side = (bx - ax) * (gy - ay) - (by - ay) * (gx - ax)
+        head = (bx - ax) * (hy - ay) - (by - ay) * (hx - ax)
+        return side * np.sign(head) < 0
+
+    return below
+
+
 def _plate(video, heads, torsos) -> tuple[np.ndarray, float]:
-    """Per-pixel median over the frames where the pixel is background; never-seen pixels
-    from their nearest seen neighbour. Returns the plate and the unseen share."""
+    """Per-pixel median over the frames where the pixel is background. Pixels never seen
+    uncovered: where the torso covers them (shoulders, which the head renderer does not
+    model) the median of every frame, so the plate carries the torso as it mostly is; the
+    rest (behind the head) from their nearest seen neighbour. Returns the plate and the
+    unseen share."""
     from scipy import ndimage
 
     count, size = video.shape[0], video.shape[1]
     step = max(1, count // 200)  # the median of at most ~200 frames
     stack = np.asarray(video[::step], np.float32)
-    person = np.asarray(heads[::step]) | np.asarray(torsos[::step])
+    head, torso = np.asarray(heads[::step]), np.asarray(torsos[::step])
+    everything = np.median(stack, axis=0)
     # A margin around the person: the segmentation's edge is soft, and hair or skin there
     # would leak into the plate.
     grow = np.ones((1, 3, 3), bool)
-    person = ndimage.binary_dilation(person, grow, iterations=max(1, size // 64))
+    person = ndimage.binary_dilation(head | torso, grow, iterations=max(1, size // 64))
     stack[person] = np.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # pixels never seen: filled below
         plate = np.nanmedian(stack, axis=0)
     unseen = np.isnan(plate[..., 0])
-    if unseen.all():
-        return np.zeros((size, size, 3), np.uint8), 1.0
-    if unseen.any():
-        _, (iy, ix) = ndimage.distance_transform_edt(unseen, return_indices=True)
+    shoulders = unseen & (torso.mean(axis=0) > head.mean(axis=0))
+    plate[shoulders] = everything[shoulders]
+    rest = unseen & ~shoulders
+    if rest.all():
+        plate = everything
+    elif rest.any():
+        _, (iy, ix) = ndimage.distance_transform_edt(rest, return_indices=True)
         plate = plate[iy, ix]
     return np.clip(np.rint(plate), 0, 255).astype(np.uint8), float(unseen.mean())
 

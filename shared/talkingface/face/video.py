@@ -62,17 +62,19 @@ def _attached_pic(stream) -> bool:
     return bool(flag is not None and stream.disposition & flag)
 
 
-def _timed_frames(container, stream):
-    """(seconds, rgb uint8 [H, W, 3]) of each decoded frame, rotation applied."""
+def _timed_frames(container, stream, counts: dict | None = None):
+    """(seconds, rgb uint8 [H, W, 3]) of each decoded frame, rotation applied; `counts`
+    gets "packets_undecodable"."""
     import av
 
-    bad = 0
+    counts = {} if counts is None else counts
+    counts["packets_undecodable"] = 0
     for packet in container.demux(stream):
         try:
             frames = packet.decode()
         except (av.error.InvalidDataError, av.error.ValueError, av.error.EOFError):
-            bad += 1
-            if bad > 32:
+            counts["packets_undecodable"] += 1
+            if counts["packets_undecodable"] > 32:
                 message = "too many video packets failed to decode"
                 raise TaskError("VIDEO_CORRUPT", message) from None
             continue
@@ -116,26 +118,37 @@ def probe_task(data: bytes, params: dict) -> tuple[dict, bytes]:
 
 
 def frames_task(data: bytes, params: dict) -> tuple[dict, bytes]:
-    """Decode, resample to 25 fps and append each frame's raw RGB bytes to params["out"]."""
+    """Decode, resample to 25 fps and append each frame's raw RGB bytes to params["out"].
+
+    Also counts what the resampling did: source frames never used (a faster source) and
+    output frames that repeat the one before (a slower source, or gaps in the timestamps).
+    """
     max_frames = int(params["max_seconds"] * FPS) + 1
     size = params.get("size")
-    written, source = 0, 0
+    written, source, used, repeated = 0, 0, 0, 0
+    counts: dict = {}
     shape = None
     with _open(data) as container, open(params["out"], "wb") as out:
         stream = _video_stream(container)
         stream.thread_type = "AUTO"
         step = 1.0 / float(stream.average_rate or FPS)
         start = prev_t = prev = None
+        last_emitted = -1  # the source index of the last frame written
 
-        def emit(frame: np.ndarray) -> None:
-            nonlocal written
+        def emit(frame: np.ndarray, index: int) -> None:
+            nonlocal written, used, repeated, last_emitted
             if written >= max_frames:
                 raise TaskError("VIDEO_TOO_LONG", f"the video is longer than the limit of "
                                 f"{params['max_seconds']:g} s")  # fmt: skip
             out.write(np.ascontiguousarray(frame).tobytes())
             written += 1
+            if index == last_emitted:
+                repeated += 1
+            else:
+                used += 1
+            last_emitted = index
 
-        for t, rgb in _timed_frames(container, stream):
+        for t, rgb in _timed_frames(container, stream, counts):
             if size:
                 rgb = _resize(rgb, int(size))
             if shape is None:
@@ -149,15 +162,16 @@ def frames_task(data: bytes, params: dict) -> tuple[dict, bytes]:
             # Every grid time nearer to the previous frame than to this one (ties: earlier).
             middle = (prev_t + t) / 2
             while start + written / FPS <= middle + 1e-9:
-                emit(prev)
+                emit(prev, source - 2)
             prev_t, prev = t, rgb
         if prev is None:
             raise TaskError("VIDEO_CORRUPT", "no video frame could be decoded")
         end = _end_time(stream, prev_t, step)
         while start + written / FPS < end - 1e-6 or written == 0:
-            emit(prev)
+            emit(prev, source - 1)
     return {"frames": written, "height": int(shape[0]), "width": int(shape[1]),
-            "source_frames": source, "start": start}, b""  # fmt: skip
+            "source_frames": source, "start": start, "source_frames_skipped": source - used,
+            "frames_repeated": repeated, **counts}, b""  # fmt: skip
 
 
 def _fit(rgb: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -199,11 +213,15 @@ def probe(data: bytes, limits: Limits | None = None) -> dict:
 
 
 def read_frames(data: bytes, out: Path | str, max_seconds: float = 1800.0,
-                size: int | None = None, limits: Limits | None = None) -> np.ndarray:  # fmt: skip
+                size: int | None = None, limits: Limits | None = None,
+                stats: dict | None = None) -> np.ndarray:  # fmt: skip
     """The video at 25 fps as a read-only memory map [T, H, W, 3] uint8 of the raw file `out`
     (written by the sandboxed decoder, one frame at a time).
 
-    `size` caps the long side (downscaled, never up). VIDEO_* errors.
+    `size` caps the long side (downscaled, never up). `stats`, when given, is updated with
+    the decoder's counts: source_frames, source_frames_skipped (never used by the 25 fps
+    resampling), frames_repeated (25 fps frames repeating the one before),
+    packets_undecodable. VIDEO_* errors.
     """
     params = {"out": str(out), "max_seconds": float(max_seconds), "size": size}
     limits = limits or Limits.from_settings()
@@ -212,4 +230,7 @@ def read_frames(data: bytes, out: Path | str, max_seconds: float = 1800.0,
     except SandboxError as exc:
         raise _error(exc, limits) from None
     shape = (meta["frames"], meta["height"], meta["width"], 3)
+    if stats is not None:
+        stats.update({k: meta[k] for k in ("source_frames", "source_frames_skipped",
+                                           "frames_repeated", "packets_undecodable")})  # fmt: skip
     return np.memmap(out, dtype=np.uint8, mode="r", shape=shape)
