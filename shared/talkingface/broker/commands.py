@@ -276,7 +276,7 @@ def _ingest(args: argparse.Namespace, settings) -> int:
     last = [""]
 
     def progress(stage: str, fraction: float) -> None:
-        if not args.json and stage != last[0]:
+        if not (args.json or args.quiet) and stage != last[0]:
             print(f"ingest: {stage} ({100 * fraction:.0f} %)", file=sys.stderr, flush=True)
             last[0] = stage
 
@@ -326,6 +326,7 @@ def add_avatar(sub: argparse._SubParsersAction) -> None:
     avatar.add_argument(
         "--fov", type=float, default=40.0, help="ingest: the camera's vertical field of view (40)"
     )
+    avatar.add_argument("--quiet", action="store_true", help="ingest: no progress lines")
     _add_client_options(avatar)
     avatar.set_defaults(func=cmd_avatar)
 

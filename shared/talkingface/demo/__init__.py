@@ -17,6 +17,13 @@
    landmark distance, mouth-opening correlation and sync-expert confidence of the landmarks
    that drove the renderer, against the clip's true landmarks).
 
+`talkingface demo --video F` does the same with a person's own video instead of the SynthTalk
+avatar: `avatar ingest` (docs/ingest.md) makes the avatar directory; the held-out sentence is
+the video's own held-out stretch (its `val` split, the last 1/11, which no model trains on):
+its sound goes through the fleet, and the lip sync is measured against the landmarks tracked
+there. The rendered frames are not compared with that stretch's pixels: the fleet renders on
+the avatar's own pose track, not on the poses the person had while saying it.
+
 Everything trained is cached in `<TALKINGFACE_CACHE_DIR>/demo/<plan>-<hash>/` (default
 `~/.cache/talkingface/demo/cpu-…/`), one folder per step with a `.done` marker written last,
 so a second run trains nothing and only renders; `--fresh` starts over. Each step's log is
@@ -40,6 +47,7 @@ from talkingface.demo.steps import DemoError, run_parallel, run_step
 
 AVATAR_ID = "demo"
 TENANT = "default"
+SHARED_STEPS = ("corpus", "syncnet", "motion", "ckpt")  # steps (and data) any avatar shares
 
 
 @dataclass(frozen=True)
@@ -61,11 +69,16 @@ class DemoPlan:
     clip_seconds: float = 5.0
     clip_seed: int = 3
     render_shard_frames: int = 32
+    video_sha256: str = ""  # `--video`: the person's own video instead of the SynthTalk avatar
+    video_fov: float = 40.0
 
     @property
     def key(self) -> str:
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
-        return f"{self.name}-{digest[:10]}"
+        fields = asdict(self)
+        if not self.video_sha256:  # the SynthTalk plans' keys as before the video fields
+            fields = {k: v for k, v in fields.items() if not k.startswith("video_")}
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+        return f"{self.name}{'-video' if self.video_sha256 else ''}-{digest[:10]}"
 
 
 PLANS = {
@@ -95,11 +108,17 @@ class Demo:
         *,
         fresh: bool = False,
         say=print,
+        video: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.video = Path(video) if video else None
         self.plan = plan
         self.out = Path(out)
         self.root = Path(settings.cache_dir) / "demo" / plan.key
+        # The corpus and the motion models do not depend on the avatar: a video's demo uses
+        # (and fills) the SynthTalk demo's folder for them.
+        base = replace(plan, video_sha256="", video_fov=DemoPlan.video_fov)
+        self.shared_root = Path(settings.cache_dir) / "demo" / base.key
         self.fresh = fresh
         self.say = say
         self.timings: dict[str, float] = {}
@@ -112,16 +131,19 @@ class Demo:
         import shutil
 
         started = time.perf_counter()
-        if self.fresh and self.root.exists():
-            shutil.rmtree(self.root)
-        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        if self.fresh:
+            for root in {self.root, self.shared_root}:
+                shutil.rmtree(root, ignore_errors=True)
+        for root in {self.root, self.shared_root}:
+            (root / "logs").mkdir(parents=True, exist_ok=True)
         self.say(f"demo: data and models cached in {self.root}")
         self._data()
         self._train()
         self.timings["prepare"] = round(time.perf_counter() - started, 1)
         rendered = self._render_through_the_fleet()
         clip, video = self._data_dir("clip"), self.out / "demo.mp4"
-        metrics = measure(clip, video, self._data_dir("bundle"), self._data_dir("ckpt"))
+        metrics = measure(clip, video, self._data_dir("bundle"), self._data_dir("ckpt"),
+                          compare_pixels=self.video is None)  # fmt: skip
         metrics["render_fps"] = rendered["job"].get("metrics", {}).get("render_fps")
         side_by_side(clip, video, self.out / "demo_side_by_side.mp4")
         report = {
@@ -130,6 +152,7 @@ class Demo:
             "cache": str(self.root),
             "cached_steps": self.cached,
             "plan": asdict(self.plan),
+            "source": str(self.video) if self.video else "SynthTalk",
             "job": rendered["job"],
             "metrics": metrics,
             "seconds": {**self.timings, "total": round(time.perf_counter() - started, 1)},
@@ -146,6 +169,9 @@ class Demo:
                        str(p.corpus_seed), "--out", str(self._data_dir("corpus"))],
             fresh_dir=self._data_dir("corpus"),
         )  # fmt: skip
+        if self.video is not None:
+            self._data_from_video()
+            return
         self.ran_avatar = self._cli_step(
             "avatar", ["synth", "avatar", "--seconds", str(p.avatar_seconds), "--size",
                        str(p.avatar_size), "--seed", str(p.avatar_seed), "--out",
@@ -159,8 +185,23 @@ class Demo:
             fresh_dir=self._data_dir("clip"), force=self.ran_avatar,
         )  # fmt: skip
 
+    def _data_from_video(self) -> None:
+        """The avatar ingested from the person's video; the clip is its held-out stretch."""
+        avatar, clip = self._data_dir("avatar"), self._data_dir("clip")
+        self.ran_avatar = self._cli_step(
+            "avatar", ["avatar", "ingest", "--video", str(self.video), "--out", str(avatar),
+                       "--size", str(self.plan.avatar_size), "--fov", str(self.plan.video_fov)],
+            fresh_dir=avatar,
+        )  # fmt: skip
+        if self.ran_avatar or not (clip / "audio.wav").is_file():
+            held_out_clip(avatar, clip)
+            self.say(f"demo: clip: the video's held-out stretch ({clip})")
+
     def _data_dir(self, name: str) -> Path:
-        return self.root / name / "data"
+        return self._root_of(name) / name / "data"
+
+    def _root_of(self, step: str) -> Path:
+        return self.shared_root if step in SHARED_STEPS else self.root
 
     # --- 2. training -----------------------------------------------------------------------
 
@@ -199,7 +240,7 @@ class Demo:
 
     def _cli_step(self, name: str, argv: list[str], **options) -> bool:
         """One cached `talkingface …` step (talkingface.demo.steps.run_step); True when it ran."""
-        ran, seconds = run_step(self.root, name, argv, say=self.say, **options)
+        ran, seconds = run_step(self._root_of(name), name, argv, say=self.say, **options)
         if ran:
             self.timings[name] = seconds
         else:
@@ -258,6 +299,30 @@ class Demo:
         return {"job": job, "version": version}
 
 
+def held_out_clip(avatar_dir: Path, out: Path) -> None:
+    """The val split of an ingested avatar as the demo's clip: its sound, frames and tracked
+    landmarks (`read_held_out` reads it back)."""
+    import shutil
+
+    import numpy as np
+
+    from talkingface.data.synthtalk.fileformat import read_avatar
+    from talkingface.media import write_wav
+
+    avatar = read_avatar(avatar_dir)
+    lo, hi = avatar["manifest"]["splits"]["val"]
+    rate = int(avatar["manifest"]["sample_rate"])
+    per_frame = rate // int(avatar["manifest"]["fps"])
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    np.save(out / "frames.npy", np.asarray(avatar["frames"][lo:hi]))
+    np.savez_compressed(out / "landmarks.npz", lm3d=avatar["lm3d"][lo:hi],
+                        lm2d=avatar["lm2d"][lo:hi])  # fmt: skip
+    write_wav(out / "audio.wav", avatar["audio"][lo * per_frame : hi * per_frame], rate)
+    manifest = {"format": "talkingface-held-out", "avatar": str(avatar_dir), "frames": [lo, hi]}
+    (out / "held_out.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 def _publish(store, files: dict[str, Path]) -> str:
     """The version of the demo avatar holding exactly these files (published if new)."""
     from talkingface.bundle import avatar_prefix, sha256_of
@@ -280,7 +345,14 @@ def cmd_demo(args) -> int:
         print(f"talkingface demo: {exc}", file=sys.stderr)
         return 2
     plan = PLANS[args.plan]
-    demo = Demo(settings, plan, args.out, fresh=args.fresh,
+    if args.video is not None:
+        try:
+            digest = hashlib.sha256(args.video.read_bytes()).hexdigest()
+        except OSError as exc:
+            print(f"talkingface demo: cannot read {args.video}: {exc.strerror}", file=sys.stderr)
+            return 2
+        plan = replace(plan, video_sha256=digest, video_fov=args.fov)
+    demo = Demo(settings, plan, args.out, fresh=args.fresh, video=args.video,
                 say=lambda text: print(text, file=sys.stderr, flush=True))  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     try:
@@ -306,4 +378,12 @@ def add_demo(sub) -> None:
     demo.add_argument("--out", type=Path, default=Path("out"), help="output folder (out/)")
     demo.add_argument("--fresh", action="store_true", help="ignore the cache, train again")
     demo.add_argument("--json", action="store_true", help="the report as one JSON line")
+    demo.add_argument(
+        "--video", type=Path,
+        help="a person's own talking video (docs/ingest.md) instead of the SynthTalk avatar",
+    )  # fmt: skip
+    demo.add_argument(
+        "--fov", type=float, default=40.0,
+        help="--video: the camera's vertical field of view in degrees (40)",
+    )  # fmt: skip
     demo.set_defaults(func=cmd_demo)
