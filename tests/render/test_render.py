@@ -144,3 +144,65 @@ def test_image_metrics():
     assert ssim(a, a) == pytest.approx(1.0) and psnr(a, a) > 100
     noisy = (a + 0.1 * torch.randn_like(a)).clamp(0, 1)
     assert 15 < psnr(a, noisy) < 25 and ssim(a, noisy) < 0.95
+
+
+def test_so3_exp_is_rodrigues():
+    from scipy.spatial.transform import Rotation
+
+    from talkingface.render.train import so3_exp
+
+    w = np.concatenate([np.zeros((1, 3)), 1e-5 * np.ones((1, 3)),
+                        np.random.default_rng(0).normal(0, 0.7, (20, 3))])  # fmt: skip
+    got = so3_exp(torch.from_numpy(w)).numpy()
+    assert np.allclose(got, Rotation.from_rotvec(w).as_matrix(), atol=1e-9)
+    zero = torch.zeros(1, 3, requires_grad=True)  # differentiable at zero: d/dw R = [dw]x
+    so3_exp(zero)[0, 0, 1].backward()
+    assert np.allclose(zero.grad.numpy(), [[0, 0, -1]])
+
+
+def test_held_out_poses_get_the_correction_their_pose_predicts(video):
+    """The refinement's linear part (a function of the estimated pose, learned on the
+    training frames) corrects held-out frames; the training frames add their own residual."""
+    from scipy.spatial.transform import Rotation
+
+    from talkingface.render.train import PoseRefinement, corrected_track, pose_features
+
+    train_frames = np.arange(*video.train)
+    features = pose_features(video.R, video.t, train_frames)
+    refinement = PoseRefinement(features, len(train_frames))
+    slope = np.zeros((6, 6), np.float32)
+    slope[0, 0] = 0.25  # the first axis-angle component read 0.8x: put back 1/0.8 - 1
+    residual = np.random.default_rng(1).normal(0, 0.01, (len(train_frames), 6))
+    with torch.no_grad():
+        refinement.linear.copy_(torch.from_numpy(slope))
+        refinement.residual.copy_(torch.from_numpy(residual))
+    R, t, _ = corrected_track(video, train_frames, refinement)
+    lo, hi = video.val
+    turn = np.asarray(video.R, np.float64).transpose(0, 2, 1) @ R  # R = R_est exp([w]x)
+    got = Rotation.from_matrix(turn).as_rotvec()
+    assert np.allclose(got[lo:hi, 0], 0.25 * features[lo:hi, 0], atol=1e-5)  # predicted
+    assert np.allclose(got[lo:hi, 1:], 0.0, atol=1e-5) and np.allclose(t[lo:hi], video.t[lo:hi])
+    f = train_frames[7]
+    assert np.allclose(got[f], [0.25 * features[f, 0], 0, 0] + residual[7, :3], atol=1e-5)
+    assert np.allclose(t[f] - video.t[f], residual[7, 3:], atol=1e-6)
+
+
+def test_refining_poses_with_the_field_undoes_a_pose_error(tiny_avatar):
+    """Training poses shifted by known errors (~2 px, zero mean) come back towards the truth
+    when refined with the field."""
+    from dataclasses import replace
+
+    video = load_avatar(tiny_avatar)  # 64 x 64
+    lo, hi = video.train
+    rng = np.random.default_rng(3)
+    error = np.zeros_like(video.t)
+    error[lo:hi, :2] = rng.uniform(-0.1, 0.1, (hi - lo, 2))  # canonical units: ~2 px here
+    error[lo:hi] -= error[lo:hi].mean(axis=0)
+    wrong = replace(video, t=(video.t + error).astype(np.float32))
+    config = replace(preset("tiny"), size=64, steps=240, refine_poses=True, pose_start=40,
+                     pose_lr=3e-3, val_every=1000)  # fmt: skip
+    torch.manual_seed(0)
+    report = train(new_renderer(config, wrong), wrong)
+    left = np.linalg.norm((report.t - video.t)[lo:hi, :2], axis=1)
+    before = np.linalg.norm(error[lo:hi, :2], axis=1)
+    assert np.median(left) < 0.6 * np.median(before), (np.median(left), np.median(before))

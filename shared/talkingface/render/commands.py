@@ -46,6 +46,8 @@ def train_avatar(
     overrides: dict[str, Any] = {"seed": args.seed}
     if args.steps is not None:
         overrides["steps"] = args.steps
+    if _from_video(args.data):  # estimated poses: refine them with the field
+        overrides["refine_poses"] = True
     config = preset(args.preset or "cpu", **overrides)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,11 +77,13 @@ def train_avatar(
         "size": config.size,
         "backend": renderer.field.backend,
     }
-    rck.save_renderer(out / "renderer", renderer, video.R, video.t, video.background, metrics)
+    if report.pose_refinement:
+        metrics["pose_refinement"] = report.pose_refinement
+    rck.save_renderer(out / "renderer", renderer, report.R, report.t, video.background, metrics)
     (out / "history.json").write_text(json.dumps(report.history, indent=1) + "\n")
     _curves(report.history, out / "curves.png")
     frames = val_frames(video, config.val_frames)
-    rendered, truth, _ = evaluate_frames(renderer, video, frames)
+    rendered, truth, _ = evaluate_frames(renderer, video, frames, report.R, report.t)
     _previews(rendered.cpu().numpy(), truth.cpu().numpy(), frames, out / "previews")
     index = avatar_index(args.data)
     for name, data in projection_files(index).items():
@@ -116,6 +120,16 @@ def train_avatar(
         }
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def _from_video(data: Path | str) -> bool:
+    """Whether an avatar directory was made from a video (`avatar ingest`: poses estimated)."""
+    from talkingface.data.synthtalk.fileformat import AVATAR, read_manifest
+
+    try:
+        return read_manifest(Path(data), AVATAR).get("source") == "video"
+    except (OSError, ValueError):
+        return False
 
 
 def bundle_files(directory: Path | str) -> dict[str, Path]:

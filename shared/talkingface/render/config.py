@@ -52,6 +52,12 @@ class RenderConfig:
     val_every: int = 250
     val_frames: int = 8
     seed: int = 1
+    refine_poses: bool = False
+    """Refine each training frame's head pose photometrically with the field (estimated poses,
+    e.g. from `avatar ingest`; `train avatar` turns it on for avatars made from video)."""
+    pose_lr: float = 1e-3
+    pose_start: int = 100
+    """Training step from which the poses move (the field first takes a rough shape)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.spatial, dict):

@@ -110,8 +110,12 @@ def evaluate(
     from talkingface.render.data import load_avatar
 
     renderer_dir = Path(bundle_dir) / "renderer"
-    renderer, _ = load_renderer(renderer_dir, device)
+    renderer, track = load_renderer(renderer_dir, device)
     video = load_avatar(avatar_dir, renderer.config.size)
+    if renderer.config.refine_poses and len(track["R"]) == len(video):
+        # Poses refined with the field (training frames) and corrected by the model fitted on
+        # them (held-out frames): the track the renderer was trained and saved with.
+        video.R, video.t = np.asarray(track["R"]), np.asarray(track["t"])
     result = evaluate_renderer(renderer, video, max_frames)
     meta = read_meta(renderer_dir)
     result.update(

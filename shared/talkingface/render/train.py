@@ -201,6 +201,9 @@ class TrainReport:
     val_ssim: float = float("nan")
     occupancy: float = float("nan")
     samples_per_ray: float = float("nan")
+    R: np.ndarray | None = None  # the pose track to save: refined, when config.refine_poses
+    t: np.ndarray | None = None
+    pose_refinement: dict = field(default_factory=dict)
 
 
 def val_frames(video: AvatarVideo, count: int) -> np.ndarray:
@@ -209,12 +212,91 @@ def val_frames(video: AvatarVideo, count: int) -> np.ndarray:
     return np.unique(np.linspace(lo, hi - 1, max(1, count)).round().astype(int))
 
 
-def evaluate_frames(renderer: Renderer, video: AvatarVideo, frames: np.ndarray):
-    rendered, spent = renderer.render(
-        video.lm3d[frames], video.R[frames], video.t[frames], video.background
-    )
+def evaluate_frames(renderer: Renderer, video: AvatarVideo, frames: np.ndarray,
+                    R: np.ndarray | None = None, t: np.ndarray | None = None):  # fmt: skip
+    """Render `frames` at the video's poses (or the track R, t given, e.g. refined)."""
+    R = video.R if R is None else R
+    t = video.t if t is None else t
+    rendered, spent = renderer.render(video.lm3d[frames], R[frames], t[frames], video.background)
     truth = torch.from_numpy(np.asarray(video.frames[frames])).float().to(rendered.device) / 255
     return rendered, truth, spent
+
+
+def so3_exp(w: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices [N, 3, 3] of axis-angle vectors [N, 3] (Rodrigues, exact at 0)."""
+    theta2 = (w * w).sum(dim=1)[:, None, None]
+    small = theta2 < 1e-8
+    theta = theta2.clamp(min=1e-8).sqrt()
+    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2.clamp(min=1e-8))
+    zero = torch.zeros_like(w[:, 0])
+    k = torch.stack([zero, -w[:, 2], w[:, 1], w[:, 2], zero, -w[:, 0], -w[:, 1], w[:, 0], zero],
+                    dim=1).reshape(-1, 3, 3)  # fmt: skip
+    eye = torch.eye(3, dtype=w.dtype, device=w.device).expand_as(k)
+    return eye + a * k + b * (k @ k)
+
+
+def pose_features(R: np.ndarray, t: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """[T, 6]: each frame's estimated rotation (axis-angle, radians) and translation, less
+    their means over `frames` (the training frames)."""
+    from scipy.spatial.transform import Rotation
+
+    rotvec = Rotation.from_matrix(np.asarray(R, np.float64)).as_rotvec()
+    x = np.concatenate([rotvec, np.asarray(t, np.float64)], axis=1)
+    return (x - x[frames].mean(axis=0)).astype(np.float32)
+
+
+class PoseRefinement(torch.nn.Module):
+    """Corrections of estimated head poses, learned with the field: R' = R exp([omega]x) (a
+    turn of the head about its own centre) and t' = t + delta, where (omega, delta) is a
+    linear function of the estimated pose (a pose estimator's bias grows with the pose: a
+    pitch read 0.8x, say), learned from every ray and predicted for any frame, plus a
+    per-frame residual for the training frames (mean held at zero: the field and all poses
+    could otherwise turn together)."""
+
+    def __init__(self, features: np.ndarray, frames: int) -> None:
+        super().__init__()
+        self.register_buffer("features", torch.from_numpy(np.asarray(features, np.float32)))
+        self.linear = torch.nn.Parameter(torch.zeros(features.shape[1], 6))
+        self.residual = torch.nn.Parameter(torch.zeros(frames, 6))
+
+    def correction(self, index: torch.Tensor | None = None, frames: torch.Tensor | None = None):
+        """[N, 6] (omega, delta) for video frames `frames`; `index` their training-frame
+        rows when they are training frames (their residuals are added)."""
+        out = self.features[frames] @ self.linear
+        return out if index is None else out + self.residual[index]
+
+    def apply(self, index, frames, R: torch.Tensor, t: torch.Tensor):
+        c = self.correction(index, frames)
+        return R @ so3_exp(c[:, :3]), t + c[:, 3:]
+
+    @torch.no_grad()
+    def recentre(self) -> None:
+        self.residual -= self.residual.mean(dim=0)
+
+
+def corrected_track(video: AvatarVideo, frames: np.ndarray,
+                    refinement: PoseRefinement) -> tuple[np.ndarray, np.ndarray, dict]:  # fmt: skip
+    """The whole pose track with the refinement applied: the training frames with their own
+    residuals, every other frame (held-out ones) with the linear part alone, which no
+    held-out pixel has seen."""
+    with torch.no_grad():
+        every = torch.arange(len(video), device=refinement.linear.device)
+        c = refinement.correction(None, every).cpu().double()
+        rows = torch.from_numpy(np.asarray(frames))
+        c[rows] += refinement.residual.detach().cpu().double()
+        R = (torch.from_numpy(np.asarray(video.R, np.float64)) @ so3_exp(c[:, :3])).numpy()
+    t = np.asarray(video.t, np.float64) + c[:, 3:].numpy()
+    linear = refinement.correction(None, every).detach().cpu().numpy()[frames]
+    own = c.numpy()[frames]
+    stats = {
+        "rotation_deg_median": round(
+            float(np.rad2deg(np.median(np.linalg.norm(own[:, :3], axis=1)))), 3
+        ),
+        "shift_median": round(float(np.median(np.linalg.norm(own[:, 3:], axis=1))), 4),
+        "linear_share": round(float((linear**2).sum() / max((own**2).sum(), 1e-12)), 3),
+    }
+    return R.astype(np.float32), t.astype(np.float32), stats
 
 
 def train(
@@ -244,6 +326,11 @@ def train(
         ],
         betas=(0.9, 0.99),
     )
+    refinement = None
+    if config.refine_poses:
+        features = pose_features(video.R, video.t, train_frames)
+        refinement = PoseRefinement(features, len(train_frames)).to(dev)
+        optimiser.add_param_group({"params": list(refinement.parameters()), "lr": config.pose_lr})
     base = [g["lr"] for g in optimiser.param_groups]
     steps = config.steps if stop_at is None else min(stop_at, config.steps)
     delta = 2 * config.bound / config.samples
@@ -258,9 +345,13 @@ def train(
         scale *= 0.1 ** (step / max(1, config.steps))  # exponential decay to 0.1x at the end
         for group, lr in zip(optimiser.param_groups, base, strict=True):
             group["lr"] = lr * scale
+        if refinement is not None and step < config.pose_start:
+            optimiser.param_groups[-1]["lr"] = 0.0
         frame, xy, target, bg = sampler.sample(config.batch_rays)
-        origins, dirs = camera_rays(renderer.K, sampler.R[frame.cpu()].to(dev),
-                                    sampler.t[frame.cpu()].to(dev), xy)  # fmt: skip
+        R, t = sampler.R[frame.cpu()].to(dev), sampler.t[frame.cpu()].to(dev)
+        if refinement is not None:
+            R, t = refinement.apply(frame, torch.as_tensor(train_frames, device=dev)[frame], R, t)
+        origins, dirs = camera_rays(renderer.K, R, t, xy)
         cond = fld.encode_landmarks(sampler.lm3d[frame.cpu()].to(dev))
         result = render_rays(
             fld, RayBatch(origins, dirs, cond, bg), renderer.occupancy, config.samples,
@@ -270,6 +361,8 @@ def train(
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+        if refinement is not None:
+            refinement.recentre()
         loss_value = loss.item()
         spent_total += result.samples
         rays_total += config.batch_rays
@@ -295,7 +388,11 @@ def train(
             log.info("renderer validation", extra=record)
         if progress is not None:
             progress(step, record or {"loss": loss_value})
-    rendered, truth, _ = evaluate_frames(renderer, video, vals)
+    report.R, report.t = np.asarray(video.R), np.asarray(video.t)
+    if refinement is not None:
+        report.R, report.t, report.pose_refinement = corrected_track(video, train_frames,
+                                                                     refinement)  # fmt: skip
+    rendered, truth, _ = evaluate_frames(renderer, video, vals, report.R, report.t)
     report.val_psnr = psnr(rendered, truth)
     report.val_ssim = ssim(rendered, truth)
     report.occupancy = renderer.occupancy.occupancy_rate()
