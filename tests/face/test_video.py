@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import itertools
+import threading
+import time
 from fractions import Fraction
 
 import av
@@ -122,3 +124,32 @@ def test_bad_inputs_get_their_codes(tmp_path):
     with pytest.raises(TalkingFaceError) as caught:
         probe(audio)
     assert caught.value.code == "VIDEO_NO_VIDEO_STREAM"
+
+
+def test_streamed_frames_are_the_stored_ones(tmp_path):
+    from talkingface.face.video import iter_frames
+
+    pts = [round(1000 * i / 30) for i in range(60)]  # 2 s at 30 fps
+    data = _mp4(pts, rotation=90)
+    stored: dict = {}
+    frames = read_frames(data, tmp_path / "frames.raw", stats=stored)
+    streamed: dict = {}
+    got = list(iter_frames(data, stats=streamed))
+    assert len(got) == len(frames) == 50
+    assert all(np.array_equal(a, b) for a, b in zip(got, frames, strict=True))
+    assert streamed == stored and streamed["source_frames_skipped"] == 10
+
+
+def test_a_stream_stopped_early_stops_its_decoder(tmp_path):
+    from talkingface.face.video import iter_frames
+
+    data = _mp4([round(1000 * i / 25) for i in range(250)])  # 10 s
+    started = time.monotonic()
+    stream = iter_frames(data)
+    first = [next(stream) for _ in range(3)]
+    stream.close()  # the decoder, blocked on a full pipe, gets a broken pipe and ends
+    assert len(first) == 3 and time.monotonic() - started < 10
+    assert not [t for t in threading.enumerate() if t.name == "video-decode"]
+    with pytest.raises(TalkingFaceError) as caught:
+        list(iter_frames(b"\x00\x00\x00\x18ftypmp42" + bytes(4000)))
+    assert caught.value.code == "VIDEO_CORRUPT"

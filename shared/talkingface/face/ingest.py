@@ -4,7 +4,8 @@ mask and `ingest.json`.
 
 Steps (docs/ingest.md):
 1. Read the video and its audio in the sandbox (`face.video`, `audio.decode`): 25 fps by
-   timestamps, rotation applied, audio to 16 kHz mono.
+   timestamps, rotation applied, audio to 16 kHz mono. The frames are streamed twice
+   (tracking, then cropping), never stored.
 2. Track the face (`face.track.FaceTracker`): 468-point meshes, the face count, gaps filled
    by interpolation; One-Euro smoothing with the jitter before and after.
 3. Pose without a 3DMM (`face.pose`): the person's rigid shape from their own frames, each
@@ -24,10 +25,9 @@ Steps (docs/ingest.md):
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from talkingface.face.pose import (
     umeyama,
 )
 from talkingface.face.track import COUNT_MIN_SCORE, FaceTracker, PersonSegmenter, jitter, smooth
-from talkingface.face.video import probe, read_frames
+from talkingface.face.video import iter_frames, probe
 
 FPS = 25
 SAMPLE_RATE = 16000
@@ -115,34 +115,37 @@ def ingest(
             message = f"the video is longer than the limit of {max_seconds:g} s"
             raise TalkingFaceError("VIDEO_TOO_LONG", message) from None
         raise
-    with tempfile.TemporaryDirectory(prefix="talkingface-ingest-") as tmp:
-        decoded: dict[str, int] = {}
-        frames = read_frames(data, Path(tmp) / "frames.raw", max_seconds, MAX_TRACK_SIDE,
-                             limits=_video_limits(max_seconds), stats=decoded)  # fmt: skip
-        total = len(frames)
-        _check_length(total / FPS, min_seconds)
-        say("track", 0.1)
-        track = _track(frames, say)
-        # Frames without a face before the first or after the last face are cut, with their
-        # sound; gaps in between are interpolated.
-        lo, hi = track["span"]
-        frames = frames[lo:hi]
-        audio = audio[lo * SAMPLES_PER_FRAME : hi * SAMPLES_PER_FRAME]
-        seconds = len(frames) / FPS
-        _check_length(seconds, min_seconds, cut=total - len(frames))
-        geometry = _geometry(track, frames.shape[1:3], fov_deg)
-        _check_geometry(geometry)
-        say("crop", 0.6)
-        created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            report = _write(out, frames, track, geometry, audio, size, say)
-        except BaseException:
-            for child in out.iterdir():
-                child.unlink()
-            if created:
-                out.rmdir()
-            raise
+    # Two decoding passes, each streamed from the sandboxed decoder (no frame is stored):
+    # tracking, then, once the crop is known, cropping and segmenting.
+    limits = _video_limits(max_seconds)
+    decoded: dict[str, int] = {}
+    say("track", 0.1)
+    stream = iter_frames(data, max_seconds, MAX_TRACK_SIDE, limits=limits, stats=decoded)
+    track = _track(stream, max(1, round((info["duration"] or 0) * FPS)), say)
+    total, frame_hw = track["total"], track["frame_hw"]
+    _check_length(total / FPS, min_seconds)
+    track = _checked(track)
+    # Frames without a face before the first or after the last face are cut, with their
+    # sound; gaps in between are interpolated.
+    lo, hi = track["span"]
+    audio = audio[lo * SAMPLES_PER_FRAME : hi * SAMPLES_PER_FRAME]
+    seconds = (hi - lo) / FPS
+    _check_length(seconds, min_seconds, cut=total - (hi - lo))
+    geometry = _geometry(track, frame_hw, fov_deg)
+    _check_geometry(geometry)
+    say("crop", 0.6)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        frames = iter_frames(data, max_seconds, MAX_TRACK_SIDE, limits=limits)
+        report = _write(out, _span(frames, lo, hi), hi - lo, frame_hw, track, geometry, audio,
+                        size, say)  # fmt: skip
+    except BaseException:
+        for child in out.iterdir():
+            child.unlink()
+        if created:
+            out.rmdir()
+        raise
     report["frames"] = {
         "in": total, "kept": hi - lo, "dropped": total - (hi - lo),
         "dropped_why": {"no_face_at_start": lo, "no_face_at_end": total - hi},
@@ -187,20 +190,45 @@ def _video_limits(max_seconds: float):
 # --- tracking ---------------------------------------------------------------------------------
 
 
-def _track(frames: np.ndarray, say) -> dict[str, Any]:
+def _span(frames: Iterator[np.ndarray], lo: int, hi: int) -> Iterator[np.ndarray]:
+    """Frames lo..hi-1 of a stream; the stream (and its decoder) stops after hi."""
+    try:
+        for i, frame in enumerate(frames):
+            if i >= hi:
+                break
+            if i >= lo:
+                yield frame
+    finally:
+        frames.close()
+
+
+def _track(frames: Iterator[np.ndarray], expected: int, say) -> dict[str, Any]:
+    """Meshes of a stream of frames (NaN where no face), the face counts and the detection
+    scores; `expected` (frames, from the container's duration) only paces the progress."""
     tracker = FaceTracker()
-    meshes = np.full((len(frames), 468, 3), np.nan, np.float32)
-    counts, scores = [], []
+    meshes, counts, scores = [], [], []
+    frame_hw = None
+    missing = np.full((468, 3), np.nan, np.float32)
     for i, frame in enumerate(frames):
+        frame_hw = frame_hw or frame.shape[:2]
         result = tracker.track(np.ascontiguousarray(frame))
-        if result.points is not None:
-            meshes[i] = result.points
+        meshes.append(result.points if result.points is not None else missing)
         if result.faces is not None:
             counts.append(result.faces)
         if result.detection_score is not None:
             scores.append(result.detection_score)
         if i % 50 == 0:
-            say("track", 0.1 + 0.4 * i / len(frames))
+            say("track", 0.1 + 0.4 * min(1.0, i / expected))
+    if not meshes:
+        raise TalkingFaceError("VIDEO_CORRUPT", "no video frame could be decoded")
+    return {"meshes": np.stack(meshes).astype(np.float32), "counts": counts,
+            "detection_scores": scores, "total": len(meshes), "frame_hw": frame_hw}  # fmt: skip
+
+
+def _checked(raw: dict[str, Any]) -> dict[str, Any]:
+    """The tracked meshes checked (no face, several faces, too small), cut to the frames
+    from the first face to the last, gaps interpolated, smoothed."""
+    meshes, counts, scores = raw["meshes"], raw["counts"], raw["detection_scores"]
     found = ~np.isnan(meshes[:, 0, 0])
     missing = float(1 - found.mean())
     if missing > MAX_NO_FACE:
@@ -296,12 +324,12 @@ def _check_geometry(geometry: dict) -> None:
 # --- writing the avatar ---------------------------------------------------------------------
 
 
-def _write(out, frames, track, geometry, audio, size, say) -> dict[str, Any]:
+def _write(out, frames, count, frame_hw, track, geometry, audio, size, say) -> dict[str, Any]:
+    """The avatar directory from the `count` kept frames (a stream of source frames)."""
     from talkingface.data.synthtalk import fileformat as ff
     from talkingface.media import write_wav
 
-    count = len(frames)
-    h, w = frames.shape[1:3]
+    h, w = frame_hw
     # The square stays inside the frame (black padding would read as a person to the
     # segmentation and as background to the plate): shifted in, and no larger than the frame.
     side = min(float(np.median(geometry["k"])) * CROP_UNITS, float(min(h, w)))
@@ -326,8 +354,8 @@ def _write(out, frames, track, geometry, audio, size, say) -> dict[str, Any]:
     below = _below_the_neck_cut(geometry, K, size)
     coverage = []
     transform = (1 / scale, 0.0, x0, 0.0, 1 / scale, y0)  # output -> source, pixel corners
-    for i in range(count):
-        frame = Image.fromarray(np.ascontiguousarray(frames[i]))
+    for i, source in enumerate(frames):
+        frame = Image.fromarray(np.ascontiguousarray(source))
         crop = np.asarray(frame.transform((size, size), Image.AFFINE, transform,
                                           resample=Image.BILINEAR))  # fmt: skip
         video[i] = crop
@@ -338,6 +366,9 @@ def _write(out, frames, track, geometry, audio, size, say) -> dict[str, Any]:
         coverage.append(float(person.mean()))
         if i % 50 == 0:
             say("crop", 0.6 + 0.3 * i / count)
+    if len(coverage) != count:
+        raise TalkingFaceError("VIDEO_CORRUPT", f"the video gave {len(coverage)} frames on "
+                               f"a second reading, {count} on the first")  # fmt: skip
     video.flush()
     heads.flush()
     torsos.flush()

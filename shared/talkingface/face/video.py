@@ -18,7 +18,14 @@ VIDEO_TOO_LONG (more than `max_seconds`).
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -31,6 +38,8 @@ FPS = 25
 PROBE_TASK = "talkingface.face.video:probe_task"
 FRAMES_TASK = "talkingface.face.video:frames_task"
 _OPEN_OPTIONS = {"probesize": "5000000", "analyzeduration": "5000000"}
+_FRAME_HEADER = struct.Struct("!III")  # height, width, channels of a streamed frame
+STATS = ("source_frames", "source_frames_skipped", "frames_repeated", "packets_undecodable")
 
 
 # --- in the sandbox ------------------------------------------------------------------------------
@@ -140,6 +149,8 @@ def frames_task(data: bytes, params: dict) -> tuple[dict, bytes]:
             if written >= max_frames:
                 raise TaskError("VIDEO_TOO_LONG", f"the video is longer than the limit of "
                                 f"{params['max_seconds']:g} s")  # fmt: skip
+            if params.get("headers"):  # a stream: each frame says its shape
+                out.write(_FRAME_HEADER.pack(*frame.shape))
             out.write(np.ascontiguousarray(frame).tobytes())
             written += 1
             if index == last_emitted:
@@ -231,6 +242,91 @@ def read_frames(data: bytes, out: Path | str, max_seconds: float = 1800.0,
         raise _error(exc, limits) from None
     shape = (meta["frames"], meta["height"], meta["width"], 3)
     if stats is not None:
-        stats.update({k: meta[k] for k in ("source_frames", "source_frames_skipped",
-                                           "frames_repeated", "packets_undecodable")})  # fmt: skip
+        stats.update({k: meta[k] for k in STATS})
     return np.memmap(out, dtype=np.uint8, mode="r", shape=shape)
+
+
+def iter_frames(
+    data: bytes,
+    max_seconds: float = 1800.0,
+    size: int | None = None,
+    limits: Limits | None = None,
+    stats: dict | None = None,
+) -> Iterator[np.ndarray]:
+    """The video at 25 fps, one frame [H, W, 3] uint8 at a time, as the sandboxed decoder
+    makes them: they pass through a pipe (a FIFO), so no frame is stored, whatever the
+    video's length (`read_frames` keeps them all, in a file). `stats` is filled at the end
+    (see read_frames). Stopping early (closing the generator) stops the decoder. VIDEO_*
+    errors, raised when the decoder's answer comes (after the frames it did make)."""
+    limits = limits or Limits.from_settings()
+    with tempfile.TemporaryDirectory(prefix="talkingface-frames-") as tmp:
+        fifo = os.path.join(tmp, "frames")
+        os.mkfifo(fifo, 0o600)
+        params = {"out": fifo, "max_seconds": float(max_seconds), "size": size, "headers": True}
+        answer: dict = {}
+
+        def decode() -> None:
+            try:
+                answer["meta"], _ = run_task(FRAMES_TASK, data, params, limits)
+            except SandboxError as exc:
+                answer["error"] = exc
+
+        worker = threading.Thread(target=decode, name="video-decode", daemon=True)
+        worker.start()
+        # Non-blocking: the decoder may fail before it opens its end, and must not hang us.
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            reader = _FifoReader(fd, worker)
+            while True:
+                head = reader.read(_FRAME_HEADER.size)
+                if head is None:
+                    break
+                shape = _FRAME_HEADER.unpack(head)
+                body = reader.read(int(np.prod(shape)))
+                if body is None:
+                    break
+                yield np.frombuffer(body, np.uint8).reshape(shape)
+        finally:
+            os.close(fd)  # a decoder still writing gets a broken pipe and stops
+            while worker.is_alive():  # one still opening its end: let it open, then break it
+                with contextlib.suppress(OSError):
+                    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+                worker.join(0.05)
+        if "error" in answer:
+            raise _error(answer["error"], limits)
+        if stats is not None:
+            stats.update({k: answer["meta"][k] for k in STATS})
+
+
+class _FifoReader:
+    """Exact-size reads from a non-blocking FIFO whose writer is a sandboxed decoder: waits
+    while the writer is alive (or has not opened its end yet), None at its end."""
+
+    def __init__(self, fd: int, writer: threading.Thread) -> None:
+        self.fd, self.writer = fd, writer
+
+    def read(self, n: int) -> bytes | None:
+        import select
+
+        parts, got = [], 0
+        while got < n:
+            try:
+                chunk = os.read(self.fd, min(n - got, 1 << 20))
+            except BlockingIOError:  # the writer is there, nothing written yet
+                select.select([self.fd], [], [], 0.5)
+                continue
+            if chunk:
+                parts.append(chunk)
+                got += len(chunk)
+                continue
+            # End of file: no writer yet, or the writer is done.
+            if not self.writer.is_alive():
+                with contextlib.suppress(BlockingIOError):
+                    rest = os.read(self.fd, n - got)
+                    if rest:
+                        parts.append(rest)
+                        got += len(rest)
+                        continue
+                return None
+            time.sleep(0.005)
+        return b"".join(parts)
