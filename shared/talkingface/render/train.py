@@ -330,6 +330,7 @@ def train(
     if config.refine_poses:
         features = pose_features(video.R, video.t, train_frames)
         refinement = PoseRefinement(features, len(train_frames)).to(dev)
+        video_index = torch.as_tensor(train_frames, device=dev)  # sampler row -> video frame
         optimiser.add_param_group({"params": list(refinement.parameters()), "lr": config.pose_lr})
     base = [g["lr"] for g in optimiser.param_groups]
     steps = config.steps if stop_at is None else min(stop_at, config.steps)
@@ -350,7 +351,7 @@ def train(
         frame, xy, target, bg = sampler.sample(config.batch_rays)
         R, t = sampler.R[frame.cpu()].to(dev), sampler.t[frame.cpu()].to(dev)
         if refinement is not None:
-            R, t = refinement.apply(frame, torch.as_tensor(train_frames, device=dev)[frame], R, t)
+            R, t = refinement.apply(frame, video_index[frame], R, t)
         origins, dirs = camera_rays(renderer.K, R, t, xy)
         cond = fld.encode_landmarks(sampler.lm3d[frame.cpu()].to(dev))
         result = render_rays(
