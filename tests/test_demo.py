@@ -65,14 +65,13 @@ def test_the_demo_on_a_persons_own_video(tmp_path, cache):
     """`demo --video F`: ingest -> training -> the video's held-out stretch through the fleet."""
     from talkingface.data.synthtalk.avatar import build_avatar
     from talkingface.data.synthtalk.fileformat import read_avatar
+    from talkingface.face.models import models_dir
     from talkingface.media import write_mp4
 
     build_avatar(tmp_path / "person", seconds=8.0, seed=5, size=256, progress=False)
     person = read_avatar(tmp_path / "person")
     video = tmp_path / "me.mp4"
     write_mp4(video, person["frames"], 25, person["audio"], 16000, crf=18)
-    from talkingface.face.models import models_dir
-
     # Run after the SynthTalk demo (file order), the corpus and motion models come cached.
     shared = any(cache.glob("demo/tiny-[0-9a-f]*/motion/.done"))
     if not (cache / "models").exists():
