@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from PIL import Image
 from talkingface import __version__
 from talkingface.errors import TalkingFaceError
 from talkingface.face.ibug68 import IBUG68, REGIONS, interocular
+from talkingface.face.masks import background_plate, neck_cut
 from talkingface.face.pose import (
     apply,
     canonical_shape,
@@ -59,7 +59,6 @@ MAX_MULTI_FACE_COUNTS = 3  # more face counts than this seeing two faces: VIDEO_
 MIN_FACE_PX = 40  # median inter-ocular distance below this: VIDEO_FACE_TOO_SMALL
 EXTREME_YAW, EXTREME_PITCH = 45.0, 35.0  # VIDEO_EXTREME_POSE when most frames pass these
 MIN_MOUTH_MOTION = 0.01  # std of the mouth opening (canonical units) below this: VIDEO_FROZEN
-NECK_CUT = 0.2  # the head mask ends this far (canonical units: 2 cm) below the lowest chin
 SMOOTH_MIN_CUTOFF, SMOOTH_BETA = 3.0, 1.0  # One-Euro: Hz, and Hz per (pixel / s)
 STILL_IMAGE_CODECS = {"png", "mjpeg", "jpegls", "bmp", "gif", "webp", "tiff", "jpeg2000"}
 D = np.diag([1.0, -1.0, -1.0])  # image axes (x right, y down, z away) <-> contract axes
@@ -351,7 +350,7 @@ def _write(out, frames, count, frame_hw, track, geometry, audio, size, say) -> d
     torsos = np.lib.format.open_memmap(out / "torso_masks.npy", mode="w+", dtype=np.bool_,
                                        shape=(count, size, size))  # fmt: skip
     segmenter = PersonSegmenter()
-    below = _below_the_neck_cut(geometry, K, size)
+    below = neck_cut(geometry["lm3d"], geometry["R"], geometry["t"], K, size)
     coverage = []
     transform = (1 / scale, 0.0, x0, 0.0, 1 / scale, y0)  # output -> source, pixel corners
     for i, source in enumerate(frames):
@@ -373,7 +372,7 @@ def _write(out, frames, count, frame_hw, track, geometry, audio, size, say) -> d
     heads.flush()
     torsos.flush()
     say("plate", 0.9)
-    background, unseen = _plate(video, heads, torsos)
+    background, unseen = background_plate(video, heads, torsos)
     np.save(out / "background.npy", background)
     write_wav(out / "audio.wav", audio, SAMPLE_RATE)
     np.savez_compressed(out / "landmarks.npz", lm3d=geometry["lm3d"], lm2d=lm2d)
@@ -413,65 +412,6 @@ def _write(out, frames, count, frame_hw, track, geometry, audio, size, say) -> d
         "regions": {name: [sl.start, sl.stop] for name, sl in REGIONS.items()},
         "warnings": [],
     }  # fmt: skip
-
-
-def _below_the_neck_cut(geometry: dict, K: np.ndarray, size: int) -> Callable[[int], np.ndarray]:
-    """Frame i -> bool [size, size]: the pixels below the neck cut, a line rigid with the head:
-    the projection of a canonical line NECK_CUT units below the lowest chin (the jaw open)
-    at half the chin's depth. Rigid with the head, the cut keeps the same part of the head
-    in the head mask whatever the pose, so carving the renderer's empty space from the masks
-    never cuts off the jaw of a head tipped back."""
-    lm3d = geometry["lm3d"]
-    y_cut = float(lm3d[:, 8, 1].min()) - NECK_CUT
-    z_cut = 0.5 * float(np.median(lm3d[:, 8, 2]))
-    ends = np.array([[-2.0, y_cut, z_cut], [2.0, y_cut, z_cut], [0.0, 0.0, z_cut]])
-    R, t = geometry["R"].astype(np.float64), geometry["t"].astype(np.float64)
-    cam = np.einsum("tij,nj->tni", R, ends) + t[:, None]
-    uv = np.einsum("ij,tnj->tni", K.astype(np.float64), cam)
-    uv = uv[..., :2] / uv[..., 2:]
-    xs = np.arange(size, dtype=np.float64) + 0.5
-    gx, gy = np.meshgrid(xs, xs)
-
-    def below(i: int) -> np.ndarray:
-        (ax, ay), (bx, by), (hx, hy) = uv[i]
-        side = (bx - ax) * (gy - ay) - (by - ay) * (gx - ax)
-        head = (bx - ax) * (hy - ay) - (by - ay) * (hx - ax)
-        return side * np.sign(head) < 0
-
-    return below
-
-
-def _plate(video, heads, torsos) -> tuple[np.ndarray, float]:
-    """Per-pixel median over the frames where the pixel is background. Pixels never seen
-    uncovered: where the torso covers them (shoulders, which the head renderer does not
-    model) the median of every frame, so the plate carries the torso as it mostly is; the
-    rest (behind the head) from their nearest seen neighbour. Returns the plate and the
-    unseen share."""
-    from scipy import ndimage
-
-    count, size = video.shape[0], video.shape[1]
-    step = max(1, count // 200)  # the median of at most ~200 frames
-    stack = np.asarray(video[::step], np.float32)
-    head, torso = np.asarray(heads[::step]), np.asarray(torsos[::step])
-    everything = np.median(stack, axis=0)
-    # A margin around the person: the segmentation's edge is soft, and hair or skin there
-    # would leak into the plate.
-    grow = np.ones((1, 3, 3), bool)
-    person = ndimage.binary_dilation(head | torso, grow, iterations=max(1, size // 64))
-    stack[person] = np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # pixels never seen: filled below
-        plate = np.nanmedian(stack, axis=0)
-    unseen = np.isnan(plate[..., 0])
-    shoulders = unseen & (torso.mean(axis=0) > head.mean(axis=0))
-    plate[shoulders] = everything[shoulders]
-    rest = unseen & ~shoulders
-    if rest.all():
-        plate = everything
-    elif rest.any():
-        _, (iy, ix) = ndimage.distance_transform_edt(rest, return_indices=True)
-        plate = plate[iy, ix]
-    return np.clip(np.rint(plate), 0, 255).astype(np.uint8), float(unseen.mean())
 
 
 def write_preview(root: Path | str, out: Path | str | None = None) -> Path:

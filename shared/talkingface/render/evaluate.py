@@ -112,9 +112,9 @@ def evaluate(
     renderer_dir = Path(bundle_dir) / "renderer"
     renderer, track = load_renderer(renderer_dir, device)
     video = load_avatar(avatar_dir, renderer.config.size)
-    if renderer.config.refine_poses and len(track["R"]) == len(video):
-        # Poses refined with the field (training frames) and corrected by the model fitted on
-        # them (held-out frames): the track the renderer was trained and saved with.
+    if len(track["R"]) == len(video):
+        # The track the renderer saved: the avatar's poses, or, refined with the field, the
+        # training frames' own and the held-out frames' predicted from the training frames.
         video.R, video.t = np.asarray(track["R"]), np.asarray(track["t"])
     result = evaluate_renderer(renderer, video, max_frames)
     meta = read_meta(renderer_dir)

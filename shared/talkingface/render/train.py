@@ -282,12 +282,13 @@ def corrected_track(video: AvatarVideo, frames: np.ndarray,
     held-out pixel has seen."""
     with torch.no_grad():
         every = torch.arange(len(video), device=refinement.linear.device)
-        c = refinement.correction(None, every).cpu().double()
+        linear = refinement.correction(None, every).cpu().double()
+        c = linear.clone()
         rows = torch.from_numpy(np.asarray(frames))
         c[rows] += refinement.residual.detach().cpu().double()
         R = (torch.from_numpy(np.asarray(video.R, np.float64)) @ so3_exp(c[:, :3])).numpy()
     t = np.asarray(video.t, np.float64) + c[:, 3:].numpy()
-    linear = refinement.correction(None, every).detach().cpu().numpy()[frames]
+    linear = linear.numpy()[frames]
     own = c.numpy()[frames]
     stats = {
         "rotation_deg_median": round(
