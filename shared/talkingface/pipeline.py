@@ -39,7 +39,8 @@ def predict_landmarks(
 ) -> dict[str, Any]:
     """The first three stages on 16 kHz audio: `features` (the extraction), `motion` (lm3d
     from the motion model with the bundle's postnet, or around the avatar's mean face) and
-    `projection` (onto the avatar's training landmarks), plus `postnet` (applied or not)."""
+    `projection` (onto the avatar's training landmarks), plus `postnet` (applied or not) and
+    `mean_face` (the avatar's, [68, 3], which the motion was placed around)."""
     from talkingface.audio import extract
     from talkingface.landmarks.bundle import PROJECTION_CONFIG, PROJECTION_INDEX, index_from_files
     from talkingface.motion.data import _front_end
@@ -67,6 +68,7 @@ def predict_landmarks(
         "motion": lm3d,
         "projection": index.project(lm3d, k=k, alpha=alpha),
         "postnet": postnet is not None,
+        "mean_face": np.asarray(postnet.mean_face if postnet else mean_face, np.float32),
     }
 
 

@@ -36,3 +36,39 @@ def test_ridge_fits_its_training_data_better_than_no_motion(tiny_data):
     baseline = motion_metrics(still, [u.lm3d for u in corpus.train])
     assert fitted["l2_mm"] < 0.9 * baseline["l2_mm"]
     assert fitted["mouth_open_r"] > 0.5
+
+
+def test_nothing_of_the_evaluated_utterances_but_their_audio_reaches_a_prediction(
+    tiny_corpus, tiny_ckpt, tmp_path
+):
+    """The evaluated utterances' landmarks replaced by nonsense: every mean face and every
+    prediction stays the same (before the fix, a test speaker's mean face averaged them in)."""
+    import shutil
+
+    from talkingface.motion.data import evaluated_ids, load_corpus
+    from talkingface.motion.infer import MotionModel
+    from talkingface.motion.train import generate_many
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_corpus, tampered)
+    cache = tmp_path / "cache"
+    before = load_corpus(tiny_corpus, cache, progress=False, workers=1)
+    scored = evaluated_ids([(u.id, u.speaker, u.split) for u in before])
+    assert scored and scored < {u.id for u in before if u.split == "test"}
+    for u in before:
+        if u.id in scored:
+            path = next((tampered / "landmarks").glob(f"{u.id}.npz"))
+            with np.load(path) as data:
+                arrays = {k: data[k] for k in data.files}
+            arrays["lm3d"] = arrays["lm3d"] + np.float32(0.5)  # 5 cm off, every point
+            np.savez(path, **arrays)
+    after = load_corpus(tampered, cache, progress=False, workers=1)
+    by_id = {u.id: u for u in after}
+    for u in before:
+        assert np.array_equal(u.mean_face, by_id[u.id].mean_face), u.id
+        assert np.array_equal(u.lm3d, by_id[u.id].lm3d) == (u.id not in scored)
+    model = MotionModel.load(tiny_ckpt / "motion", device="cpu")
+    evaluated = sorted((u for u in before if u.id in scored), key=lambda u: u.id)
+    again = [by_id[u.id] for u in evaluated]
+    predicted = zip(generate_many(model, evaluated, 7), generate_many(model, again, 7), strict=True)
+    assert all(np.array_equal(p, q) for p, q in predicted)

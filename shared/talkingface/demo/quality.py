@@ -95,7 +95,7 @@ def measure(clip_dir: Path, video_path: Path, bundle_dir: Path, ckpt_dir: Path,
     m = min(len(projected), len(gt))
     lips = motion_metrics([projected[:m]], [gt[:m]])
     scorer = SyncScorer.load(ck.model_dir(ckpt_dir, "syncnet"))
-    face = gt.mean(axis=0)
+    face = predicted["mean_face"]  # the avatar's, from its training frames only
     features = predicted["features"].features
     sync = scorer.score([(features, projected[:m], face)])
     sync_truth = scorer.score([(features, gt[:m], face)])

@@ -6,8 +6,10 @@ For each utterance of a SynthTalk corpus (or any corpus in its format) we hold:
   default or HuBERT when configured) computed from the utterance's audio: the model sees at
   training time exactly what the service sees at inference;
 - `f0_bins` [T]: the stage's discretised pitch (0 = unvoiced);
-- `lm3d` [T, 68, 3] ground truth, and the speaker's mean face (over all of the speaker's
-  frames).
+- `lm3d` [T, 68, 3] ground truth, and the speaker's mean face: over all of the speaker's
+  frames, except for `test` speakers, whose evaluated utterances (`evaluated_half`) take no
+  part: their mean face comes from their adaptation half only, as an avatar's comes from its
+  training video, so no evaluation reads anything of what it scores but the model's inputs.
 
 The model predicts **motion**: `delta = lm3d - mean face of that person`. Identity is not
 predictable from audio; at inference the person's mean face comes from the avatar (its
@@ -53,7 +55,7 @@ class Utterance:
     features: np.ndarray  # [T, D] float32, raw front-end output
     f0_bins: np.ndarray  # [T] int64
     lm3d: np.ndarray  # [T, 68, 3] float32
-    mean_face: np.ndarray  # [68, 3] float32: the speaker's mean over all their frames
+    mean_face: np.ndarray  # [68, 3] float32: the speaker's mean (module docstring)
 
     @property
     def frames(self) -> int:
@@ -204,8 +206,10 @@ def load_corpus(
             tmp.replace(cache)
     lms = {r.id: r.arrays()["lm3d"].astype(np.float32) for r in records}
     per_speaker: dict[str, list[np.ndarray]] = {}
+    evaluated = evaluated_ids([(r.id, r.record["speaker"], r.record["split"]) for r in records])
     for r in records:
-        per_speaker.setdefault(r.record["speaker"], []).append(lms[r.id])
+        if r.id not in evaluated:
+            per_speaker.setdefault(r.record["speaker"], []).append(lms[r.id])
     means = {s: np.concatenate(v).mean(axis=0).astype(np.float32) for s, v in per_speaker.items()}
     out = []
     for r in records:
@@ -230,6 +234,22 @@ def load_corpus(
             )
         )
     return out
+
+
+def evaluated_half(ids: list[str]) -> list[str]:
+    """The evaluated part of one `test` speaker's utterance ids: the second half in id order
+    (the first half is their adaptation data); none when they have fewer than two."""
+    ids = sorted(ids)
+    return ids[len(ids) // 2 :] if len(ids) >= 2 else []
+
+
+def evaluated_ids(records: list[tuple[str, str, str]]) -> set[str]:
+    """Ids of the utterances `eval motion` scores, from (id, speaker, split) records."""
+    by_speaker: dict[str, list[str]] = {}
+    for uid, speaker, name in records:
+        if name == "test":
+            by_speaker.setdefault(speaker, []).append(uid)
+    return {uid for ids in by_speaker.values() for uid in evaluated_half(ids)}
 
 
 def split(utterances: list[Utterance], name: str) -> list[Utterance]:

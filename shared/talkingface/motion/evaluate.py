@@ -8,7 +8,9 @@ avatar's training video), the second half is **evaluated**. Every row below is m
 the same evaluated utterances, so the rows compare directly.
 
 Identity is not predicted from audio: every prediction is placed around the speaker's own
-mean face (as an avatar supplies it), so the metrics measure motion only.
+mean face (as an avatar supplies it), so the metrics measure motion only. That mean face is
+taken from the speaker's adaptation half alone (`motion.data.evaluated_half`): nothing of the
+evaluated utterances but their audio reaches a prediction.
 
 Rows
 - `mean_face`: no motion at all (every frame = the speaker's mean face);
@@ -36,7 +38,7 @@ import numpy as np
 from talkingface.data.synthtalk.corpus import HELDOUT_LANGUAGE
 from talkingface.motion import checkpoint as ck
 from talkingface.motion.adapt import postnet_config, train_postnet
-from talkingface.motion.data import Stats, Utterance, split
+from talkingface.motion.data import Stats, Utterance, evaluated_half, split
 from talkingface.motion.infer import MotionModel, SyncScorer
 from talkingface.motion.metrics import motion_metrics
 from talkingface.motion.train import generate_many, load_syncnet, prepare_corpus
@@ -64,11 +66,10 @@ def eval_split(test: list[Utterance]) -> tuple[dict[str, list[Utterance]], list[
         by_speaker.setdefault(u.speaker, []).append(u)
     adapt, evaluated = {}, []
     for speaker, utts in sorted(by_speaker.items()):
-        if len(utts) < 2:
-            continue
-        half = len(utts) // 2
-        adapt[speaker] = utts[:half]
-        evaluated += utts[half:]
+        later = set(evaluated_half([u.id for u in utts]))
+        if later:
+            adapt[speaker] = [u for u in utts if u.id not in later]
+            evaluated += [u for u in utts if u.id in later]
     return adapt, evaluated
 
 
