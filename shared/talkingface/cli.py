@@ -89,6 +89,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
                 args.seed,
                 language=args.language,
                 seconds=args.seconds,
+                pose_start=args.pose_start,
                 progress=progress,
             )
         else:
@@ -140,6 +141,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     clip.add_argument("--seed", type=int, default=0, help="same seed, same clip (0)")
     clip.add_argument("--language", help="espeak language (default: the held-out one)")
     clip.add_argument("--seconds", type=float, default=5.0, help="seconds of speech (5)")
+    clip.add_argument("--pose-start", type=int, default=0,
+                      help="replay the avatar's pose track from this frame (0)")  # fmt: skip
     clip.add_argument("--json", action="store_true", help="print the manifest as JSON")
     clip.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_cmd_synth)
@@ -179,7 +182,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
         result = render_file(
             bundle, args.audio, args.out, motion, k=args.k, alpha=args.alpha,
             seed=args.seed, temperature=args.temperature, pose_mode=args.pose_mode,
-            hubert=settings.hubert_checkpoint or None, pitch_method=settings.pitch_method,
+            pose_start=args.pose_start, hubert=settings.hubert_checkpoint or None,
+            pitch_method=settings.pitch_method,
             device=device, max_seconds=settings.audio_max_seconds,
         )  # fmt: skip
     except TalkingFaceError as exc:
@@ -209,6 +213,8 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
     render.add_argument("--seed", type=int, default=0)
     render.add_argument("--temperature", type=float, help="motion sampling temperature")
     render.add_argument("--pose-mode", choices=("pingpong", "loop"), default="pingpong")
+    render.add_argument("--pose-start", type=int, default=0,
+                        help="the pose replay's first frame in the avatar's track (0)")
     render.add_argument("--json", action="store_true", help="one JSON object as the last line")
     render.set_defaults(func=_cmd_render)
 

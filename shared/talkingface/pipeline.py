@@ -83,6 +83,7 @@ def render_file(
     seed: int = 0,
     temperature: float | None = None,
     pose_mode: str = "pingpong",
+    pose_start: int = 0,
     batch_frames: int = 4,
     hubert: str | None = None,
     pitch_method: str = "dio",
@@ -102,7 +103,9 @@ def render_file(
     )  # fmt: skip
     projected = predicted["projection"]
     renderer, track = load_renderer(bundle / "renderer", device)
-    poses = pose_indices(len(projected.lm3d), len(track["R"]), pose_mode)
+    if not 0 <= pose_start < len(track["R"]):
+        raise ValueError(f"pose_start must lie in 0..{len(track['R']) - 1} (the avatar's track)")
+    poses = pose_indices(len(projected.lm3d), len(track["R"]), pose_mode, start=pose_start)
     frames_lm = projected.lm3d
     render_started = time.perf_counter()
 

@@ -26,3 +26,7 @@ def test_render_options_leave_unset_defaults_unset():
     with pytest.raises(TalkingFaceError) as caught:
         messages.render_options(pb.RenderOptions(resolution=messages.MAX_RESOLUTION + 2))
     assert caught.value.code == "INVALID_REQUEST"
+    assert messages.render_options(pb.RenderOptions(pose_start=7))["pose_start"] == 7
+    with pytest.raises(TalkingFaceError) as caught:
+        messages.render_options(pb.RenderOptions(pose_start=-1))
+    assert caught.value.code == "INVALID_REQUEST"

@@ -159,6 +159,16 @@ def test_pose_modes_replay_the_track_from_frame_zero(service, avatar, sequence):
     assert np.abs(loop.astype(int) - pingpong).max() > 10
 
 
+def test_pose_start_moves_the_replay_along_the_track(service, sequence):
+    """pose_start 90: frames 0..11 take poses 90..99, then 98, 97 (ping-pong turns back)."""
+    stub, _ = service
+    _, frames = _render(stub, _request(sequence, pose_start=90))
+    poses = [*range(90, 100), 98, 97]
+    request = _request(sequence, pose_mode=pb.POSE_MODE_EXPLICIT, pose_indices=poses)
+    _, explicit = _render(stub, request)
+    assert _rgb(frames).tobytes() == _rgb(explicit).tobytes()
+
+
 def test_resolution_resizes(service, sequence, full):
     stub, _ = service
     _, whole = full
@@ -248,6 +258,13 @@ def test_invalid_ranges(service, sequence, start, end):
             "INVALID_REQUEST",
         ),
         (None, {"pose_indices": [0]}, "INVALID_REQUEST"),
+        (None, {"pose_start": 100}, "INVALID_REQUEST"),  # the track has 100 frames
+        (None, {"pose_start": -1}, "INVALID_REQUEST"),
+        (
+            None,
+            {"pose_start": 1, "pose_mode": pb.POSE_MODE_EXPLICIT, "pose_indices": [0] * 12},
+            "INVALID_REQUEST",
+        ),
         (None, {"resolution": 33, "output": common_pb2.OUTPUT_MODE_STORE}, "INVALID_REQUEST"),
         (None, {"segment_prefix": "work/x"}, "INVALID_REQUEST"),  # frames are streamed
         (

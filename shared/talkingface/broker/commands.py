@@ -119,7 +119,7 @@ def render_options(args: argparse.Namespace):
 
     options = broker_pb2.RenderOptions(
         k=args.k or 0, seed=args.seed, temperature=args.temperature or 0.0,
-        resolution=args.resolution or 0,
+        resolution=args.resolution or 0, pose_start=getattr(args, "pose_start", 0) or 0,
         pose_mode={"pingpong": renderer_pb2.POSE_MODE_PING_PONG,
                    "loop": renderer_pb2.POSE_MODE_LOOP}[args.pose_mode],
     )  # fmt: skip
@@ -209,6 +209,8 @@ def add_submit(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--seed", type=int, default=0)
     submit.add_argument("--temperature", type=float, help="motion sampling temperature")
     submit.add_argument("--pose-mode", choices=("pingpong", "loop"), default="pingpong")
+    submit.add_argument("--pose-start", type=int, default=0,
+                        help="the pose replay's first frame in the avatar's track (0)")
     submit.add_argument("--resolution", type=int, help="output side in pixels (the avatar's)")
     submit.add_argument("--idempotency-key", help="the same key returns the same job")
     _add_client_options(submit)

@@ -63,6 +63,10 @@ def render_options(options: pb.RenderOptions) -> dict[str, Any]:
             "INVALID_REQUEST", "pose_mode must be PING_PONG or LOOP (EXPLICIT needs pose indices)"
         )
     out["pose_mode"] = POSE_MODES[options.pose_mode]
+    if options.pose_start < 0:
+        raise TalkingFaceError("INVALID_REQUEST", "pose_start must be 0 or more")
+    if options.pose_start:
+        out["pose_start"] = int(options.pose_start)
     if options.resolution and not (
         16 <= options.resolution <= MAX_RESOLUTION and options.resolution % 2 == 0
     ):

@@ -182,6 +182,7 @@ class RenderHandler:
             avatar=avatar,
             lm3d=payload,
             pose_mode=POSE_MODES[options.get("pose_mode", "pingpong")],
+            pose_start=int(options.get("pose_start", 0)),
             resolution=int(options.get("resolution", 0)),
             segment_prefix=f"{scratch.prefix}/segments",
         )

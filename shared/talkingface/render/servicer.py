@@ -17,8 +17,9 @@ ranges rendered separately and concatenated are byte-identical to one render of 
 to B - 1 extra frames at each end of a range; ranges cut at multiples of B cost nothing.
 Explicit poses exist only inside the range, so those batches are clipped to it instead.
 
-The pose of absolute frame i is the avatar's recorded track replayed from frame 0 (ping-pong
-by default, or loop) whatever the range, or the client's own `pose_indices`. An avatar's
+The pose of absolute frame i is the avatar's recorded track replayed from frame `pose_start`
+(0 by default; ping-pong by default, or loop) whatever the range, or the client's own
+`pose_indices`. An avatar's
 renderer is loaded from its bundle (`avatars/<id>/<version>/renderer/`, fetched into the cache
 directory) on first use and kept in a least-recently-used cache bounded in bytes
 (TALKINGFACE_RENDERER_CACHE_MB); a request without a version uses the latest, resolved on
@@ -119,6 +120,7 @@ class RenderPlan:
     size: int
     mode: str  # "loop", "pingpong" or "explicit"
     poses: np.ndarray | None
+    pose_start: int = 0  # track modes: where in the track the replay starts
 
 
 class RendererServicer:
@@ -174,6 +176,8 @@ class RendererServicer:
             raise TalkingFaceError(
                 "INVALID_REQUEST", "pose_indices are read only with POSE_MODE_EXPLICIT"
             )
+        if request.pose_start and request.pose_mode == pb.POSE_MODE_EXPLICIT:
+            raise TalkingFaceError("INVALID_REQUEST", "pose_start is read only with track modes")
         lm3d = self._lm3d(request.lm3d)
         start, end = _frame_range(request.start_frame, request.end_frame, len(lm3d))
         avatar = self._avatar(request.avatar)
@@ -189,7 +193,14 @@ class RendererServicer:
             poses = _explicit_poses(request.pose_indices, end - start, avatar.track_length)
             plan = RenderPlan(lm3d, start, end, size, "explicit", poses)
         else:
-            plan = RenderPlan(lm3d, start, end, size, TRACK_MODES[request.pose_mode], None)
+            if not 0 <= request.pose_start < avatar.track_length:
+                raise TalkingFaceError(
+                    "INVALID_REQUEST",
+                    f"pose_start must lie in 0..{avatar.track_length - 1} (the avatar's "
+                    f"recorded track), got {request.pose_start}",
+                )
+            plan = RenderPlan(lm3d, start, end, size, TRACK_MODES[request.pose_mode], None,
+                              request.pose_start)  # fmt: skip
         renderer = avatar.renderer
         yield pb.RenderResponse(
             summary=pb.RenderSummary(
@@ -230,7 +241,8 @@ class RendererServicer:
             if plan.poses is not None:
                 track = plan.poses[lo - plan.start : hi - plan.start]
             else:
-                track = pose_indices(hi - lo, avatar.track_length, plan.mode, start=lo)
+                track = pose_indices(hi - lo, avatar.track_length, plan.mode,
+                                     start=lo + plan.pose_start)  # fmt: skip
             pixels = self._run(avatar, plan.lm3d[lo:hi], track, plan.size)
             for i in range(max(lo, plan.start), min(hi, plan.end)):
                 yield i, pixels[i - lo]

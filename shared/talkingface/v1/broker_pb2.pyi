@@ -97,20 +97,22 @@ class UploadResponse(_message.Message):
     def __init__(self, upload_id: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class RenderOptions(_message.Message):
-    __slots__ = ("k", "alpha", "temperature", "seed", "pose_mode", "resolution")
+    __slots__ = ("k", "alpha", "temperature", "seed", "pose_mode", "resolution", "pose_start")
     K_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     POSE_MODE_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    POSE_START_FIELD_NUMBER: _ClassVar[int]
     k: int
     alpha: float
     temperature: float
     seed: int
     pose_mode: _renderer_pb2.PoseMode
     resolution: int
-    def __init__(self, k: _Optional[int] = ..., alpha: _Optional[float] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., pose_mode: _Optional[_Union[_renderer_pb2.PoseMode, str]] = ..., resolution: _Optional[int] = ...) -> None: ...
+    pose_start: int
+    def __init__(self, k: _Optional[int] = ..., alpha: _Optional[float] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., pose_mode: _Optional[_Union[_renderer_pb2.PoseMode, str]] = ..., resolution: _Optional[int] = ..., pose_start: _Optional[int] = ...) -> None: ...
 
 class SubmitRenderRequest(_message.Message):
     __slots__ = ("avatar_id", "avatar_version", "inline_audio", "upload_id", "options", "idempotency_key")

@@ -25,25 +25,25 @@ _sym_db = _symbol_database.Default()
 from talkingface.v1 import common_pb2 as talkingface_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtalkingface/v1/renderer.proto\x12\x0etalkingface.v1\x1a\x1btalkingface/v1/common.proto\"\xdb\x02\n\rRenderRequest\x12)\n\x06\x61vatar\x18\x01 \x01(\x0b\x32\x19.talkingface.v1.AvatarRef\x12+\n\x04lm3d\x18\x02 \x01(\x0b\x32\x1d.talkingface.v1.TensorPayload\x12\x13\n\x0bstart_frame\x18\x03 \x01(\x05\x12\x11\n\tend_frame\x18\x04 \x01(\x05\x12+\n\tpose_mode\x18\x05 \x01(\x0e\x32\x18.talkingface.v1.PoseMode\x12\x14\n\x0cpose_indices\x18\x06 \x03(\x05\x12\x12\n\nresolution\x18\x07 \x01(\x05\x12/\n\x08\x65ncoding\x18\x08 \x01(\x0e\x32\x1d.talkingface.v1.FrameEncoding\x12*\n\x06output\x18\t \x01(\x0e\x32\x1a.talkingface.v1.OutputMode\x12\x16\n\x0esegment_prefix\x18\n \x01(\t\"t\n\x05\x46rame\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12/\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1d.talkingface.v1.FrameEncoding\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"l\n\rRenderSummary\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\"\xa0\x01\n\x0eRenderResponse\x12\x30\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.talkingface.v1.RenderSummaryH\x00\x12&\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x15.talkingface.v1.FrameH\x00\x12,\n\x07segment\x18\x03 \x01(\x0b\x32\x19.talkingface.v1.ObjectRefH\x00\x42\x06\n\x04item*j\n\x08PoseMode\x12\x19\n\x15POSE_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0ePOSE_MODE_LOOP\x10\x01\x12\x17\n\x13POSE_MODE_PING_PONG\x10\x02\x12\x16\n\x12POSE_MODE_EXPLICIT\x10\x03*y\n\rFrameEncoding\x12\x1e\n\x1a\x46RAME_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46RAME_ENCODING_RGB8\x10\x01\x12\x16\n\x12\x46RAME_ENCODING_PNG\x10\x02\x12\x17\n\x13\x46RAME_ENCODING_JPEG\x10\x03\x32U\n\x08Renderer\x12I\n\x06Render\x12\x1d.talkingface.v1.RenderRequest\x1a\x1e.talkingface.v1.RenderResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtalkingface/v1/renderer.proto\x12\x0etalkingface.v1\x1a\x1btalkingface/v1/common.proto\"\xef\x02\n\rRenderRequest\x12)\n\x06\x61vatar\x18\x01 \x01(\x0b\x32\x19.talkingface.v1.AvatarRef\x12+\n\x04lm3d\x18\x02 \x01(\x0b\x32\x1d.talkingface.v1.TensorPayload\x12\x13\n\x0bstart_frame\x18\x03 \x01(\x05\x12\x11\n\tend_frame\x18\x04 \x01(\x05\x12+\n\tpose_mode\x18\x05 \x01(\x0e\x32\x18.talkingface.v1.PoseMode\x12\x14\n\x0cpose_indices\x18\x06 \x03(\x05\x12\x12\n\nresolution\x18\x07 \x01(\x05\x12/\n\x08\x65ncoding\x18\x08 \x01(\x0e\x32\x1d.talkingface.v1.FrameEncoding\x12*\n\x06output\x18\t \x01(\x0e\x32\x1a.talkingface.v1.OutputMode\x12\x16\n\x0esegment_prefix\x18\n \x01(\t\x12\x12\n\npose_start\x18\x0b \x01(\x05\"t\n\x05\x46rame\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12/\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1d.talkingface.v1.FrameEncoding\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"l\n\rRenderSummary\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\"\xa0\x01\n\x0eRenderResponse\x12\x30\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.talkingface.v1.RenderSummaryH\x00\x12&\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x15.talkingface.v1.FrameH\x00\x12,\n\x07segment\x18\x03 \x01(\x0b\x32\x19.talkingface.v1.ObjectRefH\x00\x42\x06\n\x04item*j\n\x08PoseMode\x12\x19\n\x15POSE_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0ePOSE_MODE_LOOP\x10\x01\x12\x17\n\x13POSE_MODE_PING_PONG\x10\x02\x12\x16\n\x12POSE_MODE_EXPLICIT\x10\x03*y\n\rFrameEncoding\x12\x1e\n\x1a\x46RAME_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46RAME_ENCODING_RGB8\x10\x01\x12\x16\n\x12\x46RAME_ENCODING_PNG\x10\x02\x12\x17\n\x13\x46RAME_ENCODING_JPEG\x10\x03\x32U\n\x08Renderer\x12I\n\x06Render\x12\x1d.talkingface.v1.RenderRequest\x1a\x1e.talkingface.v1.RenderResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talkingface.v1.renderer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POSEMODE']._serialized_start=819
-  _globals['_POSEMODE']._serialized_end=925
-  _globals['_FRAMEENCODING']._serialized_start=927
-  _globals['_FRAMEENCODING']._serialized_end=1048
+  _globals['_POSEMODE']._serialized_start=839
+  _globals['_POSEMODE']._serialized_end=945
+  _globals['_FRAMEENCODING']._serialized_start=947
+  _globals['_FRAMEENCODING']._serialized_end=1068
   _globals['_RENDERREQUEST']._serialized_start=79
-  _globals['_RENDERREQUEST']._serialized_end=426
-  _globals['_FRAME']._serialized_start=428
-  _globals['_FRAME']._serialized_end=544
-  _globals['_RENDERSUMMARY']._serialized_start=546
-  _globals['_RENDERSUMMARY']._serialized_end=654
-  _globals['_RENDERRESPONSE']._serialized_start=657
-  _globals['_RENDERRESPONSE']._serialized_end=817
-  _globals['_RENDERER']._serialized_start=1050
-  _globals['_RENDERER']._serialized_end=1135
+  _globals['_RENDERREQUEST']._serialized_end=446
+  _globals['_FRAME']._serialized_start=448
+  _globals['_FRAME']._serialized_end=564
+  _globals['_RENDERSUMMARY']._serialized_start=566
+  _globals['_RENDERSUMMARY']._serialized_end=674
+  _globals['_RENDERRESPONSE']._serialized_start=677
+  _globals['_RENDERRESPONSE']._serialized_end=837
+  _globals['_RENDERER']._serialized_start=1070
+  _globals['_RENDERER']._serialized_end=1155
 # @@protoc_insertion_point(module_scope)

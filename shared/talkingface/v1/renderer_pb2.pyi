@@ -31,7 +31,7 @@ FRAME_ENCODING_PNG: FrameEncoding
 FRAME_ENCODING_JPEG: FrameEncoding
 
 class RenderRequest(_message.Message):
-    __slots__ = ("avatar", "lm3d", "start_frame", "end_frame", "pose_mode", "pose_indices", "resolution", "encoding", "output", "segment_prefix")
+    __slots__ = ("avatar", "lm3d", "start_frame", "end_frame", "pose_mode", "pose_indices", "resolution", "encoding", "output", "segment_prefix", "pose_start")
     AVATAR_FIELD_NUMBER: _ClassVar[int]
     LM3D_FIELD_NUMBER: _ClassVar[int]
     START_FRAME_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class RenderRequest(_message.Message):
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    POSE_START_FIELD_NUMBER: _ClassVar[int]
     avatar: _common_pb2.AvatarRef
     lm3d: _common_pb2.TensorPayload
     start_frame: int
@@ -52,7 +53,8 @@ class RenderRequest(_message.Message):
     encoding: FrameEncoding
     output: _common_pb2.OutputMode
     segment_prefix: str
-    def __init__(self, avatar: _Optional[_Union[_common_pb2.AvatarRef, _Mapping]] = ..., lm3d: _Optional[_Union[_common_pb2.TensorPayload, _Mapping]] = ..., start_frame: _Optional[int] = ..., end_frame: _Optional[int] = ..., pose_mode: _Optional[_Union[PoseMode, str]] = ..., pose_indices: _Optional[_Iterable[int]] = ..., resolution: _Optional[int] = ..., encoding: _Optional[_Union[FrameEncoding, str]] = ..., output: _Optional[_Union[_common_pb2.OutputMode, str]] = ..., segment_prefix: _Optional[str] = ...) -> None: ...
+    pose_start: int
+    def __init__(self, avatar: _Optional[_Union[_common_pb2.AvatarRef, _Mapping]] = ..., lm3d: _Optional[_Union[_common_pb2.TensorPayload, _Mapping]] = ..., start_frame: _Optional[int] = ..., end_frame: _Optional[int] = ..., pose_mode: _Optional[_Union[PoseMode, str]] = ..., pose_indices: _Optional[_Iterable[int]] = ..., resolution: _Optional[int] = ..., encoding: _Optional[_Union[FrameEncoding, str]] = ..., output: _Optional[_Union[_common_pb2.OutputMode, str]] = ..., segment_prefix: _Optional[str] = ..., pose_start: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("index", "width", "height", "encoding", "data")

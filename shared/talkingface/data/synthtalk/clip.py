@@ -6,9 +6,11 @@ against the avatar's manifest. What the person says is new: sentences in `langua
 (default the corpus's held-out language, which no motion model trains on) that are not in
 the avatar's script, read by a voice drawn from the clip's own seed. The ground-truth
 landmarks come from `articulate` with the avatar's speaker, and each frame is rendered with
-the avatar's recorded head-pose track replayed back and forth from frame 0, with exactly the
-indices the renderer service uses (`talkingface.render.checkpoint.pose_indices`), so a
-rendered frame and its ground truth share the head pose (docs/synthtalk.md).
+the avatar's recorded head-pose track replayed back and forth from frame `pose_start` (0 by
+default), with exactly the indices the renderer service uses
+(`talkingface.render.checkpoint.pose_indices`), so a rendered frame and its ground truth share
+the head pose (docs/synthtalk.md). Starting at the avatar's `val` split puts the clip on head
+poses its renderer never trained on (what the demo does).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ def build_clip(
     *,
     language: str | None = None,
     seconds: float = 5.0,
+    pose_start: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write a clip of the avatar in `avatar_dir` saying about `seconds` of new sentences into
@@ -107,7 +110,9 @@ def build_clip(
     audio, phonemes, sentences = read_script(seconds, stream_rng(seed, SCRIPT), voice, avoid)
     track = articulate(phonemes, audio, ff.SAMPLE_RATE, speaker, stream_rng(seed, ARTICULATION))
     frames = track.landmarks.shape[0]
-    indices = pose_indices(frames, len(track_R), POSE_MODE)
+    if not 0 <= pose_start < len(track_R):
+        raise ValueError(f"pose_start must lie in 0..{len(track_R) - 1} (the avatar's track)")
+    indices = pose_indices(frames, len(track_R), POSE_MODE, start=pose_start)
     rotations, translations = track_R[indices], track_t[indices]
 
     size = int(avatar["size"])
@@ -136,7 +141,7 @@ def build_clip(
             "language": avatar["language"],
             "voice_id": avatar["voice"]["voice_id"],
         },
-        "pose": {"mode": POSE_MODE, "start": 0, "track_frames": len(track_R)},
+        "pose": {"mode": POSE_MODE, "start": pose_start, "track_frames": len(track_R)},
         "camera": {
             "K": renderer.K.tolist(),
             "convention": "p_cam = R @ p_canonical + t; OpenCV camera (x right, y down, z forward)",
