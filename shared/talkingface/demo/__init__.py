@@ -12,8 +12,9 @@
 4. The clip's audio submitted through the broker's API like any client would, with a
    progress bar; the mp4 downloaded to `out/demo.mp4`; `out/demo_side_by_side.mp4` shows the
    ground truth | the rendered video, with the audio.
-5. Quality, printed and written to `out/demo_metrics.json`: rendering (PSNR, SSIM and lip-box
-   PSNR against the ground-truth frames, which share the head poses) and lip sync (mouth
+5. Quality, printed and written to `out/demo_metrics.json`: rendering (head-region and lip-box
+   PSNR against the ground-truth frames, which share the head poses; whole-frame PSNR and SSIM
+   labelled as such) and lip sync (mouth
    landmark distance, mouth-opening correlation and sync-expert confidence of the landmarks
    that drove the renderer, against the clip's true landmarks).
 
@@ -21,8 +22,9 @@
 avatar: `avatar ingest` (docs/ingest.md) makes the avatar directory; the held-out sentence is
 the video's own held-out stretch (its `val` split, the last 1/11, which no model trains on):
 its sound goes through the fleet, and the lip sync is measured against the landmarks tracked
-there. The rendered frames are not compared with that stretch's pixels: the fleet renders on
-the avatar's own pose track, not on the poses the person had while saying it.
+there. In both, the fleet replays the avatar's pose track from the first frame of its
+held-out stretch (`RenderOptions.pose_start`): the clip is rendered on head poses the renderer
+never trained on, the ones the clip was posed on (SynthTalk) or estimated at (a video).
 
 Everything trained is cached in `<TALKINGFACE_CACHE_DIR>/demo/<plan>-<hash>/` (default
 `~/.cache/talkingface/demo/cpu-…/`), one folder per step with a `.done` marker written last,
@@ -143,7 +145,7 @@ class Demo:
         rendered = self._render_through_the_fleet()
         clip, video = self._data_dir("clip"), self.out / "demo.mp4"
         metrics = measure(clip, video, self._data_dir("bundle"), self._data_dir("ckpt"),
-                          compare_pixels=self.video is None)  # fmt: skip
+                          poses=(self.pose_start(), self.track_frames()))  # fmt: skip
         metrics["render_fps"] = rendered["job"].get("metrics", {}).get("render_fps")
         side_by_side(clip, video, self.out / "demo_side_by_side.mp4")
         report = {
@@ -178,12 +180,26 @@ class Demo:
                        str(self._data_dir("avatar"))],
             fresh_dir=self._data_dir("avatar"),
         )  # fmt: skip
+        # The clip replays the avatar's pose track from its held-out stretch: head poses the
+        # renderer never trained on (a clip cached from before, posed from frame 0, is redone).
+        start = self.pose_start()
         self._cli_step(
             "clip", ["synth", "clip", "--avatar", str(self._data_dir("avatar")), "--seconds",
-                     str(p.clip_seconds), "--seed", str(p.clip_seed), "--out",
-                     str(self._data_dir("clip"))],
-            fresh_dir=self._data_dir("clip"), force=self.ran_avatar,
+                     str(p.clip_seconds), "--seed", str(p.clip_seed), "--pose-start",
+                     str(start), "--out", str(self._data_dir("clip"))],
+            fresh_dir=self._data_dir("clip"),
+            force=self.ran_avatar or _clip_pose_start(self._data_dir("clip")) != start,
         )  # fmt: skip
+
+    def pose_start(self) -> int:
+        """The first frame of the avatar's `val` split: where the fleet's pose replay starts,
+        so the clip is rendered on head poses the renderer never trained on."""
+        manifest = json.loads((self._data_dir("avatar") / "synthtalk.json").read_text())
+        return int(manifest["splits"]["val"][0])
+
+    def track_frames(self) -> int:
+        manifest = json.loads((self._data_dir("avatar") / "synthtalk.json").read_text())
+        return int(manifest["frames"])
 
     def _data_from_video(self) -> None:
         """The avatar ingested from the person's video; the clip is its held-out stretch."""
@@ -257,6 +273,7 @@ class Demo:
         from talkingface.localfleet import LocalFleet, free_port
         from talkingface.render.commands import bundle_files
         from talkingface.storage import store_from_settings
+        from talkingface.v1 import broker_pb2
 
         settings = replace(
             self.settings,
@@ -289,14 +306,22 @@ class Demo:
             self.say(f"demo: avatar {AVATAR_ID!r} version {version} is in the fleet's store")
             self.say("demo: submitting the held-out clip's audio through the broker API")
             started = time.perf_counter()
+            options = broker_pb2.RenderOptions(pose_start=self.pose_start())
             with BrokerClient(fleet.broker_address, TENANT) as client:
-                job = submit_and_download(
-                    client, AVATAR_ID, self._data_dir("clip") / "audio.wav", self.out / "demo.mp4"
-                )
+                job = submit_and_download(client, AVATAR_ID, self._data_dir("clip") / "audio.wav",
+                                          self.out / "demo.mp4", options=options)  # fmt: skip
             self.timings["render_job"] = round(time.perf_counter() - started, 1)
         if job["state"] != "SUCCEEDED":
             raise DemoError(f"the render job ended {job['state']}: {job.get('error')}")
         return {"job": job, "version": version}
+
+
+def _clip_pose_start(clip_dir: Path) -> int | None:
+    """Where a finished SynthTalk clip's pose replay starts (None: no clip there)."""
+    try:
+        return int(json.loads((clip_dir / "synthtalk.json").read_text())["pose"]["start"])
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def held_out_clip(avatar_dir: Path, out: Path) -> None:
@@ -316,6 +341,7 @@ def held_out_clip(avatar_dir: Path, out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     np.save(out / "frames.npy", np.asarray(avatar["frames"][lo:hi]))
+    np.save(out / "masks.npy", np.asarray(avatar["masks"][lo:hi]))
     np.savez_compressed(out / "landmarks.npz", lm3d=avatar["lm3d"][lo:hi],
                         lm2d=avatar["lm2d"][lo:hi])  # fmt: skip
     write_wav(out / "audio.wav", avatar["audio"][lo * per_frame : hi * per_frame], rate)
