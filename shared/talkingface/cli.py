@@ -339,6 +339,8 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 
 def _add_train_eval(sub: argparse._SubParsersAction) -> None:
+    from talkingface.judge.commands import add_eval_arguments as add_judge_arguments
+    from talkingface.judge.commands import judge_or
     from talkingface.motion.commands import (
         add_eval_arguments,
         add_train_arguments,
@@ -348,22 +350,24 @@ def _add_train_eval(sub: argparse._SubParsersAction) -> None:
 
     train = sub.add_parser(
         "train",
-        help="train syncnet|motion|postnet|avatar",
+        help="train syncnet|motion|postnet|avatar|judge",
         description=(
             "Train the sync expert or the motion model on a SynthTalk corpus "
             "(--data CORPUS --out CKPT_DIR), or one avatar's postnet (--data AVATAR_DIR "
             "--ckpt CKPT_DIR --out POSTNET_DIR), or an avatar's renderer, projection index and "
             "postnet (--data AVATAR_DIR --out BUNDLE_DIR [--ckpt CKPT_DIR] [--publish ID]). "
-            "See docs/motion.md and docs/renderer.md."
+            "Or the independent lip-sync judge (--data CORPUS --out JUDGE_DIR). "
+            "See docs/motion.md, docs/renderer.md and docs/judge.md."
         ),
     )
-    train.add_argument("what", choices=("syncnet", "motion", "postnet", "avatar"))
+    train.add_argument("what", choices=("syncnet", "motion", "postnet", "avatar", "judge"))
     add_train_arguments(train)
-    train.set_defaults(func=cmd_train)
-    evaluate = sub.add_parser("eval", help="evaluate motion, projection or avatar (--json)")
-    evaluate.add_argument("what", choices=("motion", "projection", "avatar"))
+    train.set_defaults(func=judge_or(cmd_train, "train"))
+    evaluate = sub.add_parser("eval", help="evaluate motion, projection, avatar or judge (--json)")
+    evaluate.add_argument("what", choices=("motion", "projection", "avatar", "judge"))
     add_eval_arguments(evaluate)
-    evaluate.set_defaults(func=cmd_eval)
+    add_judge_arguments(evaluate)
+    evaluate.set_defaults(func=judge_or(cmd_eval, "eval"))
 
 
 def build_parser() -> argparse.ArgumentParser:
