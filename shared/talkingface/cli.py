@@ -213,8 +213,12 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
     render.add_argument("--seed", type=int, default=0)
     render.add_argument("--temperature", type=float, help="motion sampling temperature")
     render.add_argument("--pose-mode", choices=("pingpong", "loop"), default="pingpong")
-    render.add_argument("--pose-start", type=int, default=0,
-                        help="the pose replay's first frame in the avatar's track (0)")
+    render.add_argument(
+        "--pose-start",
+        type=int,
+        default=0,
+        help="the pose replay's first frame in the avatar's track (0)",
+    )
     render.add_argument("--json", action="store_true", help="one JSON object as the last line")
     render.set_defaults(func=_cmd_render)
 
