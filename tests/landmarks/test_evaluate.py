@@ -11,9 +11,12 @@ from talkingface.landmarks.bundle import avatar_index
 pytestmark = pytest.mark.slow
 
 
-def test_eval_projection_table4(tiny_ckpt, tiny_avatar, tiny_corpus, tmp_path, capsys, monkeypatch):
+def test_eval_projection_table4(
+    tiny_ckpt, tiny_avatar, tiny_corpus, tiny_judge, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("TALKINGFACE_CACHE_DIR", str(tmp_path / "cache"))
-    argv = ["eval", "projection", "--data", str(tiny_avatar), "--ckpt", str(tiny_ckpt)]
+    argv = ["eval", "projection", "--data", str(tiny_avatar), "--ckpt", str(tiny_ckpt),
+            "--judge", str(tiny_judge)]  # fmt: skip
     assert main([*argv, "--corpus", str(tiny_corpus), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     index = avatar_index(tiny_avatar)
@@ -25,12 +28,15 @@ def test_eval_projection_table4(tiny_ckpt, tiny_avatar, tiny_corpus, tmp_path, c
     truth, *by_alpha = rows
     assert truth["l2_mm"] == 0.0 and truth["mouth_lmd_mm"] == 0.0
     for row in [*rows, *result["table4"]["out_of_domain"]]:
-        assert 0.0 <= row["bad_case_pct"] <= 100.0 and row["dist_mm"] >= 0.0
+        assert 0.0 <= row["landmark_ood_pct"] <= 100.0 and row["dist_mm"] >= 0.0
         assert "sync_conf" in row  # the tiny checkpoint has a sync expert
+        assert "judge_conf" in row  # and the independent judge was given
+    assert result["judge"]["version"] and result["judge"]["disjoint"]
+    assert "flatters" in result["judges"]["sync_conf"]
     # Projection pulls the prediction toward the training set, monotonically in alpha.
     dists = [r["dist_mm"] for r in by_alpha]
     assert dists[0] > dists[1] > dists[2]
-    bad = [r["bad_case_pct"] for r in by_alpha]
+    bad = [r["landmark_ood_pct"] for r in by_alpha]
     assert bad[0] >= bad[1] >= bad[2]
     ood = result["table4"]["out_of_domain"]
     assert [r["alpha"] for r in ood] == [0.0, 0.5, 1.0]

@@ -72,3 +72,34 @@ def test_nothing_of_the_evaluated_utterances_but_their_audio_reaches_a_predictio
     again = [by_id[u.id] for u in evaluated]
     predicted = zip(generate_many(model, evaluated, 7), generate_many(model, again, 7), strict=True)
     assert all(np.array_equal(p, q) for p, q in predicted)
+
+
+def test_eval_motion_names_each_sync_score_for_its_judge(tiny_corpus, tiny_ckpt, tiny_judge):
+    from talkingface.motion.evaluate import evaluate
+
+    result = evaluate(tiny_corpus, tiny_ckpt, postnet=False, progress=False, judge_dir=tiny_judge)
+    rows = {r["name"]: r for r in result["rows"]}
+    truth, still = rows["ground truth (sync reference)"], rows["mean_face"]
+    for row in rows.values():
+        assert {"sync_conf", "judge_conf", "judge_offset_ok"} <= set(row)
+    # A face that does not move gives the judge nothing to align; the truth does.
+    assert truth["judge_conf"] > still["judge_conf"] + 0.05
+    judge = result["judge"]
+    assert judge["version"] and judge["disjoint"] and "offset_accuracy" in judge["truth"]
+    assert judge["truth_scores_highest"] == (judge["rows_above_truth"] == [])
+    assert "flatters" in result["judges"]["sync_*"]
+
+
+def test_a_judge_trained_on_the_evaluated_corpus_is_refused(tiny_corpus, tiny_ckpt, tmp_path):
+    import pytest
+
+    from talkingface.judge import preset
+    from talkingface.judge.train import train_judge
+    from talkingface.motion.data import load_corpus
+    from talkingface.motion.evaluate import evaluate
+
+    utts = load_corpus(tiny_corpus, tmp_path / "cache", progress=False, workers=1)
+    train_judge(utts, tiny_corpus, tmp_path / "judge", preset("tiny", steps=2), progress=False)
+    with pytest.raises(ValueError, match=r"seed|speaker"):
+        evaluate(tiny_corpus, tiny_ckpt, postnet=False, progress=False,
+                 judge_dir=tmp_path / "judge")  # fmt: skip

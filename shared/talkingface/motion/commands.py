@@ -286,6 +286,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             not args.no_postnet,
             not args.quiet,
             args.postnet_speakers,
+            judge_dir=getattr(args, "judge", None),
         )
     except (ValueError, FileNotFoundError, FormatError) as exc:
         return _fail("eval motion", exc)
@@ -309,6 +310,7 @@ def _eval_projection(args: argparse.Namespace, settings) -> int:
             postnet_dir=args.postnet,
             k=args.k,
             device=settings.device,
+            judge_dir=getattr(args, "judge", None),
         )
     except (ValueError, FileNotFoundError, FormatError) as exc:
         return _fail("eval projection", exc)

@@ -24,12 +24,20 @@ Rows
   each VAE variant with a postnet adapted to each of those speakers, next to the baselines
   and `vae[full]` on the same utterances.
 A row whose VAE variant is missing from the checkpoint directory is listed in `missing`.
+
+Lip sync is scored twice, and each score is named for its judge: `sync_*` by our sync
+expert, which the motion model was trained against as a loss (it flatters the model:
+predictions outscore the truth), and, with `judge_dir`, `judge_*` by the independent judge
+(`talkingface.judge`: its own architecture, objective and training speakers, checked
+disjoint from this corpus's; never a loss), whose report on the evaluated ground truth is in
+`judge.truth`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +65,37 @@ TABLE3 = (
     ("GeneFace (no pitch)", "no_pitch", False),
     ("w/o temporal loss", "no_temporal", True),
 )
+
+
+@dataclass
+class Judges:
+    """The sync expert (`sync_*`) and, when given, the independent judge (`judge_*`)."""
+
+    expert: SyncScorer | None
+    judge: Any = None  # talkingface.judge.Judge
+
+    def score(self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
+        out = self.expert.score(items) if self.expert is not None else {}
+        if self.judge is not None:
+            out.update(self.judge.score([(f, lm) for f, lm, _ in items]))
+        return out
+
+
+def load_judge(judge_dir: Path | str, corpus: Path | str) -> tuple[Any, dict[str, Any]]:
+    """(the judge, its provenance) after checking its speakers are not the corpus's."""
+    from talkingface.judge import Judge, check_disjoint
+
+    disjoint = check_disjoint(judge_dir, corpus)
+    judge = Judge.load(judge_dir)
+    return judge, {"dir": str(judge_dir), "version": judge.version, "disjoint": disjoint}
+
+
+def judge_verdict(rows: list[dict[str, Any]], truth_name: str) -> dict[str, Any]:
+    """Does the judge score the ground truth at least as high as every other row?"""
+    truth = next(r for r in rows if r["name"] == truth_name)
+    above = [r["name"] for r in rows if r is not truth and r.get("judge_conf", -np.inf)
+             > truth.get("judge_conf", np.inf)]  # fmt: skip
+    return {"truth_scores_highest": not above, "rows_above_truth": above}
 
 
 def eval_split(test: list[Utterance]) -> tuple[dict[str, list[Utterance]], list[Utterance]]:
@@ -177,6 +216,7 @@ def evaluate(
     postnet: bool = True,
     progress: bool = True,
     postnet_speakers: int = POSTNET_SPEAKERS,
+    judge_dir: Path | str | None = None,
 ) -> dict[str, Any]:
     """Every row of the module docstring as one JSON-ready dict."""
     started = time.perf_counter()
@@ -188,7 +228,10 @@ def evaluate(
     adapt, evaluated = eval_split(test)
     if not evaluated:
         raise ValueError(f"{data}: no test speaker has two or more utterances")
-    scorer = SyncScorer.load(ck.model_dir(ckpt, "syncnet"))
+    scorer = Judges(SyncScorer.load(ck.model_dir(ckpt, "syncnet")))
+    provenance = None
+    if judge_dir is not None:
+        scorer.judge, provenance = load_judge(judge_dir, data)
     ridge = Ridge(corpus.stats).fit(corpus.train, corpus.val[:64])
     rows = _baselines(evaluated, ridge, scorer)
     models: dict[str, MotionModel] = {}
@@ -209,11 +252,19 @@ def evaluate(
     result: dict[str, Any] = {
         "data": str(data),
         "ckpt": str(ckpt),
-        "units": "mm (1 lm3d unit = 100 mm); sync scores from our own sync expert",
+        "units": "mm (1 lm3d unit = 100 mm)",
+        "judges": {
+            "sync_*": "the sync expert the motion model was trained against (flatters it)",
+            "judge_*": "the independent judge (talkingface.judge)" if provenance else "not run",
+        },
         "eval_set": _summary(evaluated, adapt),
         "rows": rows,
         "margins": _margins({r["name"]: r for r in rows}, ("vae[full]",)),
     }
+    if scorer.judge is not None:
+        truth = [(u.features, u.lm3d) for u in evaluated]
+        result["judge"] = {**(provenance or {}), "truth": scorer.judge.truth_report(truth),
+                           **judge_verdict(rows, "ground truth (sync reference)")}  # fmt: skip
     heldout = {}
     for label, subset in (
         ("unseen_language", [u for u in evaluated if u.language == HELDOUT_LANGUAGE]),
