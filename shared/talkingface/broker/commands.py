@@ -209,8 +209,12 @@ def add_submit(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--seed", type=int, default=0)
     submit.add_argument("--temperature", type=float, help="motion sampling temperature")
     submit.add_argument("--pose-mode", choices=("pingpong", "loop"), default="pingpong")
-    submit.add_argument("--pose-start", type=int, default=0,
-                        help="the pose replay's first frame in the avatar's track (0)")
+    submit.add_argument(
+        "--pose-start",
+        type=int,
+        default=0,
+        help="the pose replay's first frame in the avatar's track (0)",
+    )
     submit.add_argument("--resolution", type=int, help="output side in pixels (the avatar's)")
     submit.add_argument("--idempotency-key", help="the same key returns the same job")
     _add_client_options(submit)
