@@ -49,7 +49,9 @@ from talkingface.demo.steps import DemoError, run_parallel, run_step
 
 AVATAR_ID = "demo"
 TENANT = "default"
-SHARED_STEPS = ("corpus", "syncnet", "motion", "ckpt")  # steps (and data) any avatar shares
+# Steps (and data) any avatar shares.
+SHARED_STEPS = ("corpus", "syncnet", "motion", "ckpt", "judge-corpus", "judge")
+JUDGE_FIELDS = ("judge_corpus_minutes", "judge_corpus_seed", "judge_steps")
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,16 @@ class DemoPlan:
     render_shard_frames: int = 32
     video_sha256: str = ""  # `--video`: the person's own video instead of the SynthTalk avatar
     video_fov: float = 40.0
+    # The independent lip-sync judge (docs/judge.md): its own corpus, another seed, so its
+    # speakers are not the motion model's. Not part of the key (nothing else depends on it):
+    # its steps run again when their arguments change.
+    judge_corpus_minutes: float = 10.0
+    judge_corpus_seed: int = 1007
+    judge_steps: int = 3000
 
     @property
     def key(self) -> str:
-        fields = asdict(self)
+        fields = {k: v for k, v in asdict(self).items() if k not in JUDGE_FIELDS}
         if not self.video_sha256:  # the SynthTalk plans' keys as before the video fields
             fields = {k: v for k, v in fields.items() if not k.startswith("video_")}
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
@@ -97,6 +105,8 @@ PLANS = {
         avatar_steps=30,
         clip_seconds=2.0,
         render_shard_frames=16,
+        judge_corpus_minutes=1.0,
+        judge_steps=60,
     ),
 }
 
@@ -145,7 +155,8 @@ class Demo:
         rendered = self._render_through_the_fleet()
         clip, video = self._data_dir("clip"), self.out / "demo.mp4"
         metrics = measure(clip, video, self._data_dir("bundle"), self._data_dir("ckpt"),
-                          poses=(self.pose_start(), self.track_frames()))  # fmt: skip
+                          poses=(self.pose_start(), self.track_frames()),
+                          judge_dir=self._data_dir("judge"))  # fmt: skip
         metrics["render_fps"] = rendered["job"].get("metrics", {}).get("render_fps")
         side_by_side(clip, video, self.out / "demo_side_by_side.mp4")
         report = {
@@ -246,12 +257,28 @@ class Demo:
                              "--preset", p.preset, "--steps", str(p.avatar_steps)],
                 threads=threads, force=self.ran_avatar,
             )  # fmt: skip
+            self._judge()
 
         run_parallel(motion_chain, avatar_chain)
         self._cli_step(
             "postnet", ["train", "postnet", "--data", str(avatar), "--ckpt", str(ckpt),
                         "--out", str(bundle / "postnet")],
             force=ran["motion"] or ran["renderer"],
+        )  # fmt: skip
+
+    def _judge(self) -> None:
+        """The independent lip-sync judge, on a corpus of its own (another seed)."""
+        p, corpus = self.plan, self._data_dir("judge-corpus")
+        ran = self._cli_step(
+            "judge-corpus", ["synth", "corpus", "--minutes", str(p.judge_corpus_minutes),
+                             "--seed", str(p.judge_corpus_seed), "--out", str(corpus)],
+            fresh_dir=corpus,
+        )  # fmt: skip
+        judge = self._data_dir("judge")
+        self._cli_step(
+            "judge", ["train", "judge", "--data", str(corpus), "--out", str(judge), "--preset",
+                      p.preset, "--steps", str(p.judge_steps)],
+            fresh_dir=judge, force=ran,
         )  # fmt: skip
 
     def _cli_step(self, name: str, argv: list[str], **options) -> bool:

@@ -8,8 +8,14 @@
   (`pose_start`), which the clip was posed on (SynthTalk) or filmed at (a video's own
   held-out stretch, at the poses the ingest estimated there), poses the renderer never
   trained on; `render.poses` says how many frames were.
-- Lip sync: mouth-landmark distance, mouth-opening correlation, landmark L2 and sync-expert
-  confidence of the landmarks that drove the renderer, against the clip's true landmarks.
+- Lip sync: mouth-landmark distance, mouth-opening correlation, landmark L2 of the landmarks
+  that drove the renderer, against the clip's true landmarks, and two sync scores of those
+  landmarks and of the truth, each named for its judge (`judges` says which is which): the
+  independent judge's `judge_conf` (docs/judge.md; the headline) and the sync expert's
+  `sync_conf` (the motion model was trained against it: it flatters the model). The
+  landmark out-of-distribution rate (`landmark_ood_rate`: frames the projection found far
+  from the avatar's training landmarks) is what projection minimises, not a rendering
+  failure count.
   Those landmarks are recomputed in-process (the same models, seed and options; the stages
   are deterministic), since a render job returns only the video.
 """
@@ -68,7 +74,8 @@ def _frame_pairs(clip_dir: Path, video_path: Path) -> tuple[dict[str, Any], np.n
 
 
 def measure(clip_dir: Path, video_path: Path, bundle_dir: Path, ckpt_dir: Path,
-            poses: tuple[int, int] = (0, 0)) -> dict[str, Any]:  # fmt: skip
+            poses: tuple[int, int] = (0, 0),
+            judge_dir: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Rendering and lip-sync quality of `video_path` against the clip (module docstring).
     `poses`: (the frame of the avatar's track the replay started at, the track's length,
     whose frames from the start one on were never trained on)."""
@@ -116,15 +123,27 @@ def measure(clip_dir: Path, video_path: Path, bundle_dir: Path, ckpt_dir: Path,
     features = predicted["features"].features
     sync = scorer.score([(features, projected[:m], face)])
     sync_truth = scorer.score([(features, gt[:m], face)])
+    judged: dict[str, Any] = {}
+    judges = {"sync_conf": "the sync expert the motion model was trained against (flatters it)"}
+    if judge_dir is not None and (Path(judge_dir) / "judge.json").is_file():
+        from talkingface.judge import Judge
+
+        judge = Judge.load(judge_dir)
+        mine, truth = judge.score([(features, projected[:m])]), judge.score([(features, gt[:m])])
+        judged = {"judge_conf": _r(mine["judge_conf"]), "judge_conf_truth": _r(truth["judge_conf"]),
+                  "judge_offset_ok": mine["judge_offset_ok"]}  # fmt: skip
+        judges["judge_conf"] = f"the independent judge {judge.version} (docs/judge.md)"
     return {
+        "judges": judges,
         "render": render,
         "lip_sync": {
             "mouth_lmd_mm": round(lips["mouth_lmd_mm"], 3),
             "mouth_open_r": round(lips["mouth_open_r"], 3),
             "l2_mm": round(lips["l2_mm"], 3),
+            **judged,
             "sync_conf": round(sync["sync_conf"], 3),
             "sync_conf_truth": round(sync_truth["sync_conf"], 3),
-            "bad_case_rate": round(float(predicted["projection"].bad_case_rate), 4),
+            "landmark_ood_rate": round(float(predicted["projection"].bad_case_rate), 4),
         },
         "clip": {
             "language": clip["manifest"]["language"],
@@ -132,6 +151,10 @@ def measure(clip_dir: Path, video_path: Path, bundle_dir: Path, ckpt_dir: Path,
             "seconds": round(len(audio) / rate, 2),
         },
     }
+
+
+def _r(value: float) -> float | None:
+    return round(float(value), 3) if np.isfinite(value) else None
 
 
 def _head_masks(clip: dict[str, Any], n: int, size: int) -> np.ndarray:
@@ -174,9 +197,12 @@ def print_report(report: dict[str, Any], say=print) -> None:
         p = r["poses"]
         say(f"demo: {p['frames_on_unseen_poses']} of {r['frames']} frames on head poses the "
             f"renderer never trained on (its track from frame {p['track_start']} on)")  # fmt: skip
+    judged = (f"judge confidence {lips['judge_conf']} (ground truth {lips['judge_conf_truth']}), "
+              if "judge_conf" in lips else "")  # fmt: skip
     say(f"demo: lip sync: mouth LMD {lips['mouth_lmd_mm']} mm, mouth-opening r "
-        f"{lips['mouth_open_r']}, sync confidence {lips['sync_conf']} (ground truth "
-        f"{lips['sync_conf_truth']}), bad cases {lips['bad_case_rate']:.1%}")  # fmt: skip
+        f"{lips['mouth_open_r']}, {judged}sync-expert confidence {lips['sync_conf']} (ground "
+        f"truth {lips['sync_conf_truth']}; the motion model trained against it), landmarks "
+        f"out of distribution {lips['landmark_ood_rate']:.1%}")  # fmt: skip
     times = report["seconds"]
     say(f"demo: {times['total'] / 60:.1f} min in all ({times['prepare'] / 60:.1f} preparing; "
         f"cached steps: {', '.join(report['cached_steps']) or 'none'})")  # fmt: skip

@@ -1,10 +1,11 @@
 """The demo's cached steps: one `talkingface …` command each, run as a child process.
 
 A step owns `<root>/<name>/` (its outputs go in `data/` below it, or where its command says)
-and writes `<root>/<name>/.done` (the command's `--json` report and its time) last, so an
-interrupted step runs again and a finished one is skipped, unless something it depends on
-ran again (`force`). Its stderr goes to `<root>/logs/<name>.log`; while it runs, a line every
-TICK_S seconds says how far its progress bar has come.
+and writes `<root>/<name>/.done` (the command's `--json` report, its time and its arguments)
+last, so an interrupted step runs again and a finished one is skipped, unless something it
+depends on ran again (`force`) or its arguments changed. Its stderr goes to
+`<root>/logs/<name>.log`; while it runs, a line every TICK_S seconds says how far its progress
+bar has come.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def run_step(
     (ran, seconds). `fresh_dir` is removed first (an interrupted earlier attempt's output);
     `threads` caps the child's OpenMP/MKL threads."""
     folder, log = root / name, root / "logs" / f"{name}.log"
-    if (folder / DONE).is_file() and not force:
+    if (folder / DONE).is_file() and not force and _same_argv(folder / DONE, argv):
         say(f"demo: {name}: cached")
         return False, 0.0
     (folder / DONE).unlink(missing_ok=True)
@@ -68,10 +69,21 @@ def run_step(
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise DemoError(f"step {name} failed (exit {proc.returncode}); {log} ends:\n{tail}")
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    report = {"seconds": seconds, "report": json.loads(lines[-1]) if lines else {}}
+    report = {"seconds": seconds, "argv": argv,
+              "report": json.loads(lines[-1]) if lines else {}}  # fmt: skip
     (folder / DONE).write_text(json.dumps(report, sort_keys=True) + "\n")
     say(f"demo: {name}: done in {seconds:.0f} s")
     return True, seconds
+
+
+def _same_argv(done: Path, argv: list[str]) -> bool:
+    """Whether the finished step ran with these arguments (a marker from before arguments
+    were recorded counts as the same)."""
+    try:
+        recorded = json.loads(done.read_text()).get("argv")
+    except (OSError, ValueError):
+        return False
+    return recorded is None or recorded == argv
 
 
 def run_parallel(*chains: Callable[[], None]) -> None:

@@ -92,8 +92,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from talkingface.judge.model import Judge
     from talkingface.judge.provenance import check_disjoint
 
-    if args.judge is None:
-        return _fail("eval judge", "--judge JUDGE_DIR is required")
+    if args.judge is None or args.data is None:
+        return _fail("eval judge", "--judge JUDGE_DIR and --data CORPUS are required")
     try:
         settings = _setup("eval")
         started = time.perf_counter()

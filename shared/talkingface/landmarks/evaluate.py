@@ -20,6 +20,14 @@ row gives the rate of the real val frames. `sync_conf` is the sync expert's alig
 median similarity, when CKPT_DIR holds one: the motion model was trained against it, so it
 flatters predictions; `judge_conf` (with `judge_dir`) is the independent judge's
 (`talkingface.judge`), the paper's Sync column.
+
+With `bundle_dir` (the avatar's trained bundle), every row also counts **rendering failures**
+on rendered pixels (`render_failure_pct`, `talkingface.render.failures`: the mouth drawn
+disagrees with the mouth the landmarks ask for, against a line fitted on the avatar's
+training frames): the projected landmarks of up to `render_frames` frames per row, evenly
+spaced, are rendered at the val frames' own poses (in-domain) or on the avatar's track
+replayed from its val split (out-of-domain: poses the renderer never trained on); the ground
+truth row scores the real held-out frames. This is the rate paper table 4 reports.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ log = logging.getLogger(__name__)
 ALPHAS = (0.0, 0.5, 1.0)
 EVAL_SEED = 1234
 OOD_UTTERANCES = 8
+RENDER_FRAMES = 100  # rendered frames per row for the failure rate (evenly spaced)
 
 
 def evaluate(
@@ -49,6 +58,8 @@ def evaluate(
     k: int = DEFAULT_K,
     device: str = "cpu",
     judge_dir: Path | str | None = None,
+    bundle_dir: Path | str | None = None,
+    render_frames: int = RENDER_FRAMES,
 ) -> dict[str, Any]:
     from talkingface.landmarks.bundle import avatar_index
     from talkingface.motion import checkpoint as ck
@@ -89,8 +100,11 @@ def evaluate(
     val_feats = [u.features for u in val_part]
     truth = [u.lm3d for u in val_part]
     preds = [predict(u.features, u.f0_bins) for u in val_part]
-    in_domain = [_reference_row(index, truth, val_feats, mean_face, sync)]
-    in_domain += [_row(index, preds, truth, val_feats, mean_face, sync, k, a) for a in ALPHAS]
+    pixels = _Failures(avatar_dir, bundle_dir, render_frames, device) if bundle_dir else None
+    in_domain = [_reference_row(index, truth, val_feats, mean_face, sync,
+                                pixels.truth if pixels else None)]  # fmt: skip
+    in_domain += [_row(index, preds, truth, val_feats, mean_face, sync, k, a,
+                       pixels.in_domain if pixels else None) for a in ALPHAS]  # fmt: skip
     result: dict[str, Any] = {
         "avatar": str(avatar_dir),
         "k": k,
@@ -109,14 +123,17 @@ def evaluate(
             "judge_conf": f"the independent judge {judge.version}" if judge else "not run",
         },
         "judge": provenance,
+        "render_failures": pixels.describe() if pixels else None,
         "table4": {"in_domain": in_domain},
     }
     if corpus is not None:
         ood_feats, ood_bins, language = _ood_audio(corpus, hubert, pitch_method)
         ood = [predict(f, b) for f, b in zip(ood_feats, ood_bins, strict=True)]
         result["table4"]["out_of_domain"] = [
-            _row(index, ood, None, ood_feats, mean_face, sync, k, a) for a in ALPHAS
-        ]
+            _row(index, ood, None, ood_feats, mean_face, sync, k, a,
+                 pixels.out_of_domain if pixels else None)
+            for a in ALPHAS
+        ]  # fmt: skip
         result["eval_set"].update(
             ood_language=language,
             ood_utterances=len(ood),
@@ -126,7 +143,8 @@ def evaluate(
     return result
 
 
-def _row(index: ProjectionIndex, preds, truth, feats, mean_face, sync, k, alpha) -> dict:
+def _row(index: ProjectionIndex, preds, truth, feats, mean_face, sync, k, alpha,
+         failures=None) -> dict:  # fmt: skip
     from talkingface.motion.metrics import l2_mm, mouth_lmd_mm
 
     results = [index.project(p, k=k, alpha=alpha) for p in preds]
@@ -147,14 +165,76 @@ def _row(index: ProjectionIndex, preds, truth, feats, mean_face, sync, k, alpha)
         for key in ("sync_conf", "judge_conf"):
             if key in scores:
                 row[key] = round(scores[key], 4) if np.isfinite(scores[key]) else None
+    if failures is not None:
+        row["render_failure_pct"] = failures(projected)
     return row
 
 
-def _reference_row(index: ProjectionIndex, truth, feats, mean_face, sync) -> dict:
-    row = _row(index, truth, truth, feats, mean_face, sync, DEFAULT_K, 0.0)
+def _reference_row(index: ProjectionIndex, truth, feats, mean_face, sync, failures) -> dict:
+    row = _row(index, truth, truth, feats, mean_face, sync, DEFAULT_K, 0.0, failures)
     row["name"] = "ground truth"
     row.pop("alpha")
     return row
+
+
+class _Failures:
+    """Rendering-failure rates (module docstring) of one avatar's renderer."""
+
+    def __init__(self, avatar_dir, bundle_dir, frames: int, device: str) -> None:
+        from talkingface.render.checkpoint import load_renderer
+        from talkingface.render.data import load_avatar
+        from talkingface.render.failures import MouthCheck
+
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.renderer, track = load_renderer(Path(bundle_dir) / "renderer", device)
+        self.video = load_avatar(avatar_dir, self.renderer.config.size)
+        if len(track["R"]) == len(self.video):  # the renderer's own (possibly refined) track
+            self.video.R, self.video.t = np.asarray(track["R"]), np.asarray(track["t"])
+        self.background = np.asarray(track["background"], np.float32)
+        self.check = MouthCheck.fit(self.video)
+        self.frames = max(1, frames)
+
+    def _pick(self, n: int) -> np.ndarray:
+        return np.unique(np.linspace(0, n - 1, min(n, self.frames)).round().astype(int))
+
+    def _render(self, lm3d: np.ndarray, poses: np.ndarray) -> float:
+        from talkingface.render.failures import render_failures
+
+        v = self.video
+        failed = render_failures(self.renderer, self.check, lm3d, v.R[poses], v.t[poses],
+                                 self.background)  # fmt: skip
+        return round(100.0 * float(failed.mean()), 2)
+
+    def truth(self, _projected) -> float:
+        from talkingface.render.failures import projected_lm2d
+
+        v = self.video
+        frames = v.val[0] + self._pick(v.val[1] - v.val[0])
+        lm = v.lm3d[frames]
+        images = np.asarray(v.frames[frames], np.float32) / 255.0
+        failed = self.check.failures(images, lm, projected_lm2d(lm, v.R[frames], v.t[frames], v.K))
+        return round(100.0 * float(failed.mean()), 2)
+
+    def in_domain(self, projected: list[np.ndarray]) -> float:
+        lo, hi = self.video.val
+        lm = np.concatenate(projected)[: hi - lo]
+        pick = self._pick(len(lm))
+        return self._render(lm[pick], lo + pick)
+
+    def out_of_domain(self, projected: list[np.ndarray]) -> float:
+        from talkingface.render.checkpoint import pose_indices
+
+        lm = np.concatenate(projected)
+        pick = self._pick(len(lm))
+        poses = pose_indices(len(lm), len(self.video), "pingpong", start=self.video.val[0])
+        return self._render(lm[pick], poses[pick])
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.check.to_dict(), "frames_per_row": self.frames,
+                "size": self.video.size}  # fmt: skip
 
 
 def _ood_audio(corpus: Path | str, hubert: str | None, pitch_method: str):

@@ -63,9 +63,17 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         type=Path,
-        required=True,
-        help="SynthTalk corpus (motion) or avatar directory (projection)",
+        help="SynthTalk corpus (motion) or avatar directory (projection, avatar); required "
+        "but for `eval all`",
     )
+    parser.add_argument(
+        "--plan",
+        default="cpu",
+        help="all: the `talkingface demo --plan` whose cached models to evaluate (cpu)",
+    )
+    parser.add_argument("--root", type=Path, help="all: a demo cache folder instead of --plan's")
+    parser.add_argument("--table3", action="store_true", help="all: the postnet rows too (slow)")
+    parser.add_argument("--markdown", type=Path, help="all: also write the table as Markdown")
     parser.add_argument("--ckpt", type=Path, help="CKPT_DIR of `train motion` (required)")
     parser.add_argument(
         "--corpus",
@@ -79,10 +87,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "-k", "--neighbours", dest="k", type=int, default=20, help="projection: K (default 20)"
     )
     parser.add_argument(
-        "--bundle", type=Path, help="avatar: the BUNDLE_DIR `train avatar --out` wrote (required)"
+        "--bundle",
+        type=Path,
+        help="avatar (required), projection (optional: count rendering failures): the "
+        "BUNDLE_DIR `train avatar --out` wrote",
     )
     parser.add_argument(
-        "--max-frames", type=int, help="avatar: evaluate this many val frames (default: all)"
+        "--max-frames",
+        type=int,
+        help="avatar: evaluate this many val frames (default: all); projection: render this "
+        "many frames per row (100)",
     )
     parser.add_argument(
         "--ablation",
@@ -263,6 +277,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from talkingface.data.synthtalk.fileformat import FormatError
     from talkingface.logs import configure_logging
 
+    if args.what == "all":
+        return _eval_all(args)
+    if args.data is None:
+        return _fail(f"eval {args.what}", ValueError("--data is required"))
     if args.what == "avatar":
         return _eval_avatar(args)
     if args.ckpt is None:
@@ -296,7 +314,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_projection(args: argparse.Namespace, settings) -> int:
     from talkingface.data.synthtalk.fileformat import FormatError
-    from talkingface.landmarks.evaluate import evaluate
+    from talkingface.landmarks.evaluate import RENDER_FRAMES, evaluate
 
     if args.k <= 0:
         return _fail("eval projection", ValueError(f"-k must be 1 or more, got {args.k}"))
@@ -311,10 +329,43 @@ def _eval_projection(args: argparse.Namespace, settings) -> int:
             k=args.k,
             device=settings.device,
             judge_dir=getattr(args, "judge", None),
+            bundle_dir=args.bundle,
+            render_frames=args.max_frames or RENDER_FRAMES,
         )
     except (ValueError, FileNotFoundError, FormatError) as exc:
         return _fail("eval projection", exc)
     _emit(result, args.json)
+    return 0
+
+
+def _eval_all(args: argparse.Namespace) -> int:
+    """`talkingface eval all [--plan cpu | --root DIR] [--table3] [--markdown F] [--json]`."""
+    from talkingface.config import ConfigError
+    from talkingface.data.synthtalk.fileformat import FormatError
+    from talkingface.demo import PLANS
+    from talkingface.eval_all import demo_root, evaluate_all, markdown
+    from talkingface.logs import configure_logging
+
+    try:
+        settings = _settings()
+    except ConfigError as exc:
+        return _fail("eval all", exc)
+    configure_logging("eval", settings.log_level, settings.log_format)
+    if args.root is None and args.plan not in PLANS:
+        return _fail("eval all", f"--plan must be one of {', '.join(PLANS)}")
+    root = args.root or demo_root(settings, args.plan)
+    say = (lambda _: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    try:
+        result = evaluate_all(root, settings, table3=args.table3,
+                              max_frames=args.max_frames, say=say)  # fmt: skip
+    except (ValueError, FileNotFoundError, FormatError) as exc:
+        return _fail("eval all", exc)
+    if args.markdown:
+        args.markdown.write_text(markdown(result))
+    if args.json:
+        _emit(result, True)
+    else:
+        print(markdown(result))
     return 0
 
 
