@@ -14,9 +14,10 @@
    ground truth | the rendered video, with the audio.
 5. Quality, printed and written to `out/demo_metrics.json`: rendering (head-region and lip-box
    PSNR against the ground-truth frames, which share the head poses; whole-frame PSNR and SSIM
-   labelled as such) and lip sync (mouth
-   landmark distance, mouth-opening correlation and sync-expert confidence of the landmarks
-   that drove the renderer, against the clip's true landmarks).
+   labelled as such) and lip sync (mouth landmark distance, mouth-opening correlation and the
+   sync scores of the landmarks that drove the renderer, against the clip's true landmarks:
+   the independent judge's, trained here on a corpus of its own, and the sync expert's, which
+   the motion model was trained against).
 
 `talkingface demo --video F` does the same with a person's own video instead of the SynthTalk
 avatar: `avatar ingest` (docs/ingest.md) makes the avatar directory; the held-out sentence is
