@@ -77,8 +77,9 @@ def measure(clip_dir: Path, video_path: Path, bundle_dir: Path, ckpt_dir: Path,
             poses: tuple[int, int] = (0, 0),
             judge_dir: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Rendering and lip-sync quality of `video_path` against the clip (module docstring).
-    `poses`: (the frame of the avatar's track the replay started at, the track's length,
-    whose frames from the start one on were never trained on)."""
+    `poses`: (the track frame the fleet's pose replay started at, the track's length); the
+    track's frames from that start on were never trained on. `judge_dir`: the independent
+    judge, when there is one."""
     import torch
 
     from talkingface.media import read_wav
@@ -129,8 +130,8 @@ def measure(clip_dir: Path, video_path: Path, bundle_dir: Path, ckpt_dir: Path,
         from talkingface.judge import Judge
 
         judge = Judge.load(judge_dir)
-        mine, truth = judge.score([(features, projected[:m])]), judge.score([(features, gt[:m])])
-        judged = {"judge_conf": _r(mine["judge_conf"]), "judge_conf_truth": _r(truth["judge_conf"]),
+        mine, real = judge.score([(features, projected[:m])]), judge.score([(features, gt[:m])])
+        judged = {"judge_conf": _r(mine["judge_conf"]), "judge_conf_truth": _r(real["judge_conf"]),
                   "judge_offset_ok": mine["judge_offset_ok"]}  # fmt: skip
         judges["judge_conf"] = f"the independent judge {judge.version} (docs/judge.md)"
     return {
