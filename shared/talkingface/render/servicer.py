@@ -44,6 +44,15 @@ import torch
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError, abort
 from talkingface.render.checkpoint import pose_indices
+from talkingface.render.requests import (  # noqa: F401 (MAX_RESOLUTION: the stage's limit)
+    ENCODINGS,
+    MAX_RESOLUTION,
+    check_pose_options,
+    frame_range,
+    pose_plan,
+    resolution,
+    segment_prefix,
+)
 from talkingface.render.train import Renderer
 from talkingface.serving.cache import ByteLRU
 from talkingface.serving.payloads import read_lm3d
@@ -56,22 +65,9 @@ from talkingface.v1 import renderer_pb2 as pb
 log = logging.getLogger(__name__)
 FPS = 25
 STORE_PREFIX = "render"
-SCRATCH_PREFIX = "work"  # callers' scratch space (the broker's per-job work/<job_id>/)
 MIB = 1024 * 1024
-MAX_RESOLUTION = 1024  # an RGB8 frame stays under the 4 MiB message rule (3 MiB)
 JPEG_QSCALE = 3  # FFmpeg's -q:v for mjpeg: 2 (best) .. 31; 3 is about JPEG quality 90
 MP4 = "video/mp4"
-TRACK_MODES = {
-    pb.POSE_MODE_UNSPECIFIED: "pingpong",
-    pb.POSE_MODE_PING_PONG: "pingpong",
-    pb.POSE_MODE_LOOP: "loop",
-}
-ENCODINGS = {
-    pb.FRAME_ENCODING_UNSPECIFIED: pb.FRAME_ENCODING_RGB8,
-    pb.FRAME_ENCODING_RGB8: pb.FRAME_ENCODING_RGB8,
-    pb.FRAME_ENCODING_PNG: pb.FRAME_ENCODING_PNG,
-    pb.FRAME_ENCODING_JPEG: pb.FRAME_ENCODING_JPEG,
-}
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -166,41 +162,24 @@ class RendererServicer:
             raise TalkingFaceError(
                 "INVALID_REQUEST", "the request names no avatar (avatar.avatar_id)"
             )
-        size = _resolution(request.resolution)
+        size = resolution(request.resolution)
         encoding = ENCODINGS.get(request.encoding)
         if encoding is None:
             raise TalkingFaceError("INVALID_REQUEST", f"unknown frame encoding {request.encoding}")
-        if request.pose_mode not in TRACK_MODES and request.pose_mode != pb.POSE_MODE_EXPLICIT:
-            raise TalkingFaceError("INVALID_REQUEST", f"unknown pose mode {request.pose_mode}")
-        if request.pose_indices and request.pose_mode != pb.POSE_MODE_EXPLICIT:
-            raise TalkingFaceError(
-                "INVALID_REQUEST", "pose_indices are read only with POSE_MODE_EXPLICIT"
-            )
-        if request.pose_start and request.pose_mode == pb.POSE_MODE_EXPLICIT:
-            raise TalkingFaceError("INVALID_REQUEST", "pose_start is read only with track modes")
+        check_pose_options(request)
         lm3d = self._lm3d(request.lm3d)
-        start, end = _frame_range(request.start_frame, request.end_frame, len(lm3d))
+        start, end = frame_range(request.start_frame, request.end_frame, len(lm3d))
         avatar = self._avatar(request.avatar)
         size = size or avatar.size
         store = request.output == common_pb2.OUTPUT_MODE_STORE
-        prefix = _segment_prefix(request.segment_prefix, store)
+        prefix = segment_prefix(request.segment_prefix, store)
         if store and size % 2:
             raise TalkingFaceError(
                 "INVALID_REQUEST",
                 f"an H.264 segment needs an even frame size, got resolution {size}",
             )
-        if request.pose_mode == pb.POSE_MODE_EXPLICIT:
-            poses = _explicit_poses(request.pose_indices, end - start, avatar.track_length)
-            plan = RenderPlan(lm3d, start, end, size, "explicit", poses)
-        else:
-            if not 0 <= request.pose_start < avatar.track_length:
-                raise TalkingFaceError(
-                    "INVALID_REQUEST",
-                    f"pose_start must lie in 0..{avatar.track_length - 1} (the avatar's "
-                    f"recorded track), got {request.pose_start}",
-                )
-            plan = RenderPlan(lm3d, start, end, size, TRACK_MODES[request.pose_mode], None,
-                              request.pose_start)  # fmt: skip
+        mode, poses, pose_start = pose_plan(request, end - start, avatar.track_length)
+        plan = RenderPlan(lm3d, start, end, size, mode, poses, pose_start)
         renderer = avatar.renderer
         yield pb.RenderResponse(
             summary=pb.RenderSummary(
@@ -374,68 +353,6 @@ def resize(frames: torch.Tensor, size: int) -> torch.Tensor:
             x, size=(size, size), mode="bilinear", align_corners=False
         )
     return x.permute(0, 2, 3, 1)
-
-
-def _resolution(value: int) -> int:
-    """The requested output side (0 = the avatar's own size)."""
-    if value < 0 or value > MAX_RESOLUTION:
-        raise TalkingFaceError(
-            "INVALID_REQUEST",
-            f"resolution must be 0 (the avatar's size) or 1..{MAX_RESOLUTION} pixels, got {value}",
-        )
-    return int(value)
-
-
-def _segment_prefix(prefix: str, store: bool) -> str:
-    """A caller's segment prefix: only with OUTPUT_MODE_STORE, only under `work/`."""
-    if not prefix:
-        return ""
-    if not store:
-        raise TalkingFaceError(
-            "INVALID_REQUEST", "segment_prefix is read only with OUTPUT_MODE_STORE"
-        )
-    from talkingface.storage.errors import InvalidKey
-    from talkingface.storage.keys import validate_prefix
-
-    try:
-        prefix = validate_prefix(prefix)
-    except InvalidKey as exc:
-        raise TalkingFaceError("STORE_KEY_INVALID", f"segment_prefix: {exc.reason}") from None
-    if not prefix.startswith(SCRATCH_PREFIX + "/"):
-        raise TalkingFaceError(
-            "STORE_KEY_INVALID", f"segment_prefix must lie under {SCRATCH_PREFIX}/, got {prefix!r}"
-        )
-    return prefix
-
-
-def _frame_range(start: int, end: int, frames: int) -> tuple[int, int]:
-    """[start, end) of a T-frame sequence (end 0 = T); RENDER_INVALID_RANGE when it is not
-    a non-empty range inside the sequence."""
-    stop = frames if end == 0 else end
-    if start < 0 or stop > frames or start >= stop:
-        raise TalkingFaceError(
-            "RENDER_INVALID_RANGE",
-            f"frame range [{start}, {end}) is not a non-empty range of the {frames}-frame "
-            "sequence (end_frame 0 = its end)",
-        )
-    return int(start), int(stop)
-
-
-def _explicit_poses(indices, frames: int, track_length: int) -> np.ndarray:
-    poses = np.asarray(indices, np.int64)
-    if len(poses) != frames:
-        raise TalkingFaceError(
-            "INVALID_REQUEST",
-            f"POSE_MODE_EXPLICIT needs one pose index per output frame: {frames} frames, "
-            f"got {len(poses)} pose_indices",
-        )
-    if poses.size and (poses.min() < 0 or poses.max() >= track_length):
-        raise TalkingFaceError(
-            "INVALID_REQUEST",
-            f"pose_indices must lie in 0..{track_length - 1} (the avatar's recorded track), "
-            f"got {int(poses.min())}..{int(poses.max())}",
-        )
-    return poses
 
 
 def app(settings: Settings | dict | None = None):
