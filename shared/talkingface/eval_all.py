@@ -184,11 +184,9 @@ def _end_to_end(p: dict[str, Path], settings) -> dict[str, Any]:
 
 
 def _device(settings) -> str:
-    if settings.device != "auto":
-        return settings.device
-    import torch
+    from talkingface.motion.infer import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve_device(settings.device))
 
 
 def _round(value: Any) -> Any:

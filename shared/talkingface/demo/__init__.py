@@ -78,7 +78,7 @@ class DemoPlan:
     video_fov: float = 40.0
     # The independent lip-sync judge (docs/judge.md): its own corpus, another seed, so its
     # speakers are not the motion model's. Not part of the key (nothing else depends on it):
-    # its steps run again when their arguments change.
+    # its steps run again when their arguments change, as every step does.
     judge_corpus_minutes: float = 10.0
     judge_corpus_seed: int = 1007
     judge_steps: int = 3000
@@ -193,14 +193,12 @@ class Demo:
             fresh_dir=self._data_dir("avatar"),
         )  # fmt: skip
         # The clip replays the avatar's pose track from its held-out stretch: head poses the
-        # renderer never trained on (a clip cached from before, posed from frame 0, is redone).
-        start = self.pose_start()
+        # renderer never trained on.
         self._cli_step(
             "clip", ["synth", "clip", "--avatar", str(self._data_dir("avatar")), "--seconds",
                      str(p.clip_seconds), "--seed", str(p.clip_seed), "--pose-start",
-                     str(start), "--out", str(self._data_dir("clip"))],
-            fresh_dir=self._data_dir("clip"),
-            force=self.ran_avatar or _clip_pose_start(self._data_dir("clip")) != start,
+                     str(self.pose_start()), "--out", str(self._data_dir("clip"))],
+            fresh_dir=self._data_dir("clip"), force=self.ran_avatar,
         )  # fmt: skip
 
     def pose_start(self) -> int:
@@ -342,14 +340,6 @@ class Demo:
         if job["state"] != "SUCCEEDED":
             raise DemoError(f"the render job ended {job['state']}: {job.get('error')}")
         return {"job": job, "version": version}
-
-
-def _clip_pose_start(clip_dir: Path) -> int | None:
-    """Where a finished SynthTalk clip's pose replay starts (None: no clip there)."""
-    try:
-        return int(json.loads((clip_dir / "synthtalk.json").read_text())["pose"]["start"])
-    except (OSError, KeyError, ValueError):
-        return None
 
 
 def held_out_clip(avatar_dir: Path, out: Path) -> None:

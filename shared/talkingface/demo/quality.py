@@ -57,20 +57,24 @@ def read_held_out(clip_dir: Path) -> dict[str, Any]:
 
 def _frame_pairs(clip_dir: Path, video_path: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """(the clip, rendered frames, true frames at the rendered size), cut to equal length."""
+    clip = read_held_out(clip_dir)
+    video = decode_video(video_path)
+    n = min(len(video), len(clip["frames"]))
+    return clip, video[:n], _at_size(np.asarray(clip["frames"][:n]), video.shape[1])
+
+
+def _at_size(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images [T, H, W, C] at size x size: box-filtered by an integer factor, else
+    resampled bilinearly (a video's held-out frames at another size than the renderer's)."""
     from PIL import Image
 
     from talkingface.render.data import downsample
 
-    clip = read_held_out(clip_dir)
-    video = decode_video(video_path)
-    native, size = clip["frames"].shape[1], video.shape[1]
-    n = min(len(video), len(clip["frames"]))
+    native = images.shape[1]
     if native % size == 0:
-        truth = downsample(np.asarray(clip["frames"][:n]), native // size)
-    else:  # a video's held-out frames at another size than the renderer's
-        truth = np.stack([np.asarray(Image.fromarray(np.asarray(f)).resize((size, size),
-                                     Image.BILINEAR)) for f in clip["frames"][:n]])  # fmt: skip
-    return clip, video[:n], truth[:n]
+        return downsample(images, native // size)
+    return np.stack([np.asarray(Image.fromarray(f.squeeze()).resize((size, size), Image.BILINEAR))
+                     .reshape(size, size, -1) for f in images])  # fmt: skip
 
 
 def measure(clip_dir: Path, video_path: Path, bundle_dir: Path, ckpt_dir: Path,
@@ -159,15 +163,10 @@ def _r(value: float) -> float | None:
 
 
 def _head_masks(clip: dict[str, Any], n: int, size: int) -> np.ndarray:
-    """The clip's head masks [n, size, size] (bool) at the rendered size."""
-    from PIL import Image
-
-    masks = np.asarray(clip["masks"][:n]).astype(np.float32)
-    masks = masks / 255.0 if masks.max() > 1.0 else masks
-    if masks.shape[1] != size:
-        masks = np.stack([np.asarray(Image.fromarray(m).resize((size, size), Image.BILINEAR))
-                          for m in masks])  # fmt: skip
-    return masks >= 0.5
+    """The clip's head masks [n, size, size] (bool) at the rendered size, resized as the
+    frames are (`_at_size`)."""
+    masks = np.asarray(clip["masks"][:n], bool).astype(np.uint8)  # bool on disk (SynthTalk)
+    return _at_size(masks[..., None] * 255, size)[..., 0] >= 128
 
 
 def side_by_side(clip_dir: Path, video_path: Path, out: Path) -> None:

@@ -78,12 +78,11 @@ def run_step(
 
 def _same_argv(done: Path, argv: list[str]) -> bool:
     """Whether the finished step ran with these arguments (a marker from before arguments
-    were recorded counts as the same)."""
+    were recorded does not say, so its step runs again, once)."""
     try:
-        recorded = json.loads(done.read_text()).get("argv")
+        return json.loads(done.read_text()).get("argv") == argv
     except (OSError, ValueError):
         return False
-    return recorded is None or recorded == argv
 
 
 def run_parallel(*chains: Callable[[], None]) -> None:

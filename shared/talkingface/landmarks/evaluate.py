@@ -181,14 +181,12 @@ class _Failures:
     """Rendering-failure rates (module docstring) of one avatar's renderer."""
 
     def __init__(self, avatar_dir, bundle_dir, frames: int, device: str) -> None:
+        from talkingface.motion.infer import resolve_device
         from talkingface.render.checkpoint import load_renderer
         from talkingface.render.data import load_avatar
         from talkingface.render.failures import MouthCheck
 
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(resolve_device(device))
         self.renderer, track = load_renderer(Path(bundle_dir) / "renderer", device)
         self.video = load_avatar(avatar_dir, self.renderer.config.size)
         if len(track["R"]) == len(self.video):  # the renderer's own (possibly refined) track
