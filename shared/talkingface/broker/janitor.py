@@ -1,4 +1,4 @@
-"""Scratch-space cleanup: `work/<job_id>/` prefixes of jobs that have ended.
+"""Background upkeep in the broker API: scratch-space cleanup and promotion of due retries.
 
 A render job writes its intermediate objects (tensors too big for a message, the renderer's
 segments) under `work/<job_id>/` and deletes that prefix when it ends. Two cases leave
@@ -7,6 +7,12 @@ renderer was still encoding when the job was cancelled (it lands after the clean
 janitor lists `work/` and deletes the prefix of every job that is final (or whose record is
 gone) and has not changed for `min_age_s`, so a slow straggler of a running job is never
 touched. The broker runs it every TALKINGFACE_JANITOR_INTERVAL_SECONDS.
+
+Retries wait out their backoff in each queue's delayed set, and only a worker's claim moved
+them back into the stream; with no worker running (workers scaled to zero on an empty
+stream) a retry would wait forever, unseen by a stream-length autoscaler. So the janitor also
+promotes due retries of every queue every PROMOTE_INTERVAL_S (one small Lua call per queue),
+whatever the sweep interval.
 """
 
 from __future__ import annotations
@@ -14,13 +20,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 
 from talkingface.broker.jobs import JobStore
+from talkingface.broker.queue import WorkQueue
 from talkingface.errors import TalkingFaceError
 from talkingface.storage import ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
 SCRATCH = "work"
+PROMOTE_INTERVAL_S = 1.0
 
 
 def sweep_scratch(store: ObjectStore, jobs: JobStore, min_age_s: float = 300.0) -> list[str]:
@@ -51,23 +60,54 @@ def sweep_scratch(store: ObjectStore, jobs: JobStore, min_age_s: float = 300.0) 
     return deleted
 
 
-class Janitor:
-    """`sweep_scratch` every `interval_s` in a daemon thread until stopped."""
+def promote_due(queues: Sequence[WorkQueue]) -> int:
+    """Move the due retries of every queue into its stream; how many moved."""
+    moved = 0
+    for queue in queues:
+        moved += queue.promote_due()
+    return moved
 
-    def __init__(self, store: ObjectStore, jobs: JobStore, interval_s: float) -> None:
+
+class Janitor:
+    """In a daemon thread until stopped: `sweep_scratch` every `interval_s` (0 = never) and
+    `promote_due(queues)` every `promote_interval_s`."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        jobs: JobStore,
+        interval_s: float,
+        *,
+        queues: Sequence[WorkQueue] = (),
+        promote_interval_s: float = PROMOTE_INTERVAL_S,
+    ) -> None:
         self.store, self.jobs, self.interval_s = store, jobs, interval_s
+        self.queues = list(queues)
+        self.promote_interval_s = promote_interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="janitor", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        if self.interval_s > 0 or self.queues:
+            self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:  # the ids it returns are for tests and operators; the log line says how many
-                sweep_scratch(self.store, self.jobs, min_age_s=max(60.0, self.interval_s))
-            except Exception:
-                log.exception("janitor sweep failed")
+        tick = self.promote_interval_s if self.queues else self.interval_s
+        if self.interval_s > 0:
+            tick = min(tick, self.interval_s)
+        next_sweep = time.monotonic() + self.interval_s
+        while not self._stop.wait(tick):
+            if self.queues:
+                try:
+                    promote_due(self.queues)
+                except Exception as exc:  # Redis away: the next tick tries again
+                    log.warning("janitor cannot promote due retries: %r", exc)
+            if self.interval_s > 0 and time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self.interval_s
+                try:  # the ids it returns are for tests and operators; the log says how many
+                    sweep_scratch(self.store, self.jobs, min_age_s=max(60.0, self.interval_s))
+                except Exception:
+                    log.exception("janitor sweep failed")

@@ -26,7 +26,9 @@ Guarantees, and what they rest on:
   change with its event-stream entry.
 - The state machine: QUEUED -> RUNNING | CANCELLED | FAILED; RUNNING -> SUCCEEDED | FAILED |
   CANCELLED, or back to QUEUED for a retry; SUCCEEDED, FAILED and CANCELLED are final. Staying
-  in QUEUED or RUNNING (progress, stage, attempt) is allowed.
+  in QUEUED or RUNNING (progress, stage, attempt) is allowed. The process whose write made a
+  job final observes talkingface_job_e2e_seconds (created_at to updated_at) for it: once per
+  job, however often it was retried, since no second final write succeeds.
 - `watch` reads the record and the id of the newest event in one MULTI, then reads the event
   stream from that id on, so no change between the first read and the next one is missed,
   and every change is seen as its own snapshot (unless a watcher falls EVENTS_MAXLEN events
@@ -509,7 +511,10 @@ class JobStore:
         )
         status = _text(reply[0])
         if status == "OK":
-            return Job.from_fields(_pairs(reply[1]))
+            job = Job.from_fields(_pairs(reply[1]))
+            if job.terminal:  # this write made it final: the script refuses a second one
+                _observe_end(job)
+            return job
         if status == "JOB_NOT_FOUND":
             raise _not_found(job_id)
         if status == "JOB_ALREADY_FINISHED":
@@ -523,6 +528,14 @@ class JobStore:
             f"job {job_id!r} cannot go from {_text(reply[1])} to {_text(reply[2])}",
             job_id=job_id,
         )
+
+
+def _observe_end(job: Job) -> None:
+    """talkingface_job_e2e_seconds: submission to final state, both on the Redis clock."""
+    from talkingface.serving.metrics import JOB_E2E_SECONDS
+
+    seconds = max(0, job.updated_at - job.created_at) / 1000.0
+    JOB_E2E_SECONDS.labels(job.kind, job.state.lower()).observe(seconds)
 
 
 def check_tenant(tenant: str) -> None:

@@ -3,10 +3,14 @@
 Key layout for a queue named `<name>`:
 
 - `tf:queue:<name>` — the stream of work messages (`job_id`, `payload` as JSON, `prior` = the
-  deliveries this job had before this message was enqueued), read through the consumer group
-  `workers`, created at id 0 so messages added before any worker existed are delivered too.
+  deliveries this job had before this message was enqueued; a retried job's message also has
+  `enqueued`, the Redis-clock millisecond its first message was added, which is a first
+  message's own id time), read through the consumer group `workers`, created at id 0 so
+  messages added before any worker existed are delivered too.
 - `tf:delayed:<name>` — a sorted set of messages waiting out a retry backoff, scored by the
-  Redis-clock millisecond at which they are due; `promote_due()` moves due ones into the stream.
+  Redis-clock millisecond at which they are due; `promote_due()` moves due ones into the stream
+  (workers do it before each claim, and the broker API's janitor every second, so retries
+  are not stranded while no worker runs).
 - `tf:dead:<name>` — the dead-letter stream: messages given up on, with the reason, the
   delivery count, the original message id and the consumer that gave up.
 
@@ -53,11 +57,17 @@ DEFAULT_MAX_DELIVERIES = 5
 DEFAULT_RETRY_BASE_S = 2.0
 DEFAULT_RETRY_MAX_S = 300.0
 PROMOTE_BATCH = 100
+OLDEST_SCAN = 1000  # entries of the stream and of the delayed set `oldest_age_seconds` reads
 _ALL = 2**31 - 1  # XPENDING's COUNT for "the whole PEL" (Redis allocates nothing for it)
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id_ms(message_id: str) -> int:
+    """The Redis-clock millisecond of a stream id ("1718000000000-0")."""
+    return int(message_id.partition("-")[0])
 
 
 def _job_id(fields: dict[Any, Any] | None) -> str:
@@ -76,6 +86,7 @@ class Delivery:
     message_id: str
     deliveries: int
     consumer: str
+    enqueued_ms: int = 0  # when the job's first message was added (Redis clock); 0 = unknown
 
 
 _LUA_NOW = """
@@ -109,13 +120,43 @@ local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, member in ipairs(due) do
   local m = cjson.decode(member)
-  redis.call('XADD', KEYS[1], '*', 'job_id', m.job_id, 'payload', m.payload, 'prior', m.prior)
+  local enqueued = m.enqueued or string.match(m.from or '', '^(%d+)') or ''
+  redis.call('XADD', KEYS[1], '*', 'job_id', m.job_id, 'payload', m.payload, 'prior', m.prior,
+             'enqueued', enqueued)
   redis.call('ZREM', KEYS[2], member)
 end
 local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local wait = -1
 if next_due[2] then wait = math.max(0, tonumber(next_due[2]) - now) end
 return {#due, wait}
+"""
+)
+
+# KEYS: stream, delayed; ARGV: max entries of each to read. Returns the age in ms of the
+# oldest job among the stream's first entries (undelivered and pending: acked ones are
+# deleted) and the delayed set's, from its first enqueue (`enqueued`, else the id's time).
+_OLDEST_AGE = (
+    _LUA_NOW
+    + """
+local now = now_ms()
+local oldest = now
+local limit = tonumber(ARGV[1])
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', limit)) do
+  local ms = tonumber(string.match(entry[1], '^(%d+)'))
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'enqueued' then ms = math.min(ms, tonumber(fields[i + 1]) or ms) end
+  end
+  if ms < oldest then oldest = ms end
+end
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, limit - 1)) do
+  local ok, m = pcall(cjson.decode, member)
+  if ok and type(m) == 'table' then
+    local ms = tonumber(m.enqueued) or tonumber(string.match(m['from'] or '', '^(%d+)'))
+    if ms and ms < oldest then oldest = ms end
+  end
+end
+return now - oldest
 """
 )
 
@@ -183,6 +224,7 @@ class WorkQueue:
         self._retry = client.register_script(_RETRY)
         self._dead_letter = client.register_script(_DEAD_LETTER)
         self._extend = client.register_script(_EXTEND)
+        self._oldest_age = client.register_script(_OLDEST_AGE)
         self.ensure_group()
 
     @classmethod
@@ -273,6 +315,7 @@ class WorkQueue:
                 "payload": json.dumps(delivery.payload),
                 "prior": str(delivery.deliveries),
                 "from": delivery.message_id,  # keeps members unique
+                "enqueued": str(delivery.enqueued_ms or _id_ms(delivery.message_id)),
             }
         )
         args = [GROUP, delivery.consumer, delivery.message_id, round(delay_s * 1000), member]
@@ -304,6 +347,14 @@ class WorkQueue:
             pipe.zcard(self.delayed_key)
             in_stream, delayed = pipe.execute()
         return int(in_stream) + int(delayed)
+
+    def oldest_age_seconds(self) -> float:
+        """Age of the oldest job not yet finished (undelivered, pending or delayed), from when
+        its first work message was added (Redis clock, so any host's clock skew is moot); 0
+        when there is none. Reads the first OLDEST_SCAN entries of the stream and of the
+        delayed set: past them, only a promoted retry could be older than the stream's head."""
+        age_ms = self._oldest_age(keys=[self.stream, self.delayed_key], args=[OLDEST_SCAN])
+        return max(0, int(age_ms)) / 1000.0
 
     def pending(self) -> int:
         """Messages claimed by a worker and not yet acked."""
@@ -395,13 +446,14 @@ class WorkQueue:
             if not isinstance(payload, dict) or not fields["job_id"]:
                 raise ValueError("payload is not an object or job_id is empty")
             prior = int(fields.get("prior") or 0)
+            enqueued = int(fields.get("enqueued") or _id_ms(message_id))
         except (KeyError, ValueError) as exc:
             bad = Delivery(self.name, fields.get("job_id", ""), {}, message_id, delivered, consumer)
             log.error("dead-lettering a malformed message", extra={"queue": self.name})
             self.dead_letter(bad, f"malformed message: {exc!r}")
             return False
         return Delivery(
-            self.name, fields["job_id"], payload, message_id, prior + delivered, consumer
+            self.name, fields["job_id"], payload, message_id, prior + delivered, consumer, enqueued
         )
 
     def _with_group(self, action: Callable[[], Any]) -> Any:

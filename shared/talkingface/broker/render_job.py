@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 from talkingface.broker.jobs import Job
 from talkingface.broker.queue import Delivery
 from talkingface.broker.stages import Scratch, StageClients
-from talkingface.broker.worker import Cancelled, Heartbeat
+from talkingface.broker.worker import Cancelled, Heartbeat, LeaseLost
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError
 from talkingface.storage import ObjectStore, StoreError
@@ -123,9 +123,15 @@ class RenderHandler:
                     "INTERNAL", f"projection returned {len(projection.lm3d)} of {frames} frames"
                 )
             render_started = time.perf_counter()
-            segments = self._render(job, avatar, projection.lm3d, options, scratch, heartbeat)
+            try:
+                segments = self._render(job, avatar, projection.lm3d, options, scratch, heartbeat)
+            except (Cancelled, LeaseLost):  # the job stopped, not the stage
+                raise
+            except Exception:
+                _observe("render", time.perf_counter() - render_started, "error")
+                raise
             render_seconds = time.perf_counter() - render_started
-            _observe("render", render_seconds)
+            _observe("render", render_seconds, "ok")
             heartbeat(stage="MUX", progress=PROGRESS["MUX"])
             try:
                 video, muxed = self._await(
@@ -270,7 +276,8 @@ class RenderHandler:
     ) -> T:
         """Run `fn` in a thread, beating every `beat_s` until it returns. When a beat raises
         (cancelled, lease lost) the call is abandoned to finish on its own, or, with
-        `settle`, waited for first (so what it writes is there to clean up)."""
+        `settle`, waited for first (so what it writes is there to clean up). The call's time
+        goes to talkingface_stage_seconds with outcome ok or error (an abandoned call: none)."""
         started = time.perf_counter()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{stage.lower()}")
         try:
@@ -278,20 +285,29 @@ class RenderHandler:
             while True:
                 try:
                     result = future.result(timeout=self.beat_s)
-                    _observe(stage.lower(), time.perf_counter() - started)
-                    return result
                 except FutureTimeout:
+                    if future.done():  # finished meanwhile, or the call raised a TimeoutError
+                        if future.exception() is None:
+                            continue
+                        _observe(stage.lower(), time.perf_counter() - started, "error")
+                        raise future.exception() from None
                     try:
                         heartbeat(stage=stage)
                     except BaseException:
                         if settle:
                             wait([future])
                         raise
+                    continue
+                except Exception:
+                    _observe(stage.lower(), time.perf_counter() - started, "error")
+                    raise
+                _observe(stage.lower(), time.perf_counter() - started, "ok")
+                return result
         finally:
             pool.shutdown(wait=False)
 
 
-def _observe(stage: str, seconds: float) -> None:
+def _observe(stage: str, seconds: float, outcome: str) -> None:
     from talkingface.serving.metrics import STAGE_SECONDS
 
-    STAGE_SECONDS.labels(stage).observe(seconds)
+    STAGE_SECONDS.labels(stage, outcome).observe(seconds)

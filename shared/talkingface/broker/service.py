@@ -26,6 +26,7 @@ from talkingface.broker.jobs import JobStore
 from talkingface.broker.queue import WorkQueue
 from talkingface.broker.worker import Cancelled, Handler, LeaseLost, is_input_error, run_once
 from talkingface.config import Settings
+from talkingface.errors import TalkingFaceError
 
 log = logging.getLogger(__name__)
 QUEUES = ("render", "train")
@@ -55,14 +56,21 @@ class WorkerPool:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._counted: dict[str, int] = {}  # talkingface_workers added by start()
 
     @property
     def size(self) -> int:
         return sum(s.threads for s in self.specs)
 
     def start(self) -> None:
+        from talkingface.serving.metrics import WORKERS
+
+        for name in QUEUES:
+            WORKERS.labels(name)  # every queue's series, 0 where this process has no workers
         for spec in self.specs:
             spec.queue.ensure_group()
+            WORKERS.labels(spec.queue.name).inc(spec.threads)
+            self._counted[spec.queue.name] = self._counted.get(spec.queue.name, 0) + spec.threads
             for i in range(spec.threads):
                 consumer = f"{self.name}-{spec.queue.name}-{i}"
                 thread = threading.Thread(
@@ -75,7 +83,12 @@ class WorkerPool:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming; wait up to `timeout` for jobs in hand (an unfinished one is taken
         over by another worker once its lease expires)."""
+        from talkingface.serving.metrics import WORKERS
+
         self._stop.set()
+        for name, threads in self._counted.items():
+            WORKERS.labels(name).dec(threads)
+        self._counted.clear()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -100,8 +113,9 @@ class WorkerPool:
 
 
 def instrumented(kind: str, handler: Handler) -> Handler:
-    """`handler` counting its attempts and timing them by outcome (talkingface_job_*)."""
-    from talkingface.serving.metrics import JOB_ATTEMPTS, JOB_SECONDS
+    """`handler` counting its attempts and timing them by outcome, and its failed attempts by
+    error code (talkingface_job_*)."""
+    from talkingface.serving.metrics import JOB_ATTEMPTS, JOB_ERRORS, JOB_SECONDS
 
     def run(job, delivery, heartbeat):
         started = time.perf_counter()
@@ -118,12 +132,19 @@ def instrumented(kind: str, handler: Handler) -> Handler:
             raise
         except Exception as exc:
             outcome = "input_error" if is_input_error(exc) else "error"
+            JOB_ERRORS.labels(kind, error_code(exc)).inc()
             raise
         finally:
             JOB_ATTEMPTS.labels(kind, outcome).inc()
             JOB_SECONDS.labels(kind, outcome).observe(time.perf_counter() - started)
 
     return run
+
+
+def error_code(exc: BaseException) -> str:
+    """The stable ErrorCode name a failed attempt carries; INTERNAL when it carries none."""
+    code = getattr(exc, "code", "") if isinstance(exc, TalkingFaceError) else ""
+    return code if code and code != "ERROR_CODE_UNSPECIFIED" else "INTERNAL"
 
 
 def worker_pool(
@@ -158,19 +179,26 @@ def worker_pool(
 
 
 def export_queue_metrics(client: redis.Redis, settings: Settings) -> None:
-    """Queue depth, pending and dead-letter gauges, read from Redis at every scrape."""
-    from talkingface.serving.metrics import QUEUE_DEAD_LETTERS, QUEUE_DEPTH, QUEUE_PENDING
+    """Queue depth, pending, oldest-job age and dead-letter gauges, read from Redis at every
+    scrape."""
+    from talkingface.serving.metrics import (
+        QUEUE_DEAD_LETTERS,
+        QUEUE_DEPTH,
+        QUEUE_OLDEST_AGE,
+        QUEUE_PENDING,
+    )
 
     for name in QUEUES:
         queue = WorkQueue.from_settings(client, name, settings)
         QUEUE_DEPTH.labels(name).set_function(_safe(queue.depth))
         QUEUE_PENDING.labels(name).set_function(_safe(queue.pending))
+        QUEUE_OLDEST_AGE.labels(name).set_function(_safe(queue.oldest_age_seconds))
         QUEUE_DEAD_LETTERS.labels(name).set_function(
             _safe(lambda q=queue: q.redis.xlen(q.dead_key))
         )
 
 
-def _safe(read: Callable[[], int]) -> Callable[[], float]:
+def _safe(read: Callable[[], float]) -> Callable[[], float]:
     def value() -> float:
         try:
             return float(read())
@@ -195,18 +223,17 @@ def broker_server(settings: Settings, *, store: Any = None):
     export_queue_metrics(client, settings)
     binding = binding_for(servicer, broker_pb2_grpc.add_BrokerServicer_to_server, broker_pb2,
                           "Broker")  # fmt: skip
-    janitor = None
-    if settings.janitor_interval_seconds > 0:
-        janitor = Janitor(store, servicer.jobs, settings.janitor_interval_seconds)
+    # Always on: besides sweeping scratch space (when its interval is set) it promotes due
+    # retries, which with no worker running (scaled to zero) nobody else would.
+    janitor = Janitor(store, servicer.jobs, settings.janitor_interval_seconds,
+                      queues=list(servicer.queues.values()))  # fmt: skip
 
     def start() -> None:
         pool.start()
-        if janitor is not None:
-            janitor.start()
+        janitor.start()
 
     def stop() -> None:
-        if janitor is not None:
-            janitor.stop()
+        janitor.stop()
         pool.stop(settings.shutdown_grace_s)
 
     return ServiceServer("broker", [binding], settings, warmup=start, on_stop=stop)

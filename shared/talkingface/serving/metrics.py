@@ -1,6 +1,8 @@
-"""Prometheus RED metrics for every RPC, recorded by a gRPC server interceptor.
+"""Prometheus metrics of every talkingface process: RED metrics for every RPC (recorded by a
+gRPC server interceptor, or by the Ray Serve ingress adapter), caches, and the broker's queues
+and jobs. Names and labels are a contract with the dashboards and alerts (docs/broker.md).
 
-Series (labels):
+Series (labels), and the process that exports them:
   talkingface_grpc_server_handling_seconds  histogram (grpc_service, grpc_method, grpc_type)
   talkingface_grpc_server_handled_total     counter   (grpc_service, grpc_method, grpc_type,
                                                        grpc_code)   errors = grpc_code != "OK"
@@ -11,13 +13,26 @@ Series (labels):
   talkingface_avatar_cache_evictions_total  counter   (cache)
   talkingface_render_backend_info           gauge = 1 (backend = tcnn | torch, device)  the
                                                        hash-grid backend of loaded renderers
+      every gRPC server (standalone `talkingface serve`, the broker API) on its own /metrics;
+      the stage replicas under Ray Serve through one exporter per Ray node (serving.exporter,
+      prometheus_client multiprocess mode: gauges say how to merge replicas below)
   talkingface_queue_depth                   gauge     (queue)  broker work not yet finished
   talkingface_queue_pending                 gauge     (queue)  claimed, not yet acknowledged
   talkingface_queue_dead_letters            gauge     (queue)  jobs given up on
+  talkingface_queue_oldest_age_seconds      gauge     (queue)  age of the oldest unfinished job
+      every broker API process, read from Redis at each scrape (aggregate with max by (queue))
   talkingface_job_attempts_total            counter   (kind, outcome)
-  talkingface_job_seconds                   histogram (kind, outcome)
-  talkingface_stage_seconds                 histogram (stage)  render-job stages, as the
-                                                       broker's worker sees them
+  talkingface_job_seconds                   histogram (kind, outcome)  one worker attempt
+  talkingface_job_errors_total              counter   (kind, code)  failed attempts by ErrorCode
+  talkingface_stage_seconds                 histogram (stage, outcome = ok | error)  render-job
+                                                       stages, as the broker's worker sees them
+  talkingface_workers                       gauge     (queue)  worker threads in this process
+      every process running broker workers (the broker API's in-process ones, `talkingface
+      worker`)
+  talkingface_job_e2e_seconds               histogram (kind, outcome = succeeded | failed |
+                                                       cancelled)  submission to final state
+      the process that moved the job to its final state (a worker; the API for a cancel of a
+      queued job): exactly once per job, since the job record refuses a second final state
 """
 
 from __future__ import annotations
@@ -50,11 +65,13 @@ IN_FLIGHT = Gauge(
     "talkingface_grpc_server_in_flight",
     "RPCs being handled right now.",
     ["grpc_service", "grpc_method"],
+    multiprocess_mode="livesum",  # Ray Serve replicas of a node: the node's total
 )
 SERVICE_INFO = Gauge(
     "talkingface_service_info",
     "Constant 1, labelled with what this process serves.",
     ["service", "version", "device"],
+    multiprocess_mode="livemax",  # 1 while a replica of it lives on the node
 )
 
 AVATAR_CACHE_BYTES = Gauge(
@@ -62,6 +79,7 @@ AVATAR_CACHE_BYTES = Gauge(
     "Bytes of per-avatar state (postnets, projection indexes, renderers) held in a "
     "service's cache.",
     ["cache"],
+    multiprocess_mode="livesum",
 )
 AVATAR_CACHE_LOOKUPS = Counter(
     "talkingface_avatar_cache_lookups_total",
@@ -78,6 +96,7 @@ RENDER_BACKEND_INFO = Gauge(
     "Constant 1 for each hash-grid backend (tcnn, torch) and device the renderer service has "
     "loaded an avatar on; torch on a GPU replica means tiny-cuda-nn was not used.",
     ["backend", "device"],
+    multiprocess_mode="livemax",
 )
 
 
@@ -97,16 +116,18 @@ def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
     return "unary"
 
 
-def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
+def code_name(context: Any, failed: bool) -> str:
+    """The final status of a call, from its context's code and whether it raised."""
     code = context.code()
-    if code is None:
+    if code is None or code == grpc.StatusCode.OK:
+        # An exception without a status set is an UNKNOWN to the caller.
         return "UNKNOWN" if failed else "OK"
     # context.code() is a StatusCode once set by set_code()/abort().
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
-class _Observation:
-    """Times one RPC and records it exactly once."""
+class Observation:
+    """Times one RPC and records it exactly once (also used by the Ray Serve adapter)."""
 
     def __init__(self, service: str, method: str, rpc_type: str) -> None:
         self.labels = (service, method, rpc_type)
@@ -154,14 +175,14 @@ class MetricsInterceptor(grpc.ServerInterceptor):
     def _wrap_unary(service: str, method: str, rpc_type: str) -> Callable:
         def decorate(behaviour: Callable) -> Callable:
             def observed(request: Any, context: grpc.ServicerContext) -> Any:
-                observation = _Observation(service, method, rpc_type)
+                observation = Observation(service, method, rpc_type)
                 failed = True
                 try:
                     response = behaviour(request, context)
                     failed = False
                     return response
                 finally:
-                    observation.finish(_code_name(context, failed))
+                    observation.finish(code_name(context, failed))
 
             return observed
 
@@ -171,7 +192,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
     def _wrap_streaming(service: str, method: str, rpc_type: str) -> Callable:
         def decorate(behaviour: Callable) -> Callable:
             def observed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                observation = _Observation(service, method, rpc_type)
+                observation = Observation(service, method, rpc_type)
                 failed = True
                 try:
                     yield from behaviour(request, context)
@@ -181,7 +202,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                     context.set_code(grpc.StatusCode.CANCELLED)
                     raise
                 finally:
-                    observation.finish(_code_name(context, failed))
+                    observation.finish(code_name(context, failed))
 
             return observed
 
@@ -219,7 +240,36 @@ JOB_SECONDS = Histogram(
 )
 STAGE_SECONDS = Histogram(
     "talkingface_stage_seconds",
-    "Wall time of one pipeline stage of a render job, as the broker's worker sees it.",
-    ["stage"],
+    "Wall time of one pipeline stage of a render job, as the broker's worker sees it, by "
+    "outcome (ok; error: the stage call failed).",
+    ["stage", "outcome"],
     buckets=LATENCY_BUCKETS,
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "talkingface_queue_oldest_age_seconds",
+    "Age of the oldest job of a work queue not yet finished (undelivered, claimed or waiting "
+    "out a retry backoff), from when it was first enqueued; 0 when there is none.",
+    ["queue"],
+)
+# Jobs run from a second to hours (avatar training).
+E2E_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0,
+               1800.0, 3600.0, 7200.0, 14400.0)  # fmt: skip
+JOB_E2E_SECONDS = Histogram(
+    "talkingface_job_e2e_seconds",
+    "Time from a job's submission to its final state (Redis clock), by kind and outcome "
+    "(succeeded, failed, cancelled); observed once per job.",
+    ["kind", "outcome"],
+    buckets=E2E_BUCKETS,
+)
+JOB_ERRORS = Counter(
+    "talkingface_job_errors_total",
+    "Failed job attempts by kind and stable error code (the ErrorCode name; INTERNAL for an "
+    "error that carries none).",
+    ["kind", "code"],
+)
+WORKERS = Gauge(
+    "talkingface_workers",
+    "Worker threads serving a work queue in this process.",
+    ["queue"],
+    multiprocess_mode="livesum",
 )
