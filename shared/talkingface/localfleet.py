@@ -162,7 +162,9 @@ class LocalFleet:
             # Logical CPUs for Ray: replicas mostly wait for requests, so four applications
             # fit on any machine; real parallelism is bounded by max_replicas above.
             cpus = self.num_cpus or max(os.cpu_count() or 1, 8)
-            deploy_fleet(self.serve_config, self.settings, num_cpus=cpus)
+            # The stages' node exporter on a free port: TALKINGFACE_METRICS_PORT is the broker's.
+            stage_settings = dataclasses.replace(self.settings, metrics_port=0)
+            deploy_fleet(self.serve_config, stage_settings, num_cpus=cpus)
             self._ray_started = True
             broker_settings = dataclasses.replace(self.settings, grpc_port=self.broker_port)
             self.broker = broker_server(broker_settings)
@@ -181,7 +183,19 @@ class LocalFleet:
             "redis": self.settings.redis_url if self.redis else "(TALKINGFACE_REDIS_URL)",
             "store": (str(self.settings.store_dir) if self.settings.store == "local"
                       else f"minio {self.settings.minio_endpoint}/{self.settings.minio_bucket}"),
+            **self._metrics_endpoints(),
         }  # fmt: skip
+
+    def _metrics_endpoints(self) -> dict[str, str]:
+        """The stage replicas' /metrics (one exporter for the node, talkingface.serving.exporter)
+        and Ray's own metrics export, when this fleet started Ray."""
+        from talkingface.serving import ray_app
+        from talkingface.serving.exporter import node_metrics_url
+
+        urls = {"stage_metrics": node_metrics_url()}
+        if ray_app.ray_metrics_port:
+            urls["ray_metrics"] = f"http://127.0.0.1:{ray_app.ray_metrics_port}/metrics"
+        return urls
 
     def stop(self) -> None:
         if self.broker is not None:

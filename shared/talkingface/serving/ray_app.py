@@ -7,6 +7,11 @@ a Ray Serve deployment whose methods Ray's gRPC proxy calls by RPC name. Callers
 application with the `application` metadata key. Scaling knobs (replicas, autoscaling, GPU
 fraction) are not set here: they come from the serve config file, so operators tune them
 without code changes.
+
+Metrics: Ray's proxy receives the calls, so no gRPC interceptor sees them; each replica
+records the same talkingface_grpc_server_* RED series around its own method calls, plus
+talkingface_service_info, and exports them with the other replicas of its node through one
+/metrics endpoint on TALKINGFACE_METRICS_PORT (talkingface.serving.exporter).
 """
 
 from __future__ import annotations
@@ -68,16 +73,44 @@ class RayContextAdapter:
         return None
 
 
-def _unary(name: str):
+def _observe(service: str, method: str, rpc_type: str):
+    from talkingface.serving.metrics import Observation
+
+    return Observation(service, method, rpc_type)
+
+
+def _finish(observation: Any, context: Any, failed: bool, cancelled: bool = False) -> None:
+    from talkingface.serving.metrics import code_name
+
+    observation.finish("CANCELLED" if cancelled else code_name(context, failed))
+
+
+def _unary(service: str, name: str):
     def method(self, request, grpc_context):
-        return getattr(self._servicer, name)(request, RayContextAdapter(grpc_context))
+        context = RayContextAdapter(grpc_context)
+        observation, failed = _observe(service, name, "unary"), True
+        try:
+            response = getattr(self._servicer, name)(request, context)
+            failed = False
+            return response
+        finally:
+            _finish(observation, context, failed)
 
     return method
 
 
-def _server_streaming(name: str):
+def _server_streaming(service: str, name: str):
     def method(self, request, grpc_context):
-        yield from getattr(self._servicer, name)(request, RayContextAdapter(grpc_context))
+        context = RayContextAdapter(grpc_context)
+        observation, failed, cancelled = _observe(service, name, "server_stream"), True, False
+        try:
+            yield from getattr(self._servicer, name)(request, context)
+            failed = False
+        except GeneratorExit:  # the caller went away mid-stream
+            cancelled = True
+            raise
+        finally:
+            _finish(observation, context, failed, cancelled)
 
     return method
 
@@ -96,42 +129,99 @@ def _sync_requests(request_stream: Any, loop: asyncio.AbstractEventLoop) -> Iter
         yield item
 
 
-def _client_streaming(name: str):
+def _client_streaming(service: str, name: str):
     async def method(self, request_stream, grpc_context):
-        requests = _sync_requests(request_stream, asyncio.get_running_loop())
-        servicer_method = getattr(self._servicer, name)
-        return await asyncio.to_thread(servicer_method, requests, RayContextAdapter(grpc_context))
+        context = RayContextAdapter(grpc_context)
+        observation, failed = _observe(service, name, "client_stream"), True
+        try:
+            requests = _sync_requests(request_stream, asyncio.get_running_loop())
+            servicer_method = getattr(self._servicer, name)
+            response = await asyncio.to_thread(servicer_method, requests, context)
+            failed = False
+            return response
+        finally:
+            _finish(observation, context, failed)
 
     return method
 
 
-def _bidi_streaming(name: str):
+def _bidi_streaming(service: str, name: str):
     async def method(self, request_stream, grpc_context):
-        requests = _sync_requests(request_stream, asyncio.get_running_loop())
-        responses = iter(getattr(self._servicer, name)(requests, RayContextAdapter(grpc_context)))
-        while (item := await asyncio.to_thread(next, responses, _END)) is not _END:
-            yield item
+        context = RayContextAdapter(grpc_context)
+        observation, failed, cancelled = _observe(service, name, "bidi_stream"), True, False
+        try:
+            requests = _sync_requests(request_stream, asyncio.get_running_loop())
+            responses = iter(getattr(self._servicer, name)(requests, context))
+            while (item := await asyncio.to_thread(next, responses, _END)) is not _END:
+                yield item
+            failed = False
+        except GeneratorExit:
+            cancelled = True
+            raise
+        finally:
+            _finish(observation, context, failed, cancelled)
 
     return method
+
+
+def _replica_settings(args: tuple, kwargs: dict) -> Any:
+    """The Settings a servicer was built with (an init argument), else the environment's."""
+    from talkingface.config import Settings
+
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Settings):
+            return value
+    return Settings.from_env()
+
+
+def _start_replica_metrics(service: str, args: tuple, kwargs: dict) -> tuple[str, Any]:
+    """Start this replica's share of the node's metrics export (before the servicer exists,
+    so every series it creates is recorded in multiprocess mode); (stage name, settings)."""
+    from talkingface.serving.exporter import start_replica_exporter
+    from talkingface.serving.fleet import STAGES
+
+    settings = _replica_settings(args, kwargs)
+    start_replica_exporter(settings.metrics_port, settings.metrics_host)
+    stage = {deployment: name for name, (_, deployment) in STAGES.items()}.get(service, service)
+    return stage, settings
+
+
+def _device(setting: str) -> str:
+    """TALKINGFACE_DEVICE with `auto` resolved, for talkingface_service_info."""
+    if setting != "auto":
+        return setting
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
 
 
 def ingress_class(servicer_cls: type, pb2_module: ModuleType, service: str) -> type:
     """A class Ray Serve can deploy whose methods forward to `servicer_cls` by RPC name."""
     descriptor = pb2_module.DESCRIPTOR.services_by_name[service]
+    full_name = descriptor.full_name  # e.g. talkingface.v1.Motion, the grpc_service label
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from talkingface import __version__
+        from talkingface.serving.metrics import SERVICE_INFO
+
+        stage, settings = _start_replica_metrics(service, args, kwargs)
         self._servicer = servicer_cls(*args, **kwargs)
+        device = str(getattr(self._servicer, "device", "") or _device(settings.device))
+        SERVICE_INFO.labels(stage, __version__, device).set(1)
 
     namespace: dict[str, Any] = {"__init__": __init__, "__doc__": servicer_cls.__doc__}
     for m in descriptor.methods:
         if m.client_streaming and m.server_streaming:
-            namespace[m.name] = _bidi_streaming(m.name)
+            namespace[m.name] = _bidi_streaming(full_name, m.name)
         elif m.client_streaming:
-            namespace[m.name] = _client_streaming(m.name)
+            namespace[m.name] = _client_streaming(full_name, m.name)
         elif m.server_streaming:
-            namespace[m.name] = _server_streaming(m.name)
+            namespace[m.name] = _server_streaming(full_name, m.name)
         else:
-            namespace[m.name] = _unary(m.name)
+            namespace[m.name] = _unary(full_name, m.name)
     return type(f"{service}Ingress", (), namespace)
 
 
@@ -191,6 +281,16 @@ def servicer_function(pb2_grpc_module: ModuleType, service: str) -> str:
 
 
 PROXY_CHECK_TIMEOUT_S = 60
+# The metrics export port of the Ray that start_local_serve started (None: none, or joined).
+ray_metrics_port: int | None = None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def start_local_serve(
@@ -216,14 +316,20 @@ def start_local_serve(
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
+    global ray_metrics_port
     if not ray.is_initialized():
+        # A Ray started here exports its own metrics (ray_serve_*, ray_node_*) on a known
+        # free port, so a local Prometheus can scrape them too.
+        metrics_port = None if ray_address else _free_port()
         ray.init(
             address=ray_address or None,
             num_cpus=num_cpus,
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
+            _metrics_export_port=metrics_port,
         )
+        ray_metrics_port = metrics_port
     http = (
         HTTPOptions(host="127.0.0.1", port=http_port)
         if http_port
