@@ -73,18 +73,22 @@ def _one(objects, kind: str, name_suffix: str = "") -> dict[str, Any]:
     return found[0]
 
 
-def _pod_specs(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(label, pod spec) of every pod template an object carries, RayService groups included."""
+def _pod_templates(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, pod template) of every pod an object makes, RayService groups included."""
     kind, name = obj["kind"], obj["metadata"]["name"]
     if kind in ("Deployment", "StatefulSet", "Job"):
-        return [(f"{kind}/{name}", obj["spec"]["template"]["spec"])]
+        return [(f"{kind}/{name}", obj["spec"]["template"])]
     if kind == "RayService":
         cluster = obj["spec"]["rayClusterConfig"]
-        specs = [(f"{name}/head", cluster["headGroupSpec"]["template"]["spec"])]
+        templates = [(f"{name}/head", cluster["headGroupSpec"]["template"])]
         for group in cluster.get("workerGroupSpecs", []):
-            specs.append((f"{name}/{group['groupName']}", group["template"]["spec"]))
-        return specs
+            templates.append((f"{name}/{group['groupName']}", group["template"]))
+        return templates
     return []
+
+
+def _pod_specs(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(where, template["spec"]) for where, template in _pod_templates(obj)]
 
 
 def _containers(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
@@ -397,8 +401,35 @@ def test_network_policies(renders):
                    == ray_selector for rule in ray["spec"]["ingress"])  # fmt: skip
         scrape = _one(objects, "NetworkPolicy", "-dns-and-metrics")["spec"]["ingress"][0]
         assert {p["port"] for p in scrape["ports"]} == {9464, 8080}
+        # Every pod of the release falls under the deny-all (Ray pods by labels KubeRay
+        # leaves alone), and the Ray policy reaches every Ray pod.
+        for obj in objects:
+            for where, template in _pod_templates(obj):
+                labels = template["metadata"]["labels"]
+                assert deny[0]["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+                if obj["kind"] == "RayService":
+                    assert ray_selector.items() <= labels.items(), where
+                    assert "app.kubernetes.io/name" not in ray_selector
     external = _policies(renders["external-deps-values"])
     assert not [p for p in external if p["metadata"]["name"].endswith(("-redis", "-objectstore"))]
+
+
+def test_gpu_workers_can_hold_every_stage_at_max(renders):
+    """Sizing: the GPU fractions at max_replicas fit the GPU worker group at its max."""
+    for values in ("default-values", "gpu-values"):
+        objects = renders[values]
+        config = _serve_config(objects)
+        deployments = [d for app in config["applications"] for d in app["deployments"]]
+        need = sum(
+            d["ray_actor_options"].get("num_gpus", 0) * d["autoscaling_config"]["max_replicas"]
+            for d in deployments
+        )
+        (group,) = [g for g in _one(objects, "RayService")["spec"]["rayClusterConfig"][
+            "workerGroupSpecs"] if g["groupName"] == "gpu-workers"]  # fmt: skip
+        per_pod = group["template"]["spec"]["containers"][0]["resources"]["limits"][
+            "nvidia.com/gpu"
+        ]
+        assert need <= group["maxReplicas"] * per_pod, (values, need)
 
 
 def test_pod_disruption_budgets(renders):

@@ -24,6 +24,20 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/* Ray pods are labelled by KubeRay too (it may set app.kubernetes.io/name: kuberay), so
+they are selected by labels KubeRay never sets: the release, part-of and component. */}}
+{{- define "talkingface.raySelectorLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: talkingface
+app.kubernetes.io/component: ray
+{{- end }}
+
+{{/* Every pod of the release (Ray pods included). */}}
+{{- define "talkingface.releaseSelectorLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: talkingface
+{{- end }}
+
 {{- define "talkingface.labels" -}}
 {{ include "talkingface.selectorLabels" . }}
 helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" }}
