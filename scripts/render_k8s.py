@@ -82,6 +82,8 @@ def render(values: dict[str, Any] | None = None, *, name: str = RELEASE,
     manifests = chart.render(values or {}, name=name, namespace=namespace, is_install=True)
     objects = []
     for template in sorted(manifests):
+        if template.endswith("NOTES.txt"):  # shown to the user by `helm install`, not applied
+            continue
         for doc in yaml.safe_load_all(manifests[template]):
             if doc:
                 objects.append(doc)
