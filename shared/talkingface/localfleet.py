@@ -192,7 +192,10 @@ class LocalFleet:
         from talkingface.serving import ray_app
         from talkingface.serving.exporter import node_metrics_url
 
-        urls = {"stage_metrics": node_metrics_url()}
+        try:
+            urls = {"stage_metrics": node_metrics_url(timeout_s=15.0)}
+        except TimeoutError:  # Ray joined elsewhere: no stage replica on this node
+            urls = {"stage_metrics": "(no stage replica on this node)"}
         if ray_app.ray_metrics_port:
             urls["ray_metrics"] = f"http://127.0.0.1:{ray_app.ray_metrics_port}/metrics"
         return urls

@@ -132,15 +132,18 @@ def _sync_requests(request_stream: Any, loop: asyncio.AbstractEventLoop) -> Iter
 def _client_streaming(service: str, name: str):
     async def method(self, request_stream, grpc_context):
         context = RayContextAdapter(grpc_context)
-        observation, failed = _observe(service, name, "client_stream"), True
+        observation, failed, cancelled = _observe(service, name, "client_stream"), True, False
         try:
             requests = _sync_requests(request_stream, asyncio.get_running_loop())
             servicer_method = getattr(self._servicer, name)
             response = await asyncio.to_thread(servicer_method, requests, context)
             failed = False
             return response
+        except asyncio.CancelledError:  # Ray cancels the request: the caller went away
+            cancelled = True
+            raise
         finally:
-            _finish(observation, context, failed)
+            _finish(observation, context, failed, cancelled)
 
     return method
 
@@ -155,7 +158,7 @@ def _bidi_streaming(service: str, name: str):
             while (item := await asyncio.to_thread(next, responses, _END)) is not _END:
                 yield item
             failed = False
-        except GeneratorExit:
+        except (GeneratorExit, asyncio.CancelledError):
             cancelled = True
             raise
         finally:
