@@ -247,14 +247,17 @@ def test_ray_cluster_shape(renders):
         spec = _one(objects, "RayService")["spec"]
         cluster = spec["rayClusterConfig"]
         assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+        # KubeRay keeps only the port named "serve" (the head container's): Serve's gRPC proxy.
         ports = {p["name"]: p for p in spec["serveService"]["spec"]["ports"]}
-        assert ports["serve-grpc"]["port"] == 9000
-        assert ports["serve-grpc"]["appProtocol"] == "kubernetes.io/h2c"
+        assert list(ports) == ["serve"] and ports["serve"]["port"] == 9000
+        assert ports["serve"]["appProtocol"] == "kubernetes.io/h2c"
+        head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+        assert {p["name"]: p["containerPort"] for p in head["ports"]}["serve"] == 9000
         groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
         for where, _, container in _containers(_one(objects, "RayService")):
             names = {p["name"]: p["containerPort"] for p in container["ports"]}
             assert names["metrics"] == 8080 and names["tf-metrics"] == 9464, where
-            assert names["serve-grpc"] == 9000, where
+            assert names["serve"] == 9000, where
             probe = container["readinessProbe"]["exec"]["command"]
             assert probe[0] == "python" and "wget" not in " ".join(probe), where
             mounts = {m["mountPath"] for m in container["volumeMounts"]}
