@@ -239,6 +239,7 @@ def test_serve_config_is_the_projects_and_loads(renders, tmp_path):
             checked[key] = load_serve_config(path)
         assert checked[key].grpc_port == 9000
     assert not any(_gpus(_serve_config(renders["cpu-only-values"])))
+    assert "nvidia.com/gpu" not in json.dumps(renders["cpu-only-values"])
     assert any(_gpus(_serve_config(renders["gpu-values"])))
 
 
@@ -351,10 +352,10 @@ def test_api_runs_no_inprocess_workers(renders):
 
 
 def test_every_pod_is_locked_down(renders):
-    grace = Settings().shutdown_grace_s
     pods = 0
     for values, obj in _all_objects(renders):
         for where, spec in _pod_specs(obj):
+            grace = None
             pods += 1
             pod = spec["securityContext"]
             assert pod["runAsNonRoot"] is True, (values, where)
@@ -370,7 +371,9 @@ def test_every_pod_is_locked_down(renders):
                 if container["image"].startswith("talkingface/"):
                     mounts = {m["mountPath"] for m in container["volumeMounts"]}
                     assert {"/tmp", "/var/cache/talkingface"} <= mounts, label
-            if obj["kind"] != "StatefulSet" and obj["kind"] != "Job":
+                    env = _settings_env(renders[values], container)
+                    grace = Settings.from_env(env).shutdown_grace_s
+            if grace is not None and obj["kind"] != "Job":
                 # The API drains its in-process pool and then its RPCs, each within the grace.
                 assert spec["terminationGracePeriodSeconds"] > 2 * grace, (values, where)
     assert pods >= 8
@@ -512,6 +515,9 @@ def test_monitoring_objects(renders):
     assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} == {"metrics", "tf-metrics"}
     service_monitor = _one(objects, "ServiceMonitor")
     assert service_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    external = renders["external-deps-values"]
+    for kind in ("ServiceMonitor", "PodMonitor"):  # labels follow monitoring.labels
+        assert _one(external, kind)["metadata"]["labels"]["release"] == "prometheus"
     selector = service_monitor["spec"]["selector"]["matchLabels"]
     scraped = [o for o in objects if o["kind"] == "Service"
                and selector.items() <= o["metadata"]["labels"].items()]  # fmt: skip
