@@ -113,6 +113,19 @@ def test_chart_has_no_dependencies():
     assert not (CHART / "charts").exists()
 
 
+def test_versions_follow_the_project():
+    """The image tag (appVersion) is the package's version; rayVersion is the pinned Ray."""
+    import tomllib
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
+    pins = dict(line.split("==", 1) for line in (ROOT / "constraints.txt").read_text().split()
+                if "==" in line)  # fmt: skip
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["ray"]["rayVersion"] == pins["ray"]
+
+
 def test_values_schema_rejects_typos_and_secret_settings():
     chart = helm_python.Chart.load(CHART)
     chart.validate_schema(chart.merge_values({}))
