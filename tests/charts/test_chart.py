@@ -286,6 +286,25 @@ def test_ray_cluster_shape(renders):
             assert "nvidia.com/gpu" not in json.dumps(groups), values
 
 
+def _bytes(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for suffix, factor in units.items():
+        if str(quantity).endswith(suffix):
+            return float(str(quantity)[: -len(suffix)]) * factor
+    return float(quantity)
+
+
+def test_ray_shared_memory_holds_the_object_store(renders):
+    """Ray's object store takes 30% of the memory limit; /dev/shm must hold it (else Ray
+    falls back to /tmp, slower and counted against the scratch volume)."""
+    for values, objects in renders.items():
+        for where, spec in _pod_specs(_one(objects, "RayService")):
+            shm = {v["name"]: v for v in spec["volumes"]}["dshm"]["emptyDir"]
+            assert shm["medium"] == "Memory"
+            limit = _bytes(spec["containers"][0]["resources"]["limits"]["memory"])
+            assert _bytes(shm["sizeLimit"]) >= 0.3 * limit, (values, where)
+
+
 def test_ray_probe_script_runs(renders, tmp_path):
     """The exec probe is real Python: it fails on an unreachable endpoint."""
     command = _one(renders["default-values"], "RayService")["spec"]["rayClusterConfig"][
