@@ -4,7 +4,8 @@ the stage replicas' node exporter and Ray's own metrics export, runs a few tiny 
 through the broker (two that succeed, one whose audio is corrupt), then evaluates each panel
 query, instant and over the test's time range, and each rule through the HTTP API. All must
 run without error; the latency, throughput and queue panels must return data. Panels of
-metrics no local exporter has (kube-state-metrics, DCGM) are listed, with why, in MAY_BE_EMPTY.
+metrics no local exporter has (kube-state-metrics, DCGM) are listed, with why, in
+live.EXTERNAL_PANELS.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 from tests.charts.live import (
     DASHBOARDS,
+    EXTERNAL_PANELS,
     Prometheus,
     broker_fleet,
     concrete,
@@ -30,11 +32,6 @@ from tests.charts.live import (
 
 pytestmark = pytest.mark.slow
 
-# Panels allowed to come back empty here, and why; every other panel must return data.
-MAY_BE_EMPTY = {
-    ("fleet", "Deployments: available replicas"): "kube-state-metrics: no cluster here",
-    ("fleet", "GPU utilisation"): "NVIDIA's DCGM exporter: no GPU exporter here",
-}
 # Recording rules that must have a value after the jobs (the others: objectives, constant).
 RULES_WITH_DATA = {
     "talkingface:job_e2e_seconds:p50", "talkingface:job_e2e_seconds:p95",
@@ -104,7 +101,7 @@ def check_dashboards(prom: Prometheus, start: float, end: float) -> None:
                 empty.append((name, target.panel))
     print(f"{len(empty)} panel queries without data: {empty}")
     assert errors == []
-    must_have_data = [panel for panel in empty if panel not in MAY_BE_EMPTY]
+    must_have_data = [panel for panel in empty if panel not in EXTERNAL_PANELS]
     assert must_have_data == [], "panels without data"
 
 
