@@ -19,11 +19,14 @@ from tests.charts.live import (
     DASHBOARDS,
     RULES,
     RULES_TEST,
+    Prometheus,
+    PrometheusError,
     concrete,
     exported_names,
     load_dashboard,
     metric_names,
     panels,
+    prometheus_binary,
     recorded_names,
     rule_list,
     targets,
@@ -189,3 +192,18 @@ def test_metric_names_of_an_expression():
     )
     assert metric_names(expr) == {"talkingface_job_e2e_seconds_bucket", "foo_total"}
     assert concrete('rate(x{a=~"$namespace"}[$__rate_interval])') == 'rate(x{a=~".*"}[5m])'
+
+
+def test_the_live_checks_prometheus_reports_errors_and_loads_the_rules(tmp_path):
+    """The helper of test_prometheus_live.py on a real prometheus with no targets: it loads
+    every rule of rules.yaml, answers a good query, and raises on one that does not parse
+    (so the live check cannot pass over an error)."""
+    if prometheus_binary() is None:
+        pytest.skip("no prometheus binary at /usr/bin/prometheus (`make setup` installs it)")
+    with Prometheus(tmp_path, {}) as prom:
+        assert len(prom.rule_health()) == len(rule_list())
+        assert prom.query("vector(1)")[0]["value"][1] == "1"
+        with pytest.raises(PrometheusError, match="bad_data"):
+            prom.query("sum by (queue (talkingface_queue_depth)")
+        assert prom.proc.poll() is None
+    assert prom.proc is None

@@ -72,6 +72,7 @@ def test_every_query_and_rule_runs_on_prometheus_scraping_the_fleet(
             if "ray" in scrapes:  # Ray's metrics agent reports every few seconds
                 assert prom.wait_for("ray_serve_deployment_replica_healthy", 30)
             start = time.time()
+            before = finals_by_outcome(prom, start)
             clip = speech(tiny_avatar, 1.0)
             finals = run_jobs(fleet.api, [clip, clip, corrupt_audio()])
             states = [job.state for job in finals]
@@ -82,8 +83,19 @@ def test_every_query_and_rule_runs_on_prometheus_scraping_the_fleet(
             time.sleep(3.0)
             end = time.time()
             assert prom.targets_health() == dict.fromkeys(scrapes, "up")
+            # Each job is counted once, at its final state, by the end-to-end histogram.
+            after = finals_by_outcome(prom, end)
+            counted = {k: after[k] - before.get(k, 0.0) for k in after}
+            assert {k: v for k, v in counted.items() if v} == {"succeeded": 2, "failed": 1}
             check_dashboards(prom, start, end)
             check_rules(prom)
+
+
+def finals_by_outcome(prom: Prometheus, at: float) -> dict[str, float]:
+    """Render jobs counted by talkingface_job_e2e_seconds, by outcome, at time `at` (the
+    broker's counters live as long as the test process: other tests count there too)."""
+    expr = 'sum by (outcome) (talkingface_job_e2e_seconds_count{kind="render"})'
+    return {r["metric"]["outcome"]: float(r["value"][1]) for r in prom.query(expr, at=at)}
 
 
 def check_dashboards(prom: Prometheus, start: float, end: float) -> None:
@@ -112,6 +124,12 @@ def check_rules(prom: Prometheus) -> None:
     for record in recorded_names():
         result = prom.query(record)
         assert result or record not in RULES_WITH_DATA, f"{record} has no value"
+    # Every stage the workers time has an objective, and every objective is a stage's.
+    stages = {r["metric"]["stage"] for r in prom.query("talkingface:stage_seconds:p99")}
+    objectives = prom.query("talkingface:stage_seconds:p99_objective")
+    assert stages == {r["metric"]["stage"] for r in objectives}
+    (p50,) = prom.query('talkingface:job_e2e_seconds:p50{kind="render"}')
+    assert 0 < float(p50["value"][1]) < 120, p50
     # The rules' own expressions run too (alerts: their conditions, mostly empty here).
     for rule in rule_list():
         prom.query(rule["expr"])
