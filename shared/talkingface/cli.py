@@ -418,6 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_worker(sub)
     add_avatar(sub)
 
+    from talkingface.broker.auth_commands import add_key, add_tenant
+
+    add_tenant(sub)
+    add_key(sub)
+
     from talkingface.demo import add_demo
 
     add_demo(sub)

@@ -144,6 +144,35 @@ class Settings:
         "Refuse broker calls without `x-talkingface-tenant` metadata (UNAUTHENTICATED); when "
         "false such calls act for the tenant `default`.",
     )
+    broker_auth: str = _setting(
+        "off",
+        "Authentication of the broker API: `off` (the tenant is the `x-talkingface-tenant` "
+        "metadata) or `keys` (every RPC needs `authorization: Bearer <API key>`; the key's "
+        "tenant is used and the tenant metadata ignored; see docs/broker.md).",
+        choices=("off", "keys"),
+    )
+    broker_auth_cache_seconds: float = _setting(
+        5.0,
+        "How long the broker caches an API key lookup in memory, seconds (0 = no cache); a "
+        "revoked or deleted key stops working within this time.",
+    )
+    tls_cert_file: str = _setting(
+        "",
+        "PEM certificate (chain) of the broker's public gRPC port; with "
+        "TALKINGFACE_TLS_KEY_FILE it serves TLS instead of plaintext.",
+    )
+    tls_key_file: str = _setting("", "PEM private key of TALKINGFACE_TLS_CERT_FILE.")
+    tls_ca_file: str = _setting(
+        "",
+        "PEM CA certificate(s) clients trust for the broker's TLS (`talkingface submit`, "
+        "`avatar`); set = connect with TLS, empty = plaintext.",
+    )
+    api_key: str = _setting(
+        "",
+        "API key the client commands send (`authorization: Bearer`), from `talkingface "
+        "key create`.",
+        secret=True,
+    )
     janitor_interval_seconds: float = _setting(
         300.0,
         "How often the broker deletes the scratch space (`work/<job_id>/`) left by ended jobs "
@@ -270,6 +299,13 @@ class Settings:
                 problems.append(f"{env_name(name)} must be {low} or more")
         if settings is not None and settings.result_url_seconds > 7 * 24 * 3600:
             problems.append(f"{env_name('result_url_seconds')} must be at most 7 days (S3's limit)")
+        if settings is not None and settings.broker_auth_cache_seconds < 0:
+            problems.append(f"{env_name('broker_auth_cache_seconds')} must be 0 or more")
+        if settings is not None and bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+            problems.append(
+                f"{env_name('tls_cert_file')} and {env_name('tls_key_file')} go together: "
+                "set both or neither"
+            )
         if settings is not None and settings.janitor_interval_seconds < 0:
             problems.append(f"{env_name('janitor_interval_seconds')} must be 0 or more")
         for name, low in (("sandbox_memory_mb", 64), ("sandbox_cpu_seconds", 1),

@@ -10,6 +10,9 @@ with the four stage applications of the serve config, and the broker with its wo
   machine's cores (a replica that cannot get a core only slows the others down).
 - Broker: the public API on TALKINGFACE_GRPC_PORT with TALKINGFACE_BROKER_WORKERS render
   workers and TALKINGFACE_BROKER_TRAIN_WORKERS training workers in its process.
+- API key: with TALKINGFACE_BROKER_AUTH=keys the fleet registers the tenant `default` and
+  makes itself a key (render, avatars) for its own client (`api_key`, printed by `up`); the
+  key is revoked when the fleet stops.
 
 `LocalFleet` is a context manager: everything it started is stopped again on exit, children
 first (broker, Serve and Ray, then Redis).
@@ -136,6 +139,8 @@ class LocalFleet:
         self.redis: PrivateRedis | None = None
         self.broker: Any = None
         self.serve_config: Any = None
+        self.api_key = ""  # the fleet's own key when TALKINGFACE_BROKER_AUTH=keys
+        self._api_key_id = ""
         self._ray_started = False
 
     @property
@@ -170,14 +175,36 @@ class LocalFleet:
             self.broker = broker_server(broker_settings)
             self.broker.start()
             self.broker.warm_up()
+            if self.settings.broker_auth == "keys":
+                self._make_api_key()
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _make_api_key(self) -> None:
+        from talkingface.broker.auth import KeyStore
+        from talkingface.broker.service import redis_client
+
+        keys = KeyStore(redis_client(self.settings))
+        keys.create_tenant("default", exist_ok=True)
+        self.api_key, info = keys.create_key("default", "render,avatars", name="local fleet")
+        self._api_key_id = info.key_id
+
+    def _revoke_api_key(self) -> None:
+        from talkingface.broker.auth import KeyStore
+        from talkingface.broker.service import redis_client
+
+        try:
+            KeyStore(redis_client(self.settings)).revoke_key(self._api_key_id)
+        except Exception:  # Redis down or the key gone: log it, do not fail the stop
+            log.warning("could not revoke the fleet's API key %s", self._api_key_id)
+        self.api_key = self._api_key_id = ""
+
     def endpoints(self) -> dict[str, str]:
         return {
             "broker": self.broker_address,
+            **({"api_key": self.api_key} if self.api_key else {}),
             "broker_metrics": f"http://127.0.0.1:{self.broker.metrics_port}/metrics",
             "stages": self.stages_address,
             "redis": self.settings.redis_url if self.redis else "(TALKINGFACE_REDIS_URL)",
@@ -201,6 +228,8 @@ class LocalFleet:
         return urls
 
     def stop(self) -> None:
+        if self._api_key_id:
+            self._revoke_api_key()
         if self.broker is not None:
             self.broker.stop(grace=5.0)
             self.broker = None

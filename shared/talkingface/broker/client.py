@@ -4,10 +4,15 @@
 jobs, follows a job to its end (`wait`, with a callback per update) and downloads a finished
 render's mp4 from its download URL (file:// for the local store, http(s) for MinIO's
 presigned URLs). Failed RPCs raise the TalkingFaceError the broker sent.
+
+With an API key (`api_key`, else TALKINGFACE_API_KEY) every call carries `authorization:
+Bearer <key>`; with a CA file (`ca_file`, else TALKINGFACE_TLS_CA_FILE) the channel is TLS,
+trusting that CA.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tarfile
 import tempfile
@@ -39,11 +44,33 @@ def stage_name(stage: int) -> str:
 class BrokerClient:
     """The broker API for one tenant (see the module docstring)."""
 
-    def __init__(self, address: str, tenant: str = "default", timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        tenant: str = "default",
+        timeout_s: float = 60.0,
+        *,
+        api_key: str | None = None,
+        ca_file: str | Path | None = None,
+    ) -> None:
         self.address = address
         self.tenant = tenant
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address, options=grpc_message_options(8))
+        self.api_key = os.environ.get("TALKINGFACE_API_KEY", "") if api_key is None else api_key
+        if ca_file is None:
+            ca_file = os.environ.get("TALKINGFACE_TLS_CA_FILE", "")
+        options = grpc_message_options(8)
+        if ca_file:
+            try:
+                roots = Path(ca_file).read_bytes()
+            except OSError as exc:
+                raise TalkingFaceError(
+                    "INVALID_REQUEST", f"cannot read the TLS CA file {ca_file}: {exc}"
+                ) from None
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
         self.stub = broker_pb2_grpc.BrokerStub(self._channel)
 
     def close(self) -> None:
@@ -57,6 +84,8 @@ class BrokerClient:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
+        if self.api_key:
+            return ((TENANT_METADATA, self.tenant), ("authorization", f"Bearer {self.api_key}"))
         return ((TENANT_METADATA, self.tenant),)
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:

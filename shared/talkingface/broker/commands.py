@@ -64,6 +64,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             print("talkingface fleet is up:", flush=True)
             for name, value in endpoints.items():
                 print(f"  {name:15s} {value}", flush=True)
+            if fleet.api_key:
+                print(f"the fleet's API key: export TALKINGFACE_API_KEY={fleet.api_key}",
+                      flush=True)  # fmt: skip
             print(f"submit with: talkingface submit --broker {fleet.broker_address} "
                   "--avatar ID --audio FILE --out FILE.mp4   (Ctrl-C stops the fleet)",
                   flush=True)  # fmt: skip
@@ -191,7 +194,9 @@ def job_summary(job) -> dict[str, Any]:
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", help="broker host:port (TALKINGFACE_BROKER_ADDRESS)")
-    parser.add_argument("--tenant", default="default", help="tenant (x-talkingface-tenant)")
+    parser.add_argument("--tenant", default="default",
+                        help="tenant (x-talkingface-tenant; ignored when the broker checks "
+                        "API keys: TALKINGFACE_API_KEY's key names it)")  # fmt: skip
     parser.add_argument("--connect-timeout", type=float, default=30.0,
                         help="seconds to wait for the broker (30)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="one JSON object as the last line")

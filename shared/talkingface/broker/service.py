@@ -210,6 +210,7 @@ def _safe(read: Callable[[], float]) -> Callable[[], float]:
 
 def broker_server(settings: Settings, *, store: Any = None):
     """The broker's ServiceServer (API + in-process workers); see the module docstring."""
+    from talkingface.broker.auth import auth_interceptors, server_credentials
     from talkingface.broker.janitor import Janitor
     from talkingface.broker.servicer import BrokerServicer
     from talkingface.serving.server import ServiceServer, binding_for
@@ -236,4 +237,6 @@ def broker_server(settings: Settings, *, store: Any = None):
         janitor.stop()
         pool.stop(settings.shutdown_grace_s)
 
-    return ServiceServer("broker", [binding], settings, warmup=start, on_stop=stop)
+    return ServiceServer("broker", [binding], settings, warmup=start, on_stop=stop,
+                         interceptors=auth_interceptors(settings, client),
+                         credentials=server_credentials(settings))  # fmt: skip

@@ -248,6 +248,13 @@ class BrokerServicer:
     # --- helpers ---------------------------------------------------------------------------
 
     def _tenant(self, context) -> str:
+        if self.settings.broker_auth == "keys":  # the API key's tenant (broker.auth)
+            from talkingface.broker.auth import current_principal
+
+            principal = current_principal()
+            if principal is None:
+                raise TalkingFaceError("UNAUTHENTICATED", "the call carries no valid API key")
+            return principal.tenant
         values = [v for k, v in (context.invocation_metadata() or ()) if k == TENANT_METADATA]
         if not values:
             if self.settings.broker_require_tenant:

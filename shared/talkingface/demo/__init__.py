@@ -333,7 +333,8 @@ class Demo:
             self.say("demo: submitting the held-out clip's audio through the broker API")
             started = time.perf_counter()
             options = broker_pb2.RenderOptions(pose_start=self.pose_start())
-            with BrokerClient(fleet.broker_address, TENANT) as client:
+            with BrokerClient(fleet.broker_address, TENANT,
+                              api_key=fleet.api_key or None) as client:  # fmt: skip
                 job = submit_and_download(client, AVATAR_ID, self._data_dir("clip") / "audio.wav",
                                           self.out / "demo.mp4", options=options)  # fmt: skip
             self.timings["render_job"] = round(time.perf_counter() - started, 1)

@@ -66,8 +66,12 @@ class ServiceServer:
         device: str = "cpu",
         backends: Mapping[str, str] | None = None,
         on_stop: Callable[[], None] | None = None,
+        interceptors: Sequence[grpc.ServerInterceptor] = (),
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.name = name
+        self._interceptors = list(interceptors)  # after the metrics one (refusals are counted)
+        self._credentials = credentials  # TLS on the gRPC port when given
         self._on_stop = on_stop
         self.settings = settings
         self._warmup = warmup
@@ -97,7 +101,7 @@ class ServiceServer:
             futures.ThreadPoolExecutor(
                 max_workers=s.grpc_workers, thread_name_prefix=f"{self.name}-rpc"
             ),
-            interceptors=[MetricsInterceptor()],
+            interceptors=[MetricsInterceptor(), *self._interceptors],
             options=grpc_message_options(s.grpc_max_message_mb),
         )
         for binding in self.bindings:
@@ -108,7 +112,11 @@ class ServiceServer:
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        self.port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        address = f"{s.grpc_host}:{s.grpc_port}"
+        if self._credentials is not None:
+            self.port = server.add_secure_port(address, self._credentials)
+        else:
+            self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise RuntimeError(f"could not bind gRPC port {s.grpc_host}:{s.grpc_port}")
         server.start()
@@ -121,6 +129,7 @@ class ServiceServer:
                 "grpc_port": self.port,
                 "metrics_port": self.metrics_port,
                 "services": self.service_names,
+                "tls": self._credentials is not None,
             },
         )
         return self.port

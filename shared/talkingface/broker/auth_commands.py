@@ -1,0 +1,140 @@
+"""`talkingface tenant create|list|delete` and `talkingface key create|list|revoke`.
+
+They work on the broker's Redis directly (TALKINGFACE_REDIS_URL), like the broker itself; see
+talkingface.broker.auth for what is stored. `key create` prints the new key once: it cannot be
+shown again. Exit 0 on success, 2 for bad usage or a refused request (the error's code and
+message on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+EXIT_USAGE = 2
+
+
+def _store(command: str):
+    import redis
+
+    from talkingface.broker.auth import KeyStore
+    from talkingface.broker.service import redis_client
+    from talkingface.config import ConfigError, Settings
+
+    try:
+        client = redis_client(Settings.from_env())
+        client.ping()
+    except ConfigError as exc:
+        print(f"talkingface {command}: {exc}", file=sys.stderr)
+        return None
+    except redis.RedisError as exc:
+        print(f"talkingface {command}: cannot reach Redis: {exc}", file=sys.stderr)
+        return None
+    return KeyStore(client)
+
+
+def _when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def cmd_tenant(args: argparse.Namespace) -> int:
+    from talkingface.errors import TalkingFaceError
+
+    store = _store("tenant")
+    if store is None:
+        return EXIT_USAGE
+    try:
+        if args.action == "create":
+            store.create_tenant(args.name)
+            result: Any = {"tenant": args.name, "created": True}
+            text = f"tenant {args.name} created"
+        elif args.action == "delete":
+            deleted = store.delete_tenant(args.name)
+            result = {"tenant": args.name, "deleted": True, "keys_deleted": deleted}
+            text = f"tenant {args.name} deleted ({deleted} API keys deleted)"
+        else:
+            result = store.list_tenants()
+            lines = [f"{'TENANT':30s} {'KEYS':>5s}  CREATED"]
+            lines += [f"{t['tenant']:30s} {t['keys']:5d}  {_when(t['created_at'])}" for t in result]
+            text = "\n".join(lines)
+    except TalkingFaceError as exc:
+        print(f"talkingface tenant {args.action}: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(result, sort_keys=True) if args.json else text)
+    return 0
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    from talkingface.errors import TalkingFaceError
+
+    store = _store("key")
+    if store is None:
+        return EXIT_USAGE
+    try:
+        if args.action == "create":
+            if args.expires_days is not None and args.expires_days <= 0:
+                raise TalkingFaceError("INVALID_REQUEST", "--expires-days must be more than 0")
+            expires = None if args.expires_days is None else args.expires_days * 86400.0
+            key, info = store.create_key(args.tenant, args.scopes, expires_in_s=expires,
+                                         name=args.name or "")  # fmt: skip
+            result: Any = {**info.as_dict(), "key": key}
+            text = "\n".join([
+                f"API key {info.key_id} for tenant {info.tenant} (scopes "
+                f"{','.join(info.scopes)}, expires {_when(info.expires_at)}):",
+                key,
+                "It is shown only now: store it (clients read TALKINGFACE_API_KEY).",
+            ])  # fmt: skip
+        elif args.action == "revoke":
+            info = store.revoke_key(args.key_id)
+            result = info.as_dict()
+            text = f"API key {info.key_id} of tenant {info.tenant} revoked"
+        else:
+            keys = store.list_keys(args.tenant)
+            result = [k.as_dict() for k in keys]
+            lines = [f"{'KEY ID':16s}  {'TENANT':20s} {'SCOPES':20s} {'STATUS':8s} "
+                     f"{'EXPIRES':20s} NAME"]  # fmt: skip
+            lines += [f"{k.key_id:16s}  {k.tenant:20s} {','.join(k.scopes):20s} "
+                      f"{k.status():8s} {_when(k.expires_at):20s} {k.name}"
+                      for k in keys]  # fmt: skip
+            text = "\n".join(lines)
+    except TalkingFaceError as exc:
+        print(f"talkingface key {args.action}: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(result, sort_keys=True) if args.json else text)
+    return 0
+
+
+def add_tenant(sub: argparse._SubParsersAction) -> None:
+    tenant = sub.add_parser("tenant", help="create, list or delete tenants (broker Redis)")
+    actions = tenant.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="register a tenant")
+    create.add_argument("name", help="tenant name ([A-Za-z0-9][A-Za-z0-9._-]{0,127})")
+    actions.add_parser("list", help="every tenant with its number of keys")
+    delete = actions.add_parser("delete", help="unregister a tenant and delete its API keys")
+    delete.add_argument("name", help="tenant name")
+    for parser in actions.choices.values():
+        parser.add_argument("--json", action="store_true", help="JSON on one line")
+    tenant.set_defaults(func=cmd_tenant)
+
+
+def add_key(sub: argparse._SubParsersAction) -> None:
+    key = sub.add_parser("key", help="create, list or revoke API keys (broker Redis)")
+    actions = key.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="a new API key, printed once")
+    create.add_argument("--tenant", required=True, help="the key's tenant (must exist)")
+    create.add_argument("--scopes", required=True,
+                        help="comma-separated: render, avatars, admin")  # fmt: skip
+    create.add_argument("--expires-days", type=float, help="lifetime in days (default: none)")
+    create.add_argument("--name", help="a label for `key list`")
+    listing = actions.add_parser("list", help="keys (ids, scopes, status; never secrets)")
+    listing.add_argument("--tenant", help="only this tenant's keys")
+    revoke = actions.add_parser("revoke", help="revoke a key (it stays listed)")
+    revoke.add_argument("key_id", help="the key's id (or the whole key)")
+    for parser in actions.choices.values():
+        parser.add_argument("--json", action="store_true", help="JSON on one line")
+    key.set_defaults(func=cmd_key)
