@@ -184,6 +184,50 @@ class Settings:
     result_url_seconds: int = _setting(
         3600, "Validity of the download URL in a finished render job's result, seconds."
     )
+    quota_active_jobs: int = _setting(
+        100,
+        "Jobs (render and training, queued + running) one tenant may have at once; "
+        "SubmitRender and CreateAvatar beyond it answer QUOTA_EXCEEDED (0 = no limit; "
+        "per-tenant override `active_jobs`, docs/broker.md#limits).",
+    )
+    quota_uploads_per_day: int = _setting(
+        10000,
+        "Uploads one tenant may store per UTC day (Upload calls; inline audio is not counted); "
+        "QUOTA_EXCEEDED beyond (0 = no limit; per-tenant override `uploads_per_day`).",
+    )
+    quota_train_presets: str = _setting(
+        "tiny,cpu",
+        "Training presets (comma-separated: tiny, cpu, full) every tenant may use in "
+        "CreateAvatar; others answer PERMISSION_DENIED (per-tenant override `train_presets`).",
+    )
+    rate_submit_per_second: float = _setting(
+        10.0,
+        "Sustained rate of SubmitRender and CreateAvatar calls per tenant (a token bucket in "
+        "Redis); RATE_LIMITED with a retry-after beyond (0 = no limit; override "
+        "`submit_per_second`).",
+    )
+    rate_submit_burst: int = _setting(
+        50,
+        "Calls of SubmitRender and CreateAvatar a tenant may make at once above the rate "
+        "(the bucket's size; override `submit_burst`).",
+    )
+    rate_upload_per_second: float = _setting(
+        5.0,
+        "Sustained rate of Upload calls per tenant; RATE_LIMITED with a retry-after beyond "
+        "(0 = no limit; override `upload_per_second`).",
+    )
+    rate_upload_burst: int = _setting(
+        20, "Upload calls a tenant may make at once above the rate (override `upload_burst`)."
+    )
+    train_tar_max_mb: int = _setting(
+        4096,
+        "Largest unpacked size of a training or bundle tar, MiB: the worker sums the members' "
+        "sizes while reading the stream and fails the job with INVALID_REQUEST before writing "
+        "anything beyond it.",
+    )
+    train_tar_max_members: int = _setting(
+        10000, "Most entries a training or bundle tar may hold (INVALID_REQUEST beyond)."
+    )
     hubert_checkpoint: str = _setting(
         "",
         "HuBERT checkpoint for audio features: a local directory written by transformers' "
@@ -294,7 +338,10 @@ class Settings:
             )
         for name, low in (("render_shard_frames", 1), ("render_parallel_shards", 1),
                           ("broker_workers", 0), ("broker_train_workers", 0),
-                          ("upload_max_mb", 1), ("result_url_seconds", 1)):  # fmt: skip
+                          ("upload_max_mb", 1), ("result_url_seconds", 1),
+                          ("quota_active_jobs", 0), ("quota_uploads_per_day", 0),
+                          ("rate_submit_burst", 1), ("rate_upload_burst", 1),
+                          ("train_tar_max_mb", 1), ("train_tar_max_members", 1)):  # fmt: skip
             if settings is not None and getattr(settings, name) < low:
                 problems.append(f"{env_name(name)} must be {low} or more")
         if settings is not None and settings.result_url_seconds > 7 * 24 * 3600:
@@ -306,6 +353,16 @@ class Settings:
                 f"{env_name('tls_cert_file')} and {env_name('tls_key_file')} go together: "
                 "set both or neither"
             )
+        for name in ("rate_submit_per_second", "rate_upload_per_second"):
+            if settings is not None and getattr(settings, name) < 0:
+                problems.append(f"{env_name(name)} must be 0 or more")
+        if settings is not None:
+            named = {p.strip() for p in settings.quota_train_presets.split(",") if p.strip()}
+            if named - {"tiny", "cpu", "full"}:
+                problems.append(
+                    f"{env_name('quota_train_presets')}: unknown presets "
+                    f"{', '.join(sorted(named - {'tiny', 'cpu', 'full'}))} (tiny, cpu, full)"
+                )
         if settings is not None and settings.janitor_interval_seconds < 0:
             problems.append(f"{env_name('janitor_interval_seconds')} must be 0 or more")
         for name, low in (("sandbox_memory_mb", 64), ("sandbox_cpu_seconds", 1),

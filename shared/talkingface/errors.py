@@ -16,6 +16,7 @@ from talkingface.v1 import common_pb2
 
 ErrorCode = common_pb2.ErrorCode
 ERROR_CODE_METADATA_KEY = "talkingface-error-code"
+RETRY_AFTER_METADATA_KEY = "retry-after-ms"
 
 _S = grpc.StatusCode
 GRPC_STATUS: dict[str, grpc.StatusCode] = {
@@ -32,6 +33,8 @@ GRPC_STATUS: dict[str, grpc.StatusCode] = {
     "INTERNAL": _S.INTERNAL,
     "NOT_AVAILABLE_YET": _S.UNIMPLEMENTED,
     "OVERLOADED": _S.RESOURCE_EXHAUSTED,
+    "QUOTA_EXCEEDED": _S.RESOURCE_EXHAUSTED,
+    "RATE_LIMITED": _S.RESOURCE_EXHAUSTED,
     "AUDIO_EMPTY": _S.INVALID_ARGUMENT,
     "AUDIO_CORRUPT": _S.INVALID_ARGUMENT,
     "AUDIO_UNSUPPORTED_CODEC": _S.INVALID_ARGUMENT,
@@ -121,8 +124,12 @@ class NotAvailableYet(TalkingFaceError):
 
 
 def abort(context: grpc.ServicerContext, error: TalkingFaceError) -> NoReturn:
-    """End the current RPC with the error's status, details and code metadata."""
-    context.set_trailing_metadata(((ERROR_CODE_METADATA_KEY, error.code),))
+    """End the current RPC with the error's status, details and code metadata (and
+    `retry-after-ms` when the error says when to retry, as RATE_LIMITED does)."""
+    trailing = [(ERROR_CODE_METADATA_KEY, error.code)]
+    if RETRY_AFTER_METADATA_KEY in error.metadata:
+        trailing.append((RETRY_AFTER_METADATA_KEY, error.metadata[RETRY_AFTER_METADATA_KEY]))
+    context.set_trailing_metadata(tuple(trailing))
     context.abort(error.status, f"{error.code}: {error.message}")
     raise AssertionError("context.abort returned")  # abort always raises
 

@@ -15,6 +15,9 @@ Key layout (every key expires `ttl_s` after the job's last change; each change r
   jobs are added or expire. `tf:jobseq` (one integer, never expires) is the counter behind
   the sequence numbers. Entries of expired jobs are dropped lazily when a listing meets them,
   and wholesale once they are older than twice the TTL.
+- `tf:active:<tenant>` — a set of the tenant's job ids that may still be QUEUED or RUNNING
+  (added at creation, pruned of ended and expired jobs by the next creation), behind the
+  `active_jobs` quota (broker/limits.py).
 - `tf:jobevents:<job_id>` — a stream with one entry per change: the whole record after the
   change (except the immutable `request`), trimmed to about EVENTS_MAXLEN entries.
 
@@ -112,6 +115,10 @@ def tenant_index_key(tenant: str) -> str:
     return f"tf:tenantjobs:{tenant}"
 
 
+def active_jobs_key(tenant: str) -> str:
+    return f"tf:active:{tenant}"
+
+
 def idempotency_key_name(tenant: str, key: str) -> str:
     return f"tf:idem:{tenant}:{key}"
 
@@ -193,25 +200,49 @@ local function publish(job, events, ttl, maxlen)
 end
 """
 
-# KEYS: job, tenant index, events, sequence[, idempotency][, work stream]; ARGV: ttl, maxlen,
-# job_id, has idempotency key ('1' | '0'), work payload (JSON; '' = none), field/value...
-# Returns {1, job_id, record} for a new job, {0, existing_job_id} for a reused key.
+# KEYS: job, tenant index, events, sequence, the tenant's active set[, idempotency][, work
+# stream]; ARGV: ttl, maxlen, job_id, has idempotency key ('1' | '0'), work payload (JSON;
+# '' = none), active limit (0 = none), field/value...
+# Returns {1, job_id, record} for a new job, {0, existing_job_id} for a reused key, and
+# {-1, active} when the tenant already has `active limit` jobs QUEUED or RUNNING.
 # With a work stream, the job's first work message is added in the same step (the message
 # format of talkingface.broker.queue), so a job can never be created without its work.
+# The active set holds the ids of the tenant's jobs that may still be active; ended or
+# expired ones are pruned here (all of them when there is a limit, a sample otherwise), by
+# reading `tf:job:<id>` keys the script is not given (one Redis, not Redis Cluster).
 _CREATE = (
     _LUA_COMMON
     + """
 local ttl = tonumber(ARGV[1])
-local idem = ARGV[4] == '1' and KEYS[5] or nil
-local work = KEYS[idem and 6 or 5]
+local active = KEYS[5]
+local limit = tonumber(ARGV[6])
+local idem = ARGV[4] == '1' and KEYS[6] or nil
+local work = KEYS[idem and 7 or 6]
 if idem then
-  if not redis.call('SET', idem, ARGV[3], 'NX', 'EX', ttl) then
-    return {0, redis.call('GET', idem)}
+  local existing = redis.call('GET', idem)
+  if existing then return {0, existing} end
+end
+local members
+if limit > 0 then
+  members = redis.call('SMEMBERS', active)
+else
+  members = redis.call('SRANDMEMBER', active, 20)
+end
+local count = #members
+for _, id in ipairs(members) do
+  local s = redis.call('HGET', 'tf:job:' .. id, 'state')
+  if not s or s == 'SUCCEEDED' or s == 'FAILED' or s == 'CANCELLED' then
+    redis.call('SREM', active, id)
+    count = count - 1
   end
 end
+if limit > 0 and count >= limit then return {-1, count} end
+if idem then redis.call('SET', idem, ARGV[3], 'EX', ttl) end
+redis.call('SADD', active, ARGV[3])
+redis.call('EXPIRE', active, ttl)
 local now = now_ms()
 redis.call('HSET', KEYS[1], 'job_id', ARGV[3], 'created_at', now, 'updated_at', now,
-           unpack(ARGV, 6))
+           unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[1], ttl)
 local seq = redis.call('INCR', KEYS[4])
 redis.call('ZADD', KEYS[2], 0, string.format('%015.0f:%015.0f:', now, seq) .. ARGV[3])
@@ -335,6 +366,8 @@ class JobStore:
         *,
         avatar_id: str = "",
         enqueue: tuple[str, dict[str, Any]] | None = None,
+        active_limit: int = 0,
+        active_hint: str = "",
     ) -> tuple[Job, bool]:
         """A new QUEUED job, or the tenant's existing job for this idempotency key.
 
@@ -342,6 +375,9 @@ class JobStore:
         earlier job is returned as it is now, whatever `request` says this time).
         `enqueue=(stream, payload)` adds the job's work message to that work-queue stream
         (`WorkQueue.stream`) atomically with the record: both or neither.
+        `active_limit` (0 = none) refuses the job with QUOTA_EXCEEDED when the tenant has
+        that many jobs QUEUED or RUNNING, counted in the same atomic step (the message ends
+        with `active_hint`); a reused idempotency key is answered whatever the count.
         """
         check_tenant(tenant)
         if kind not in KINDS:
@@ -355,7 +391,8 @@ class JobStore:
         except (TypeError, ValueError) as exc:
             raise TalkingFaceError("INVALID_REQUEST", f"request is not JSON: {exc}") from None
         job_id = uuid.uuid4().hex
-        keys = [job_key(job_id), tenant_index_key(tenant), events_key(job_id), SEQUENCE_KEY]
+        keys = [job_key(job_id), tenant_index_key(tenant), events_key(job_id), SEQUENCE_KEY,
+                active_jobs_key(tenant)]  # fmt: skip
         if idempotency_key:
             keys.append(idempotency_key_name(tenant, idempotency_key))
         payload = ""
@@ -379,10 +416,17 @@ class JobStore:
         }
         flat = [item for pair in fields.items() for item in pair]
         has_key = "1" if idempotency_key else "0"
-        args = [self.ttl_s, EVENTS_MAXLEN, job_id, has_key, payload, *flat]
+        args = [self.ttl_s, EVENTS_MAXLEN, job_id, has_key, payload, max(0, active_limit), *flat]
         reply = self._create(keys=keys, args=args)
         if int(reply[0]) == 1:
             return Job.from_fields(_pairs(reply[2])), True
+        if int(reply[0]) == -1:
+            raise TalkingFaceError(
+                "QUOTA_EXCEEDED",
+                f"tenant {tenant!r} has {int(reply[1])} active jobs (queued + running): the "
+                f"active_jobs limit is {active_limit}"
+                + (f"; {active_hint}" if active_hint else ""),
+            )
         existing = _text(reply[1])
         try:
             return self.get(existing, tenant), False

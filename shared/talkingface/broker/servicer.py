@@ -16,6 +16,9 @@ tenant's uploads, jobs or avatars: they read as not found.
   `train` queue: a SynthTalk avatar directory (a tar upload, `synthtalk_upload_id`), a
   person's talking video (`video_upload_id`, ingested by the training worker first), or a
   bundle trained elsewhere (`bundle_upload_id`, a tar: checked and published, no training).
+- Upload, SubmitRender and CreateAvatar are held to the tenant's quotas and rate limits
+  (broker/limits.py: active jobs, uploads a day and their size, training presets, token
+  buckets); ListJobs serves at most LIST_MAX_PAGE_SIZE jobs a page.
 - GetJob and WatchJob put a fresh download URL (presigned for MinIO, file:// for the local
   store) into a finished render job's result.
 """
@@ -34,10 +37,11 @@ from talkingface.broker.avatars import (
     new_avatar_id,
 )
 from talkingface.broker.jobs import Job, JobStore, check_tenant
+from talkingface.broker.limits import SUBMIT, UPLOAD, Limits, how_to_raise
 from talkingface.broker.messages import JOB_STATES, avatar_message, job_message, render_options
 from talkingface.broker.queue import WorkQueue
 from talkingface.broker.uploads import find_upload, receive_upload, upload_key
-from talkingface.config import Settings
+from talkingface.config import Settings, env_name
 from talkingface.errors import TalkingFaceError, abort
 from talkingface.storage import ObjectStore, StoreError
 from talkingface.storage.errors import as_talkingface_error
@@ -51,6 +55,7 @@ RENDER_QUEUE = "render"
 TRAIN_QUEUE = "train"
 MAX_INLINE_AUDIO = 4 * 1024 * 1024
 WATCH_SPAN_S = 2.0
+LIST_MAX_PAGE_SIZE = 100  # ListJobs serves larger requests as 100
 PRESETS = ("tiny", "cpu", "full")
 # CreateAvatar's sources -> the training job's `source`.
 SOURCES = {"video_upload_id": "video", "synthtalk_upload_id": "synthtalk",
@@ -71,13 +76,25 @@ class BrokerServicer:
             queue.ensure_group()
         self.avatars = AvatarRegistry(client)
         self.store = store
+        self.limits = Limits(client, settings)
 
     # --- uploads ---------------------------------------------------------------------------
 
     def Upload(self, requests: Iterable[pb.UploadRequest], context) -> pb.UploadResponse:
         try:
-            limit = self.settings.upload_max_mb * 1024 * 1024
-            return receive_upload(self.store, self._tenant(context), requests, limit)
+            tenant = self._tenant(context)
+            limits = self.limits.for_tenant(tenant)
+            self.limits.take(limits, UPLOAD)
+            counted = self.limits.count_upload(limits)
+            try:
+                return receive_upload(
+                    self.store, tenant, requests, self.limits.upload_bytes(limits),
+                    hint=f"upload_max_mb = {limits['upload_max_mb']}; "
+                    + how_to_raise(tenant, "upload_max_mb"),
+                )  # fmt: skip
+            except BaseException:
+                self.limits.refund(counted)  # only stored uploads count
+                raise
         except TalkingFaceError as error:
             abort(context, error)
 
@@ -86,6 +103,8 @@ class BrokerServicer:
     def SubmitRender(self, request: pb.SubmitRenderRequest, context) -> pb.Job:
         try:
             tenant = self._tenant(context)
+            limits = self.limits.for_tenant(tenant)
+            self.limits.take(limits, SUBMIT)
             options = render_options(request.options)
             source = request.WhichOneof("audio")
             if source == "inline_audio":
@@ -97,6 +116,7 @@ class BrokerServicer:
                     )
             elif source == "upload_id":
                 audio_key = self._upload(tenant, request.upload_id)
+                self._check_audio_size(audio_key, request.upload_id)
             else:
                 raise TalkingFaceError("AUDIO_EMPTY", "the request carries no audio")
             self.avatars.get(tenant, request.avatar_id)  # owned by this tenant?
@@ -107,11 +127,17 @@ class BrokerServicer:
                 self._put(stored_inline, request.inline_audio)
             body = {"avatar_id": request.avatar_id, "avatar_version": version,
                     "audio_key": audio_key, "options": options}  # fmt: skip
-            job, created = self.jobs.create(
-                tenant, "render", body, request.idempotency_key or None,
-                avatar_id=request.avatar_id,
-                enqueue=(self.queues[RENDER_QUEUE].stream, {"kind": "render"}),
-            )  # fmt: skip
+            try:
+                job, created = self.jobs.create(
+                    tenant, "render", body, request.idempotency_key or None,
+                    avatar_id=request.avatar_id,
+                    enqueue=(self.queues[RENDER_QUEUE].stream, {"kind": "render"}),
+                    active_limit=limits["active_jobs"], active_hint=self.limits.active_hint(limits),
+                )  # fmt: skip
+            except TalkingFaceError:
+                if stored_inline:
+                    self._forget(stored_inline)  # a refused call leaves nothing behind
+                raise
             if not created and stored_inline:
                 self._forget(stored_inline)  # the first submission's audio is the job's
             log.info("render job %s", "submitted" if created else "reused",
@@ -159,7 +185,8 @@ class BrokerServicer:
                     raise TalkingFaceError("INVALID_REQUEST", f"unknown state {request.state}")
                 state = names[request.state]
             jobs, token = self.jobs.list(
-                self._tenant(context), state=state, page_size=request.page_size,
+                self._tenant(context), state=state,
+                page_size=min(request.page_size, LIST_MAX_PAGE_SIZE),
                 page_token=request.page_token,
             )  # fmt: skip
             return pb.ListJobsResponse(jobs=[self._message(j) for j in jobs], next_page_token=token)
@@ -171,6 +198,8 @@ class BrokerServicer:
     def CreateAvatar(self, request: pb.CreateAvatarRequest, context) -> pb.Job:
         try:
             tenant = self._tenant(context)
+            limits = self.limits.for_tenant(tenant)
+            self.limits.take(limits, SUBMIT)
             preset = request.preset or "cpu"
             if preset not in PRESETS:
                 raise TalkingFaceError(
@@ -179,6 +208,8 @@ class BrokerServicer:
             source = request.WhichOneof("source")
             if source not in SOURCES:
                 raise TalkingFaceError("INVALID_REQUEST", "the request names no avatar source")
+            if SOURCES[source] != "bundle":  # an imported bundle is not trained here
+                self.limits.check_preset(limits, preset)
             upload_id = getattr(request, source)
             data_key = self._upload(tenant, upload_id)
             if len(request.display_name) > MAX_DISPLAY_NAME:
@@ -193,6 +224,7 @@ class BrokerServicer:
                 tenant, "train_avatar", body, request.idempotency_key or None,
                 avatar_id=avatar_id,
                 enqueue=(self.queues[TRAIN_QUEUE].stream, {"kind": "train_avatar"}),
+                active_limit=limits["active_jobs"], active_hint=self.limits.active_hint(limits),
             )  # fmt: skip
             if created:  # the training job claims it too, should this process die right here
                 self.avatars.claim(tenant, request.display_name, job.job_id, avatar_id)
@@ -268,6 +300,21 @@ class BrokerServicer:
 
     def _upload(self, tenant: str, upload_id: str) -> str:
         return find_upload(self.store, tenant, upload_id)
+
+    def _check_audio_size(self, key: str, upload_id: str) -> None:
+        """PAYLOAD_TOO_LARGE now for audio the features stage would refuse later."""
+        limit_mb = self.settings.audio_max_upload_mb
+        try:
+            size = self.store.stat(key).size
+        except StoreError as exc:
+            raise as_talkingface_error(exc) from None
+        if size > limit_mb * 1024 * 1024:
+            raise TalkingFaceError(
+                "PAYLOAD_TOO_LARGE",
+                f"upload {upload_id!r} holds {size} bytes, over the {limit_mb} MiB the audio "
+                f"features stage accepts ({env_name('audio_max_upload_mb')}): send shorter or "
+                "more compressed audio",
+            )
 
     def _message(self, job: Job) -> pb.Job:
         return job_message(job, self.store, self.settings.result_url_seconds)

@@ -14,7 +14,11 @@ step through the heartbeat, which also stops it at once when the job is cancelle
 
 Unpacking refuses anything but plain files and directories inside the target (tarfile's
 `data` filter: no absolute paths, no `..`, no links out, no devices); a tar that is not a
-SynthTalk avatar fails the job with INVALID_REQUEST, without retries.
+SynthTalk avatar fails the job with INVALID_REQUEST, without retries. The tar (plain or
+compressed) is read as a stream twice: first only its headers, summing the members' sizes and
+counting them, and refused (INVALID_REQUEST) as soon as either passes
+TALKINGFACE_TRAIN_TAR_MAX_MB or TALKINGFACE_TRAIN_TAR_MAX_MEMBERS, before one byte is unpacked
+(a gzip bomb costs its decompression up to the cap, never disk); only then is it unpacked.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import logging
 import tarfile
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +36,50 @@ from talkingface.broker.avatars import AvatarRegistry
 from talkingface.broker.jobs import Job
 from talkingface.broker.queue import Delivery
 from talkingface.broker.worker import Heartbeat
-from talkingface.config import Settings
+from talkingface.config import Settings, env_name
 from talkingface.errors import TalkingFaceError
 from talkingface.storage import ObjectStore, StoreError
 from talkingface.storage.errors import as_talkingface_error
 
 log = logging.getLogger(__name__)
-MAX_MEMBERS = 10_000
+
+
+def check_tar(archive: Path, max_bytes: int, max_members: int) -> None:
+    """INVALID_REQUEST unless the tar's members sum to at most `max_bytes` unpacked and are at
+    most `max_members`; reads the stream (headers, skipping the data), writes nothing."""
+    total = members = 0
+    with tarfile.open(archive, "r|*") as tar:
+        for member in tar:
+            members += 1
+            if members > max_members:
+                raise TalkingFaceError(
+                    "INVALID_REQUEST",
+                    f"the tar holds over {max_members} entries "
+                    f"({env_name('train_tar_max_members')})",
+                )
+            if member.issparse():
+                raise TalkingFaceError("INVALID_REQUEST", "the tar holds a sparse file")
+            total += max(member.size, 0)
+            if total > max_bytes:
+                raise TalkingFaceError(
+                    "INVALID_REQUEST",
+                    f"the tar unpacks to over {max_bytes // (1024 * 1024)} MiB "
+                    f"({env_name('train_tar_max_mb')})",
+                )
+
+
+def unpack_tar(archive: Path, target: Path, max_bytes: int, max_members: int) -> None:
+    """Check the tar (check_tar), then unpack it under `target` with tarfile's `data` filter;
+    INVALID_REQUEST for a tar over the caps or not readable."""
+    try:
+        check_tar(archive, max_bytes, max_members)
+        with tarfile.open(archive, "r|*") as tar:
+            for member in tar:
+                tar.extract(member, target, filter="data")
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise TalkingFaceError(
+            "INVALID_REQUEST", f"the upload is not a usable tar archive: {exc}"
+        ) from None
 
 
 class TrainAvatarHandler:
@@ -163,18 +205,10 @@ class TrainAvatarHandler:
         except StoreError as exc:
             raise as_talkingface_error(exc) from None
         try:
-            with tarfile.open(archive) as tar:
-                members = tar.getmembers()
-                if len(members) > MAX_MEMBERS:
-                    raise TalkingFaceError(
-                        "INVALID_REQUEST", f"the tar holds over {MAX_MEMBERS} entries"
-                    )
-                tar.extractall(target, filter="data")
-        except (tarfile.TarError, OSError) as exc:
-            raise TalkingFaceError(
-                "INVALID_REQUEST", f"the upload is not a usable tar archive: {exc}"
-            ) from None
-        archive.unlink()
+            unpack_tar(archive, target, self.settings.train_tar_max_mb * 1024 * 1024,
+                       self.settings.train_tar_max_members)  # fmt: skip
+        finally:
+            archive.unlink()
         for root in [target, *(p for p in target.iterdir() if p.is_dir())]:
             if (root / marker).exists():
                 return root

@@ -42,11 +42,16 @@ def find_upload(store: ObjectStore, tenant: str, upload_id: str) -> str:
 
 
 def receive_upload(
-    store: ObjectStore, tenant: str, requests: Iterable[pb.UploadRequest], limit: int
+    store: ObjectStore,
+    tenant: str,
+    requests: Iterable[pb.UploadRequest],
+    limit: int,
+    hint: str = "",
 ) -> pb.UploadResponse:
-    """Store an Upload stream as a new upload of `tenant` (see the module docstring)."""
+    """Store an Upload stream as a new upload of `tenant` (see the module docstring); `hint`
+    names the limit in PAYLOAD_TOO_LARGE messages."""
     upload_id = uuid.uuid4().hex
-    reader = UploadReader(iter(requests), limit)
+    reader = UploadReader(iter(requests), limit, hint)
     header = reader.header()
     key = upload_key(tenant, upload_id)
     try:
@@ -75,9 +80,10 @@ class UploadReader(io.RawIOBase):
     first, chunk offsets are contiguous and the total stays under the limit. A problem is
     kept in `error` (the store would otherwise wrap it) and ends the stream."""
 
-    def __init__(self, requests: Iterator[pb.UploadRequest], limit: int) -> None:
+    def __init__(self, requests: Iterator[pb.UploadRequest], limit: int, hint: str = "") -> None:
         self._requests = requests
         self._limit = limit
+        self._hint = f" ({hint})" if hint else ""
         self._buffer = bytearray()
         self._offset = 0
         self._ended = False
@@ -89,7 +95,9 @@ class UploadReader(io.RawIOBase):
             raise TalkingFaceError("INVALID_REQUEST", "an upload must start with its header")
         if first.header.total_bytes > self._limit:
             raise TalkingFaceError(
-                "PAYLOAD_TOO_LARGE", f"upload of {first.header.total_bytes} bytes is over the limit"
+                "PAYLOAD_TOO_LARGE",
+                f"upload of {first.header.total_bytes} bytes is over the limit of "
+                f"{self._limit // (1024 * 1024)} MiB{self._hint}",
             )
         return first.header
 
@@ -122,7 +130,8 @@ class UploadReader(io.RawIOBase):
                 )
             if self._offset + len(chunk.data) > self._limit:
                 raise TalkingFaceError(
-                    "PAYLOAD_TOO_LARGE", f"upload over {self._limit // (1024 * 1024)} MiB"
+                    "PAYLOAD_TOO_LARGE",
+                    f"upload over {self._limit // (1024 * 1024)} MiB{self._hint}",
                 )
         except TalkingFaceError as exc:
             self.error = exc

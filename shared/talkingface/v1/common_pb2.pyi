@@ -40,6 +40,8 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERNAL: _ClassVar[ErrorCode]
     NOT_AVAILABLE_YET: _ClassVar[ErrorCode]
     OVERLOADED: _ClassVar[ErrorCode]
+    QUOTA_EXCEEDED: _ClassVar[ErrorCode]
+    RATE_LIMITED: _ClassVar[ErrorCode]
     AUDIO_EMPTY: _ClassVar[ErrorCode]
     AUDIO_CORRUPT: _ClassVar[ErrorCode]
     AUDIO_UNSUPPORTED_CODEC: _ClassVar[ErrorCode]
@@ -96,6 +98,8 @@ UNAVAILABLE: ErrorCode
 INTERNAL: ErrorCode
 NOT_AVAILABLE_YET: ErrorCode
 OVERLOADED: ErrorCode
+QUOTA_EXCEEDED: ErrorCode
+RATE_LIMITED: ErrorCode
 AUDIO_EMPTY: ErrorCode
 AUDIO_CORRUPT: ErrorCode
 AUDIO_UNSUPPORTED_CODEC: ErrorCode
