@@ -138,12 +138,14 @@ def own_error_from_rpc(exc: grpc.RpcError) -> TalkingFaceError | None:
     """The TalkingFaceError a server of ours sent, or None for a bare status (one whose text
     is not ours: gRPC's own, or a proxy's such as Ray Serve's)."""
     details = (exc.details() if hasattr(exc, "details") else "") or ""
+    trailing = (exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else ()) or ()
+    extra = {k: v for k, v in trailing if k == RETRY_AFTER_METADATA_KEY}  # a RATE_LIMITED's
     name, sep, message = details.partition(": ")
     if sep and name in GRPC_STATUS:
-        return TalkingFaceError(name, message)
-    for key, value in (exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else ()) or ():
+        return TalkingFaceError(name, message, **extra)
+    for key, value in trailing:
         if key == ERROR_CODE_METADATA_KEY and value in GRPC_STATUS:
-            return TalkingFaceError(value, details)
+            return TalkingFaceError(value, details, **extra)
     return None
 
 
