@@ -7,10 +7,14 @@ own tenant meets one. Every test uses tenants of its own and looks only at their
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import io
 import tarfile
+import threading
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import grpc
@@ -461,3 +465,75 @@ def test_the_training_job_fails_on_a_bomb_and_leaves_nothing_on_disk(
     assert info.value.code == "INVALID_REQUEST" and "over 64 MiB" in info.value.message
     assert beats and beats[0]["stage"] == "PREPROCESS"
     assert list(scratch.iterdir()) == []
+
+
+def big_bomb(path: Path, sizes: list[int]) -> Path:
+    """A .tar.gz of members of zeros of the given sizes (multiples of 64 MiB) in about 1/1000
+    of that: gzip members concatenated (a header's, then one 64 MiB run of zeros repeated)."""
+    run = 64 * MiB
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = b"".join(squeeze.compress(bytes(MiB)) for _ in range(run // MiB)) + squeeze.flush()
+    with path.open("wb") as out:
+        for i, size in enumerate(sizes):
+            info = tarfile.TarInfo(f"avatar/part{i}.bin")
+            info.size = size
+            out.write(gzip.compress(info.tobuf(format=tarfile.GNU_FORMAT)))
+            for _ in range(size // run):
+                out.write(zeros)
+        out.write(gzip.compress(bytes(1024)))
+    return path
+
+
+def test_a_10_gib_bomb_fails_the_training_job_fast_with_little_disk(
+    tmp_path, redis_server, monkeypatch
+):
+    """The acceptance case: a ~10 MiB .tar.gz expanding to 10 GiB fails INVALID_REQUEST within
+    30 s while the worker's scratch space stays under 100 MiB (sampled while it runs), with
+    the default caps; then ten 1 GiB members, each under the cap, refused on their sum."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    store = LocalStore(tmp_path / "store")
+    client = redis.Redis.from_url(redis_server.url)
+    tenant = new_tenant()
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            used = 0
+            for path in scratch.rglob("*"):
+                with contextlib.suppress(OSError):  # removed while being summed
+                    used += path.stat().st_size if path.is_file() else 0
+            peak[0] = max(peak[0], used)
+            time.sleep(0.01)
+
+    for sizes, cap_mb in (([10 * 1024 * MiB], 4096), ([1024 * MiB] * 10, 256)):
+        bomb = big_bomb(tmp_path / "bomb.tar.gz", sizes)
+        assert bomb.stat().st_size < 12 * MiB
+        key = f"uploads/{tenant}/{uuid.uuid4().hex}/data"
+        store.put(key, bomb.read_bytes())
+        settings = Settings(store="local", store_dir=tmp_path / "store", train_tar_max_mb=cap_mb)
+        handler = TrainAvatarHandler(store, settings, AvatarRegistry(client))
+        avatar_id = f"av-{uuid.uuid4().hex[:12]}"
+        job = Job(job_id=uuid.uuid4().hex, tenant=tenant, kind="train_avatar", state="RUNNING",
+                  stage="", progress=0.0, attempt=1, error_code="", error_message="",
+                  created_at=0, updated_at=0, idempotency_key="", avatar_id=avatar_id,
+                  request={"avatar_id": avatar_id, "data_key": key, "source": "synthtalk"},
+                  result=None, cancel_requested=False)  # fmt: skip
+        done.clear()
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(TalkingFaceError) as info:
+                handler(job, None, lambda **beat: None)
+        finally:
+            done.set()
+            sampler.join()
+        assert time.monotonic() - started < 30
+        assert info.value.code == "INVALID_REQUEST"
+        assert f"over {cap_mb} MiB" in info.value.message
+        assert peak[0] < 100 * MiB
+        assert list(scratch.iterdir()) == []
+    client.close()

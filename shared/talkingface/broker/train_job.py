@@ -24,11 +24,16 @@ TALKINGFACE_TRAIN_TAR_MAX_MB or TALKINGFACE_TRAIN_TAR_MAX_MEMBERS, before one by
 from __future__ import annotations
 
 import argparse
+import bz2
+import contextlib
+import gzip
 import logging
+import lzma
 import tarfile
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +49,29 @@ from talkingface.storage.errors import as_talkingface_error
 log = logging.getLogger(__name__)
 
 
+_MAGIC = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
+_STREAM_BUFFER = 1 << 20
+
+
+@contextlib.contextmanager
+def _tar_stream(archive: Path) -> Iterator[tarfile.TarFile]:
+    """The tar (plain, .gz, .bz2 or .xz) as a forward-only stream, decompressed in bounded
+    pieces (tarfile's own `r|*` re-slices a growing buffer: minutes for a few GiB)."""
+    with archive.open("rb") as raw:
+        head = raw.read(6)
+    opener = next((o for magic, o in _MAGIC if head.startswith(magic)), None)
+    with (
+        (opener or open)(archive, "rb") as plain,
+        tarfile.open(fileobj=plain, mode="r|", bufsize=_STREAM_BUFFER) as tar,
+    ):
+        yield tar
+
+
 def check_tar(archive: Path, max_bytes: int, max_members: int) -> None:
     """INVALID_REQUEST unless the tar's members sum to at most `max_bytes` unpacked and are at
     most `max_members`; reads the stream (headers, skipping the data), writes nothing."""
     total = members = 0
-    with tarfile.open(archive, "r|*") as tar:
+    with _tar_stream(archive) as tar:
         for member in tar:
             members += 1
             if members > max_members:
@@ -73,10 +96,10 @@ def unpack_tar(archive: Path, target: Path, max_bytes: int, max_members: int) ->
     INVALID_REQUEST for a tar over the caps or not readable."""
     try:
         check_tar(archive, max_bytes, max_members)
-        with tarfile.open(archive, "r|*") as tar:
+        with _tar_stream(archive) as tar:
             for member in tar:
                 tar.extract(member, target, filter="data")
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise TalkingFaceError(
             "INVALID_REQUEST", f"the upload is not a usable tar archive: {exc}"
         ) from None
