@@ -93,7 +93,7 @@ class Settings:
     job_ttl_seconds: int = _setting(
         7 * 24 * 3600,
         "How long a job record (and its idempotency key) lives in Redis after its last "
-        "update, seconds.",
+        "update, seconds (per-tenant override `job_retention_seconds` can only shorten it).",
     )
     queue_lease_seconds: float = _setting(
         60.0,
@@ -176,7 +176,29 @@ class Settings:
     janitor_interval_seconds: float = _setting(
         300.0,
         "How often the broker deletes the scratch space (`work/<job_id>/`) left by ended jobs "
-        "(a killed worker's, a cancelled render's late shard), seconds; 0 = never.",
+        "(a killed worker's, a cancelled render's late shard) and enforces retention (uploads, "
+        "results, job records, dead letters: docs/broker.md#retention), seconds; 0 = never.",
+    )
+    retention_upload_seconds: int = _setting(
+        7 * 24 * 3600,
+        "How long an upload (`uploads/<tenant>/...`) is kept, seconds; the janitor deletes "
+        "older ones unless a queued or running job uses them (0 = forever; per-tenant "
+        "override `upload_retention_seconds`, docs/broker.md#retention).",
+    )
+    retention_result_seconds: int = _setting(
+        7 * 24 * 3600,
+        "How long a render result (`results/<tenant>/<job_id>/`) is kept, seconds; a result "
+        "whose job record is gone is deleted at the next sweep whatever its age (0 = until "
+        "its record goes; per-tenant override `result_retention_seconds`).",
+    )
+    dead_letter_max_entries: int = _setting(
+        10000,
+        "Most entries the janitor keeps in each dead-letter stream `tf:dead:<queue>` (the "
+        "oldest are trimmed; 0 = no cap).",
+    )
+    dead_letter_retention_seconds: int = _setting(
+        14 * 24 * 3600,
+        "How long a dead-letter entry is kept, seconds (older ones are trimmed; 0 = forever).",
     )
     upload_max_mb: int = _setting(
         1024, "Largest file accepted by the broker's Upload, MiB (PAYLOAD_TOO_LARGE beyond)."
@@ -365,6 +387,10 @@ class Settings:
                 )
         if settings is not None and settings.janitor_interval_seconds < 0:
             problems.append(f"{env_name('janitor_interval_seconds')} must be 0 or more")
+        for name in ("retention_upload_seconds", "retention_result_seconds",
+                     "dead_letter_max_entries", "dead_letter_retention_seconds"):  # fmt: skip
+            if settings is not None and getattr(settings, name) < 0:
+                problems.append(f"{env_name(name)} must be 0 or more")
         for name, low in (("sandbox_memory_mb", 64), ("sandbox_cpu_seconds", 1),
                           ("sandbox_timeout_seconds", 1)):  # fmt: skip
             if settings is not None and getattr(settings, name) < low:

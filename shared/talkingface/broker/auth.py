@@ -12,7 +12,7 @@ service stay open.
 - Redis: `tf:tenants` (set of names), `tf:tenant:<name>` (hash: created_at),
   `tf:apikey:<key id>` (hash: tenant, secret_sha256, scopes, name, created_at, expires_at,
   revoked_at; 0 = never / not revoked), `tf:tenantkeys:<tenant>` (set of key ids).
-- Scopes: `render` (SubmitRender), `avatars` (CreateAvatar, ListAvatars, GetAvatar,
+- Scopes: `render` (SubmitRender, DeleteJob), `avatars` (CreateAvatar, ListAvatars, GetAvatar,
   DeleteAvatar), either of them for Upload and the job RPCs (GetJob, WatchJob, CancelJob,
   ListJobs: an avatar's training job is followed through them too), `admin` for everything.
 - Refusals: UNAUTHENTICATED for no key, a malformed, unknown, expired or revoked key;
@@ -58,6 +58,7 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     "GetJob": JOB_SCOPES,
     "WatchJob": JOB_SCOPES,
     "CancelJob": JOB_SCOPES,
+    "DeleteJob": frozenset({"render"}),
     "ListJobs": JOB_SCOPES,
     "CreateAvatar": frozenset({"avatars"}),
     "ListAvatars": frozenset({"avatars"}),

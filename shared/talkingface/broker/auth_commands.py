@@ -69,6 +69,37 @@ def cmd_tenant(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tenant_purge(args: argparse.Namespace) -> int:
+    """`tenant purge --tenant T [--yes]`: without --yes a dry run (counts, exit 2)."""
+    from talkingface.broker.retention import Retention
+    from talkingface.config import Settings
+    from talkingface.errors import TalkingFaceError
+    from talkingface.storage import StoreError, store_from_settings
+
+    keys = _store("tenant purge")
+    if keys is None:
+        return EXIT_USAGE
+    try:
+        settings = Settings.from_env()
+        retention = Retention(keys.redis, store_from_settings(settings), settings)
+        counts = retention.purge_tenant(args.tenant, dry_run=not args.yes)
+    except TalkingFaceError as exc:
+        print(f"talkingface tenant purge: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as exc:
+        print(f"talkingface tenant purge: the object store failed: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    result = {"tenant": args.tenant, "purged": bool(args.yes), **counts}
+    what = (f"{counts['jobs']} jobs, {counts['avatars']} avatars, {counts['api_keys']} API keys: "
+            f"{counts['redis_keys']} Redis keys and {counts['objects']} objects")  # fmt: skip
+    if args.yes:
+        text = f"tenant {args.tenant} purged ({what} deleted)"
+    else:
+        text = f"tenant {args.tenant} holds {what}; nothing deleted: rerun with --yes to delete"
+    print(json.dumps(result, sort_keys=True) if args.json else text)
+    return 0 if args.yes else EXIT_USAGE
+
+
 def cmd_key(args: argparse.Namespace) -> int:
     from talkingface.errors import TalkingFaceError
 
@@ -115,6 +146,13 @@ def add_tenant(sub: argparse._SubParsersAction) -> None:
     create = actions.add_parser("create", help="register a tenant")
     create.add_argument("name", help="tenant name ([A-Za-z0-9][A-Za-z0-9._-]{0,127})")
     actions.add_parser("list", help="every tenant with its number of keys")
+    purge = actions.add_parser(
+        "purge", help="delete every Redis key and stored object of a tenant (counts first)"
+    )
+    purge.add_argument("--tenant", required=True, help="tenant name")
+    purge.add_argument("--yes", action="store_true",
+                       help="really delete; without it only count what would go")  # fmt: skip
+    purge.set_defaults(func=cmd_tenant_purge)
     delete = actions.add_parser("delete", help="unregister a tenant and delete its API keys")
     delete.add_argument("name", help="tenant name")
     for parser in actions.choices.values():

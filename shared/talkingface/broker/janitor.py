@@ -13,6 +13,10 @@ them back into the stream; with no worker running (workers scaled to zero on an 
 stream) a retry would wait forever, unseen by a stream-length autoscaler. So the janitor also
 promotes due retries of every queue every PROMOTE_INTERVAL_S (one small Lua call per queue),
 whatever the sweep interval.
+
+At each sweep it also enforces retention (broker/retention.py, when given a Retention): uploads,
+results and job records past their TTLs (per tenant), results whose record is gone, and the
+dead-letter streams' caps.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Sequence
 
 from talkingface.broker.jobs import JobStore
 from talkingface.broker.queue import WorkQueue
+from talkingface.broker.retention import Retention, SweepReport
 from talkingface.errors import TalkingFaceError
 from talkingface.storage import ObjectStore, StoreError
 
@@ -69,7 +74,7 @@ def promote_due(queues: Sequence[WorkQueue]) -> int:
 
 
 class Janitor:
-    """In a daemon thread until stopped: `sweep_scratch` every `interval_s` (0 = never) and
+    """In a daemon thread until stopped: `sweep` every `interval_s` (0 = never) and
     `promote_due(queues)` every `promote_interval_s`."""
 
     def __init__(
@@ -80,8 +85,10 @@ class Janitor:
         *,
         queues: Sequence[WorkQueue] = (),
         promote_interval_s: float = PROMOTE_INTERVAL_S,
+        retention: Retention | None = None,
     ) -> None:
         self.store, self.jobs, self.interval_s = store, jobs, interval_s
+        self.retention = retention
         self.queues = list(queues)
         self.promote_interval_s = promote_interval_s
         self._stop = threading.Event()
@@ -93,6 +100,11 @@ class Janitor:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def sweep(self) -> SweepReport | None:
+        """One sweep: scratch space, then retention; the retention report (None without)."""
+        sweep_scratch(self.store, self.jobs, min_age_s=max(60.0, self.interval_s))
+        return self.retention.sweep() if self.retention is not None else None
 
     def _loop(self) -> None:
         tick = self.promote_interval_s if self.queues else self.interval_s
@@ -107,7 +119,7 @@ class Janitor:
                     log.warning("janitor cannot promote due retries: %r", exc)
             if self.interval_s > 0 and time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.interval_s
-                try:  # the ids it returns are for tests and operators; the log says how many
-                    sweep_scratch(self.store, self.jobs, min_age_s=max(60.0, self.interval_s))
+                try:  # what it returns is for tests and operators; the log says how many
+                    self.sweep()
                 except Exception:
                     log.exception("janitor sweep failed")

@@ -227,7 +227,8 @@ def broker_server(settings: Settings, *, store: Any = None):
     # Always on: besides sweeping scratch space (when its interval is set) it promotes due
     # retries, which with no worker running (scaled to zero) nobody else would.
     janitor = Janitor(store, servicer.jobs, settings.janitor_interval_seconds,
-                      queues=list(servicer.queues.values()))  # fmt: skip
+                      queues=list(servicer.queues.values()),
+                      retention=servicer.retention)  # fmt: skip
 
     def start() -> None:
         pool.start()

@@ -77,6 +77,10 @@ class BrokerServicer:
         self.avatars = AvatarRegistry(client)
         self.store = store
         self.limits = Limits(client, settings)
+        from talkingface.broker.retention import Retention
+
+        self.retention = Retention(client, store, settings, jobs=self.jobs,
+                                   queues=list(self.queues.values()))  # fmt: skip
 
     # --- uploads ---------------------------------------------------------------------------
 
@@ -173,6 +177,18 @@ class BrokerServicer:
     def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.Job:
         try:
             return self._message(self.jobs.request_cancel(request.job_id, self._tenant(context)))
+        except TalkingFaceError as error:
+            abort(context, error)
+
+    def DeleteJob(self, request: pb.DeleteJobRequest, context) -> pb.DeleteJobResponse:
+        """Cancel the job if it has not ended, then delete its record and result
+        (broker/retention.py); another tenant's job is JOB_NOT_FOUND."""
+        try:
+            job, cancelled, objects = self.retention.delete_job(
+                request.job_id, self._tenant(context)
+            )
+            return pb.DeleteJobResponse(job_id=job.job_id, state=JOB_STATES[job.state],
+                                        cancelled=cancelled, objects_deleted=objects)  # fmt: skip
         except TalkingFaceError as error:
             abort(context, error)
 

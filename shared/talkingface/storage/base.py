@@ -17,7 +17,7 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,13 +42,16 @@ class ObjectInfo:
     """What a store knows about one object.
 
     `sha256` and `content_type` are always set by `put` and `stat`; `list` leaves them None
-    unless asked for `detailed=True` (on S3 that costs one request per object).
+    unless asked for `detailed=True` (on S3 that costs one request per object). `modified`
+    (unix seconds of the last write, by the store's clock) is set by `list` only; it does not
+    take part in comparisons.
     """
 
     key: str
     size: int
     sha256: str | None = None
     content_type: str | None = None
+    modified: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

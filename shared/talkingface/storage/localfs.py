@@ -155,4 +155,5 @@ def walk(dfd: int, prefix: str) -> Iterator[ObjectInfo]:
                 finally:
                     os.close(child)
             elif entry.is_file(follow_symlinks=False):
-                yield ObjectInfo(key, entry.stat(follow_symlinks=False).st_size)
+                st = entry.stat(follow_symlinks=False)
+                yield ObjectInfo(key, st.st_size, modified=st.st_mtime)

@@ -213,7 +213,8 @@ class MinioStore(ObjectStore):
                     # "folder/" markers) are not part of this store's view.
                     logger.debug("ignoring object with a non-key name: %r", name)
                     continue
-                infos.append(ObjectInfo(name, int(obj.size or 0)))
+                modified = obj.last_modified.timestamp() if obj.last_modified else None
+                infos.append(ObjectInfo(name, int(obj.size or 0), modified=modified))
         return infos
 
     def _delete(self, key: str) -> None:

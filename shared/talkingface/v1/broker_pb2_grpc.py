@@ -59,6 +59,11 @@ class BrokerStub:
                 request_serializer=talkingface_dot_v1_dot_broker__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=talkingface_dot_v1_dot_broker__pb2.Job.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/talkingface.v1.Broker/DeleteJob',
+                request_serializer=talkingface_dot_v1_dot_broker__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=talkingface_dot_v1_dot_broker__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
         self.ListJobs = channel.unary_unary(
                 '/talkingface.v1.Broker/ListJobs',
                 request_serializer=talkingface_dot_v1_dot_broker__pb2.ListJobsRequest.SerializeToString,
@@ -121,6 +126,13 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteJob(self, request, context):
+        """Deletes a job's record and its result; a job that has not ended is cancelled first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListJobs(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -179,6 +191,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=talkingface_dot_v1_dot_broker__pb2.CancelJobRequest.FromString,
                     response_serializer=talkingface_dot_v1_dot_broker__pb2.Job.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=talkingface_dot_v1_dot_broker__pb2.DeleteJobRequest.FromString,
+                    response_serializer=talkingface_dot_v1_dot_broker__pb2.DeleteJobResponse.SerializeToString,
             ),
             'ListJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobs,
@@ -341,6 +358,33 @@ class Broker:
             '/talkingface.v1.Broker/CancelJob',
             talkingface_dot_v1_dot_broker__pb2.CancelJobRequest.SerializeToString,
             talkingface_dot_v1_dot_broker__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talkingface.v1.Broker/DeleteJob',
+            talkingface_dot_v1_dot_broker__pb2.DeleteJobRequest.SerializeToString,
+            talkingface_dot_v1_dot_broker__pb2.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
