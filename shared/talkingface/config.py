@@ -241,6 +241,28 @@ class Settings:
     rate_upload_burst: int = _setting(
         20, "Upload calls a tenant may make at once above the rate (override `upload_burst`)."
     )
+    webhook_allow_http: bool = _setting(
+        False,
+        "Accept `http://` callback URLs (for loopback tests only); by default a job's "
+        "`callback_url` must be https (INVALID_REQUEST otherwise).",
+    )
+    webhook_max_attempts: int = _setting(
+        8, "POSTs of a job's webhook before its delivery is given up (recorded on the job)."
+    )
+    webhook_retry_base_seconds: float = _setting(
+        2.0, "Wait before a webhook's second POST, seconds; doubled after each failed one."
+    )
+    webhook_retry_max_seconds: float = _setting(
+        600.0, "Longest wait between two POSTs of a webhook, seconds."
+    )
+    webhook_timeout_seconds: float = _setting(
+        10.0, "Timeout of one webhook POST (connect + response), seconds."
+    )
+    broker_reflection: bool = _setting(
+        False,
+        "Serve gRPC server reflection on the broker's public port (off by default: the API is "
+        "described by protos/talkingface/v1/broker.proto).",
+    )
     train_tar_max_mb: int = _setting(
         4096,
         "Largest unpacked size of a training or bundle tar, MiB: the worker sums the members' "
@@ -385,6 +407,17 @@ class Settings:
                     f"{env_name('quota_train_presets')}: unknown presets "
                     f"{', '.join(sorted(named - {'tiny', 'cpu', 'full'}))} (tiny, cpu, full)"
                 )
+        if settings is not None and not (
+            0 < settings.webhook_retry_base_seconds <= settings.webhook_retry_max_seconds
+        ):
+            problems.append(
+                f"{env_name('webhook_retry_base_seconds')} must be more than 0 and at most "
+                f"{env_name('webhook_retry_max_seconds')}"
+            )
+        if settings is not None and settings.webhook_max_attempts < 1:
+            problems.append(f"{env_name('webhook_max_attempts')} must be 1 or more")
+        if settings is not None and settings.webhook_timeout_seconds <= 0:
+            problems.append(f"{env_name('webhook_timeout_seconds')} must be more than 0")
         if settings is not None and settings.janitor_interval_seconds < 0:
             problems.append(f"{env_name('janitor_interval_seconds')} must be 0 or more")
         for name in ("retention_upload_seconds", "retention_result_seconds",

@@ -53,6 +53,14 @@ def cmd_tenant(args: argparse.Namespace) -> int:
             store.create_tenant(args.name)
             result: Any = {"tenant": args.name, "created": True}
             text = f"tenant {args.name} created"
+        elif args.action == "webhook-secret":
+            from talkingface.broker.webhooks import tenant_secret
+
+            secret = tenant_secret(store.redis, args.tenant, rotate=args.rotate)
+            result = {"tenant": args.tenant, "webhook_secret": secret, "rotated": args.rotate}
+            text = (f"webhook secret of tenant {args.tenant}"
+                    f"{' (rotated: the old one no longer verifies)' if args.rotate else ''}:"
+                    f"\n{secret}")  # fmt: skip
         elif args.action == "delete":
             deleted = store.delete_tenant(args.name)
             result = {"tenant": args.name, "deleted": True, "keys_deleted": deleted}
@@ -155,6 +163,12 @@ def add_tenant(sub: argparse._SubParsersAction) -> None:
     purge.set_defaults(func=cmd_tenant_purge)
     delete = actions.add_parser("delete", help="unregister a tenant and delete its API keys")
     delete.add_argument("name", help="tenant name")
+    webhook = actions.add_parser(
+        "webhook-secret", help="the tenant's webhook signing secret (made on first use)"
+    )
+    webhook.add_argument("--tenant", required=True, help="tenant name")
+    webhook.add_argument("--rotate", action="store_true",
+                         help="replace it: deliveries from now on are signed with the new one")
     for parser in actions.choices.values():
         parser.add_argument("--json", action="store_true", help="JSON on one line")
     tenant.set_defaults(func=cmd_tenant)

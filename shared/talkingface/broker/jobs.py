@@ -83,6 +83,7 @@ STAGES = (
 )
 DEFAULT_TTL_S = 7 * 24 * 3600
 SEQUENCE_KEY = "tf:jobseq"
+WEBHOOKS_DUE_KEY = "tf:webhooks:due"  # job ids whose webhook is due, scored by due time (ms)
 EVENTS_MAXLEN = 1000
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -151,6 +152,13 @@ class Job:
     request: dict[str, Any]
     result: dict[str, Any] | None
     cancel_requested: bool
+    # The job's webhook (broker/webhooks.py): its URL and how its delivery went.
+    callback_url: str = ""
+    webhook_state: str = ""  # "" | pending | delivered | failed
+    webhook_attempts: int = 0
+    webhook_last_status: str = ""
+    webhook_last_attempt_at: int = 0  # unix ms, 0 = never
+    webhook_delivered_at: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -176,6 +184,12 @@ class Job:
             request=json.loads(f.get("request") or "{}"),
             result=json.loads(f["result"]) if f.get("result") else None,
             cancel_requested=f.get("cancel_requested") == "1",
+            callback_url=f.get("callback_url", ""),
+            webhook_state=f.get("webhook_state", ""),
+            webhook_attempts=int(f.get("webhook_attempts") or 0),
+            webhook_last_status=f.get("webhook_last_status", ""),
+            webhook_last_attempt_at=int(f.get("webhook_last_attempt_at") or 0),
+            webhook_delivered_at=int(f.get("webhook_delivered_at") or 0),
         )
 
 
@@ -255,8 +269,9 @@ return {1, ARGV[3], publish(KEYS[1], KEYS[3], ttl, ARGV[2])}
 """
 )
 
-# KEYS: job, events; ARGV: ttl, maxlen, tenant ('' = any), mode ('update' | 'cancel'),
-# field/value... (update). Returns {'OK', record} or {ERROR_NAME, detail...}.
+# KEYS: job, events, webhook due set; ARGV: ttl, maxlen, tenant ('' = any), mode ('update' |
+# 'cancel'), field/value... (update). Returns {'OK', record} or {ERROR_NAME, detail...}.
+# The write that makes a job with a callback_url final also schedules its webhook (due now).
 _UPDATE = (
     _LUA_COMMON
     + """
@@ -286,8 +301,15 @@ else
     changes[#changes + 1] = ARGV[i + 1]
   end
 end
-redis.call('HSET', KEYS[1], 'updated_at', now_ms(), unpack(changes))
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'updated_at', now, unpack(changes))
 redis.call('EXPIRE', KEYS[1], ttl)
+local final = redis.call('HGET', KEYS[1], 'state')
+if (final == 'SUCCEEDED' or final == 'FAILED' or final == 'CANCELLED')
+    and (redis.call('HGET', KEYS[1], 'callback_url') or '') ~= '' then
+  redis.call('HSET', KEYS[1], 'webhook_state', 'pending')
+  redis.call('ZADD', KEYS[3], now, redis.call('HGET', KEYS[1], 'job_id'))
+end
 return {'OK', publish(KEYS[1], KEYS[2], ttl, ARGV[2])}
 """
 )
@@ -368,6 +390,7 @@ class JobStore:
         enqueue: tuple[str, dict[str, Any]] | None = None,
         active_limit: int = 0,
         active_hint: str = "",
+        callback_url: str = "",
     ) -> tuple[Job, bool]:
         """A new QUEUED job, or the tenant's existing job for this idempotency key.
 
@@ -378,6 +401,7 @@ class JobStore:
         `active_limit` (0 = none) refuses the job with QUOTA_EXCEEDED when the tenant has
         that many jobs QUEUED or RUNNING, counted in the same atomic step (the message ends
         with `active_hint`); a reused idempotency key is answered whatever the count.
+        `callback_url` (checked by the caller: broker.webhooks) is POSTed the job once it ends.
         """
         check_tenant(tenant)
         if kind not in KINDS:
@@ -414,6 +438,8 @@ class JobStore:
             "result": "",
             "cancel_requested": "0",
         }
+        if callback_url:
+            fields["callback_url"] = callback_url
         flat = [item for pair in fields.items() for item in pair]
         has_key = "1" if idempotency_key else "0"
         args = [self.ttl_s, EVENTS_MAXLEN, job_id, has_key, payload, max(0, active_limit), *flat]
@@ -550,7 +576,7 @@ class JobStore:
         if not job_id:
             raise _not_found(job_id)
         reply = self._update(
-            keys=[job_key(job_id), events_key(job_id)],
+            keys=[job_key(job_id), events_key(job_id), WEBHOOKS_DUE_KEY],
             args=[self.ttl_s, EVENTS_MAXLEN, tenant, mode, *flat],
         )
         status = _text(reply[0])

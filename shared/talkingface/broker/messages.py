@@ -92,6 +92,16 @@ def job_message(job: Job, store: ObjectStore, url_seconds: int) -> pb.Job:
         attempt=job.attempt,
         avatar_id=job.avatar_id,
     )
+    if job.callback_url:
+        out.callback_url = job.callback_url
+        if job.webhook_state:
+            out.webhook.state = job.webhook_state
+            out.webhook.attempts = job.webhook_attempts
+            out.webhook.last_status = job.webhook_last_status
+            if job.webhook_last_attempt_at:
+                out.webhook.last_attempt_at.CopyFrom(_timestamp(job.webhook_last_attempt_at))
+            if job.webhook_delivered_at:
+                out.webhook.delivered_at.CopyFrom(_timestamp(job.webhook_delivered_at))
     if job.state == "FAILED" and job.error_code:
         out.error.CopyFrom(
             common_pb2.ErrorDetail(

@@ -213,6 +213,8 @@ def broker_server(settings: Settings, *, store: Any = None):
     from talkingface.broker.auth import auth_interceptors, server_credentials
     from talkingface.broker.janitor import Janitor
     from talkingface.broker.servicer import BrokerServicer
+    from talkingface.broker.webhooks import WebhookDeliverer
+    from talkingface.serving.internal_errors import InternalErrorInterceptor
     from talkingface.serving.server import ServiceServer, binding_for
     from talkingface.storage import store_from_settings
     from talkingface.v1 import broker_pb2, broker_pb2_grpc
@@ -229,15 +231,20 @@ def broker_server(settings: Settings, *, store: Any = None):
     janitor = Janitor(store, servicer.jobs, settings.janitor_interval_seconds,
                       queues=list(servicer.queues.values()),
                       retention=servicer.retention)  # fmt: skip
+    webhooks = WebhookDeliverer(settings, client, servicer.jobs, store)
 
     def start() -> None:
         pool.start()
         janitor.start()
+        webhooks.start()
 
     def stop() -> None:
+        webhooks.stop()
         janitor.stop()
         pool.stop(settings.shutdown_grace_s)
 
+    # Unexpected exceptions answer INTERNAL with a correlation id (outermost: auth's too).
+    interceptors = [InternalErrorInterceptor(), *auth_interceptors(settings, client)]
     return ServiceServer("broker", [binding], settings, warmup=start, on_stop=stop,
-                         interceptors=auth_interceptors(settings, client),
-                         credentials=server_credentials(settings))  # fmt: skip
+                         interceptors=interceptors, credentials=server_credentials(settings),
+                         reflection=settings.broker_reflection)  # fmt: skip

@@ -110,6 +110,7 @@ class BrokerServicer:
             limits = self.limits.for_tenant(tenant)
             self.limits.take(limits, SUBMIT)
             options = render_options(request.options)
+            callback_url = self._callback_url(tenant, request.callback_url)
             source = request.WhichOneof("audio")
             if source == "inline_audio":
                 if not request.inline_audio:
@@ -137,6 +138,7 @@ class BrokerServicer:
                     avatar_id=request.avatar_id,
                     enqueue=(self.queues[RENDER_QUEUE].stream, {"kind": "render"}),
                     active_limit=limits["active_jobs"], active_hint=self.limits.active_hint(limits),
+                    callback_url=callback_url,
                 )  # fmt: skip
             except TalkingFaceError:
                 if stored_inline:
@@ -227,6 +229,7 @@ class BrokerServicer:
             if SOURCES[source] != "bundle":  # an imported bundle is not trained here
                 self.limits.check_preset(limits, preset)
             upload_id = getattr(request, source)
+            callback_url = self._callback_url(tenant, request.callback_url)
             data_key = self._upload(tenant, upload_id)
             if len(request.display_name) > MAX_DISPLAY_NAME:
                 raise TalkingFaceError(
@@ -241,6 +244,7 @@ class BrokerServicer:
                 avatar_id=avatar_id,
                 enqueue=(self.queues[TRAIN_QUEUE].stream, {"kind": "train_avatar"}),
                 active_limit=limits["active_jobs"], active_hint=self.limits.active_hint(limits),
+                callback_url=callback_url,
             )  # fmt: skip
             if created:  # the training job claims it too, should this process die right here
                 self.avatars.claim(tenant, request.display_name, job.job_id, avatar_id)
@@ -313,6 +317,16 @@ class BrokerServicer:
         tenant = values[0]
         check_tenant(tenant)
         return tenant
+
+    def _callback_url(self, tenant: str, url: str) -> str:
+        """A checked webhook URL ("" = none); the tenant's signing secret exists from now on."""
+        from talkingface.broker.webhooks import check_callback_url, tenant_secret
+
+        if not url:
+            return ""
+        check_callback_url(url, self.settings.webhook_allow_http)
+        tenant_secret(self.jobs.redis, tenant)
+        return url
 
     def _upload(self, tenant: str, upload_id: str) -> str:
         return find_upload(self.store, tenant, upload_id)

@@ -1,9 +1,10 @@
 """gRPC server bootstrap used by every talkingface service.
 
 `ServiceServer` adds to the caller's servicers: grpc.health.v1 (NOT_SERVING until warm-up
-finishes, then SERVING; NOT_SERVING again when shutdown starts), server reflection, the Info
-service, message-size limits, the Prometheus metrics interceptor and /metrics endpoint, and a
-graceful SIGTERM: stop accepting, give in-flight RPCs `shutdown_grace_s`, then exit.
+finishes, then SERVING; NOT_SERVING again when shutdown starts), server reflection (unless
+`reflection=False`, as on the broker's public port by default), the Info service,
+message-size limits, the Prometheus metrics interceptor and /metrics endpoint, and a graceful
+SIGTERM: stop accepting, give in-flight RPCs `shutdown_grace_s`, then exit.
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ class ServiceServer:
         on_stop: Callable[[], None] | None = None,
         interceptors: Sequence[grpc.ServerInterceptor] = (),
         credentials: grpc.ServerCredentials | None = None,
+        reflection: bool = True,
     ) -> None:
         self.name = name
+        self.reflection = reflection
         self._interceptors = list(interceptors)  # after the metrics one (refusals are counted)
         self._credentials = credentials  # TLS on the gRPC port when given
         self._on_stop = on_stop
@@ -109,9 +112,10 @@ class ServiceServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for service in ["", *self.service_names]:
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        reflection.enable_server_reflection(
-            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        if self.reflection:
+            reflection.enable_server_reflection(
+                [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            )
         address = f"{s.grpc_host}:{s.grpc_port}"
         if self._credentials is not None:
             self.port = server.add_secure_port(address, self._credentials)

@@ -115,20 +115,22 @@ class RenderOptions(_message.Message):
     def __init__(self, k: _Optional[int] = ..., alpha: _Optional[float] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., pose_mode: _Optional[_Union[_renderer_pb2.PoseMode, str]] = ..., resolution: _Optional[int] = ..., pose_start: _Optional[int] = ...) -> None: ...
 
 class SubmitRenderRequest(_message.Message):
-    __slots__ = ("avatar_id", "avatar_version", "inline_audio", "upload_id", "options", "idempotency_key")
+    __slots__ = ("avatar_id", "avatar_version", "inline_audio", "upload_id", "options", "idempotency_key", "callback_url")
     AVATAR_ID_FIELD_NUMBER: _ClassVar[int]
     AVATAR_VERSION_FIELD_NUMBER: _ClassVar[int]
     INLINE_AUDIO_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_URL_FIELD_NUMBER: _ClassVar[int]
     avatar_id: str
     avatar_version: str
     inline_audio: bytes
     upload_id: str
     options: RenderOptions
     idempotency_key: str
-    def __init__(self, avatar_id: _Optional[str] = ..., avatar_version: _Optional[str] = ..., inline_audio: _Optional[bytes] = ..., upload_id: _Optional[str] = ..., options: _Optional[_Union[RenderOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    callback_url: str
+    def __init__(self, avatar_id: _Optional[str] = ..., avatar_version: _Optional[str] = ..., inline_audio: _Optional[bytes] = ..., upload_id: _Optional[str] = ..., options: _Optional[_Union[RenderOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., callback_url: _Optional[str] = ...) -> None: ...
 
 class RenderResult(_message.Message):
     __slots__ = ("video", "download_url", "duration_seconds", "frames", "metrics")
@@ -169,7 +171,7 @@ class AvatarResult(_message.Message):
     def __init__(self, avatar_id: _Optional[str] = ..., version: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "kind", "state", "stage", "progress", "error", "created_at", "updated_at", "idempotency_key", "attempt", "avatar_id", "render", "avatar")
+    __slots__ = ("job_id", "kind", "state", "stage", "progress", "error", "created_at", "updated_at", "idempotency_key", "attempt", "avatar_id", "render", "avatar", "callback_url", "webhook")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +185,8 @@ class Job(_message.Message):
     AVATAR_ID_FIELD_NUMBER: _ClassVar[int]
     RENDER_FIELD_NUMBER: _ClassVar[int]
     AVATAR_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_URL_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: JobKind
     state: JobState
@@ -196,7 +200,23 @@ class Job(_message.Message):
     avatar_id: str
     render: RenderResult
     avatar: AvatarResult
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[_Union[Stage, str]] = ..., progress: _Optional[float] = ..., error: _Optional[_Union[_common_pb2.ErrorDetail, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., attempt: _Optional[int] = ..., avatar_id: _Optional[str] = ..., render: _Optional[_Union[RenderResult, _Mapping]] = ..., avatar: _Optional[_Union[AvatarResult, _Mapping]] = ...) -> None: ...
+    callback_url: str
+    webhook: WebhookDelivery
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., stage: _Optional[_Union[Stage, str]] = ..., progress: _Optional[float] = ..., error: _Optional[_Union[_common_pb2.ErrorDetail, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., attempt: _Optional[int] = ..., avatar_id: _Optional[str] = ..., render: _Optional[_Union[RenderResult, _Mapping]] = ..., avatar: _Optional[_Union[AvatarResult, _Mapping]] = ..., callback_url: _Optional[str] = ..., webhook: _Optional[_Union[WebhookDelivery, _Mapping]] = ...) -> None: ...
+
+class WebhookDelivery(_message.Message):
+    __slots__ = ("state", "attempts", "last_status", "last_attempt_at", "delivered_at")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_STATUS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_AT_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    attempts: int
+    last_status: str
+    last_attempt_at: _timestamp_pb2.Timestamp
+    delivered_at: _timestamp_pb2.Timestamp
+    def __init__(self, state: _Optional[str] = ..., attempts: _Optional[int] = ..., last_status: _Optional[str] = ..., last_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -286,20 +306,22 @@ class Avatar(_message.Message):
     def __init__(self, avatar_id: _Optional[str] = ..., display_name: _Optional[str] = ..., state: _Optional[_Union[AvatarState, str]] = ..., latest_version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[AvatarVersion, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateAvatarRequest(_message.Message):
-    __slots__ = ("display_name", "video_upload_id", "synthtalk_upload_id", "bundle_upload_id", "preset", "idempotency_key")
+    __slots__ = ("display_name", "video_upload_id", "synthtalk_upload_id", "bundle_upload_id", "preset", "idempotency_key", "callback_url")
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     VIDEO_UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     SYNTHTALK_UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_URL_FIELD_NUMBER: _ClassVar[int]
     display_name: str
     video_upload_id: str
     synthtalk_upload_id: str
     bundle_upload_id: str
     preset: str
     idempotency_key: str
-    def __init__(self, display_name: _Optional[str] = ..., video_upload_id: _Optional[str] = ..., synthtalk_upload_id: _Optional[str] = ..., bundle_upload_id: _Optional[str] = ..., preset: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    callback_url: str
+    def __init__(self, display_name: _Optional[str] = ..., video_upload_id: _Optional[str] = ..., synthtalk_upload_id: _Optional[str] = ..., bundle_upload_id: _Optional[str] = ..., preset: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., callback_url: _Optional[str] = ...) -> None: ...
 
 class ListAvatarsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

@@ -1,0 +1,89 @@
+"""Unexpected exceptions in a servicer answer INTERNAL with a correlation id, nothing more.
+
+Without this, gRPC answers an exception that escapes a method with UNKNOWN and the
+exception's text ("Exception calling application: ...") — internals (keys, paths, hosts) a
+public API must not show. `InternalErrorInterceptor` catches such an exception, logs it with
+its traceback and a fresh correlation id, and ends the call with INTERNAL
+"INTERNAL: internal error, correlation id <32 hex digits>" (and `talkingface-error-code:
+INTERNAL`), so an operator finds the log line from what the client reports. Calls that ended
+on purpose (`context.abort`, a TalkingFaceError through `errors.abort`) pass untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from talkingface.errors import TalkingFaceError, abort
+
+log = logging.getLogger(__name__)
+
+
+def _ended_on_purpose(context: grpc.ServicerContext) -> bool:
+    code = context.code()
+    return code is not None and code != grpc.StatusCode.OK
+
+
+def _internal(method: str, context: grpc.ServicerContext, exc: BaseException):
+    correlation_id = uuid.uuid4().hex
+    log.error(
+        "unexpected exception in %s, correlation id %s", method, correlation_id,
+        exc_info=(type(exc), exc, exc.__traceback__),
+        extra={"correlation_id": correlation_id, "method": method},
+    )  # fmt: skip
+    abort(context, TalkingFaceError("INTERNAL", f"internal error, correlation id {correlation_id}"))
+
+
+class InternalErrorInterceptor(grpc.ServerInterceptor):
+    """Wraps every method (of the services named, or all): see the module docstring."""
+
+    def __init__(self, services: tuple[str, ...] = ()) -> None:
+        self.services = services
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        service = method.lstrip("/").partition("/")[0]
+        if handler is None or (self.services and service not in self.services):
+            return handler
+        if handler.request_streaming and handler.response_streaming:
+            kind, behaviour = grpc.stream_stream_rpc_method_handler, handler.stream_stream
+        elif handler.request_streaming:
+            kind, behaviour = grpc.stream_unary_rpc_method_handler, handler.stream_unary
+        elif handler.response_streaming:
+            kind, behaviour = grpc.unary_stream_rpc_method_handler, handler.unary_stream
+        else:
+            kind, behaviour = grpc.unary_unary_rpc_method_handler, handler.unary_unary
+        wrapped = _wrap(method, behaviour, handler.response_streaming)
+        return kind(wrapped, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)  # fmt: skip
+
+
+def _wrap(method: str, behaviour: Callable, streaming: bool) -> Callable:
+    if streaming:
+
+        def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from behaviour(request, context)
+            except GeneratorExit:
+                raise
+            except Exception as exc:
+                if _ended_on_purpose(context):
+                    raise
+                _internal(method, context, exc)
+
+        return stream
+
+    def unary(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behaviour(request, context)
+        except Exception as exc:
+            if _ended_on_purpose(context):
+                raise
+            _internal(method, context, exc)
+
+    return unary
