@@ -31,9 +31,12 @@ def jobs(redis_client: redis.Redis) -> JobStore:
 
 @pytest.fixture
 def make_queue(redis_client: redis.Redis) -> Callable[..., WorkQueue]:
-    """WorkQueue factory with test-sized timings (200 ms lease, 20 ms retry base)."""
+    """WorkQueue factory with test-sized timings (200 ms lease, 20 ms retry base). By default
+    each queue has a name of its own: tests that share the Redis (a broker's `render` queue in
+    another module) must never read each other's messages."""
 
-    def make(name: str = "render", **overrides: float) -> WorkQueue:
+    def make(name: str | None = None, **overrides: float) -> WorkQueue:
+        name = name or f"render-{uuid.uuid4().hex[:8]}"
         options = {"lease_ms": LEASE_MS, "retry_base_s": 0.02, "retry_max_s": 0.2}
         options.update(overrides)
         return WorkQueue(redis_client, name, **options)
