@@ -167,8 +167,11 @@ def add_tenant(sub: argparse._SubParsersAction) -> None:
         "webhook-secret", help="the tenant's webhook signing secret (made on first use)"
     )
     webhook.add_argument("--tenant", required=True, help="tenant name")
-    webhook.add_argument("--rotate", action="store_true",
-                         help="replace it: deliveries from now on are signed with the new one")
+    webhook.add_argument(
+        "--rotate",
+        action="store_true",
+        help="replace it: deliveries from now on are signed with the new one",
+    )
     for parser in actions.choices.values():
         parser.add_argument("--json", action="store_true", help="JSON on one line")
     tenant.set_defaults(func=cmd_tenant)
