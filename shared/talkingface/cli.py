@@ -58,6 +58,7 @@ BUILT_BENCHES = (
     "projection",
     "render",
     "ingest",
+    "api",
 )  # talkingface.bench
 BENCH_ISSUES: dict[str, int] = {}  # stage -> issue that builds its benchmark
 
@@ -116,7 +117,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return _not_available(f"`talkingface bench {args.stage}`", BENCH_ISSUES[args.stage])
     import importlib
 
-    _print_result(importlib.import_module(f"talkingface.bench.{args.stage}").run(), args.json)
+    module = importlib.import_module(f"talkingface.bench.{args.stage}")
+    if args.stage == "api":  # the broker API's benchmark takes its broker and load
+        result = module.run(broker=args.broker, clients=args.clients, avatar=args.avatar)
+    else:
+        result = module.run()
+    _print_result(result, args.json)
     return 0
 
 
@@ -227,6 +233,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmark a stage (--json)")
     bench.add_argument("stage", choices=[*BUILT_BENCHES, *BENCH_ISSUES])
     bench.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    bench.add_argument("--broker", metavar="ADDRESS",
+                       help="api: measure this broker (default: start a private one)")
+    bench.add_argument("--clients", type=int, default=200,
+                       help="api: concurrent clients (threads; default 200)")
+    bench.add_argument("--avatar", default="",
+                       help="api with --broker: a READY avatar of TALKINGFACE_TENANT")
     bench.set_defaults(func=_cmd_bench)
 
 

@@ -123,6 +123,19 @@ class Settings:
     stage_timeout_seconds: float = _setting(
         900.0, "Deadline of one stage call from a broker worker (one render shard included)."
     )
+    stage_secret: str = _setting(
+        "",
+        "Shared secret of the closed stage plane: set (the same value on the broker's workers "
+        "and every stage), each stage call must carry a capability the worker signed with it "
+        "(HMAC-SHA256; UNAUTHENTICATED without one, PERMISSION_DENIED for a key or avatar "
+        "outside it); empty = the stages trust any caller (a warning at start).",
+        secret=True,
+    )
+    stage_capability_seconds: float = _setting(
+        900.0,
+        "Lifetime of a stage capability, seconds: the worker signs a fresh one for each stage "
+        "call, so this bounds one call (at least TALKINGFACE_STAGE_TIMEOUT_SECONDS is used).",
+    )
     render_shard_frames: int = _setting(
         100,
         "Frames per render shard: long audio is rendered as shards of this many frames "
@@ -150,6 +163,27 @@ class Settings:
         "metadata) or `keys` (every RPC needs `authorization: Bearer <API key>`; the key's "
         "tenant is used and the tenant metadata ignored; see docs/broker.md).",
         choices=("off", "keys"),
+    )
+    broker_max_watch_streams: int = _setting(
+        64,
+        "Most WatchJob streams the broker API serves at once; one more is refused with "
+        "OVERLOADED (RESOURCE_EXHAUSTED). The server has a thread for each, on top of "
+        "TALKINGFACE_GRPC_WORKERS for the other calls (docs/broker.md#streams).",
+    )
+    broker_max_upload_streams: int = _setting(
+        16,
+        "Most Upload streams the broker API serves at once; one more is refused with "
+        "OVERLOADED (RESOURCE_EXHAUSTED). Each has its own thread (docs/broker.md#streams).",
+    )
+    broker_upload_idle_seconds: float = _setting(
+        30.0,
+        "An Upload stream that sends nothing for this long is ended with DEADLINE_EXCEEDED "
+        "and what it sent is deleted, seconds.",
+    )
+    broker_watch_max_seconds: float = _setting(
+        300.0,
+        "Longest a WatchJob stream is served, seconds; it then ends normally (OK) and the "
+        "client watches again (the Python client's wait does).",
     )
     broker_auth_cache_seconds: float = _setting(
         5.0,
@@ -204,7 +238,9 @@ class Settings:
         1024, "Largest file accepted by the broker's Upload, MiB (PAYLOAD_TOO_LARGE beyond)."
     )
     result_url_seconds: int = _setting(
-        3600, "Validity of the download URL in a finished render job's result, seconds."
+        900,
+        "Validity of the download URL in a finished render job's result, seconds (minted by "
+        "GetJob, WatchJob's final message and the webhook; never by ListJobs).",
     )
     quota_active_jobs: int = _setting(
         100,
@@ -385,7 +421,10 @@ class Settings:
                           ("upload_max_mb", 1), ("result_url_seconds", 1),
                           ("quota_active_jobs", 0), ("quota_uploads_per_day", 0),
                           ("rate_submit_burst", 1), ("rate_upload_burst", 1),
-                          ("train_tar_max_mb", 1), ("train_tar_max_members", 1)):  # fmt: skip
+                          ("train_tar_max_mb", 1), ("train_tar_max_members", 1),
+                          ("broker_max_watch_streams", 1), ("broker_max_upload_streams", 1),
+                          ("broker_upload_idle_seconds", 0.1),
+                          ("broker_watch_max_seconds", 1)):  # fmt: skip
             if settings is not None and getattr(settings, name) < low:
                 problems.append(f"{env_name(name)} must be {low} or more")
         if settings is not None and settings.result_url_seconds > 7 * 24 * 3600:

@@ -209,7 +209,8 @@ class BrokerClient:
         on_update: Callable[[pb.Job], None] | None = None,
         timeout_s: float | None = None,
     ) -> pb.Job:
-        """Follow the job to its end (re-watching if the stream drops); the final job."""
+        """Follow the job to its end (re-watching when the stream drops or the broker ends it
+        at its maximum time, polling while the broker refuses streams); the final job."""
         import time
 
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -223,8 +224,10 @@ class BrokerClient:
                     if on_update is not None:
                         on_update(job)
             except TalkingFaceError as exc:
-                if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "OVERLOADED"):
                     raise
+                if exc.code == "OVERLOADED":  # every WatchJob slot is taken: poll a while
+                    time.sleep(1.0)
             job = self.get_job(job_id)
         return job
 

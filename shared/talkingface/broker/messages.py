@@ -79,7 +79,8 @@ def render_options(options: pb.RenderOptions) -> dict[str, Any]:
 
 
 def job_message(job: Job, store: ObjectStore, url_seconds: int) -> pb.Job:
-    """The API's view of a job record (a render result with a fresh download URL)."""
+    """The API's view of a job record (a render result with a fresh download URL valid
+    `url_seconds`, or none when it is 0)."""
     out = pb.Job(
         job_id=job.job_id,
         kind=JOB_KINDS.get(job.kind, pb.JOB_KIND_UNSPECIFIED),
@@ -133,7 +134,7 @@ def render_result(result: dict[str, Any], store: ObjectStore, url_seconds: int) 
         frames=int(result.get("frames", 0)),
         metrics=_numbers(result.get("metrics", {})),
     )  # fmt: skip
-    if out.video.key:
+    if out.video.key and url_seconds > 0:  # 0: no URL (ListJobs)
         try:
             out.download_url = store.presigned_get(out.video.key, timedelta(seconds=url_seconds))
         except StoreError as exc:

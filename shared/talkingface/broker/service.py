@@ -213,6 +213,7 @@ def broker_server(settings: Settings, *, store: Any = None):
     from talkingface.broker.auth import auth_interceptors, server_credentials
     from talkingface.broker.janitor import Janitor
     from talkingface.broker.servicer import BrokerServicer
+    from talkingface.broker.streams import pool_size
     from talkingface.broker.webhooks import WebhookDeliverer
     from talkingface.serving.internal_errors import InternalErrorInterceptor
     from talkingface.serving.server import ServiceServer, binding_for
@@ -247,4 +248,5 @@ def broker_server(settings: Settings, *, store: Any = None):
     interceptors = [InternalErrorInterceptor(), *auth_interceptors(settings, client)]
     return ServiceServer("broker", [binding], settings, warmup=start, on_stop=stop,
                          interceptors=interceptors, credentials=server_credentials(settings),
-                         reflection=settings.broker_reflection)  # fmt: skip
+                         reflection=settings.broker_reflection,
+                         max_workers=pool_size(settings))  # streams + unary (broker.streams)

@@ -19,13 +19,17 @@ tenant's uploads, jobs or avatars: they read as not found.
 - Upload, SubmitRender and CreateAvatar are held to the tenant's quotas and rate limits
   (broker/limits.py: active jobs, uploads a day and their size, training presets, token
   buckets); ListJobs serves at most LIST_MAX_PAGE_SIZE jobs a page.
-- GetJob and WatchJob put a fresh download URL (presigned for MinIO, file:// for the local
-  store) into a finished render job's result.
+- GetJob and WatchJob's final message put a fresh, short-lived download URL (presigned for
+  MinIO, file:// for the local store; TALKINGFACE_RESULT_URL_SECONDS) into a finished render
+  job's result; ListJobs never does (GetJob the job you want to download).
+- WatchJob and Upload streams are capped and bounded in time (broker/streams.py), so they
+  cannot take the threads GetJob, SubmitRender and the other short calls need.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 
@@ -40,6 +44,7 @@ from talkingface.broker.jobs import Job, JobStore, check_tenant
 from talkingface.broker.limits import SUBMIT, UPLOAD, Limits, how_to_raise
 from talkingface.broker.messages import JOB_STATES, avatar_message, job_message, render_options
 from talkingface.broker.queue import WorkQueue
+from talkingface.broker.streams import StreamGates, idle_limited
 from talkingface.broker.uploads import find_upload, receive_upload, upload_key
 from talkingface.config import Settings, env_name
 from talkingface.errors import TalkingFaceError, abort
@@ -77,6 +82,7 @@ class BrokerServicer:
         self.avatars = AvatarRegistry(client)
         self.store = store
         self.limits = Limits(client, settings)
+        self.streams = StreamGates(settings)  # WatchJob and Upload caps (broker/streams.py)
         from talkingface.broker.retention import Retention
 
         self.retention = Retention(client, store, settings, jobs=self.jobs,
@@ -87,18 +93,21 @@ class BrokerServicer:
     def Upload(self, requests: Iterable[pb.UploadRequest], context) -> pb.UploadResponse:
         try:
             tenant = self._tenant(context)
-            limits = self.limits.for_tenant(tenant)
-            self.limits.take(limits, UPLOAD)
-            counted = self.limits.count_upload(limits)
-            try:
-                return receive_upload(
-                    self.store, tenant, requests, self.limits.upload_bytes(limits),
-                    hint=f"upload_max_mb = {limits['upload_max_mb']}; "
-                    + how_to_raise(tenant, "upload_max_mb"),
-                )  # fmt: skip
-            except BaseException:
-                self.limits.refund(counted)  # only stored uploads count
-                raise
+            with self.streams.upload.hold(context):
+                limits = self.limits.for_tenant(tenant)
+                self.limits.take(limits, UPLOAD)
+                counted = self.limits.count_upload(limits)
+                idle_s = self.settings.broker_upload_idle_seconds
+                try:
+                    return receive_upload(
+                        self.store, tenant, idle_limited(iter(requests), idle_s),
+                        self.limits.upload_bytes(limits),
+                        hint=f"upload_max_mb = {limits['upload_max_mb']}; "
+                        + how_to_raise(tenant, "upload_max_mb"),
+                    )  # fmt: skip
+                except BaseException:
+                    self.limits.refund(counted)  # only stored uploads count
+                    raise
         except TalkingFaceError as error:
             abort(context, error)
 
@@ -162,17 +171,21 @@ class BrokerServicer:
         try:
             tenant = self._tenant(context)
             last = None
-            # Watch in short spans, so a client that went away frees its thread within one.
-            while context.is_active():
-                for job in self.jobs.watch(
-                    request.job_id, tenant, block_ms=500, timeout_s=WATCH_SPAN_S
-                ):
-                    seen = (job.updated_at, job.state, job.stage, job.progress, job.attempt)
-                    if seen != last:  # each span starts with the job as it is: sent once
-                        last = seen
-                        yield self._message(job)
-                    if job.terminal:
-                        return
+            with self.streams.watch.hold(context):
+                # Served at most broker_watch_max_seconds, then ended (OK): the client
+                # watches again. Short spans: a client that went away frees its thread soon.
+                ends = time.monotonic() + self.settings.broker_watch_max_seconds
+                while context.is_active() and time.monotonic() < ends:
+                    span = min(WATCH_SPAN_S, max(0.1, ends - time.monotonic()))
+                    for job in self.jobs.watch(
+                        request.job_id, tenant, block_ms=500, timeout_s=span
+                    ):
+                        seen = (job.updated_at, job.state, job.stage, job.progress, job.attempt)
+                        if seen != last:  # each span starts with the job as it is: sent once
+                            last = seen
+                            yield self._message(job, url=job.terminal)
+                        if job.terminal:
+                            return
         except TalkingFaceError as error:
             abort(context, error)
 
@@ -207,7 +220,9 @@ class BrokerServicer:
                 page_size=min(request.page_size, LIST_MAX_PAGE_SIZE),
                 page_token=request.page_token,
             )  # fmt: skip
-            return pb.ListJobsResponse(jobs=[self._message(j) for j in jobs], next_page_token=token)
+            return pb.ListJobsResponse(  # no download URLs here: GetJob mints one
+                jobs=[self._message(j, url=False) for j in jobs], next_page_token=token
+            )
         except TalkingFaceError as error:
             abort(context, error)
 
@@ -346,8 +361,9 @@ class BrokerServicer:
                 "more compressed audio",
             )
 
-    def _message(self, job: Job) -> pb.Job:
-        return job_message(job, self.store, self.settings.result_url_seconds)
+    def _message(self, job: Job, url: bool = True) -> pb.Job:
+        """The job; with `url`, a finished render's download URL is minted (one S3 signing)."""
+        return job_message(job, self.store, self.settings.result_url_seconds if url else 0)
 
     def _put(self, key: str, data: bytes) -> None:
         try:

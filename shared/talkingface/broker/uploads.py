@@ -2,7 +2,8 @@
 
 `receive_upload` stores an Upload stream (header first, then contiguous chunks, at most
 `limit` bytes, sha256 computed while writing) and leaves nothing behind when the stream is
-refused. `upload_key` and `find_upload` are how SubmitRender and CreateAvatar refer to one:
+refused or breaks off (an idle stream ended by broker/streams.py's `idle_limited` included).
+`upload_key` and `find_upload` are how SubmitRender and CreateAvatar refer to one:
 by id, within the caller's tenant only, so another tenant's upload reads as not found and no
 user string becomes part of a key (ids are generated; `upload_id` is checked as one segment).
 """
@@ -116,7 +117,12 @@ class UploadReader(io.RawIOBase):
         if self.error is not None:
             self._ended = True
             return
-        message = next(self._requests, None)
+        try:
+            message = next(self._requests, None)  # may raise: an idle or broken-off stream
+        except TalkingFaceError as exc:
+            self.error = exc
+            self._ended = True
+            return
         if message is None:
             self._ended = True
             return

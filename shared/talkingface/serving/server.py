@@ -70,8 +70,10 @@ class ServiceServer:
         interceptors: Sequence[grpc.ServerInterceptor] = (),
         credentials: grpc.ServerCredentials | None = None,
         reflection: bool = True,
+        max_workers: int | None = None,
     ) -> None:
         self.name = name
+        self.max_workers = max_workers or settings.grpc_workers  # the broker adds its streams
         self.reflection = reflection
         self._interceptors = list(interceptors)  # after the metrics one (refusals are counted)
         self._credentials = credentials  # TLS on the gRPC port when given
@@ -102,7 +104,7 @@ class ServiceServer:
         s = self.settings
         server = grpc.server(
             futures.ThreadPoolExecutor(
-                max_workers=s.grpc_workers, thread_name_prefix=f"{self.name}-rpc"
+                max_workers=self.max_workers, thread_name_prefix=f"{self.name}-rpc"
             ),
             interceptors=[MetricsInterceptor(), *self._interceptors],
             options=grpc_message_options(s.grpc_max_message_mb),
