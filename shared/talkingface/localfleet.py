@@ -13,6 +13,9 @@ with the four stage applications of the serve config, and the broker with its wo
 - API key: with TALKINGFACE_BROKER_AUTH=keys the fleet registers the tenant `default` and
   makes itself a key (render, avatars) for its own client (`api_key`, printed by `up`); the
   key is revoked when the fleet stops.
+- Stage plane: closed. Without TALKINGFACE_STAGE_SECRET the fleet makes one for this run and
+  gives it to the stages and its own workers, so every stage call carries a signed per-job
+  capability (talkingface.serving.capability).
 
 `LocalFleet` is a context manager: everything it started is stopped again on exit, children
 first (broker, Serve and Ray, then Redis).
@@ -23,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -162,6 +166,8 @@ class LocalFleet:
                 updates["redis_url"] = self.redis.start()
             self.serve_config = local_serve_config(self.config_path, port=self.stages_port)
             updates["stages_address"] = f"127.0.0.1:{self.serve_config.grpc_port}"
+            if not self.settings.stage_secret:  # a closed stage plane, its secret this run's
+                updates["stage_secret"] = secrets.token_urlsafe(32)
             self.settings = dataclasses.replace(self.settings, **updates)
             log.info("starting the stage applications on local Ray Serve")
             # Logical CPUs for Ray: replicas mostly wait for requests, so four applications

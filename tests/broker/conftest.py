@@ -85,6 +85,8 @@ def fleet(serve_grpc_port, redis_server, s3_server, tiny_ckpt, bundle, tmp_path_
         "TALKINGFACE_BROKER_TRAIN_WORKERS": "0",
         "TALKINGFACE_LOG_FORMAT": "text",
         "TALKINGFACE_VIDEO_MIN_SECONDS": "5",
+        # The closed stage plane: every stage call carries the worker's signed capability.
+        "TALKINGFACE_STAGE_SECRET": f"stage-secret-{uuid.uuid4().hex}",
     }
     settings = Settings.from_env(env)
     store = MinioStore(s3_server.endpoint, s3_server.access_key, s3_server.secret_key,

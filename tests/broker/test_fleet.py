@@ -197,7 +197,7 @@ def test_a_shard_that_lands_after_the_cancel_is_swept_by_the_janitor(fleet, work
     """The race the janitor is for, provoked on purpose: the renderer knows nothing of jobs
     (it checks only that segment_prefix lies under work/), so a shard it was asked for before
     the cancel is stored after the worker has cleared the job's scratch space."""
-    from talkingface.broker.stages import StageClients
+    from talkingface.broker.stages import StageClients, job_issuer
     from talkingface.tensors import to_tensor
     from talkingface.v1 import common_pb2, renderer_pb2
 
@@ -225,7 +225,8 @@ def test_a_shard_that_lands_after_the_cancel_is_swept_by_the_janitor(fleet, work
         start_frame=0,
         end_frame=8,
     )
-    stages = StageClients.from_settings(fleet.settings)
+    issue = job_issuer(fleet.settings, tenant=TENANT, job_id=job_id, avatar_id=AVATAR)
+    stages = StageClients.from_settings(fleet.settings).with_capability(issue)
     try:
         _, result = stages.render_segment(request)
         segment = result()
@@ -379,3 +380,93 @@ def test_bad_uploads_are_refused_and_leave_nothing(fleet):
     info = fleet.store.stat(f"uploads/{tenant}/{reply.upload_id}/data")
     assert info.size == 3 and info.content_type == "application/octet-stream"
     assert [i.key for i in fleet.store.list(f"uploads/{tenant}")] == [info.key]
+
+
+def test_the_stage_plane_is_closed(fleet, tiny_avatar):
+    """TALKINGFACE_STAGE_SECRET is set (conftest): a call without the worker's capability is
+    UNAUTHENTICATED on every app; with a valid one, a key or avatar outside it is
+    PERMISSION_DENIED, and one inside it passes the guard (here: an absent object)."""
+    from talkingface.broker.stages import job_issuer
+    from talkingface.serving.capability import METADATA_KEY
+    from talkingface.serving.server import grpc_message_options
+    from talkingface.tensors import to_tensor
+    from talkingface.v1 import (
+        audio_features_pb2,
+        audio_features_pb2_grpc,
+        common_pb2,
+        landmark_projection_pb2,
+        landmark_projection_pb2_grpc,
+        motion_pb2,
+        motion_pb2_grpc,
+        renderer_pb2,
+        renderer_pb2_grpc,
+    )
+
+    job_id = f"job-{uuid.uuid4().hex[:12]}"
+    upload = f"uploads/{TENANT}/up-{uuid.uuid4().hex[:8]}/audio.wav"
+    other = f"uploads/another-tenant/up-{uuid.uuid4().hex[:8]}/audio.wav"
+    issue = job_issuer(fleet.settings, tenant=TENANT, job_id=job_id, audio_key=upload,
+                       avatar_id=AVATAR)  # fmt: skip
+    lm3d = np.load(tiny_avatar / "landmarks.npz")["lm3d"][:8].astype(np.float32)
+    inline = common_pb2.TensorPayload(inline=to_tensor(lm3d))
+    channel = grpc.insecure_channel(fleet.settings.stages_address, options=grpc_message_options(8))
+
+    def ref(key: str) -> common_pb2.TensorPayload:
+        return common_pb2.TensorPayload(ref=common_pb2.ObjectRef(key=key))
+
+    def audio(key: str):
+        return audio_features_pb2.ExtractFeaturesRequest(
+            audio=audio_features_pb2.AudioInput(ref=common_pb2.ObjectRef(key=key))
+        )
+
+    features = to_tensor(np.zeros((8, 80), np.float32))
+    bins = to_tensor(np.zeros(8, np.int32))
+    calls = {
+        "audio_features": (audio_features_pb2_grpc.AudioFeaturesStub(channel).Extract,
+                           audio(upload), audio(other)),
+        "motion": (motion_pb2_grpc.MotionStub(channel).Generate,
+                   motion_pb2.GenerateMotionRequest(
+                       features=ref(f"work/{job_id}/features.npy"),
+                       f0_bins=common_pb2.TensorPayload(inline=bins)),
+                   motion_pb2.GenerateMotionRequest(
+                       features=common_pb2.TensorPayload(inline=features),
+                       f0_bins=common_pb2.TensorPayload(inline=bins),
+                       avatar=common_pb2.AvatarRef(avatar_id="someone-elses-avatar"))),
+        "landmark_projection": (
+                                landmark_projection_pb2_grpc.LandmarkProjectionStub(channel).Project,
+                                landmark_projection_pb2.ProjectRequest(
+                                    avatar=common_pb2.AvatarRef(avatar_id=AVATAR),
+                                    lm3d=ref(f"work/{job_id}/lm3d.npy")),
+                                landmark_projection_pb2.ProjectRequest(
+                                    avatar=common_pb2.AvatarRef(avatar_id=AVATAR),
+                                    lm3d=ref("work/another-job/lm3d.npy"))),
+        "renderer": (renderer_pb2_grpc.RendererStub(channel).Render,
+                     renderer_pb2.RenderRequest(
+                         avatar=common_pb2.AvatarRef(avatar_id=AVATAR),
+                         lm3d=ref(f"work/{job_id}/lm3d.npy")),
+                     renderer_pb2.RenderRequest(
+                         avatar=common_pb2.AvatarRef(avatar_id=AVATAR), lm3d=inline,
+                         output=common_pb2.OUTPUT_MODE_STORE,
+                         segment_prefix="work/another-job/segments")),
+    }  # fmt: skip
+
+    def code(method, request, metadata) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.RpcError) as caught:
+            list(method(request, metadata=metadata, timeout=60))
+        return caught.value.code(), error_from_rpc(caught.value).code
+
+    try:
+        for app, (method, inside, outside) in calls.items():
+            bare = (("application", app),)
+            forged = (*bare, (METADATA_KEY, issue()[:-4] + "AAAA"))
+            signed = (*bare, (METADATA_KEY, issue()))
+            assert code(method, inside, bare) == (grpc.StatusCode.UNAUTHENTICATED,
+                                                  "UNAUTHENTICATED"), app  # fmt: skip
+            assert code(method, inside, forged)[1] == "UNAUTHENTICATED", app
+            status, name = code(method, outside, signed)
+            assert (status, name) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"), app
+            # Inside the capability the guard lets it through: the object is simply absent.
+            assert code(method, inside, signed)[1] in {"NOT_FOUND", "STORE_OBJECT_NOT_FOUND"}, app
+    finally:
+        channel.close()
+    assert not list(fleet.store.list(f"work/{job_id}"))

@@ -16,6 +16,7 @@ import numpy as np
 
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError, abort
+from talkingface.serving.capability import StageGuard
 from talkingface.serving.payloads import store_tensors
 from talkingface.storage import ObjectStore, StoreError
 from talkingface.storage.errors import as_talkingface_error
@@ -64,6 +65,7 @@ class AudioFeaturesServicer:
         self._store = LazyStore(self.settings)
         self.front_end = None
         self.max_upload = self.settings.audio_max_upload_mb * 1024 * 1024
+        self.guard = StageGuard.from_settings(self.settings, "audio_features", STORE_PREFIX)
         if not lazy:
             self.warm_up()
 
@@ -84,6 +86,7 @@ class AudioFeaturesServicer:
 
     def Extract(self, request: pb.ExtractFeaturesRequest, context) -> Iterator:
         try:
+            self.guard.check(context, request)
             data = self._audio_bytes(request.audio)
             yield from self._respond(data, request.options, request.audio.filename_hint)
         except TalkingFaceError as error:
@@ -91,7 +94,9 @@ class AudioFeaturesServicer:
 
     def ExtractUpload(self, requests: Iterable[pb.ExtractFeaturesUpload], context) -> Iterator:
         try:
+            capability = self.guard.check(context)
             header, data = self._receive_upload(requests)
+            self.guard.check_message(capability, header)
             yield from self._respond(data, header.options, header.filename_hint)
         except TalkingFaceError as error:
             abort(context, error)

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from talkingface.broker.jobs import Job
 from talkingface.broker.queue import Delivery
-from talkingface.broker.stages import Scratch, StageClients
+from talkingface.broker.stages import Scratch, StageClients, job_issuer
 from talkingface.broker.worker import Cancelled, Heartbeat, LeaseLost
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError
@@ -93,16 +93,26 @@ class RenderHandler:
             avatar_id=request["avatar_id"], version=request.get("avatar_version", "")
         )
         scratch = Scratch(job.job_id)
+        stages = self.stages.with_capability(
+            job_issuer(
+                self.settings,
+                tenant=job.tenant,
+                job_id=job.job_id,
+                audio_key=request["audio_key"],
+                avatar_id=avatar.avatar_id,
+                writes=(f"results/{job.tenant}/{job.job_id}/",),
+            )
+        )
         try:
             heartbeat(stage="AUDIO_FEATURES", progress=PROGRESS["AUDIO_FEATURES"])
             features = self._await(
-                lambda: self.stages.extract_features(request["audio_key"]),
+                lambda: stages.extract_features(request["audio_key"]),
                 heartbeat, "AUDIO_FEATURES",
             )  # fmt: skip
             frames = int(features.features.shape[0])
             heartbeat(stage="MOTION", progress=PROGRESS["MOTION"])
             lm3d = self._await(
-                lambda: self.stages.generate_motion(
+                lambda: stages.generate_motion(
                     features.features, features.f0_bins, avatar,
                     seed=int(options.get("seed", 0)),
                     temperature=float(options.get("temperature", 0.0)),
@@ -112,7 +122,7 @@ class RenderHandler:
             )  # fmt: skip
             heartbeat(stage="LANDMARK_PROJECTION", progress=PROGRESS["LANDMARK_PROJECTION"])
             projection = self._await(
-                lambda: self.stages.project(
+                lambda: stages.project(
                     lm3d, avatar, k=options.get("k"), alpha=options.get("alpha"),
                     store=self.store, scratch=scratch,
                 ),
@@ -124,7 +134,9 @@ class RenderHandler:
                 )
             render_started = time.perf_counter()
             try:
-                segments = self._render(job, avatar, projection.lm3d, options, scratch, heartbeat)
+                segments = self._render(
+                    stages, job, avatar, projection.lm3d, options, scratch, heartbeat
+                )
             except (Cancelled, LeaseLost):  # the job stopped, not the stage
                 raise
             except Exception:
@@ -171,6 +183,7 @@ class RenderHandler:
 
     def _render(
         self,
+        stages: StageClients,
         job: Job,
         avatar: common_pb2.AvatarRef,
         lm3d,
@@ -208,7 +221,7 @@ class RenderHandler:
                     request = renderer_pb2.RenderRequest()
                     request.CopyFrom(base)
                     request.start_frame, request.end_frame = lo, hi
-                    call, result = self.stages.render_segment(request)
+                    call, result = stages.render_segment(request)
                     calls[next_shard] = call
                     pending[pool.submit(result)] = next_shard
                     next_shard += 1

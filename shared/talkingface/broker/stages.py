@@ -21,6 +21,7 @@ the worker retries it once and fails the job with JOB_INPUT_CRASHED if it happen
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import numpy as np
 
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError, error_from_rpc, own_error_from_rpc
+from talkingface.serving.capability import METADATA_KEY, job_capability, upload_prefix
 from talkingface.serving.payloads import store_tensors
 from talkingface.serving.server import grpc_message_options
 from talkingface.storage import ObjectStore, StoreError
@@ -89,6 +91,20 @@ class StageClients:
         self.motion = motion_pb2_grpc.MotionStub(self._channel)
         self.projection = landmark_projection_pb2_grpc.LandmarkProjectionStub(self._channel)
         self.renderer = renderer_pb2_grpc.RendererStub(self._channel)
+        self._capability: Callable[[], str] | None = None
+
+    def with_capability(self, issue: Callable[[], str] | None) -> StageClients:
+        """These stubs (same channel) sending `issue()`, a fresh signed capability, with every
+        call (`x-talkingface-capability`); None sends none (an open stage plane)."""
+        clients = copy.copy(self)
+        clients._capability = issue
+        return clients
+
+    def _metadata(self, application: str) -> tuple[tuple[str, str], ...]:
+        metadata: tuple[tuple[str, str], ...] = (("application", application),)
+        if self._capability is not None:
+            metadata += ((METADATA_KEY, self._capability()),)
+        return metadata
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StageClients:
@@ -170,7 +186,7 @@ class StageClients:
         """
         request.output = common_pb2.OUTPUT_MODE_STORE
         call = self.renderer.Render(
-            request, timeout=self.timeout_s, metadata=(("application", "renderer"),)
+            request, timeout=self.timeout_s, metadata=self._metadata("renderer")
         )
 
         def wait() -> common_pb2.ObjectRef:
@@ -194,7 +210,7 @@ class StageClients:
         assembler = TensorAssembler()
         summary = None
         try:
-            for response in start((("application", application),)):
+            for response in start(self._metadata(application)):
                 item = response.WhichOneof("item")
                 if item == "summary":
                     summary = response.summary
@@ -211,6 +227,43 @@ class StageClients:
                 "UNAVAILABLE", f"the {application} stream ended early (replica restarted?)"
             )
         return summary, assembler.arrays
+
+
+def job_issuer(
+    settings: Settings,
+    *,
+    tenant: str,
+    job_id: str,
+    audio_key: str = "",
+    avatar_id: str = "",
+    writes: tuple[str, ...] = (),
+) -> Callable[[], str] | None:
+    """What signs a job's stage capability (a fresh one per call), or None without
+    TALKINGFACE_STAGE_SECRET. The job may read its upload's folder, its scratch space and its
+    avatar's bundle, and write its scratch space and `writes` (talkingface.serving.capability)."""
+    secret = settings.stage_secret
+    if not secret:
+        return None
+    scratch = Scratch(job_id).prefix + "/"
+    reads = [scratch]
+    if audio_key:
+        reads.append(upload_prefix(audio_key))
+    if avatar_id:
+        reads.append(f"avatars/{avatar_id}/")
+    ttl = max(settings.stage_capability_seconds, settings.stage_timeout_seconds)
+
+    def issue() -> str:
+        return job_capability(
+            secret,
+            tenant=tenant,
+            job_id=job_id,
+            reads=reads,
+            writes=[scratch, *writes],
+            avatar=avatar_id,
+            ttl_s=ttl,
+        )
+
+    return issue
 
 
 def stage_error(application: str, exc: grpc.RpcError) -> TalkingFaceError:

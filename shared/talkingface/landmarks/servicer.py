@@ -27,6 +27,7 @@ from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError, abort
 from talkingface.landmarks.projection import DEFAULT_ALPHA, DEFAULT_K, ProjectionIndex
 from talkingface.serving.cache import ByteLRU
+from talkingface.serving.capability import StageGuard
 from talkingface.serving.payloads import read_lm3d, store_tensors
 from talkingface.storage import ObjectStore
 from talkingface.storage.factory import LazyStore
@@ -48,6 +49,7 @@ class LandmarkProjectionServicer:
         # `lazy` is accepted for symmetry with the other stages: nothing loads at start-up.
         self.settings = settings or Settings.from_env()
         self._store = LazyStore(self.settings)
+        self.guard = StageGuard.from_settings(self.settings, "landmark_projection", STORE_PREFIX)
         self.indexes = ByteLRU(
             self.settings.projection_cache_mb * MIB, lambda index: index.nbytes, name="projection"
         )
@@ -63,6 +65,7 @@ class LandmarkProjectionServicer:
 
     def Project(self, request: pb.ProjectRequest, context) -> Iterator:
         try:
+            self.guard.check(context, request)
             yield from self._project(request)
         except TalkingFaceError as error:
             abort(context, error)

@@ -27,6 +27,7 @@ from talkingface.audio.pitch import F0_BINS
 from talkingface.config import ConfigError, Settings, env_name
 from talkingface.errors import TalkingFaceError, abort
 from talkingface.serving.cache import ByteLRU
+from talkingface.serving.capability import StageGuard
 from talkingface.serving.payloads import read_payload, store_tensors
 from talkingface.storage import ObjectStore, StoreError
 from talkingface.storage.factory import LazyStore
@@ -103,6 +104,7 @@ class MotionServicer:
             self.settings.motion_postnet_cache_mb * MIB, postnet_nbytes, name="postnet"
         )
         self.max_frames = math.ceil(self.settings.audio_max_seconds * FPS)
+        self.guard = StageGuard.from_settings(self.settings, "motion", STORE_PREFIX)
         if not lazy:
             self.warm_up()
 
@@ -126,6 +128,7 @@ class MotionServicer:
 
     def Generate(self, request: pb.GenerateMotionRequest, context) -> Iterator:
         try:
+            self.guard.check(context, request)
             yield from self._generate(request)
         except TalkingFaceError as error:
             abort(context, error)

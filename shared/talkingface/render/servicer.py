@@ -55,6 +55,7 @@ from talkingface.render.requests import (  # noqa: F401 (MAX_RESOLUTION: the sta
 )
 from talkingface.render.train import Renderer
 from talkingface.serving.cache import ByteLRU
+from talkingface.serving.capability import StageGuard
 from talkingface.serving.payloads import read_lm3d
 from talkingface.storage import ObjectStore, StoreError
 from talkingface.storage.errors import as_talkingface_error
@@ -126,6 +127,7 @@ class RendererServicer:
         # `lazy` is accepted for symmetry with the other stages: nothing loads at start-up.
         self.settings = settings or Settings.from_env()
         self._store = LazyStore(self.settings)
+        self.guard = StageGuard.from_settings(self.settings, "renderer", STORE_PREFIX)
         self._model_lock = threading.Lock()
         self.device = resolve_device(self.settings.device)
         self.batch_frames = max(1, self.settings.renderer_batch_frames)
@@ -151,6 +153,7 @@ class RendererServicer:
 
     def Render(self, request: pb.RenderRequest, context) -> Iterator:
         try:
+            self.guard.check(context, request)
             yield from self._render(request)
         except TalkingFaceError as error:
             abort(context, error)
