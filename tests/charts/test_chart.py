@@ -532,7 +532,15 @@ def test_state_services(renders):
     assert env["TALKINGFACE_MINIO_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == (
         "talkingface-s3"
     )
+    assert env["TALKINGFACE_STAGE_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "talkingface-stage", "key": "secret"}  # fmt: skip
     assert not [o for o in external if o["kind"] == "Secret"]
+    # Every container that calls or serves the stages holds the stage-plane secret; the
+    # bucket-init hook does not.
+    for kind, suffix in [("Deployment", "-api"), ("Job", "-bucket-init")]:
+        spec = _one(default, kind, suffix)["spec"]["template"]["spec"]
+        names = {v["name"] for v in spec["containers"][0]["env"]}
+        assert ("TALKINGFACE_STAGE_SECRET" in names) == (kind == "Deployment"), suffix
 
 
 # --- Monitoring ------------------------------------------------------------------------------
@@ -624,7 +632,11 @@ def test_overlays_build_and_validate(overlays):
             kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
         secrets = {o["metadata"]["name"] for o in objects if o["kind"] == "Secret"}
         if overlay == "kind":
-            assert secrets == {"talkingface-redis", "talkingface-objectstore"}
+            assert secrets == {
+                "talkingface-redis",
+                "talkingface-objectstore",
+                "talkingface-stage-plane",
+            }
         assert {o["metadata"].get("namespace") for o in objects} == {"talkingface"}
 
 

@@ -107,7 +107,12 @@ app.kubernetes.io/part-of: talkingface
 {{- default (printf "%s-objectstore" (include "talkingface.fullname" .)) .Values.objectStore.auth.existingSecret }}
 {{- end }}
 
-{{/* Environment of every talkingface container: (dict "ctx" $ "settings" <component settings>) */}}
+{{/* The stage plane's secret (TALKINGFACE_STAGE_SECRET): signs and checks stage capabilities. */}}
+{{- define "talkingface.stageSecretName" -}}
+{{- default (printf "%s-stage-plane" (include "talkingface.fullname" .)) .Values.stagePlane.existingSecret }}
+{{- end }}
+
+{{/* Environment of every talkingface container: (dict "ctx" $ "settings" <component settings> ["noStageSecret" true]) */}}
 {{- define "talkingface.env" -}}
 {{- $ctx := .ctx -}}
 envFrom:
@@ -133,6 +138,13 @@ env:
       secretKeyRef:
         name: {{ include "talkingface.objectStoreSecretName" $ctx }}
         key: {{ $ctx.Values.objectStore.auth.secretKeyKey }}
+  {{- if not .noStageSecret }}
+  - name: TALKINGFACE_STAGE_SECRET
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "talkingface.stageSecretName" $ctx }}
+        key: {{ $ctx.Values.stagePlane.existingSecretKey }}
+  {{- end }}
   {{- range $key, $value := .settings }}
   - name: {{ printf "TALKINGFACE_%s" (upper $key) }}
     value: {{ include "talkingface.settingValue" $value | quote }}
