@@ -194,9 +194,9 @@ def test_a_running_job_can_be_cancelled(fleet, workers, tiny_avatar):
 
 
 def test_a_shard_that_lands_after_the_cancel_is_swept_by_the_janitor(fleet, workers, tiny_avatar):
-    """The race the janitor is for, provoked on purpose: the renderer knows nothing of jobs
-    (it checks only that segment_prefix lies under work/), so a shard it was asked for before
-    the cancel is stored after the worker has cleared the job's scratch space."""
+    """The race the janitor is for, provoked on purpose: the renderer does not know whether a
+    job still runs (its capability only says where the job may write), so a shard it was asked
+    for before the cancel is stored after the worker has cleared the job's scratch space."""
     from talkingface.broker.stages import StageClients, job_issuer
     from talkingface.tensors import to_tensor
     from talkingface.v1 import common_pb2, renderer_pb2

@@ -7,6 +7,10 @@ otherwise, reads the streamed answer back into arrays, and turns a failed RPC in
 TalkingFaceError the stage sent (`errors.error_from_rpc`), so the worker can tell an input
 error (fail the job) from a transient one (retry it).
 
+With TALKINGFACE_STAGE_SECRET set, every call also carries the job's signed capability
+(`with_capability(job_issuer(...))`, metadata `x-talkingface-capability`; see
+talkingface.serving.capability): the stages refuse calls without one.
+
 Calls are plain blocking gRPC calls with a deadline (TALKINGFACE_STAGE_TIMEOUT_SECONDS), safe
 to make from several threads at once; `render_segment` hands back its call object first so a
 caller can cancel a render that is no longer wanted.
