@@ -233,12 +233,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmark a stage (--json)")
     bench.add_argument("stage", choices=[*BUILT_BENCHES, *BENCH_ISSUES])
     bench.add_argument("--json", action="store_true", help="one JSON object as the last line")
-    bench.add_argument("--broker", metavar="ADDRESS",
-                       help="api: measure this broker (default: start a private one)")
-    bench.add_argument("--clients", type=int, default=200,
-                       help="api: concurrent clients (threads; default 200)")
-    bench.add_argument("--avatar", default="",
-                       help="api with --broker: a READY avatar of TALKINGFACE_TENANT")
+    bench.add_argument(
+        "--broker",
+        metavar="ADDRESS",
+        help="api: measure this broker (default: start a private one)",
+    )
+    bench.add_argument(
+        "--clients", type=int, default=200, help="api: concurrent clients (threads; default 200)"
+    )
+    bench.add_argument(
+        "--avatar", default="", help="api with --broker: a READY avatar of TALKINGFACE_TENANT"
+    )
     bench.set_defaults(func=_cmd_bench)
 
 

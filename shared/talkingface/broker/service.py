@@ -246,7 +246,14 @@ def broker_server(settings: Settings, *, store: Any = None):
 
     # Unexpected exceptions answer INTERNAL with a correlation id (outermost: auth's too).
     interceptors = [InternalErrorInterceptor(), *auth_interceptors(settings, client)]
-    return ServiceServer("broker", [binding], settings, warmup=start, on_stop=stop,
-                         interceptors=interceptors, credentials=server_credentials(settings),
-                         reflection=settings.broker_reflection,
-                         max_workers=pool_size(settings))  # streams + unary (broker.streams)
+    return ServiceServer(
+        "broker",
+        [binding],
+        settings,
+        warmup=start,
+        on_stop=stop,
+        interceptors=interceptors,
+        credentials=server_credentials(settings),
+        reflection=settings.broker_reflection,
+        max_workers=pool_size(settings),
+    )  # streams + unary (broker.streams)
