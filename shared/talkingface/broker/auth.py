@@ -40,6 +40,7 @@ import redis
 
 from talkingface.broker.jobs import check_tenant
 from talkingface.errors import TalkingFaceError, abort
+from talkingface.serving.interceptors import rewrapped
 
 KEY_PREFIX = "tfk_"
 SCOPES = ("render", "avatars", "admin")
@@ -338,17 +339,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
         service, _, method = handler_call_details.method.lstrip("/").partition("/")
         if handler is None or service != BROKER_SERVICE:
             return handler
-        if handler.request_streaming and handler.response_streaming:
-            kind, behaviour = grpc.stream_stream_rpc_method_handler, handler.stream_stream
-        elif handler.request_streaming:
-            kind, behaviour = grpc.stream_unary_rpc_method_handler, handler.stream_unary
-        elif handler.response_streaming:
-            kind, behaviour = grpc.unary_stream_rpc_method_handler, handler.unary_stream
-        else:
-            kind, behaviour = grpc.unary_unary_rpc_method_handler, handler.unary_unary
-        wrapped = self._wrap(method, behaviour, handler.response_streaming)
-        return kind(wrapped, request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer)  # fmt: skip
+        return rewrapped(
+            handler, lambda behaviour: self._wrap(method, behaviour, handler.response_streaming)
+        )
 
     def _check(self, method: str, context) -> contextvars.Context:
         try:

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from talkingface.errors import TalkingFaceError, abort
+from talkingface.serving.interceptors import rewrapped
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,9 @@ class InternalErrorInterceptor(grpc.ServerInterceptor):
         service = method.lstrip("/").partition("/")[0]
         if handler is None or (self.services and service not in self.services):
             return handler
-        if handler.request_streaming and handler.response_streaming:
-            kind, behaviour = grpc.stream_stream_rpc_method_handler, handler.stream_stream
-        elif handler.request_streaming:
-            kind, behaviour = grpc.stream_unary_rpc_method_handler, handler.stream_unary
-        elif handler.response_streaming:
-            kind, behaviour = grpc.unary_stream_rpc_method_handler, handler.unary_stream
-        else:
-            kind, behaviour = grpc.unary_unary_rpc_method_handler, handler.unary_unary
-        wrapped = _wrap(method, behaviour, handler.response_streaming)
-        return kind(wrapped, request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer)  # fmt: skip
+        return rewrapped(
+            handler, lambda behaviour: _wrap(method, behaviour, handler.response_streaming)
+        )
 
 
 def _wrap(method: str, behaviour: Callable, streaming: bool) -> Callable:

@@ -44,6 +44,8 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
+from talkingface.serving.interceptors import rewrapped
+
 # Stage calls range from a millisecond (health, projection) to minutes (long renders).
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -158,18 +160,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             wrap = self._wrap_streaming(service, method, rpc_type)
         else:
             wrap = self._wrap_unary(service, method, rpc_type)
-        factories = {
-            "unary": (grpc.unary_unary_rpc_method_handler, handler.unary_unary),
-            "server_stream": (grpc.unary_stream_rpc_method_handler, handler.unary_stream),
-            "client_stream": (grpc.stream_unary_rpc_method_handler, handler.stream_unary),
-            "bidi_stream": (grpc.stream_stream_rpc_method_handler, handler.stream_stream),
-        }
-        make_handler, behaviour = factories[rpc_type]
-        return make_handler(
-            wrap(behaviour),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return rewrapped(handler, wrap)
 
     @staticmethod
     def _wrap_unary(service: str, method: str, rpc_type: str) -> Callable:
