@@ -23,10 +23,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from talkingface.serving.capability import METADATA_KEY, job_capability
 from talkingface.serving.exporter import ADDRESS_FILE, exporter_address
 from tests.fixtures.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+STAGE_SECRET = "metrics-test-stage-secret"
 
 REPLICA = textwrap.dedent(
     """
@@ -142,6 +144,9 @@ def test_a_stage_call_under_ray_serve_is_exported_on_the_nodes_metrics_port(tmp_
         "TALKINGFACE_BROKER_TRAIN_WORKERS": "0",
         "TALKINGFACE_LOG_FORMAT": "text",
         "TALKINGFACE_LOG_LEVEL": "WARNING",
+        # The stage plane is closed (talkingface up makes a secret when none is set): this
+        # test calls a stage as the broker's workers do, with a capability signed by it.
+        "TALKINGFACE_STAGE_SECRET": STAGE_SECRET,
     }
     for name in ("TALKINGFACE_REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "RAY_ADDRESS"):
         env.pop(name, None)
@@ -161,7 +166,9 @@ def test_a_stage_call_under_ray_serve_is_exported_on_the_nodes_metrics_port(tmp_
 
         channel = grpc.insecure_channel(endpoints["stages"])
         stub = audio_features_pb2_grpc.AudioFeaturesStub(channel)
-        metadata = (("application", "audio_features"),)
+        token = job_capability(STAGE_SECRET, tenant="t", job_id="metrics-test", reads=(),
+                               writes=(), ttl_s=600)  # fmt: skip
+        metadata = (("application", "audio_features"), (METADATA_KEY, token))
         good = audio_features_pb2.ExtractFeaturesRequest(
             audio=audio_features_pb2.AudioInput(data=_wav())
         )
