@@ -4,10 +4,12 @@ broker's API, its store and Redis) and workers for the length of a test."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
+import grpc
 import pytest
 import redis
 
@@ -19,9 +21,34 @@ from talkingface.broker.service import broker_server, worker_pool
 from talkingface.config import Settings
 from talkingface.serving.fleet import deploy_fleet, load_serve_config
 from talkingface.storage import MinioStore
+from talkingface.v1 import broker_pb2_grpc
 from tests.broker.fleet_support import AVATAR, SHARD_FRAMES, TENANT
 
 LEASE_MS = 200
+
+
+def minio_store(env: dict[str, str], settings: Settings) -> MinioStore:
+    """The S3 store a test's TALKINGFACE_MINIO_* environment names."""
+    return MinioStore(env["TALKINGFACE_MINIO_ENDPOINT"], env["TALKINGFACE_MINIO_ACCESS_KEY"],
+                      env["TALKINGFACE_MINIO_SECRET_KEY"], bucket=settings.minio_bucket,
+                      region=env["TALKINGFACE_MINIO_REGION"])  # fmt: skip
+
+
+@contextlib.contextmanager
+def serving_broker(settings: Settings, store) -> Iterator[tuple[redis.Redis, object]]:
+    """The broker API of `settings` on loopback (workers as the settings say): its Redis
+    client and a Broker stub, for a test module; stopped on the way out."""
+    server = broker_server(settings, store=store)
+    server.start()
+    client = redis.Redis.from_url(settings.redis_url)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        yield client, broker_pb2_grpc.BrokerStub(channel)
+    finally:
+        channel.close()
+        server.stop(grace=1.0)
+        client.close()
 
 
 @pytest.fixture

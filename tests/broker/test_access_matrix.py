@@ -23,22 +23,20 @@ from typing import Any
 
 import grpc
 import pytest
-import redis
 
 from talkingface.broker.auth import KeyStore, api_key_key
 from talkingface.broker.avatars import AvatarRegistry
 from talkingface.broker.jobs import JobStore
 from talkingface.broker.retention import Retention
-from talkingface.broker.service import broker_server
 from talkingface.broker.servicer import TENANT_METADATA
 from talkingface.broker.uploads import upload_key
 from talkingface.config import Settings
 from talkingface.errors import ERROR_CODE_METADATA_KEY, GRPC_STATUS, TalkingFaceError
 from talkingface.landmarks.bundle import PROJECTION_FILES
 from talkingface.render.bundle import RENDERER_FILES
-from talkingface.storage import MinioStore
 from talkingface.v1 import broker_pb2 as pb
-from talkingface.v1 import broker_pb2_grpc, common_pb2
+from talkingface.v1 import common_pb2
+from tests.broker.conftest import minio_store, serving_broker
 
 RPCS = ("Upload", "SubmitRender", "GetJob", "WatchJob", "CancelJob", "DeleteJob", "ListJobs",
         "CreateAvatar", "ListAvatars", "GetAvatar", "DeleteAvatar")  # fmt: skip
@@ -106,30 +104,21 @@ def world(redis_server, s3_server):
         "TALKINGFACE_BROKER_AUTH_CACHE_SECONDS": "0",  # revocation and expiry at once
     }
     settings = Settings.from_env(env)
-    store = MinioStore(env["TALKINGFACE_MINIO_ENDPOINT"], env["TALKINGFACE_MINIO_ACCESS_KEY"],
-                       env["TALKINGFACE_MINIO_SECRET_KEY"], bucket=settings.minio_bucket,
-                       region=env["TALKINGFACE_MINIO_REGION"])  # fmt: skip
-    server = broker_server(settings, store=store)
-    server.start()
-    client = redis.Redis.from_url(settings.redis_url)
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    grpc.channel_ready_future(channel).result(timeout=30)
-    jobs = JobStore.from_settings(client, settings)
-    w = SimpleNamespace(
-        settings=settings, store=store, redis=client, jobs=jobs, keystore=KeyStore(client),
-        avatars=AvatarRegistry(client), stub=broker_pb2_grpc.BrokerStub(channel),
-    )  # fmt: skip
-    w.a, w.b = make_tenant(w, "acl-a"), make_tenant(w, "acl-b")
-    yield w
-    retention = Retention(client, store, settings, jobs=jobs)
-    for tenant in (w.a, w.b):  # nothing of theirs left for other modules' workers
-        for job in all_jobs(w, tenant.name):
-            if job.state in ("QUEUED", "RUNNING"):
-                jobs.request_cancel(job.job_id, tenant.name)
-        retention.purge_tenant(tenant.name)
-    channel.close()
-    server.stop(grace=1.0)
-    client.close()
+    store = minio_store(env, settings)
+    with serving_broker(settings, store) as (client, stub):
+        jobs = JobStore.from_settings(client, settings)
+        w = SimpleNamespace(
+            settings=settings, store=store, redis=client, jobs=jobs, keystore=KeyStore(client),
+            avatars=AvatarRegistry(client), stub=stub,
+        )  # fmt: skip
+        w.a, w.b = make_tenant(w, "acl-a"), make_tenant(w, "acl-b")
+        yield w
+        retention = Retention(client, store, settings, jobs=jobs)
+        for tenant in (w.a, w.b):  # nothing of theirs left for other modules' workers
+            for job in all_jobs(w, tenant.name):
+                if job.state in ("QUEUED", "RUNNING"):
+                    jobs.request_cancel(job.job_id, tenant.name)
+            retention.purge_tenant(tenant.name)
 
 
 def make_tenant(w, prefix: str) -> Tenant:

@@ -24,7 +24,6 @@ import redis
 from talkingface.broker.avatars import AvatarRegistry
 from talkingface.broker.jobs import Job, JobStore, tenant_index_key
 from talkingface.broker.limits import Limits, uploads_key
-from talkingface.broker.service import broker_server
 from talkingface.broker.servicer import TENANT_METADATA
 from talkingface.broker.train_job import TrainAvatarHandler, unpack_tar
 from talkingface.config import Settings
@@ -33,7 +32,8 @@ from talkingface.landmarks.bundle import PROJECTION_FILES
 from talkingface.render.bundle import RENDERER_FILES
 from talkingface.storage import LocalStore
 from talkingface.v1 import broker_pb2 as pb
-from talkingface.v1 import broker_pb2_grpc, common_pb2
+from talkingface.v1 import common_pb2
+from tests.broker.conftest import serving_broker
 
 MiB = 1024 * 1024
 AUDIO = b"RIFF" + bytes(2000)  # never decoded here: no worker runs
@@ -64,18 +64,11 @@ def broker(redis_server, tmp_path_factory):
     }
     settings = Settings.from_env(env)
     store = LocalStore(settings.store_dir)
-    server = broker_server(settings, store=store)
-    server.start()
-    client = redis.Redis.from_url(redis_server.url)
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    grpc.channel_ready_future(channel).result(timeout=30)
-    yield type("Broker", (), {
-        "settings": settings, "store": store, "redis": client,
-        "stub": broker_pb2_grpc.BrokerStub(channel), "limits": Limits(client, settings),
-    })  # fmt: skip
-    channel.close()
-    server.stop(grace=1.0)
-    client.close()
+    with serving_broker(settings, store) as (client, stub):
+        yield type("Broker", (), {
+            "settings": settings, "store": store, "redis": client,
+            "stub": stub, "limits": Limits(client, settings),
+        })  # fmt: skip
 
 
 def new_tenant() -> str:

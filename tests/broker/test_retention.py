@@ -13,7 +13,6 @@ import uuid
 
 import grpc
 import pytest
-import redis
 
 from talkingface.broker.auth import KeyStore
 from talkingface.broker.avatars import AvatarRegistry
@@ -22,13 +21,11 @@ from talkingface.broker.jobs import JobStore, events_key, idempotency_key_name, 
 from talkingface.broker.limits import SUBMIT, Limits
 from talkingface.broker.queue import WorkQueue
 from talkingface.broker.retention import Retention
-from talkingface.broker.service import broker_server
 from talkingface.broker.servicer import TENANT_METADATA
 from talkingface.cli import main
 from talkingface.config import Settings
-from talkingface.storage import MinioStore
 from talkingface.v1 import broker_pb2 as pb
-from talkingface.v1 import broker_pb2_grpc
+from tests.broker.conftest import minio_store, serving_broker
 
 TTL_S = 2  # S3 last-modified times have 1 s resolution
 
@@ -57,23 +54,13 @@ def env(redis_server, s3_server):
 @pytest.fixture(scope="module")
 def broker(env):
     settings = Settings.from_env(env)
-    store = MinioStore(env["TALKINGFACE_MINIO_ENDPOINT"], env["TALKINGFACE_MINIO_ACCESS_KEY"],
-                       env["TALKINGFACE_MINIO_SECRET_KEY"], bucket=settings.minio_bucket,
-                       region=env["TALKINGFACE_MINIO_REGION"])  # fmt: skip
-    server = broker_server(settings, store=store)
-    server.start()
-    client = redis.Redis.from_url(settings.redis_url)
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    grpc.channel_ready_future(channel).result(timeout=30)
-    jobs = JobStore.from_settings(client, settings)
-    yield type("Broker", (), {
-        "settings": settings, "store": store, "redis": client, "jobs": jobs,
-        "stub": broker_pb2_grpc.BrokerStub(channel),
-        "retention": Retention(client, store, settings, jobs=jobs),
-    })  # fmt: skip
-    channel.close()
-    server.stop(grace=1.0)
-    client.close()
+    store = minio_store(env, settings)
+    with serving_broker(settings, store) as (client, stub):
+        jobs = JobStore.from_settings(client, settings)
+        yield type("Broker", (), {
+            "settings": settings, "store": store, "redis": client, "jobs": jobs, "stub": stub,
+            "retention": Retention(client, store, settings, jobs=jobs),
+        })  # fmt: skip
 
 
 def new_tenant() -> str:
