@@ -28,12 +28,11 @@ from collections.abc import Sequence
 
 from talkingface.broker.jobs import JobStore
 from talkingface.broker.queue import WorkQueue
-from talkingface.broker.retention import Retention, SweepReport
+from talkingface.broker.retention import SCRATCH, Retention, SweepReport
 from talkingface.errors import TalkingFaceError
 from talkingface.storage import ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
-SCRATCH = "work"
 PROMOTE_INTERVAL_S = 1.0
 
 
