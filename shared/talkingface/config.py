@@ -277,6 +277,24 @@ class Settings:
     rate_upload_burst: int = _setting(
         20, "Upload calls a tenant may make at once above the rate (override `upload_burst`)."
     )
+    rate_key_submit_per_second: float = _setting(
+        0.0,
+        "Sustained rate of SubmitRender and CreateAvatar calls per API key, within its "
+        "tenant's: a runaway or leaked key cannot spend the whole tenant's rate (0 = a key is "
+        "held only to its tenant's; per key: `talkingface key limits KEY_ID "
+        "--submit-per-second R`).",
+    )
+    rate_key_submit_burst: int = _setting(
+        20, "Calls of SubmitRender and CreateAvatar one API key may make at once above its rate."
+    )
+    rate_key_upload_per_second: float = _setting(
+        0.0,
+        "Sustained rate of Upload calls per API key, within its tenant's (0 = a key is held only "
+        "to its tenant's; per key: `talkingface key limits KEY_ID --upload-per-second R`).",
+    )
+    rate_key_upload_burst: int = _setting(
+        10, "Upload calls one API key may make at once above its rate."
+    )
     webhook_allow_http: bool = _setting(
         False,
         "Accept `http://` callback URLs (for loopback tests only); by default a job's "
@@ -421,6 +439,7 @@ class Settings:
                           ("upload_max_mb", 1), ("result_url_seconds", 1),
                           ("quota_active_jobs", 0), ("quota_uploads_per_day", 0),
                           ("rate_submit_burst", 1), ("rate_upload_burst", 1),
+                          ("rate_key_submit_burst", 1), ("rate_key_upload_burst", 1),
                           ("train_tar_max_mb", 1), ("train_tar_max_members", 1),
                           ("broker_max_watch_streams", 1), ("broker_max_upload_streams", 1),
                           ("broker_upload_idle_seconds", 0.1),
@@ -436,7 +455,12 @@ class Settings:
                 f"{env_name('tls_cert_file')} and {env_name('tls_key_file')} go together: "
                 "set both or neither"
             )
-        for name in ("rate_submit_per_second", "rate_upload_per_second"):
+        for name in (
+            "rate_submit_per_second",
+            "rate_upload_per_second",
+            "rate_key_submit_per_second",
+            "rate_key_upload_per_second",
+        ):
             if settings is not None and getattr(settings, name) < 0:
                 problems.append(f"{env_name(name)} must be 0 or more")
         if settings is not None:

@@ -276,6 +276,59 @@ def test_tenant_and_key_commands_end_to_end(broker, monkeypatch, capsys):
     assert code == 2 and "NOT_FOUND" in err
 
 
+def _rate_refusal(call) -> TalkingFaceError:
+    with pytest.raises(TalkingFaceError) as info:
+        call()
+    return info.value
+
+
+def test_a_key_is_held_to_its_own_rate_within_its_tenants(broker, monkeypatch, capsys):
+    """Per-key token buckets: a key over its own rate is refused while another key of the same
+    tenant still works, and a refused call takes no token from the tenant's bucket."""
+    monkeypatch.setenv("TALKINGFACE_REDIS_URL", broker.url)
+    tenant = _tenant(broker, "rate")
+    code, out, _ = _run(capsys, "key", "create", "--tenant", tenant, "--scopes", "render",
+                        "--submit-per-second", "0.5", "--submit-burst", "2", "--json")  # fmt: skip
+    assert code == 0
+    created = json.loads(out)
+    assert created["limits"] == {"submit_burst": "2", "submit_per_second": "0.5"}
+    slow = _client(broker, created["key"])
+    other, _ = broker.keys.create_key(tenant, "render")  # on the defaults: no key limit
+    fast = _client(broker, other)
+    empty = pb.SubmitRenderRequest(avatar_id="nobody")  # refused after taking its tokens
+
+    def submit(client):
+        return lambda: client._call(client.stub.SubmitRender, empty)
+
+    for _ in range(2):
+        assert _code(submit(slow)) == "AUDIO_EMPTY"
+    error = _rate_refusal(submit(slow))
+    assert error.code == "RATE_LIMITED"
+    assert f"API key {created['key_id']}" in error.message and "submit_burst = 2" in error.message
+    assert f"talkingface key limits {created['key_id']}" in error.message
+    assert 0 < int(error.metadata["retry-after-ms"]) <= 2000
+    for _ in range(5):
+        assert _code(submit(fast)) == "AUDIO_EMPTY"  # the tenant's bucket (50) is not empty
+    # The tenant's bucket lost one token per accepted call only (7), none for the refusal.
+    tokens = float(broker.redis.hget(f"tf:bucket:{tenant}:submit", "tokens"))
+    assert 50 - 7 <= tokens < 50 - 7 + 1
+
+    # `key limits` lifts the key's own rate; `--clear` puts it back on the default (0: none).
+    code, out, _ = _run(capsys, "key", "limits", created["key_id"], "--submit-per-second", "0",
+                        "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["limits"]["submit_per_second"] == "0.0"
+    assert _code(submit(slow)) == "AUDIO_EMPTY"  # no key cache in this broker
+    code, out, _ = _run(capsys, "key", "limits", created["key_id"], "--clear",
+                        "submit_per_second", "submit_burst", "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["limits"] == {}
+    code, _, err = _run(capsys, "key", "limits", created["key_id"], "--clear", "speed")
+    assert code == 2 and "INVALID_REQUEST" in err and "submit_per_second" in err
+    code, _, err = _run(capsys, "key", "limits", created["key_id"], "--upload-burst", "0")
+    assert code == 2 and "must be 1 or more" in err
+    code, _, err = _run(capsys, "key", "limits", "0123456789abcdef", "--upload-burst", "3")
+    assert code == 2 and "NOT_FOUND" in err
+
+
 def test_commands_without_redis_say_so(monkeypatch, capsys):
     monkeypatch.delenv("TALKINGFACE_REDIS_URL", raising=False)
     code, _, err = _run(capsys, "tenant", "list")

@@ -8,6 +8,7 @@ through the broker: test_fleet_avatars.py. The fleet: conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ import pytest
 from talkingface.broker.avatars import AvatarRegistry
 from talkingface.broker.client import BrokerClient
 from talkingface.broker.janitor import sweep_scratch
-from talkingface.broker.jobs import idempotency_key_name
+from talkingface.broker.jobs import events_key, idempotency_key_name
 from talkingface.broker.render_job import result_key
 from talkingface.broker.service import worker_pool
 from talkingface.errors import TalkingFaceError, error_from_rpc
@@ -470,3 +471,49 @@ def test_the_stage_plane_is_closed(fleet, tiny_avatar):
     finally:
         channel.close()
     assert not list(fleet.store.list(f"work/{job_id}"))
+
+
+def _started(client, job_id: str) -> tuple[int, int] | None:
+    """When the job first went RUNNING: the id of that event in its event stream (Redis clock,
+    so the order of two jobs' starts is exact), or None if it never did."""
+    for entry_id, fields in client.xrange(events_key(job_id)):
+        if fields.get(b"state") == b"RUNNING":
+            ms, _, seq = entry_id.decode().partition("-")
+            return int(ms), int(seq)
+    return None
+
+
+def test_one_worker_serves_two_tenants_fairly(fleet, bundle, tiny_avatar):
+    """Fair share (issue 18): one worker; tenant A submits 20 jobs, then tenant B submits one:
+    B's job starts before A's third (A's first may already be running when the rest arrive)."""
+    from talkingface.render.commands import bundle_files
+
+    suffix = uuid.uuid4().hex[:8]
+    tenants = {}
+    for name in ("a", "b"):
+        tenant, avatar = f"fair-{name}-{suffix}", f"fair{name}{suffix}"
+        fleet.store.publish_version(f"avatars/{avatar}", bundle_files(bundle))
+        AvatarRegistry(fleet.redis).claim(tenant, name, avatar_id=avatar)
+        tenants[name] = (BrokerClient(fleet.address, tenant), avatar)
+    (a, a_avatar), (b, b_avatar) = tenants["a"], tenants["b"]
+    audio = speech(tiny_avatar, 0.5)
+    pool = worker_pool(fleet.settings, fleet.redis, render_threads=1, train_threads=0)
+    pool.start()
+    try:
+        a_jobs = [a.submit_render(a_avatar, audio=audio).job_id for _ in range(20)]
+        b_job = b.submit_render(b_avatar, audio=audio).job_id
+        deadline = time.monotonic() + 180
+        while _started(fleet.redis, b_job) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        b_started = _started(fleet.redis, b_job)
+        assert b_started is not None, "B's job never started"
+        for job_id in a_jobs:  # the rest of A's work is not needed
+            with contextlib.suppress(TalkingFaceError):
+                a.cancel_job(job_id)
+        assert b.wait(b_job, timeout_s=120).state == pb.JOB_STATE_SUCCEEDED
+        drained(fleet, *a_jobs, b_job, timeout_s=120)
+    finally:
+        pool.stop(30.0)
+    a_started = sorted(s for j in a_jobs if (s := _started(fleet.redis, j)) is not None)
+    assert len(a_started) >= 1  # A's first job ran
+    assert len(a_started) < 3 or b_started < a_started[2], (b_started, a_started[:3])

@@ -14,11 +14,11 @@ import uuid
 import grpc
 import pytest
 
-from talkingface.broker.auth import KeyStore
+from talkingface.broker.auth import KeyStore, Principal
 from talkingface.broker.avatars import AvatarRegistry
 from talkingface.broker.janitor import Janitor
 from talkingface.broker.jobs import JobStore, events_key, idempotency_key_name, job_key
-from talkingface.broker.limits import SUBMIT, Limits
+from talkingface.broker.limits import SUBMIT, Limits, key_bucket_key
 from talkingface.broker.queue import WorkQueue
 from talkingface.broker.retention import Retention
 from talkingface.broker.servicer import TENANT_METADATA
@@ -26,6 +26,7 @@ from talkingface.cli import main
 from talkingface.config import Settings
 from talkingface.v1 import broker_pb2 as pb
 from tests.broker.conftest import minio_store, serving_broker
+from tests.broker.fleet_support import NO_MESSAGES
 
 TTL_S = 2  # S3 last-modified times have 1 s resolution
 
@@ -233,6 +234,8 @@ def _seed_tenant(broker, tenant: str) -> dict[str, list[str]]:
     """Jobs, an avatar, limits, a bucket, an upload counter, a tenant record, an API key and
     objects under every prefix: what a purge must remove."""
     job_id = finished_job(broker, tenant, idem="idem-1")
+    # A job waiting in the tenant's sub-queue of the render queue (no worker runs here).
+    queued, _ = broker.jobs.create(tenant, "render", {}, enqueue=("render", {"kind": "render"}))
     avatar = f"av-{uuid.uuid4().hex[:12]}"
     AvatarRegistry(broker.redis).claim(tenant, "Ann", avatar_id=avatar)
     broker.store.publish_version(f"avatars/{avatar}", {"renderer.safetensors": b"w"})
@@ -243,8 +246,11 @@ def _seed_tenant(broker, tenant: str) -> dict[str, list[str]]:
     limits.count_upload(limits.for_tenant(tenant))
     keys = KeyStore(broker.redis)
     keys.create_tenant(tenant)
-    _, info = keys.create_key(tenant, "render")
-    return {"jobs": [job_id], "avatars": [avatar], "api_keys": [info.key_id]}
+    _, info = keys.create_key(tenant, "render", limits={"submit_per_second": 1})
+    limits.take(limits.for_tenant(tenant), SUBMIT,
+                Principal(info.key_id, tenant, frozenset({"render"}), info.limits))  # fmt: skip
+    assert broker.redis.exists(key_bucket_key(info.key_id, SUBMIT))
+    return {"jobs": [job_id, queued.job_id], "avatars": [avatar], "api_keys": [info.key_id]}
 
 
 def _tenant_redis_keys(broker, tenant: str, ids: dict[str, list[str]]) -> list[str]:
@@ -259,6 +265,7 @@ def _tenant_redis_keys(broker, tenant: str, ids: dict[str, list[str]]) -> list[s
     for key_id in ids["api_keys"]:
         if broker.redis.exists(f"tf:apikey:{key_id}"):
             found.add(f"tf:apikey:{key_id}")
+        found |= {k.decode() for k in broker.redis.scan_iter(f"tf:keybucket:{key_id}:*")}
     if broker.redis.sismember("tf:tenants", tenant):
         found.add("tf:tenants member")
     return sorted(found)
@@ -286,11 +293,14 @@ def test_tenant_purge_leaves_no_key_and_no_object(broker, env, monkeypatch, caps
     other_keys = _tenant_redis_keys(broker, other, other_ids)
     other_objects = _tenant_objects(broker, other, other_ids)
     assert len(before_keys) >= 12 and len(before_objects) >= 5
+    render = WorkQueue(broker.redis, "render")
+    assert f"tf:fair:render:t:{tenant}" in before_keys
+    assert render.backlog_by_tenant()[tenant] == 1
 
     code, out, _ = _cli(capsys, "tenant", "purge", "--tenant", tenant, "--json")  # a dry run
     counts = json.loads(out)
     assert code == 2 and counts["purged"] is False
-    assert (counts["jobs"], counts["avatars"], counts["api_keys"]) == (1, 1, 1)
+    assert (counts["jobs"], counts["avatars"], counts["api_keys"]) == (2, 1, 1)
     assert counts["objects"] == len(before_objects)
     assert _tenant_redis_keys(broker, tenant, ids) == before_keys  # nothing deleted
 
@@ -301,7 +311,11 @@ def test_tenant_purge_leaves_no_key_and_no_object(broker, env, monkeypatch, caps
     assert counts["redis_keys"] >= len(before_keys) - 1  # the tenants-set member is no key
     assert _tenant_redis_keys(broker, tenant, ids) == []
     assert _tenant_objects(broker, tenant, ids) == []
+    assert tenant not in render.backlog_by_tenant()  # out of the ring
+    assert all(render.messages_of(j) == NO_MESSAGES for j in ids["jobs"])
+    assert render.backlog_by_tenant()[other] == 1
     assert _tenant_redis_keys(broker, other, other_ids) == other_keys
     assert _tenant_objects(broker, other, other_ids) == other_objects
+    render.drop_tenant(other)  # no later test's worker is to run it
     code, out, _ = _cli(capsys, "tenant", "purge", "--tenant", tenant, "--yes", "--json")
     assert code == 0 and json.loads(out)["objects"] == 0  # again: nothing left

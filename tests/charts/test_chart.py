@@ -489,9 +489,13 @@ def test_keda_scales_workers_on_their_streams(renders):
             assert spec["scaleTargetRef"]["name"] == scaled["metadata"]["name"]
             behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
             assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300
-            assert {t["type"] for t in spec["triggers"]} == {"redis-streams"}
+            assert {t["type"] for t in spec["triggers"]} == {"redis-streams", "redis"}
             for trigger in spec["triggers"]:
                 meta = trigger["metadata"]
+                if trigger["type"] == "redis":  # the fair-share backlog of every tenant
+                    assert meta["listName"] == f"tf:backlog:{queue}"
+                    assert int(meta["listLength"]) >= 1
+                    continue
                 assert meta["stream"] == f"tf:queue:{queue}"
                 assert meta["consumerGroup"] == broker_queue.GROUP
                 assert "lagCount" in meta or "pendingEntriesCount" in meta
@@ -507,6 +511,7 @@ def test_stream_names_match_the_queue_code():
     import inspect
 
     assert 'f"tf:queue:{name}"' in inspect.getsource(broker_queue)
+    assert 'f"tf:backlog:{name}"' in inspect.getsource(broker_queue)
 
 
 def test_state_services(renders):

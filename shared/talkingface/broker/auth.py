@@ -25,6 +25,7 @@ service stay open.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import hashlib
 import hmac
 import re
@@ -39,6 +40,7 @@ import grpc
 import redis
 
 from talkingface.broker.jobs import check_tenant
+from talkingface.broker.limits import KEY_LIMITS, parse_key_limits
 from talkingface.errors import TalkingFaceError, abort
 from talkingface.serving.interceptors import rewrapped
 
@@ -91,6 +93,7 @@ class Principal:
     key_id: str
     tenant: str
     scopes: frozenset[str]
+    limits: tuple[tuple[str, str], ...] = ()  # the key's own rates (broker.limits.KEY_LIMITS)
 
     def allows(self, method: str) -> bool:
         if "admin" in self.scopes:
@@ -109,6 +112,7 @@ class KeyInfo:
     created_at: float
     expires_at: float  # 0 = never
     revoked_at: float  # 0 = not revoked
+    limits: tuple[tuple[str, str], ...] = ()  # its own rates (broker.limits.KEY_LIMITS)
 
     def status(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
@@ -122,7 +126,7 @@ class KeyInfo:
         return {"key_id": self.key_id, "tenant": self.tenant, "scopes": list(self.scopes),
                 "name": self.name, "created_at": self.created_at,
                 "expires_at": self.expires_at or None, "revoked_at": self.revoked_at or None,
-                "status": self.status()}  # fmt: skip
+                "status": self.status(), "limits": dict(self.limits)}  # fmt: skip
 
 
 def parse_scopes(text: str | Iterable[str]) -> tuple[str, ...]:
@@ -200,10 +204,13 @@ class KeyStore:
         *,
         expires_in_s: float | None = None,
         name: str = "",
+        limits: dict[str, Any] | None = None,
     ) -> tuple[str, KeyInfo]:
-        """A new key for a registered tenant: (the key, shown only now; its record)."""
+        """A new key for a registered tenant: (the key, shown only now; its record).
+        `limits`: the key's own rates (broker.limits.KEY_LIMITS), else the settings'."""
         check_tenant(tenant)
         scope_list = parse_scopes(scopes)
+        own = parse_key_limits(limits or {})
         if not self.tenant_exists(tenant):
             raise TalkingFaceError(
                 "NOT_FOUND", f"no tenant {tenant!r}: create it with `talkingface tenant create`"
@@ -221,11 +228,13 @@ class KeyStore:
         pipe.hset(api_key_key(key_id), mapping={
             "tenant": tenant, "secret_sha256": secret_hash(secret), "scopes": ",".join(scope_list),
             "name": name, "created_at": repr(now), "expires_at": repr(info.expires_at),
-            "revoked_at": "0",
+            "revoked_at": "0", **own,
         })  # fmt: skip
         pipe.sadd(tenant_keys_key(tenant), key_id)
         pipe.execute()
-        return f"{KEY_PREFIX}{key_id}_{secret}", info
+        return f"{KEY_PREFIX}{key_id}_{secret}", dataclasses.replace(
+            info, limits=tuple(sorted(own.items()))
+        )
 
     def get_key(self, key_id: str) -> KeyInfo | None:
         if not _KEY_ID_RE.fullmatch(key_id):
@@ -241,6 +250,24 @@ class KeyStore:
                 if info is not None:
                     out.append(info)
         return sorted(out, key=lambda k: (k.tenant, k.created_at))
+
+    def set_key_limits(self, key_id: str, limits: dict[str, Any],
+                       clear: Iterable[str] = ()) -> KeyInfo:  # fmt: skip
+        """Set (and clear) a key's own rates; the broker applies them within its auth cache
+        time. NOT_FOUND for an unknown key, INVALID_REQUEST for a bad limit."""
+        key_id = key_id.removeprefix(KEY_PREFIX).split("_")[0]
+        own = parse_key_limits(limits)
+        cleared = list(clear)
+        parse_key_limits(dict.fromkeys(cleared, 1))  # names only
+        if self.get_key(key_id) is None:
+            raise TalkingFaceError("NOT_FOUND", f"no API key {key_id!r} (see `key list`)")
+        with self.redis.pipeline(transaction=True) as pipe:
+            if cleared:
+                pipe.hdel(api_key_key(key_id), *cleared)
+            if own:
+                pipe.hset(api_key_key(key_id), mapping=own)
+            pipe.execute()
+        return self.get_key(key_id)  # type: ignore[return-value]
 
     def revoke_key(self, key_id: str) -> KeyInfo:
         """Mark a key revoked (kept for `key list`); NOT_FOUND for an unknown id."""
@@ -258,9 +285,10 @@ def _key_info(key_id: str, record: dict[Any, Any]) -> KeyInfo | None:
         return None
     r = {_text(k): _text(v) for k, v in record.items()}
     scopes = tuple(s for s in r.get("scopes", "").split(",") if s)
+    limits = tuple(sorted((k, v) for k, v in r.items() if k in KEY_LIMITS))
     return KeyInfo(key_id, r.get("tenant", ""), scopes, r.get("name", ""),
                    float(r.get("created_at") or 0), float(r.get("expires_at") or 0),
-                   float(r.get("revoked_at") or 0))  # fmt: skip
+                   float(r.get("revoked_at") or 0), limits)  # fmt: skip
 
 
 class Authenticator:
@@ -313,7 +341,7 @@ class Authenticator:
         status = info.status()
         if status != "active":
             raise TalkingFaceError("UNAUTHENTICATED", f"API key {key_id} is {status}")
-        return Principal(key_id, info.tenant, frozenset(info.scopes))
+        return Principal(key_id, info.tenant, frozenset(info.scopes), info.limits)
 
 
 _PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(

@@ -1,4 +1,5 @@
-"""`talkingface tenant create|list|delete` and `talkingface key create|list|revoke`.
+"""`talkingface tenant create|list|delete|purge|webhook-secret` and `talkingface key
+create|list|revoke|limits`.
 
 They work on the broker's Redis directly (TALKINGFACE_REDIS_URL), like the broker itself; see
 talkingface.broker.auth for what is stored. `key create` prints the new key once: it cannot be
@@ -79,7 +80,9 @@ def cmd_tenant(args: argparse.Namespace) -> int:
 
 def cmd_tenant_purge(args: argparse.Namespace) -> int:
     """`tenant purge --tenant T [--yes]`: without --yes a dry run (counts, exit 2)."""
+    from talkingface.broker.queue import WorkQueue
     from talkingface.broker.retention import Retention
+    from talkingface.broker.service import QUEUES
     from talkingface.config import Settings
     from talkingface.errors import TalkingFaceError
     from talkingface.storage import StoreError, store_from_settings
@@ -89,7 +92,8 @@ def cmd_tenant_purge(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         settings = Settings.from_env()
-        retention = Retention(keys.redis, store_from_settings(settings), settings)
+        queues = [WorkQueue.from_settings(keys.redis, name, settings) for name in QUEUES]
+        retention = Retention(keys.redis, store_from_settings(settings), settings, queues=queues)
         counts = retention.purge_tenant(args.tenant, dry_run=not args.yes)
     except TalkingFaceError as exc:
         print(f"talkingface tenant purge: {exc.code}: {exc.message}", file=sys.stderr)
@@ -120,7 +124,7 @@ def cmd_key(args: argparse.Namespace) -> int:
                 raise TalkingFaceError("INVALID_REQUEST", "--expires-days must be more than 0")
             expires = None if args.expires_days is None else args.expires_days * 86400.0
             key, info = store.create_key(args.tenant, args.scopes, expires_in_s=expires,
-                                         name=args.name or "")  # fmt: skip
+                                         name=args.name or "", limits=_rates(args))  # fmt: skip
             result: Any = {**info.as_dict(), "key": key}
             text = "\n".join([
                 f"API key {info.key_id} for tenant {info.tenant} (scopes "
@@ -128,6 +132,13 @@ def cmd_key(args: argparse.Namespace) -> int:
                 key,
                 "It is shown only now: store it (clients read TALKINGFACE_API_KEY).",
             ])  # fmt: skip
+        elif args.action == "limits":
+            if not _rates(args) and not args.clear:
+                raise TalkingFaceError("INVALID_REQUEST", "name a limit to set or --clear")
+            info = store.set_key_limits(args.key_id, _rates(args), clear=args.clear)
+            result = info.as_dict()
+            own = ", ".join(f"{k} = {v}" for k, v in info.limits) or "the defaults"
+            text = f"API key {info.key_id} of tenant {info.tenant}: {own}"
         elif args.action == "revoke":
             info = store.revoke_key(args.key_id)
             result = info.as_dict()
@@ -177,6 +188,30 @@ def add_tenant(sub: argparse._SubParsersAction) -> None:
     tenant.set_defaults(func=cmd_tenant)
 
 
+def _rate_flags(parser: argparse.ArgumentParser) -> None:
+    """The key's own rates; unset flags leave the key on the TALKINGFACE_RATE_KEY_* defaults."""
+    parser.add_argument(
+        "--submit-per-second",
+        type=float,
+        metavar="R",
+        help="SubmitRender + CreateAvatar calls per second (0 = no key limit)",
+    )
+    parser.add_argument("--submit-burst", type=int, metavar="N", help="submit bucket size")
+    parser.add_argument(
+        "--upload-per-second",
+        type=float,
+        metavar="R",
+        help="Upload calls per second (0 = no key limit)",
+    )
+    parser.add_argument("--upload-burst", type=int, metavar="N",
+                        help="upload bucket size")  # fmt: skip
+
+
+def _rates(args: argparse.Namespace) -> dict[str, float]:
+    names = ("submit_per_second", "submit_burst", "upload_per_second", "upload_burst")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
 def add_key(sub: argparse._SubParsersAction) -> None:
     key = sub.add_parser("key", help="create, list or revoke API keys (broker Redis)")
     actions = key.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -186,10 +221,19 @@ def add_key(sub: argparse._SubParsersAction) -> None:
                         help="comma-separated: render, avatars, admin")  # fmt: skip
     create.add_argument("--expires-days", type=float, help="lifetime in days (default: none)")
     create.add_argument("--name", help="a label for `key list`")
+    _rate_flags(create)
     listing = actions.add_parser("list", help="keys (ids, scopes, status; never secrets)")
     listing.add_argument("--tenant", help="only this tenant's keys")
     revoke = actions.add_parser("revoke", help="revoke a key (it stays listed)")
     revoke.add_argument("key_id", help="the key's id (or the whole key)")
+    limits = actions.add_parser(
+        "limits", help="set or clear a key's own rate limits (within its tenant's)"
+    )
+    limits.add_argument("key_id", help="the key's id (or the whole key)")
+    _rate_flags(limits)
+    limits.add_argument("--clear", nargs="+", default=[], metavar="LIMIT",
+                        help="back to the TALKINGFACE_RATE_KEY_* default: submit_per_second, "
+                             "submit_burst, upload_per_second, upload_burst")  # fmt: skip
     for parser in actions.choices.values():
         parser.add_argument("--json", action="store_true", help="JSON on one line")
     key.set_defaults(func=cmd_key)

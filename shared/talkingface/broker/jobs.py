@@ -56,6 +56,7 @@ from typing import Any
 
 import redis
 
+from talkingface.broker.queue import FAIR_PUSH_LUA
 from talkingface.config import Settings
 from talkingface.errors import GRPC_STATUS, TalkingFaceError
 
@@ -214,24 +215,26 @@ local function publish(job, events, ttl, maxlen)
 end
 """
 
-# KEYS: job, tenant index, events, sequence, the tenant's active set[, idempotency][, work
-# stream]; ARGV: ttl, maxlen, job_id, has idempotency key ('1' | '0'), work payload (JSON;
-# '' = none), active limit (0 = none), field/value...
+# KEYS: job, tenant index, events, sequence, the tenant's active set[, idempotency]; ARGV:
+# ttl, maxlen, job_id, has idempotency key ('1' | '0'), work payload (JSON; '' = none), active
+# limit (0 = none), work queue name ('' = none), tenant, field/value...
 # Returns {1, job_id, record} for a new job, {0, existing_job_id} for a reused key, and
 # {-1, active} when the tenant already has `active limit` jobs QUEUED or RUNNING.
-# With a work stream, the job's first work message is added in the same step (the message
-# format of talkingface.broker.queue), so a job can never be created without its work.
+# With a work queue, the job's first work message is added to the tenant's list of that queue
+# in the same step (talkingface.broker.queue's fair_push and message format), so a job can
+# never be created without its work.
 # The active set holds the ids of the tenant's jobs that may still be active; ended or
 # expired ones are pruned here (all of them when there is a limit, a sample otherwise), by
 # reading `tf:job:<id>` keys the script is not given (one Redis, not Redis Cluster).
 _CREATE = (
     _LUA_COMMON
+    + FAIR_PUSH_LUA
     + """
 local ttl = tonumber(ARGV[1])
 local active = KEYS[5]
 local limit = tonumber(ARGV[6])
 local idem = ARGV[4] == '1' and KEYS[6] or nil
-local work = KEYS[idem and 7 or 6]
+local work = ARGV[7]
 if idem then
   local existing = redis.call('GET', idem)
   if existing then return {0, existing} end
@@ -256,14 +259,16 @@ redis.call('SADD', active, ARGV[3])
 redis.call('EXPIRE', active, ttl)
 local now = now_ms()
 redis.call('HSET', KEYS[1], 'job_id', ARGV[3], 'created_at', now, 'updated_at', now,
-           unpack(ARGV, 7))
+           unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[1], ttl)
 local seq = redis.call('INCR', KEYS[4])
 redis.call('ZADD', KEYS[2], 0, string.format('%015.0f:%015.0f:', now, seq) .. ARGV[3])
 redis.call('ZREMRANGEBYLEX', KEYS[2], '-', '(' .. string.format('%015.0f', now - 2 * ttl * 1000))
 redis.call('EXPIRE', KEYS[2], ttl)
-if work then
-  redis.call('XADD', work, '*', 'job_id', ARGV[3], 'payload', ARGV[5], 'prior', '0')
+if work ~= '' then
+  local message = cjson.encode({job_id = ARGV[3], payload = ARGV[5], prior = '0',
+                                enqueued = string.format('%d', now)})
+  fair_push(work, ARGV[8], ARGV[3], message, false)
 end
 return {1, ARGV[3], publish(KEYS[1], KEYS[3], ttl, ARGV[2])}
 """
@@ -396,8 +401,8 @@ class JobStore:
 
         Returns (job, created); created is False when the key had been used before (the
         earlier job is returned as it is now, whatever `request` says this time).
-        `enqueue=(stream, payload)` adds the job's work message to that work-queue stream
-        (`WorkQueue.stream`) atomically with the record: both or neither.
+        `enqueue=(queue name, payload)` adds the job's work message to the tenant's sub-queue
+        of that work queue (`WorkQueue.name`) atomically with the record: both or neither.
         `active_limit` (0 = none) refuses the job with QUOTA_EXCEEDED when the tenant has
         that many jobs QUEUED or RUNNING, counted in the same atomic step (the message ends
         with `active_hint`); a reused idempotency key is answered whatever the count.
@@ -419,10 +424,9 @@ class JobStore:
                 active_jobs_key(tenant)]  # fmt: skip
         if idempotency_key:
             keys.append(idempotency_key_name(tenant, idempotency_key))
-        payload = ""
+        queue_name, payload = "", ""
         if enqueue is not None:
-            keys.append(enqueue[0])
-            payload = json.dumps(enqueue[1])
+            queue_name, payload = enqueue[0], json.dumps(enqueue[1])
         fields = {
             "tenant": tenant,
             "kind": kind,
@@ -442,7 +446,8 @@ class JobStore:
             fields["callback_url"] = callback_url
         flat = [item for pair in fields.items() for item in pair]
         has_key = "1" if idempotency_key else "0"
-        args = [self.ttl_s, EVENTS_MAXLEN, job_id, has_key, payload, max(0, active_limit), *flat]
+        args = [self.ttl_s, EVENTS_MAXLEN, job_id, has_key, payload, max(0, active_limit),
+                queue_name, tenant, *flat]  # fmt: skip
         reply = self._create(keys=keys, args=args)
         if int(reply[0]) == 1:
             return Job.from_fields(_pairs(reply[2])), True

@@ -24,6 +24,10 @@ does not parse is ignored (with a warning) and the default applies.
   refilled by the time elapsed on the Redis clock and taken from in one Lua script (atomic for
   every broker replica). An empty bucket answers RATE_LIMITED, whose message and trailing
   metadata `retry-after-ms` say when a token will be there. A rate of 0 = no limit.
+- Per API key, within the tenant's buckets: `tf:keybucket:<key_id>:<name>`, with the rates
+  of TALKINGFACE_RATE_KEY_* (0 = none) or the key's own (`talkingface key limits`, stored in
+  the key's record: KEY_LIMITS). A call takes a token from the tenant's bucket and from its
+  key's in one step, or from neither, so a refused call costs no token anywhere.
 
 Audio seconds per job are not limited at submission: knowing them needs decoding the upload
 (untrusted media, done sandboxed in the features stage, which refuses more than
@@ -33,6 +37,7 @@ upload larger than the features stage accepts (TALKINGFACE_AUDIO_MAX_UPLOAD_MB).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -101,6 +106,34 @@ def bucket_key(tenant: str, bucket: str) -> str:
     return f"tf:bucket:{tenant}:{bucket}"
 
 
+def key_bucket_key(key_id: str, bucket: str) -> str:
+    return f"tf:keybucket:{key_id}:{bucket}"
+
+
+# A key's own rates (fields of its record, `talkingface key limits`) -> the setting of the
+# default every key without its own has.
+KEY_LIMITS: dict[str, tuple[str, Any]] = {
+    "submit_per_second": ("rate_key_submit_per_second", _rate),
+    "submit_burst": ("rate_key_submit_burst", _positive),
+    "upload_per_second": ("rate_key_upload_per_second", _rate),
+    "upload_burst": ("rate_key_upload_burst", _positive),
+}
+
+
+def parse_key_limits(values: dict[str, Any]) -> dict[str, str]:
+    """A key's own rates as its record stores them; INVALID_REQUEST for a bad name or value."""
+    out = {}
+    for name, value in values.items():
+        if name not in KEY_LIMITS:
+            known = ", ".join(KEY_LIMITS)
+            raise TalkingFaceError("INVALID_REQUEST", f"unknown key limit {name!r}: one of {known}")
+        try:
+            out[name] = str(KEY_LIMITS[name][1](value))
+        except (TypeError, ValueError) as exc:
+            raise TalkingFaceError("INVALID_REQUEST", f"key limit {name}: {exc}") from None
+    return out
+
+
 def uploads_key(tenant: str, day: str) -> str:
     return f"tf:uploads:{tenant}:{day}"
 
@@ -113,31 +146,40 @@ def how_to_raise(tenant: str, name: str) -> str:
     )
 
 
-# KEYS: bucket; ARGV: rate (tokens/s), burst. Returns 0 when a token was taken, else the
-# milliseconds until one will be there (nothing taken).
+# KEYS: buckets; ARGV: rate (tokens/s) and burst of each. Refills every bucket by the time
+# elapsed; takes one token from each when every one has a token, else none. Returns, per
+# bucket, 0 (it had a token) or the milliseconds until it will have one.
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local v = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(v[1])
-local ts = tonumber(v[2])
-if not tokens or not ts then
-  tokens = burst
-  ts = now
+local levels, waits, blocked = {}, {}, false
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local v = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(v[1])
+  local ts = tonumber(v[2])
+  if not tokens or not ts then
+    tokens = burst
+    ts = now
+  end
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+  levels[i] = tokens
+  waits[i] = 0
+  if tokens < 1 then
+    waits[i] = math.max(1, math.ceil((1 - tokens) * 1000 / rate))
+    blocked = true
+  end
 end
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-else
-  wait = math.max(1, math.ceil((1 - tokens) * 1000 / rate))
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tokens = levels[i]
+  if not blocked then tokens = tokens - 1 end
+  redis.call('HSET', key, 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.3f', now))
+  redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
 end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'ts',
-           string.format('%.3f', now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return wait
+return waits
 """
 
 # KEYS: the day's counter; ARGV: limit, ttl. Returns {1, count} when counted, {0, count}
@@ -211,21 +253,46 @@ class Limits:
 
     # --- checks ----------------------------------------------------------------------------
 
-    def take(self, limits: TenantLimits, bucket: str) -> None:
-        """Take one token of the tenant's `bucket` (SUBMIT or UPLOAD); RATE_LIMITED when empty."""
+    def take(self, limits: TenantLimits, bucket: str, principal: Any = None) -> None:
+        """Take one token of the tenant's `bucket` (SUBMIT or UPLOAD) and, for a call made with
+        an API key (`principal`: broker.auth.Principal), of the key's; RATE_LIMITED when either
+        is empty (then neither is taken from)."""
+        buckets = []  # (Redis key, rate, burst, who, the limit's name, how to raise it)
         rate = limits[f"{bucket}_per_second"]
-        if rate <= 0:
+        if rate > 0:
+            buckets.append((bucket_key(limits.tenant, bucket), rate, limits[f"{bucket}_burst"],
+                            f"tenant {limits.tenant!r}",
+                            how_to_raise(limits.tenant, f"{bucket}_per_second")))  # fmt: skip
+        if principal is not None:
+            own = dict(getattr(principal, "limits", ()) or ())
+            values = {}
+            for name in (f"{bucket}_per_second", f"{bucket}_burst"):
+                setting, parse = KEY_LIMITS[name]
+                values[name] = getattr(self.settings, setting)
+                with contextlib.suppress(ValueError):  # a bad record value: the default
+                    values[name] = parse(own[name]) if name in own else values[name]
+            if values[f"{bucket}_per_second"] > 0:
+                setting = env_name(KEY_LIMITS[f"{bucket}_per_second"][0])
+                hint = (f"an operator raises it for every key with {setting} or for this one "
+                        f"with `talkingface key limits {principal.key_id} "
+                        f"--{bucket}-per-second R`")  # fmt: skip
+                buckets.append((key_bucket_key(principal.key_id, bucket),
+                                values[f"{bucket}_per_second"], values[f"{bucket}_burst"],
+                                f"API key {principal.key_id}", hint))  # fmt: skip
+        if not buckets:
             return
-        burst = limits[f"{bucket}_burst"]
-        wait_ms = int(self._take(keys=[bucket_key(limits.tenant, bucket)], args=[rate, burst]))
-        if wait_ms > 0:
-            raise TalkingFaceError(
-                "RATE_LIMITED",
-                f"tenant {limits.tenant!r} is over its {bucket} rate limit "
-                f"({bucket}_per_second = {rate:g}, {bucket}_burst = {burst}): retry after "
-                f"{wait_ms} ms; {how_to_raise(limits.tenant, f'{bucket}_per_second')}",
-                **{RETRY_AFTER_METADATA_KEY: str(wait_ms)},
-            )
+        args = [value for b in buckets for value in (b[1], b[2])]
+        waits = [int(w) for w in self._take(keys=[b[0] for b in buckets], args=args)]
+        if max(waits) <= 0:
+            return
+        wait_ms, (_, rate, burst, who, hint) = max(zip(waits, buckets, strict=True),
+                                                   key=lambda pair: pair[0])  # fmt: skip
+        raise TalkingFaceError(
+            "RATE_LIMITED",
+            f"{who} is over its {bucket} rate limit ({bucket}_per_second = {rate:g}, "
+            f"{bucket}_burst = {burst}): retry after {wait_ms} ms; {hint}",
+            **{RETRY_AFTER_METADATA_KEY: str(wait_ms)},
+        )
 
     def count_upload(self, limits: TenantLimits) -> str | None:
         """Count one upload against `uploads_per_day`; the counter's key (give it to `refund`

@@ -1,16 +1,29 @@
-"""Durable work queues on Redis Streams: leases, retries with backoff, a dead-letter stream.
+"""Durable work queues on Redis Streams: fair share between tenants, leases, retries with
+backoff, a dead-letter stream.
 
 Key layout for a queue named `<name>`:
 
-- `tf:queue:<name>` — the stream of work messages (`job_id`, `payload` as JSON, `prior` = the
-  deliveries this job had before this message was enqueued; a retried job's message also has
-  `enqueued`, the Redis-clock millisecond its first message was added, which is a first
-  message's own id time), read through the consumer group `workers`, created at id 0 so
-  messages added before any worker existed are delivered too.
+- `tf:fair:<name>:t:<tenant>` — the tenant's waiting messages, a list in arrival order (JSON:
+  `job_id`, `payload`, `prior`, `enqueued`); `tf:fair:<name>:ring` — the tenants that have
+  waiting messages, each once, in round-robin order. A claim takes the first message of the
+  ring's first tenant and moves that tenant to the end of the ring (or out of it when its list
+  is empty), so with one worker and tenant A's 20 jobs queued before B's one, B's job is the
+  next but one to start: tenants are served round robin, each in its own FIFO order.
+- `tf:backlog:<name>` — one entry (the job id) per waiting message of every tenant, so its
+  length is the queue's backlog: what KEDA's `redis` list trigger scales the workers on.
+- `tf:wake:<name>` — a short list that enqueues push to, on which idle workers block (BLPOP)
+  instead of on the stream, whose lag stays near 0 under fair dispatch.
+- `tf:queue:<name>` — the stream of dispatched work messages (`job_id`, `payload` as JSON,
+  `prior` = the deliveries this job had before this message was enqueued, `enqueued` = the
+  Redis-clock millisecond its first message was added, `tenant`), read through the consumer
+  group `workers`, created at id 0. A claim moves one message from the ring into the stream
+  and reads it in the same Lua step, so the stream holds the claimed (pending) messages; a
+  message added to the stream directly (by a broker from before fair share) is still read
+  first, oldest first.
 - `tf:delayed:<name>` — a sorted set of messages waiting out a retry backoff, scored by the
-  Redis-clock millisecond at which they are due; `promote_due()` moves due ones into the stream
-  (workers do it before each claim, and the broker API's janitor every second, so retries
-  are not stranded while no worker runs).
+  Redis-clock millisecond at which they are due; `promote_due()` moves due ones to the front
+  of their tenant's list (workers do it before each claim, and the broker API's janitor every
+  second, so retries are not stranded while no worker runs).
 - `tf:dead:<name>` — the dead-letter stream: messages given up on, with the reason, the
   delivery count, the original message id and the consumer that gave up.
 
@@ -31,6 +44,10 @@ Guarantees, and what they rest on:
   the message (the PEL names it), so a worker whose lease was taken over cannot disturb the
   new owner.
 - Acked messages are deleted from the stream, so its length is exactly pending + undelivered.
+- Enqueue, dispatch, promotion and `drop_tenant` keep the ring, the lists and the backlog
+  consistent in single Lua steps: a tenant is in the ring exactly while its list is non-empty,
+  and the backlog has one entry per listed message. The scripts name the per-tenant lists
+  themselves (one Redis, not Redis Cluster, like the job store's scripts).
 - Delivery is at least once: a job can run twice (a lease that expired under a slow worker),
   so consumers make "exactly one result" hold by storing results with a check, as
   `talkingface.broker.worker` does against the job record's final states.
@@ -58,6 +75,9 @@ DEFAULT_RETRY_BASE_S = 2.0
 DEFAULT_RETRY_MAX_S = 300.0
 PROMOTE_BATCH = 100
 OLDEST_SCAN = 1000  # entries of the stream and of the delayed set `oldest_age_seconds` reads
+WAKE_CAP = 16  # wake-up tokens kept for idle workers (each enqueue adds one)
+WAIT_SLICE_MS = 1000  # longest idle wait between looks at the ring (a lost wake-up costs this)
+DEFAULT_TENANT = ""  # the sub-queue of messages enqueued without a tenant
 _ALL = 2**31 - 1  # XPENDING's COUNT for "the whole PEL" (Redis allocates nothing for it)
 
 
@@ -68,6 +88,11 @@ def _text(value: Any) -> str:
 def _id_ms(message_id: str) -> int:
     """The Redis-clock millisecond of a stream id ("1718000000000-0")."""
     return int(message_id.partition("-")[0])
+
+
+def _redis_now_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def _job_id(fields: dict[Any, Any] | None) -> str:
@@ -87,12 +112,27 @@ class Delivery:
     deliveries: int
     consumer: str
     enqueued_ms: int = 0  # when the job's first message was added (Redis clock); 0 = unknown
+    tenant: str = DEFAULT_TENANT  # whose sub-queue a retry goes back to
 
 
 _LUA_NOW = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# fair_push(queue name, tenant, job id, message JSON, at the front?): add a waiting message to
+# the tenant's list, the tenant to the ring if its list was empty, the job to the backlog, and
+# a wake-up token for an idle worker. Shared with the job store's create script.
+FAIR_PUSH_LUA = f"""
+local function fair_push(name, tenant, job_id, message, front)
+  local list = 'tf:fair:' .. name .. ':t:' .. tenant
+  local n = redis.call(front and 'LPUSH' or 'RPUSH', list, message)
+  if n == 1 then redis.call('RPUSH', 'tf:fair:' .. name .. ':ring', tenant) end
+  redis.call('RPUSH', 'tf:backlog:' .. name, job_id)
+  redis.call('RPUSH', 'tf:wake:' .. name, '1')
+  redis.call('LTRIM', 'tf:wake:' .. name, -{WAKE_CAP}, -1)
 end
 """
 
@@ -112,17 +152,24 @@ until cursor == '0-0'
 return false
 """
 
-# KEYS: stream, delayed; ARGV: max messages. Returns {moved, ms until the next is due or -1}.
+# KEYS: stream, delayed; ARGV: max messages, queue name. Moves due retries to the front of
+# their tenant's list. Returns {moved, ms until the next is due or -1}.
 _PROMOTE = (
     _LUA_NOW
+    + FAIR_PUSH_LUA
     + """
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, member in ipairs(due) do
-  local m = cjson.decode(member)
-  local enqueued = m.enqueued or string.match(m.from or '', '^(%d+)') or ''
-  redis.call('XADD', KEYS[1], '*', 'job_id', m.job_id, 'payload', m.payload, 'prior', m.prior,
-             'enqueued', enqueued)
+  local ok, m = pcall(cjson.decode, member)
+  if ok and type(m) == 'table' then
+    local enqueued = m.enqueued or string.match(m['from'] or '', '^(%d+)') or ''
+    local message = cjson.encode({job_id = m.job_id, payload = m.payload, prior = m.prior,
+                                  enqueued = enqueued})
+    fair_push(ARGV[2], m.tenant or '', m.job_id, message, true)
+  else  -- not ours to read: the stream's reader dead-letters it as malformed
+    redis.call('XADD', KEYS[1], '*', 'job_id', '', 'payload', member, 'prior', '0')
+  end
   redis.call('ZREM', KEYS[2], member)
 end
 local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
@@ -132,9 +179,10 @@ return {#due, wait}
 """
 )
 
-# KEYS: stream, delayed; ARGV: max entries of each to read. Returns the age in ms of the
-# oldest job among the stream's first entries (undelivered and pending: acked ones are
-# deleted) and the delayed set's, from its first enqueue (`enqueued`, else the id's time).
+# KEYS: stream, delayed, ring; ARGV: max entries of each to read, queue name. Returns the age
+# in ms of the oldest job among the stream's first entries (undelivered and pending: acked ones
+# are deleted), the delayed set's and the heads of the tenants' lists, from its first enqueue
+# (`enqueued`, else the id's time).
 _OLDEST_AGE = (
     _LUA_NOW
     + """
@@ -153,6 +201,14 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, limit - 1)) do
   local ok, m = pcall(cjson.decode, member)
   if ok and type(m) == 'table' then
     local ms = tonumber(m.enqueued) or tonumber(string.match(m['from'] or '', '^(%d+)'))
+    if ms and ms < oldest then oldest = ms end
+  end
+end
+for _, tenant in ipairs(redis.call('LRANGE', KEYS[3], 0, limit - 1)) do
+  local head = redis.call('LINDEX', 'tf:fair:' .. ARGV[2] .. ':t:' .. tenant, 0)
+  local ok, m = pcall(cjson.decode, head or '')
+  if ok and type(m) == 'table' then
+    local ms = tonumber(m.enqueued)
     if ms and ms < oldest then oldest = ms end
   end
 end
@@ -180,6 +236,62 @@ _DEAD_LETTER = (
 redis.call('XADD', KEYS[2], '*', 'dead_at', now_ms(), unpack(ARGV, 3))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+)
+
+# KEYS: stream, ring, backlog; ARGV: group, consumer, queue name. Reads the oldest undelivered
+# message of the stream (one added directly); else moves the first message of the ring's first
+# tenant into the stream, rotates that tenant to the ring's end (or drops it when its list is
+# empty) and reads the message. Returns {id, fields} or false when no tenant has work.
+_DISPATCH = """
+local function read()
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1,
+                       'STREAMS', KEYS[1], '>')
+  if r and r[1] and r[1][2][1] then return r[1][2][1] end
+  return false
+end
+local entry = read()
+if entry then return entry end
+while true do
+  local tenant = redis.call('LPOP', KEYS[2])
+  if not tenant then return false end
+  local list = 'tf:fair:' .. ARGV[3] .. ':t:' .. tenant
+  local raw = redis.call('LPOP', list)
+  if redis.call('LLEN', list) > 0 then redis.call('RPUSH', KEYS[2], tenant) end
+  if raw then
+    local ok, m = pcall(cjson.decode, raw)
+    if ok and type(m) == 'table' and m.job_id then
+      redis.call('LREM', KEYS[3], 1, m.job_id)
+      redis.call('XADD', KEYS[1], '*', 'job_id', m.job_id, 'payload', m.payload or '',
+                 'prior', m.prior or '0', 'enqueued', m.enqueued or '', 'tenant', tenant)
+    else  -- the stream's reader dead-letters it as malformed
+      redis.call('XADD', KEYS[1], '*', 'job_id', '', 'payload', raw, 'prior', '0')
+    end
+    return read()
+  end
+end
+"""
+
+# KEYS: ring, backlog; ARGV: queue name, tenant. Drops the tenant's waiting messages (a
+# tenant purge); returns how many.
+_DROP_TENANT = """
+local list = 'tf:fair:' .. ARGV[1] .. ':t:' .. ARGV[2]
+local messages = redis.call('LRANGE', list, 0, -1)
+for _, raw in ipairs(messages) do
+  local ok, m = pcall(cjson.decode, raw)
+  if ok and type(m) == 'table' and m.job_id then redis.call('LREM', KEYS[2], 1, m.job_id) end
+end
+redis.call('DEL', list)
+redis.call('LREM', KEYS[1], 0, ARGV[2])
+return #messages
+"""
+
+# KEYS: none; ARGV: queue name, tenant, job id, message JSON. `enqueue`.
+_ENQUEUE = (
+    FAIR_PUSH_LUA
+    + """
+fair_push(ARGV[1], ARGV[2], ARGV[3], ARGV[4], false)
 return 1
 """
 )
@@ -215,6 +327,9 @@ class WorkQueue:
         self.stream = f"tf:queue:{name}"
         self.delayed_key = f"tf:delayed:{name}"
         self.dead_key = f"tf:dead:{name}"
+        self.ring_key = f"tf:fair:{name}:ring"
+        self.backlog_key = f"tf:backlog:{name}"
+        self.wake_key = f"tf:wake:{name}"
         self.lease_ms = int(lease_ms)
         self.max_deliveries = int(max_deliveries)
         self.retry_base_s = float(retry_base_s)
@@ -225,6 +340,9 @@ class WorkQueue:
         self._dead_letter = client.register_script(_DEAD_LETTER)
         self._extend = client.register_script(_EXTEND)
         self._oldest_age = client.register_script(_OLDEST_AGE)
+        self._dispatch = client.register_script(_DISPATCH)
+        self._drop_tenant = client.register_script(_DROP_TENANT)
+        self._enqueue = client.register_script(_ENQUEUE)
         self.ensure_group()
 
     @classmethod
@@ -246,10 +364,41 @@ class WorkQueue:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def enqueue(self, job_id: str, payload: dict[str, Any]) -> str:
-        """Add work for a job; returns the stream message id."""
-        fields = {"job_id": job_id, "payload": json.dumps(payload), "prior": "0"}
-        return _text(self.redis.xadd(self.stream, fields))
+    def tenant_key(self, tenant: str) -> str:
+        """The list of `tenant`'s waiting messages."""
+        return f"tf:fair:{self.name}:t:{tenant}"
+
+    def enqueue(self, job_id: str, payload: dict[str, Any], tenant: str = DEFAULT_TENANT) -> None:
+        """Add work for a job to the end of `tenant`'s sub-queue. (The broker adds a job's first
+        message atomically with its record instead: `JobStore.create(enqueue=...)`.)"""
+        if not job_id:
+            raise ValueError("job_id must be non-empty")
+        self._enqueue(args=[self.name, tenant, job_id, self.message(job_id, payload)])
+
+    def message(self, job_id: str, payload: dict[str, Any], enqueued_ms: int | None = None) -> str:
+        """A first work message as the tenants' lists hold it (enqueued: now, by default)."""
+        enqueued = _redis_now_ms(self.redis) if enqueued_ms is None else enqueued_ms
+        fields = {"job_id": job_id, "payload": json.dumps(payload), "prior": "0",
+                  "enqueued": str(enqueued)}  # fmt: skip
+        return json.dumps(fields)
+
+    def drop_tenant(self, tenant: str) -> int:
+        """Remove every waiting message of `tenant` (its purge); returns how many."""
+        return int(self._drop_tenant(keys=[self.ring_key, self.backlog_key],
+                                     args=[self.name, tenant]))  # fmt: skip
+
+    def backlog(self) -> int:
+        """Messages waiting in the tenants' lists (not yet dispatched to the stream)."""
+        return int(self.redis.llen(self.backlog_key))
+
+    def backlog_by_tenant(self) -> dict[str, int]:
+        """Waiting messages per tenant that has any, in the ring's order (next served first)."""
+        tenants = [_text(t) for t in self.redis.lrange(self.ring_key, 0, -1)]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for tenant in tenants:
+                pipe.llen(self.tenant_key(tenant))
+            counts = pipe.execute()
+        return {t: int(n) for t, n in zip(tenants, counts, strict=True)}
 
     def claim(
         self,
@@ -316,6 +465,7 @@ class WorkQueue:
                 "prior": str(delivery.deliveries),
                 "from": delivery.message_id,  # keeps members unique
                 "enqueued": str(delivery.enqueued_ms or _id_ms(delivery.message_id)),
+                "tenant": delivery.tenant,
             }
         )
         args = [GROUP, delivery.consumer, delivery.message_id, round(delay_s * 1000), member]
@@ -341,19 +491,23 @@ class WorkQueue:
         return self._promote_due()[0]
 
     def depth(self) -> int:
-        """Messages not yet finished: pending (claimed) + undelivered + waiting out a backoff."""
+        """Messages not yet finished: waiting in the tenants' lists + in the stream (pending
+        or undelivered) + waiting out a backoff."""
         with self.redis.pipeline(transaction=True) as pipe:
+            pipe.llen(self.backlog_key)
             pipe.xlen(self.stream)
             pipe.zcard(self.delayed_key)
-            in_stream, delayed = pipe.execute()
-        return int(in_stream) + int(delayed)
+            waiting, in_stream, delayed = pipe.execute()
+        return int(waiting) + int(in_stream) + int(delayed)
 
     def oldest_age_seconds(self) -> float:
         """Age of the oldest job not yet finished (undelivered, pending or delayed), from when
         its first work message was added (Redis clock, so any host's clock skew is moot); 0
         when there is none. Reads the first OLDEST_SCAN entries of the stream and of the
-        delayed set: past them, only a promoted retry could be older than the stream's head."""
-        age_ms = self._oldest_age(keys=[self.stream, self.delayed_key], args=[OLDEST_SCAN])
+        delayed set, and the heads of the first OLDEST_SCAN tenants' lists (a list is in
+        arrival order, but for retries put back at its front, which are older still)."""
+        age_ms = self._oldest_age(keys=[self.stream, self.delayed_key, self.ring_key],
+                                  args=[OLDEST_SCAN, self.name])  # fmt: skip
         return max(0, int(age_ms)) / 1000.0
 
     def pending(self) -> int:
@@ -366,21 +520,23 @@ class WorkQueue:
             raise
 
     def messages_of(self, job_id: str) -> dict[str, int]:
-        """How many messages of `job_id` this queue holds, by state: "queued" (in the stream,
-        not yet delivered), "pending" (claimed and not acked: in the group's PEL), "delayed"
-        (waiting out a retry backoff) and "dead" (in the dead-letter stream).
+        """How many messages of `job_id` this queue holds, by state: "queued" (waiting in a
+        tenant's list, or in the stream not yet delivered), "pending" (claimed and not acked:
+        in the group's PEL), "delayed" (waiting out a retry backoff) and "dead" (in the
+        dead-letter stream).
 
-        One consistent snapshot (a MULTI of XRANGE, XPENDING, ZRANGE and XRANGE), but it
-        reads the whole stream, PEL, delayed set and dead-letter stream: O(queue length), for
-        tests and operators, not hot paths.
+        One consistent snapshot (a MULTI of XRANGE, XPENDING, ZRANGE, XRANGE and LRANGE), but
+        it reads the whole stream, PEL, delayed set, dead-letter stream and backlog: O(queue
+        length), for tests and operators, not hot paths.
         """
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.xrange(self.stream)
             pipe.xpending_range(self.stream, GROUP, min="-", max="+", count=_ALL)
             pipe.zrange(self.delayed_key, 0, -1)
             pipe.xrange(self.dead_key)
-            in_stream, pel, delayed, dead = pipe.execute(raise_on_error=False)
-        for reply in (in_stream, delayed, dead):
+            pipe.lrange(self.backlog_key, 0, -1)
+            in_stream, pel, delayed, dead, waiting = pipe.execute(raise_on_error=False)
+        for reply in (in_stream, delayed, dead, waiting):
             if isinstance(reply, Exception):
                 raise reply
         if isinstance(pel, Exception):
@@ -389,6 +545,7 @@ class WorkQueue:
             pel = []  # no group (or no stream): nothing was ever claimed
         claimed = {_text(entry["message_id"]) for entry in pel}
         counts = dict.fromkeys(("queued", "pending", "delayed", "dead"), 0)
+        counts["queued"] = sum(_text(m) == job_id for m in waiting)
         for message_id, fields in in_stream:
             if _job_id(fields) == job_id:
                 counts["pending" if _text(message_id) in claimed else "queued"] += 1
@@ -402,7 +559,8 @@ class WorkQueue:
         return [{"id": _text(i), **{_text(k): _text(v) for k, v in f.items()}} for i, f in rows]
 
     def _promote_due(self) -> tuple[int, int]:
-        moved, wait = self._promote(keys=[self.stream, self.delayed_key], args=[PROMOTE_BATCH])
+        moved, wait = self._promote(keys=[self.stream, self.delayed_key],
+                                    args=[PROMOTE_BATCH, self.name])  # fmt: skip
         return int(moved), int(wait)
 
     def _next(self, consumer: str, deadline: float) -> Delivery | None:
@@ -414,27 +572,30 @@ class WorkQueue:
                 fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
                 delivery = self._delivery(consumer, _text(message_id), fields, int(delivered))
             else:
-                # Wait in slices that end in time for the next due retry and for leases that
-                # may expire meanwhile, both of which only the loop above picks up.
-                block = min(int((deadline - time.monotonic()) * 1000), self.lease_ms)
+                delivery = self._read_new(consumer)
+            if delivery is not None and delivery is not False:
+                return delivery
+            if delivery is None:
+                # Nothing to do: wait for an enqueue's wake-up token, in slices that end in
+                # time for the next due retry and for leases that may expire meanwhile, both of
+                # which only the loop above picks up.
+                block = min(int((deadline - time.monotonic()) * 1000), self.lease_ms,
+                            WAIT_SLICE_MS)  # fmt: skip
                 if next_due_ms >= 0:
                     block = min(block, max(next_due_ms, 1))
-                delivery = self._read_new(consumer, block)
-            if delivery is not False and (delivery is not None or time.monotonic() >= deadline):
-                return delivery  # a Delivery, or None when nothing came in time
+                if block <= 0:
+                    return None
+                self.redis.blpop([self.wake_key], timeout=block / 1000)
 
-    def _read_new(self, consumer: str, block_ms: int) -> Delivery | bool | None:
-        reply = self.redis.xreadgroup(
-            GROUP, consumer, {self.stream: ">"}, count=1, block=block_ms if block_ms > 0 else None
-        )
+    def _read_new(self, consumer: str) -> Delivery | bool | None:
+        """The next message for `consumer` by fair dispatch (see _DISPATCH); None when no
+        tenant has work, False after dead-lettering a malformed one."""
+        reply = self._dispatch(keys=[self.stream, self.ring_key, self.backlog_key],
+                               args=[GROUP, consumer, self.name])  # fmt: skip
         if not reply:
             return None
-        streams = list(reply.values()) if isinstance(reply, dict) else [r[1] for r in reply]
-        entries = streams[0]
-        if entries and isinstance(entries[0], list) and not isinstance(entries[0][0], bytes | str):
-            entries = entries[0]  # RESP3 wraps the entries once more
-        message_id, raw = entries[0]
-        fields = {_text(k): _text(v) for k, v in (raw or {}).items()}
+        message_id, flat = reply
+        fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
         return self._delivery(consumer, _text(message_id), fields, 1)
 
     def _delivery(
@@ -452,9 +613,8 @@ class WorkQueue:
             log.error("dead-lettering a malformed message", extra={"queue": self.name})
             self.dead_letter(bad, f"malformed message: {exc!r}")
             return False
-        return Delivery(
-            self.name, fields["job_id"], payload, message_id, prior + delivered, consumer, enqueued
-        )
+        return Delivery(self.name, fields["job_id"], payload, message_id, prior + delivered,
+                        consumer, enqueued, fields.get("tenant", DEFAULT_TENANT))  # fmt: skip
 
     def _with_group(self, action: Callable[[], Any]) -> Any:
         # The group vanishes with its stream (a flushed or restarted Redis without AOF).

@@ -64,7 +64,14 @@ from talkingface.broker.jobs import (
     job_key,
     tenant_index_key,
 )
-from talkingface.broker.limits import bucket_key, overrides_key, uploads_key
+from talkingface.broker.limits import (
+    SUBMIT,
+    UPLOAD,
+    bucket_key,
+    key_bucket_key,
+    overrides_key,
+    uploads_key,
+)
 from talkingface.broker.queue import WorkQueue
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError
@@ -375,6 +382,8 @@ class Retention:
         for job_id in job_ids:
             keys |= {job_key(job_id), events_key(job_id)}
         keys |= {record_key(a) for a in avatar_ids} | {api_key_key(k) for k in key_ids}
+        keys |= {queue.tenant_key(tenant) for queue in self.queues}  # its waiting work
+        keys |= {key_bucket_key(k, b) for k in key_ids for b in (SUBMIT, UPLOAD)}
         keys = {k for k in keys if self.redis.exists(k)}
         try:
             if dry_run:
@@ -384,6 +393,8 @@ class Retention:
         except StoreError as exc:
             raise as_talkingface_error(exc) from None
         if not dry_run:
+            for queue in self.queues:  # its waiting work, its backlog and place in the ring
+                queue.drop_tenant(tenant)
             for start in range(0, len(keys), 500):
                 self.redis.delete(*sorted(keys)[start : start + 500])
             self.redis.srem(TENANTS_KEY, tenant)

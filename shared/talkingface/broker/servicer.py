@@ -35,6 +35,7 @@ from collections.abc import Iterable, Iterator
 
 import redis
 
+from talkingface.broker.auth import current_principal
 from talkingface.broker.avatars import (
     MAX_DISPLAY_NAME,
     AvatarRegistry,
@@ -95,7 +96,7 @@ class BrokerServicer:
             tenant = self._tenant(context)
             with self.streams.upload.hold(context):
                 limits = self.limits.for_tenant(tenant)
-                self.limits.take(limits, UPLOAD)
+                self.limits.take(limits, UPLOAD, current_principal())
                 counted = self.limits.count_upload(limits)
                 idle_s = self.settings.broker_upload_idle_seconds
                 try:
@@ -117,7 +118,7 @@ class BrokerServicer:
         try:
             tenant = self._tenant(context)
             limits = self.limits.for_tenant(tenant)
-            self.limits.take(limits, SUBMIT)
+            self.limits.take(limits, SUBMIT, current_principal())
             options = render_options(request.options)
             callback_url = self._callback_url(tenant, request.callback_url)
             source = request.WhichOneof("audio")
@@ -145,7 +146,7 @@ class BrokerServicer:
                 job, created = self.jobs.create(
                     tenant, "render", body, request.idempotency_key or None,
                     avatar_id=request.avatar_id,
-                    enqueue=(self.queues[RENDER_QUEUE].stream, {"kind": "render"}),
+                    enqueue=(self.queues[RENDER_QUEUE].name, {"kind": "render"}),
                     active_limit=limits["active_jobs"], active_hint=self.limits.active_hint(limits),
                     callback_url=callback_url,
                 )  # fmt: skip
@@ -232,7 +233,7 @@ class BrokerServicer:
         try:
             tenant = self._tenant(context)
             limits = self.limits.for_tenant(tenant)
-            self.limits.take(limits, SUBMIT)
+            self.limits.take(limits, SUBMIT, current_principal())
             preset = request.preset or "cpu"
             if preset not in PRESETS:
                 raise TalkingFaceError(
@@ -257,7 +258,7 @@ class BrokerServicer:
             job, created = self.jobs.create(
                 tenant, "train_avatar", body, request.idempotency_key or None,
                 avatar_id=avatar_id,
-                enqueue=(self.queues[TRAIN_QUEUE].stream, {"kind": "train_avatar"}),
+                enqueue=(self.queues[TRAIN_QUEUE].name, {"kind": "train_avatar"}),
                 active_limit=limits["active_jobs"], active_hint=self.limits.active_hint(limits),
                 callback_url=callback_url,
             )  # fmt: skip
