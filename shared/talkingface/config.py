@@ -300,6 +300,14 @@ class Settings:
         "Accept `http://` callback URLs (for loopback tests only); by default a job's "
         "`callback_url` must be https (INVALID_REQUEST otherwise).",
     )
+    webhook_allowed_networks: str = _setting(
+        "",
+        "Networks (comma-separated CIDRs) a webhook may reach although they are not public "
+        "internet addresses, e.g. `10.20.0.0/16` for a receiver inside the cluster, "
+        "`127.0.0.0/8` for loopback tests. Every other private, loopback, link-local "
+        "(cloud metadata), shared or reserved address is refused, at submission for a literal "
+        "address and at each delivery after resolving the host.",
+    )
     webhook_max_attempts: int = _setting(
         8, "POSTs of a job's webhook before its delivery is given up (recorded on the job)."
     )
@@ -450,6 +458,18 @@ class Settings:
             problems.append(f"{env_name('result_url_seconds')} must be at most 7 days (S3's limit)")
         if settings is not None and settings.broker_auth_cache_seconds < 0:
             problems.append(f"{env_name('broker_auth_cache_seconds')} must be 0 or more")
+        if settings is not None:
+            import ipaddress
+
+            networks = settings.webhook_allowed_networks.split(",")
+            for cidr in filter(None, (c.strip() for c in networks)):
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError:
+                    problems.append(
+                        f"{env_name('webhook_allowed_networks')}: {cidr!r} is not a network "
+                        "(a CIDR such as 10.0.0.0/8)"
+                    )
         if settings is not None and bool(settings.tls_cert_file) != bool(settings.tls_key_file):
             problems.append(
                 f"{env_name('tls_cert_file')} and {env_name('tls_key_file')} go together: "

@@ -8,6 +8,7 @@ webhook in production."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import socket
@@ -27,7 +28,9 @@ from talkingface.broker.service import broker_server
 from talkingface.broker.webhooks import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    address_allowed,
     check_callback_url,
+    parse_networks,
     sign,
     tenant_secret,
     verify,
@@ -84,6 +87,7 @@ def broker(redis_server, tmp_path_factory):
     """http allowed, short backoff, reflection turned on."""
     env = _env(redis_server.url, str(tmp_path_factory.mktemp("webhooks") / "store"),
                TALKINGFACE_WEBHOOK_ALLOW_HTTP="true",
+               TALKINGFACE_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",  # the loopback receiver
                TALKINGFACE_WEBHOOK_RETRY_BASE_SECONDS=str(RETRY_BASE_S),
                TALKINGFACE_WEBHOOK_MAX_ATTEMPTS=str(MAX_ATTEMPTS),
                TALKINGFACE_WEBHOOK_TIMEOUT_SECONDS="2",
@@ -97,6 +101,19 @@ def broker(redis_server, tmp_path_factory):
 def default_broker(redis_server, tmp_path_factory):
     """The defaults: https only, reflection off."""
     b = _Broker(_env(redis_server.url, str(tmp_path_factory.mktemp("default") / "store")))
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def strict_broker(redis_server, tmp_path_factory):
+    """http allowed (so a loopback receiver could be reached at all) but no allowed networks:
+    what a production broker does with internal addresses."""
+    env = _env(redis_server.url, str(tmp_path_factory.mktemp("strict") / "store"),
+               TALKINGFACE_WEBHOOK_ALLOW_HTTP="true",
+               TALKINGFACE_WEBHOOK_RETRY_BASE_SECONDS=str(RETRY_BASE_S),
+               TALKINGFACE_WEBHOOK_TIMEOUT_SECONDS="2")  # fmt: skip
+    b = _Broker(env)
     yield b
     b.close()
 
@@ -432,3 +449,72 @@ def test_webhook_secret_command(broker, monkeypatch, capsys):
     assert rotated == tenant_secret(broker.redis, tenant)
     assert main(["tenant", "webhook-secret", "--tenant", "bad:name"]) == 2
     assert "INVALID_REQUEST" in capsys.readouterr().err
+
+
+# --- server-side request forgery ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [("8.8.8.8", True), ("2606:4700::1111", True),
+     ("127.0.0.1", False), ("10.1.2.3", False), ("172.16.0.1", False), ("192.168.1.1", False),
+     ("169.254.169.254", False),  # the cloud metadata endpoint
+     ("100.64.0.1", False), ("0.0.0.0", False), ("224.0.0.1", False), ("192.0.2.1", False),
+     ("::1", False), ("fd00::1", False), ("fe80::1", False),
+     ("::ffff:10.0.0.1", False), ("2002:a00:1::", False), ("64:ff9b::a00:1", False)],
+)  # fmt: skip
+def test_only_public_addresses_are_webhook_targets(address, allowed):
+    ip = ipaddress.ip_address(address)
+    assert address_allowed(ip) is allowed
+    assert address_allowed(ip, parse_networks(f"{address}/128" if ":" in address else
+                                              f"{address}/32"))  # fmt: skip
+
+
+def test_callbacks_to_internal_addresses_are_refused(strict_broker, receiver):
+    tenant = new_tenant()
+    for url in (receiver.url("/hook"), "http://[::1]:9/x", "https://10.0.0.7/x",
+                "http://169.254.169.254/latest/meta-data/", "http://[::ffff:127.0.0.1]:9/",
+                "https://localhost/x", "https://api.localhost./x"):  # fmt: skip
+        with pytest.raises(grpc.RpcError) as info:
+            submit(strict_broker, tenant, url)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, url
+        details = info.value.details()
+        assert "not a public address" in details or "loopback host" in details, details
+    assert "TALKINGFACE_WEBHOOK_ALLOWED_NETWORKS" in details or "loopback" in details
+    # A name for a loopback address passes submission (nothing is resolved then) and is
+    # blocked at delivery, before any connection: 2130706433 is 127.0.0.1 as one number.
+    job = submit(strict_broker, tenant, f"http://2130706433:{receiver.port}/hook")
+    end_job(strict_broker, tenant, job.job_id, "FAILED")
+    blocked = wait_for(lambda: (j := get_job(strict_broker, tenant, job.job_id)).webhook.attempts
+                       >= 1 and j, what="the blocked attempt")  # fmt: skip
+    assert (
+        blocked.webhook.last_status
+        == "blocked: 2130706433 resolves to 127.0.0.1, not a public address"
+    )
+    assert blocked.webhook.state in ("pending", "failed")
+    time.sleep(0.3)
+    assert receiver.posts == []
+
+
+def test_delivery_connects_to_the_address_it_checked(monkeypatch, receiver):
+    """DNS rebinding: the name is resolved once, checked, and that very address is connected
+    to; a resolver that would answer differently the second time is never asked again."""
+    from talkingface.broker import webhooks
+
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def resolver(host, *args, **kwargs):
+        if host != "hooks.example.com":
+            return real(host, *args, **kwargs)  # the connect's own numeric lookup
+        asked.append(host)
+        address = "127.0.0.1" if len(asked) == 1 else "10.9.9.9"  # rebinds after one answer
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, receiver.port))]
+
+    monkeypatch.setattr(webhooks.socket, "getaddrinfo", resolver)
+    status = webhooks.post(f"http://hooks.example.com:{receiver.port}/p", b"{}", {}, 2.0,
+                           parse_networks("127.0.0.0/8"))  # fmt: skip
+    assert status == "HTTP 200"
+    (posted,) = receiver.posts
+    assert posted["headers"]["Host"] == f"hooks.example.com:{receiver.port}"
+    assert asked == ["hooks.example.com"]

@@ -440,6 +440,16 @@ def test_network_policies(renders):
                    == ray_selector for rule in ray["spec"]["ingress"])  # fmt: skip
         scrape = _one(objects, "NetworkPolicy", "-dns-and-metrics")["spec"]["ingress"][0]
         assert {p["port"] for p in scrape["ports"]} == {9464, 8080}
+        # Webhooks: the API pods reach public addresses on 443, never the private ranges or
+        # the cloud metadata endpoint.
+        hooks = _one(objects, "NetworkPolicy", "-api-webhooks")["spec"]
+        assert hooks["podSelector"] == api["spec"]["podSelector"]
+        (rule,) = hooks["egress"]
+        block = rule["to"][0]["ipBlock"]
+        assert block["cidr"] == "0.0.0.0/0" and rule["ports"] == [{"port": 443, "protocol": "TCP"}]
+        for private in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+                        "127.0.0.0/8"):  # fmt: skip
+            assert private in block["except"]
         # Every pod of the release falls under the deny-all (Ray pods by labels KubeRay
         # leaves alone), and the Ray policy reaches every Ray pod.
         for obj in objects:

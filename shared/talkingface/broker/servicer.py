@@ -336,11 +336,12 @@ class BrokerServicer:
 
     def _callback_url(self, tenant: str, url: str) -> str:
         """A checked webhook URL ("" = none); the tenant's signing secret exists from now on."""
-        from talkingface.broker.webhooks import check_callback_url, tenant_secret
+        from talkingface.broker.webhooks import check_callback_url, parse_networks, tenant_secret
 
         if not url:
             return ""
-        check_callback_url(url, self.settings.webhook_allow_http)
+        check_callback_url(url, self.settings.webhook_allow_http,
+                           parse_networks(self.settings.webhook_allowed_networks))  # fmt: skip
         tenant_secret(self.jobs.redis, tenant)
         return url
 

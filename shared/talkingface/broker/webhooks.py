@@ -1,8 +1,15 @@
 """Signed webhooks: a job's `callback_url` is POSTed the final job as JSON when the job ends.
 
 - SubmitRender and CreateAvatar take a `callback_url`, checked by `check_callback_url` (https,
-  or http where TALKINGFACE_WEBHOOK_ALLOW_HTTP allows it; a host; no credentials or fragment)
-  and kept on the job record.
+  or http where TALKINGFACE_WEBHOOK_ALLOW_HTTP allows it; a host; no credentials or fragment;
+  not a literal non-public address nor `localhost`) and kept on the job record.
+- Server-side request forgery: a webhook reaches only public internet addresses, and the
+  networks of TALKINGFACE_WEBHOOK_ALLOWED_NETWORKS. Each delivery resolves the host, refuses
+  (a failed attempt, `blocked: ...`) when any address it resolves to is not allowed (private,
+  loopback, link-local such as the cloud metadata endpoint 169.254.169.254, shared, reserved,
+  multicast; IPv4 inside IPv6 too), and connects to the very address it checked, with the
+  URL's host name for Host and TLS, so a DNS answer that changes between check and connect
+  (rebinding) cannot redirect it.
 - The write that makes such a job final (broker.jobs, one Lua script) sets its
   `webhook_state` to `pending` and adds its id to `tf:webhooks:due`, a sorted set scored by
   the due time (Redis clock, ms). The worker never waits for a receiver.
@@ -26,9 +33,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import ipaddress
 import logging
 import random
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -71,7 +80,9 @@ def tenant_secret(client: redis.Redis, tenant: str, *, rotate: bool = False) -> 
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def check_callback_url(url: str, allow_http: bool = False) -> str:
+def check_callback_url(
+    url: str, allow_http: bool = False, allowed_networks: tuple[Network, ...] = ()
+) -> str:
     """`url` when it is an acceptable webhook URL, else INVALID_REQUEST saying why."""
     schemes = ("https", "http") if allow_http else ("https",)
 
@@ -100,7 +111,92 @@ def check_callback_url(url: str, allow_http: bool = False) -> str:
         raise bad("must not carry credentials (user:password@): the body is signed instead")
     if parts.fragment:
         raise bad("must not have a #fragment")
+    host = parts.hostname.rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        raise bad(f"names {host!r}, a loopback host: webhooks go to public addresses")
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None  # a name: checked after resolving it, at each delivery
+    if literal is not None and not address_allowed(literal, allowed_networks):
+        raise bad(f"is {literal}, not a public address: {_allow_hint()}")
     return url
+
+
+def _allow_hint() -> str:
+    return (f"webhooks go to public addresses (an operator allows a network with "
+            f"{env_name('webhook_allowed_networks')})")  # fmt: skip
+
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """TALKINGFACE_WEBHOOK_ALLOWED_NETWORKS as networks (the settings check each is valid)."""
+    return tuple(ipaddress.ip_network(c.strip(), strict=False)
+                 for c in text.split(",") if c.strip())  # fmt: skip
+
+
+def address_allowed(address: Address, allowed: tuple[Network, ...] = ()) -> bool:
+    """True for a public internet address, or one inside `allowed`."""
+    if any(address in network for network in allowed):
+        return True
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return address_allowed(embedded, allowed)
+    return address.is_global and not address.is_multicast
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def resolve_allowed(host: str, port: int, allowed: tuple[Network, ...]) -> str:
+    """The address to connect to for `host`: every address it resolves to must be allowed
+    (a mix of public and private answers is refused); BlockedTarget otherwise."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise BlockedTarget(f"cannot resolve {host}: {exc}") from None
+    addresses = []
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if not address_allowed(address, allowed):
+            raise BlockedTarget(f"blocked: {host} resolves to {address}, not a public address")
+        addresses.append(str(address))
+    if not addresses:
+        raise BlockedTarget(f"cannot resolve {host}: no address")
+    return addresses[0]
+
+
+class BlockedTarget(Exception):
+    """The callback's host is (or resolves to) an address webhooks may not reach."""
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to `address` (already checked) while Host says the URL's host name."""
+
+    def __init__(self, host: str, port: int | None, address: str, **kwargs: Any) -> None:
+        super().__init__(host, port, **kwargs)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """As _PinnedHTTPConnection, with TLS verified against the URL's host name."""
+
+    def __init__(self, host: str, port: int | None, address: str, **kwargs: Any) -> None:
+        super().__init__(host, port, **kwargs)
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
 def sign(secret: str, timestamp: int | str, body: bytes) -> str:
@@ -173,19 +269,31 @@ return {attempts, state}
 """
 
 
-def post(url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> str:
-    """POST once, never following a redirect; "HTTP <status>" or what went wrong.
+def post(
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    allowed_networks: tuple[Network, ...] = (),
+) -> str:
+    """POST once to an allowed address, never following a redirect; "HTTP <status>" or what
+    went wrong.
 
     Raises nothing: the returned text is recorded on the job as is."""
     parts = urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    https = parts.scheme.lower() == "https"
+    host = parts.hostname or ""
+    try:
+        address = resolve_allowed(host, parts.port or (443 if https else 80), allowed_networks)
+    except BlockedTarget as exc:
+        return f"{exc}"[:200]
     conn: http.client.HTTPConnection
-    if parts.scheme.lower() == "https":
-        conn = http.client.HTTPSConnection(
-            parts.hostname, parts.port, timeout=timeout_s, context=ssl.create_default_context()
-        )
+    if https:
+        conn = _PinnedHTTPSConnection(host, parts.port, address, timeout=timeout_s,
+                                      context=ssl.create_default_context())  # fmt: skip
     else:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+        conn = _PinnedHTTPConnection(host, parts.port, address, timeout=timeout_s)
     try:
         conn.request("POST", path, body=body, headers=dict(headers))
         response = conn.getresponse()
@@ -290,7 +398,8 @@ class WebhookDeliverer:
             SIGNATURE_HEADER: sign(tenant_secret(self.redis, job.tenant), timestamp, body),
             "X-Talkingface-Job-Id": job.job_id,
         }
-        status = post(job.callback_url, body, headers, self.settings.webhook_timeout_seconds)
+        status = post(job.callback_url, body, headers, self.settings.webhook_timeout_seconds,
+                      parse_networks(self.settings.webhook_allowed_networks))  # fmt: skip
         s = self.settings
         attempts, state = self._record(
             keys=[job_key(job_id), WEBHOOKS_DUE_KEY],
