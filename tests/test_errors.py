@@ -18,6 +18,17 @@ def test_codes_map_to_expected_statuses():
     assert NotAvailableYet("synth", 3).status == grpc.StatusCode.UNIMPLEMENTED
 
 
+def test_quota_refusals_are_not_transient_though_resource_exhausted():
+    """A client that retries what `transient` says would hammer a quota forever; a rate limit
+    and an overloaded server are worth waiting out."""
+    for code in ("QUOTA_EXCEEDED", "PAYLOAD_TOO_LARGE", "RATE_LIMITED", "OVERLOADED"):
+        assert TalkingFaceError(code, "x").status == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert not TalkingFaceError("QUOTA_EXCEEDED", "x").transient
+    assert not TalkingFaceError("PAYLOAD_TOO_LARGE", "x").transient
+    assert TalkingFaceError("RATE_LIMITED", "x").transient
+    assert TalkingFaceError("OVERLOADED", "x").transient
+
+
 def test_unknown_code_is_refused():
     with pytest.raises(ValueError):
         TalkingFaceError("NO_SUCH_CODE", "x")

@@ -428,10 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_eval(sub)
     _add_render(sub)
 
-    from talkingface.broker.commands import add_avatar, add_submit, add_up, add_worker
+    from talkingface.broker.commands import add_avatar, add_job, add_submit, add_up, add_worker
 
     add_up(sub)
     add_submit(sub)
+    add_job(sub)
     add_worker(sub)
     add_avatar(sub)
 

@@ -70,6 +70,11 @@ GRPC_STATUS: dict[str, grpc.StatusCode] = {
 
 # Statuses worth retrying with backoff; everything else is the caller's input or a bug.
 TRANSIENT_STATUSES = frozenset({_S.UNAVAILABLE, _S.DEADLINE_EXCEEDED, _S.RESOURCE_EXHAUSTED})
+# Codes of those statuses that the same request meets again however long it waits: the input
+# is too large, or the tenant is at a quota (a job must end first, or an operator raise it).
+# RESOURCE_EXHAUSTED stays their status (the gRPC convention for quotas); clients tell them
+# from RATE_LIMITED and OVERLOADED by the code (and only RATE_LIMITED says when to retry).
+PERMANENT_CODES = frozenset({"PAYLOAD_TOO_LARGE", "QUOTA_EXCEEDED"})
 
 # Used when a peer returns a bare status without one of our codes.
 _CODE_FOR_STATUS = {
@@ -103,7 +108,8 @@ class TalkingFaceError(Exception):
 
     @property
     def transient(self) -> bool:
-        return self.status in TRANSIENT_STATUSES
+        """Worth retrying the same request later (with backoff, or after `retry-after-ms`)."""
+        return self.status in TRANSIENT_STATUSES and self.code not in PERMANENT_CODES
 
     def to_proto(self) -> common_pb2.ErrorDetail:
         return common_pb2.ErrorDetail(

@@ -276,6 +276,42 @@ def test_tenant_and_key_commands_end_to_end(broker, monkeypatch, capsys):
     assert code == 2 and "NOT_FOUND" in err
 
 
+def test_the_job_command_reads_lists_cancels_and_deletes_own_jobs(broker, monkeypatch, capsys):
+    """`talkingface job get|list|cancel|delete` against the broker, with the key from
+    TALKINGFACE_API_KEY (another tenant's job reads as not found)."""
+    tenant, other = _tenant(broker, "job"), _tenant(broker, "job")
+    key, _ = broker.keys.create_key(tenant, "render")
+    monkeypatch.setenv("TALKINGFACE_BROKER_ADDRESS", broker.address)
+    monkeypatch.setenv("TALKINGFACE_API_KEY", key)
+    monkeypatch.setenv("TALKINGFACE_REDIS_URL", broker.url)
+    queued = [broker.jobs.create(tenant, "render", {"n": i})[0].job_id for i in range(3)]
+    foreign, _ = broker.jobs.create(other, "render", {})
+    code, out, err = _run(capsys, "job", "get", queued[0], "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"job_id": queued[0], "state": "QUEUED", "attempt": 0}
+    code, out, _ = _run(capsys, "job", "list", "--json")
+    assert code == 0 and [row["job_id"] for row in json.loads(out)] == queued[::-1]
+    code, out, _ = _run(capsys, "job", "list", "--limit", "2", "--json")
+    assert [row["job_id"] for row in json.loads(out)] == queued[:0:-1]
+    code, out, _ = _run(capsys, "job", "cancel", queued[1], "--json")
+    assert code == 0 and json.loads(out)["state"] == "CANCELLED"
+    code, out, _ = _run(capsys, "job", "list", "--state", "CANCELLED", "--json")
+    assert [row["job_id"] for row in json.loads(out)] == [queued[1]]
+    code, out, _ = _run(capsys, "job", "delete", queued[2], "--json")
+    assert code == 0
+    deleted = json.loads(out)
+    assert deleted["job_id"] == queued[2] and deleted["cancelled"] is True
+    assert not broker.redis.exists(f"tf:job:{queued[2]}")
+    code, out, _ = _run(capsys, "job", "delete", queued[2])
+    assert code == 2
+    for action in ("get", "cancel", "delete"):
+        code, _, err = _run(capsys, "job", action, foreign.job_id)
+        assert code == 2 and "JOB_NOT_FOUND" in err, action
+    assert broker.jobs.get(foreign.job_id).state == "QUEUED"  # untouched
+    code, _, err = _run(capsys, "job", "get")
+    assert code == 2 and "JOB_ID is required" in err
+
+
 def _rate_refusal(call) -> TalkingFaceError:
     with pytest.raises(TalkingFaceError) as info:
         call()

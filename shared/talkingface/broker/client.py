@@ -191,6 +191,25 @@ class BrokerClient:
     def cancel_job(self, job_id: str) -> pb.Job:
         return self._call(self.stub.CancelJob, pb.CancelJobRequest(job_id=job_id))
 
+    def delete_job(self, job_id: str) -> pb.DeleteJobResponse:
+        """Delete the job's record and result (a job still running is cancelled first)."""
+        return self._call(self.stub.DeleteJob, pb.DeleteJobRequest(job_id=job_id))
+
+    def list_jobs(self, state: int = 0, limit: int = 100) -> list[pb.Job]:
+        """The tenant's jobs, newest first (filtered by `state`), at most `limit`, paging
+        through ListJobs (100 a page)."""
+        jobs: list[pb.Job] = []
+        token = ""
+        while len(jobs) < limit:
+            request = pb.ListJobsRequest(page_size=min(100, limit - len(jobs)),
+                                         page_token=token, state=state)  # fmt: skip
+            reply = self._call(self.stub.ListJobs, request)
+            jobs.extend(reply.jobs)
+            token = reply.next_page_token
+            if not token or not reply.jobs:
+                break
+        return jobs[:limit]
+
     def get_avatar(self, avatar_id: str) -> pb.Avatar:
         return self._call(self.stub.GetAvatar, pb.GetAvatarRequest(avatar_id=avatar_id))
 

@@ -226,6 +226,75 @@ def add_submit(sub: argparse._SubParsersAction) -> None:
     submit.set_defaults(func=cmd_submit)
 
 
+# --- job -------------------------------------------------------------------------------------
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    """`talkingface job get|watch|cancel|delete JOB_ID` and `job list [--state S]`."""
+    from talkingface.broker.client import BrokerClient, state_name
+    from talkingface.errors import TalkingFaceError
+    from talkingface.v1 import broker_pb2 as pb
+
+    settings = _settings("job")
+    if settings is None:
+        return EXIT_USAGE
+    if args.action != "list" and not args.job_id:
+        print(f"talkingface job {args.action}: a JOB_ID is required", file=sys.stderr)
+        return EXIT_USAGE
+    with BrokerClient(args.broker or settings.broker_address, args.tenant) as client:
+        try:
+            client.wait_ready(args.connect_timeout)
+            if args.action == "list":
+                state = pb.JobState.Value(f"JOB_STATE_{args.state}") if args.state else 0
+                jobs = client.list_jobs(state, args.limit)
+                rows = [job_summary(job) for job in jobs]
+                if args.json:
+                    print(json.dumps(rows, sort_keys=True))
+                else:
+                    print(f"{'JOB ID':32s}  {'STATE':10s} ATTEMPT")
+                    for row in rows:
+                        print(f"{row['job_id']:32s}  {row['state']:10s} {row['attempt']}")
+                return 0
+            if args.action == "delete":
+                reply = client.delete_job(args.job_id)
+                result: dict[str, Any] = {
+                    "job_id": reply.job_id, "state": state_name(reply.state),
+                    "cancelled": reply.cancelled, "objects_deleted": reply.objects_deleted,
+                }  # fmt: skip
+                text = (f"job {reply.job_id} deleted ({result['state'].lower()}"
+                        f"{', cancelled first' if reply.cancelled else ''}; "
+                        f"{reply.objects_deleted} objects removed)")  # fmt: skip
+                print(json.dumps(result, sort_keys=True) if args.json else text)
+                return 0
+            if args.action == "cancel":
+                job = client.cancel_job(args.job_id)
+            elif args.action == "watch":
+                job = follow(client, client.get_job(args.job_id), progress=not args.json)
+            else:
+                job = client.get_job(args.job_id)
+        except TalkingFaceError as exc:
+            print(f"talkingface job {args.action}: {exc.code}: {exc.message}", file=sys.stderr)
+            return EXIT_USAGE
+    result = job_summary(job)
+    print(json.dumps(result, sort_keys=True) if args.json else json.dumps(result, indent=2))
+    return 0
+
+
+def add_job(sub: argparse._SubParsersAction) -> None:
+    job = sub.add_parser(
+        "job", help="look at, follow, cancel or delete jobs of a running fleet, or list them"
+    )
+    job.add_argument("action", choices=("get", "watch", "cancel", "delete", "list"),
+                     help="delete removes the record and the result (cancelling a job that "
+                          "has not ended); list shows the tenant's jobs, newest first")  # fmt: skip
+    job.add_argument("job_id", nargs="?", default="", help="the job (all but list)")
+    job.add_argument("--state", choices=("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"),
+                     help="list: only jobs in this state")  # fmt: skip
+    job.add_argument("--limit", type=int, default=50, help="list: at most this many (50)")
+    _add_client_options(job)
+    job.set_defaults(func=cmd_job)
+
+
 # --- avatar ----------------------------------------------------------------------------------
 
 

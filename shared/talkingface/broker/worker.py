@@ -36,7 +36,7 @@ import grpc
 
 from talkingface.broker.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobStore
 from talkingface.broker.queue import Delivery, WorkQueue
-from talkingface.errors import TalkingFaceError
+from talkingface.errors import PERMANENT_CODES, TalkingFaceError
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ INPUT_ERROR_STATUSES = frozenset(
         grpc.StatusCode.FAILED_PRECONDITION,
     }
 )
-# RESOURCE_EXHAUSTED also means "overloaded" (transient); this code of it is the input's fault.
-INPUT_ERROR_CODES = frozenset({"PAYLOAD_TOO_LARGE"})
+# RESOURCE_EXHAUSTED also means "overloaded" (transient); these codes of it are not.
+INPUT_ERROR_CODES = PERMANENT_CODES
 MAX_ERROR_MESSAGE = 1000
 CRASHES_ALLOWED = 1  # crashes of one stage on one job before the job fails
 
