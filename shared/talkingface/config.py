@@ -52,6 +52,12 @@ class Settings:
     )
     grpc_host: str = _setting("0.0.0.0", "Address the gRPC server binds.")
     grpc_port: int = _setting(50051, "gRPC port (0 = pick a free port).")
+    grpc_health_port: int = _setting(
+        0,
+        "A second, plaintext port serving only grpc.health.v1 (0 = none): for Kubernetes' gRPC "
+        "probes, which cannot speak TLS, when the gRPC port has TLS (the chart sets it with "
+        "`api.tls`).",
+    )
     grpc_max_message_mb: int = _setting(
         8,
         "Largest gRPC message accepted or sent, MiB. Payloads over 4 MiB are chunked or "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import socket
 import time
 import uuid
 from types import SimpleNamespace
@@ -24,6 +25,7 @@ from talkingface.cli import main
 from talkingface.config import ConfigError, Settings
 from talkingface.errors import TalkingFaceError
 from talkingface.v1 import broker_pb2 as pb
+from talkingface.v1 import broker_pb2_grpc
 
 
 def _env(redis_url: str, tmp, **extra: str) -> dict[str, str]:
@@ -406,9 +408,13 @@ def test_tls_on_the_public_port(redis_server, tmp_path):
     cert, key_file = _self_signed(tmp_path)
     (tmp_path / "other").mkdir()
     other_ca, _ = _self_signed(tmp_path / "other")
+    with socket.socket() as probe:  # a free port for the plaintext health port
+        probe.bind(("127.0.0.1", 0))
+        health_port = probe.getsockname()[1]
     settings = Settings.from_env(_env(redis_server.url, tmp_path, TALKINGFACE_BROKER_AUTH="keys",
                                       TALKINGFACE_TLS_CERT_FILE=cert,
-                                      TALKINGFACE_TLS_KEY_FILE=key_file))  # fmt: skip
+                                      TALKINGFACE_TLS_KEY_FILE=key_file,
+                                      TALKINGFACE_GRPC_HEALTH_PORT=str(health_port)))  # fmt: skip
     client = redis.Redis.from_url(redis_server.url)
     tenant = f"tls-{uuid.uuid4().hex[:10]}"
     keys = KeyStore(client)
@@ -425,6 +431,21 @@ def test_tls_on_the_public_port(redis_server, tmp_path):
             assert _code(lambda: plain.get_job(job.job_id)) == "UNAVAILABLE"
         with BrokerClient(address, timeout_s=5, api_key=api_key, ca_file=other_ca) as wrong:
             assert _code(lambda: wrong.get_job(job.job_id)) == "UNAVAILABLE"
+        # The plaintext health port (a kubelet's gRPC probe cannot speak TLS) serves health
+        # and nothing else: the Broker API is not reachable there without TLS.
+        assert server.health_port == health_port
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            assert check(health_pb2.HealthCheckRequest(), timeout=5).status == (
+                health_pb2.HealthCheckResponse.NOT_SERVING)  # fmt: skip
+            server.warm_up()
+            assert check(health_pb2.HealthCheckRequest(), timeout=5).status == (
+                health_pb2.HealthCheckResponse.SERVING)  # fmt: skip
+            with pytest.raises(grpc.RpcError) as info:
+                stub = broker_pb2_grpc.BrokerStub(channel)
+                stub.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=5,
+                            metadata=(("authorization", f"Bearer {api_key}"),))  # fmt: skip
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         server.stop(grace=1.0)
         keys.delete_tenant(tenant)

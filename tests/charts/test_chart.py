@@ -418,6 +418,27 @@ def test_api_probes_are_native_grpc(renders):
         assert container[probe]["grpc"]["port"] == 50051
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "grpc": 50051, "metrics": 9464}  # fmt: skip
+    env = _settings_env(renders["default-values"], container)
+    assert not Settings.from_env(env).tls_cert_file
+
+
+def test_api_tls_from_a_secret_with_probes_on_the_health_port(renders):
+    objects = renders["external-deps-values"]
+    api = _one(objects, "Deployment", "-api")["spec"]["template"]["spec"]
+    container = api["containers"][0]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == 50052
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "grpc": 50051, "metrics": 9464, "health": 50052}  # fmt: skip
+    (volume,) = [v for v in api["volumes"] if v["name"] == "tls"]
+    assert volume["secret"]["secretName"] == "talkingface-api-tls"
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+    assert mount["readOnly"] is True
+    settings = Settings.from_env(_settings_env(objects, container))
+    assert settings.tls_cert_file == f"{mount['mountPath']}/tls.crt"
+    assert settings.tls_key_file == f"{mount['mountPath']}/tls.key"
+    assert settings.grpc_health_port == 50052 and settings.grpc_port == 50051
+    assert settings.broker_auth == "keys"  # the API's own settings are kept
 
 
 def _policies(objects):

@@ -93,6 +93,8 @@ class ServiceServer:
         self.metrics_port: int | None = None
         self._metrics_server: Any = None
         self._server: grpc.Server | None = None
+        self._health_server: grpc.Server | None = None
+        self.health_port: int | None = None
         SERVICE_INFO.labels(name, __version__, device).set(1)
 
     @property
@@ -127,6 +129,8 @@ class ServiceServer:
             raise RuntimeError(f"could not bind gRPC port {s.grpc_host}:{s.grpc_port}")
         server.start()
         self._server = server
+        if s.grpc_health_port > 0:
+            self._start_health_server(f"{s.grpc_host}:{s.grpc_health_port}")
         self._metrics_server, _ = start_http_server(s.metrics_port, addr=s.metrics_host)
         self.metrics_port = self._metrics_server.server_port
         log.info(
@@ -139,6 +143,20 @@ class ServiceServer:
             },
         )
         return self.port
+
+    def _start_health_server(self, address: str) -> None:
+        """Only grpc.health.v1 (the same statuses), in plaintext: what a kubelet's gRPC probe
+        can reach when the main port has TLS. Nothing else is served there."""
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{self.name}-health")
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.health_port = server.add_insecure_port(address)
+        if self.health_port == 0:
+            raise RuntimeError(f"could not bind the health port {address}")
+        server.start()
+        self._health_server = server
+        log.info("health port listening", extra={"health_port": self.health_port})
 
     def warm_up(self) -> None:
         """Run the warm-up (model loading), then report SERVING."""
@@ -171,6 +189,8 @@ class ServiceServer:
                 log.exception("shutdown hook failed")
         if self._server is not None:
             self._server.stop(grace).wait()
+        if self._health_server is not None:
+            self._health_server.stop(0).wait()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
