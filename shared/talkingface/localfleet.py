@@ -10,9 +10,11 @@ with the four stage applications of the serve config, and the broker with its wo
   machine's cores (a replica that cannot get a core only slows the others down).
 - Broker: the public API on TALKINGFACE_GRPC_PORT with TALKINGFACE_BROKER_WORKERS render
   workers and TALKINGFACE_BROKER_TRAIN_WORKERS training workers in its process.
-- API key: with TALKINGFACE_BROKER_AUTH=keys the fleet registers the tenant `default` and
-  makes itself a key (render, avatars) for its own client (`api_key`, printed by `up`); the
-  key is revoked when the fleet stops.
+- API key: with TALKINGFACE_BROKER_AUTH=keys (what `talkingface up` and the demo run with
+  unless that variable says otherwise) the fleet registers its tenant (`default`) and makes
+  itself a key (render, avatars) for its own client (`api_key`, printed by `up`), written to
+  `<cache_dir>/fleet/api_key` (mode 0600) where the client commands find it when
+  TALKINGFACE_API_KEY is unset; the key is revoked and the file removed when the fleet stops.
 - Stage plane: closed. Without TALKINGFACE_STAGE_SECRET the fleet makes one for this run and
   gives it to the stages and its own workers, so every stage call carries a signed per-job
   capability (talkingface.serving.capability).
@@ -38,6 +40,29 @@ from talkingface.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 REDIS_START_TIMEOUT_S = 30.0
+
+
+def fleet_key_path(settings: Settings) -> Path:
+    """Where a running local fleet keeps its API key for the client commands."""
+    return Path(settings.cache_dir) / "fleet" / "api_key"
+
+
+def client_api_key(settings: Settings) -> str:
+    """The key client commands send: TALKINGFACE_API_KEY, else a running local fleet's."""
+    key = os.environ.get("TALKINGFACE_API_KEY", "")
+    if key:
+        return key
+    try:
+        return fleet_key_path(settings).read_text().strip()
+    except OSError:
+        return ""
+
+
+def local_auth(settings: Settings) -> Settings:
+    """The settings a local fleet runs with: API keys on unless TALKINGFACE_BROKER_AUTH says."""
+    if os.environ.get("TALKINGFACE_BROKER_AUTH"):
+        return settings
+    return dataclasses.replace(settings, broker_auth="keys")
 
 
 def free_port() -> int:
@@ -128,6 +153,8 @@ class LocalFleet:
         stages_port: int | None = None,
         num_cpus: int | None = None,
         redis_dir: Path | None = None,
+        tenant: str = "default",
+        key_file: bool = True,
     ) -> None:
         if not settings.motion_checkpoint:
             raise ConfigError(
@@ -143,6 +170,8 @@ class LocalFleet:
         self.redis: PrivateRedis | None = None
         self.broker: Any = None
         self.serve_config: Any = None
+        self.tenant = tenant  # whose key the fleet makes for its own client
+        self.key_file = key_file  # write it to fleet_key_path for the client commands
         self.api_key = ""  # the fleet's own key when TALKINGFACE_BROKER_AUTH=keys
         self._api_key_id = ""
         self._ray_started = False
@@ -193,9 +222,17 @@ class LocalFleet:
         from talkingface.broker.service import redis_client
 
         keys = KeyStore(redis_client(self.settings))
-        keys.create_tenant("default", exist_ok=True)
-        self.api_key, info = keys.create_key("default", "render,avatars", name="local fleet")
+        keys.create_tenant(self.tenant, exist_ok=True)
+        self.api_key, info = keys.create_key(self.tenant, "render,avatars", name="local fleet")
         self._api_key_id = info.key_id
+        if not self.key_file:
+            return
+        path = fleet_key_path(self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.api_key + "\n")
 
     def _revoke_api_key(self) -> None:
         from talkingface.broker.auth import KeyStore
@@ -205,6 +242,12 @@ class LocalFleet:
             KeyStore(redis_client(self.settings)).revoke_key(self._api_key_id)
         except Exception:  # Redis down or the key gone: log it, do not fail the stop
             log.warning("could not revoke the fleet's API key %s", self._api_key_id)
+        path = fleet_key_path(self.settings)
+        try:
+            if self.key_file and path.read_text().strip() == self.api_key:  # not another's
+                path.unlink()
+        except OSError:
+            pass
         self.api_key = self._api_key_id = ""
 
     def endpoints(self) -> dict[str, str]:

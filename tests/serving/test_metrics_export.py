@@ -23,6 +23,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from talkingface.broker.client import BrokerClient
+from talkingface.errors import TalkingFaceError
 from talkingface.serving.capability import METADATA_KEY, job_capability
 from talkingface.serving.exporter import ADDRESS_FILE, exporter_address
 from tests.fixtures.servers import free_port
@@ -148,7 +150,8 @@ def test_a_stage_call_under_ray_serve_is_exported_on_the_nodes_metrics_port(tmp_
         # test calls a stage as the broker's workers do, with a capability signed by it.
         "TALKINGFACE_STAGE_SECRET": STAGE_SECRET,
     }
-    for name in ("TALKINGFACE_REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "RAY_ADDRESS"):
+    for name in ("TALKINGFACE_REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "RAY_ADDRESS",
+                 "TALKINGFACE_BROKER_AUTH", "TALKINGFACE_API_KEY"):  # fmt: skip
         env.pop(name, None)
     argv = [sys.executable, "-m", "talkingface.cli", "up", "--json", "--config", str(config),
             "--port", str(free_port())]  # fmt: skip
@@ -163,6 +166,21 @@ def test_a_stage_call_under_ray_serve_is_exported_on_the_nodes_metrics_port(tmp_
                         + (tmp_path / "up.log").read_text()[-3000:])  # fmt: skip
         endpoints = json.loads(line)
         assert endpoints["stage_metrics"].startswith("http://127.0.0.1:")
+        # API keys are on by default: the fleet made its client a key, and the client commands
+        # on this machine find it in the cache directory.
+        key_file = tmp_path / "cache" / "fleet" / "api_key"
+        assert endpoints["api_key"].startswith("tfk_")
+        assert key_file.read_text().strip() == endpoints["api_key"]
+        assert key_file.stat().st_mode & 0o077 == 0
+        with BrokerClient(endpoints["broker"], timeout_s=30, api_key="", ca_file="") as anon:
+            with pytest.raises(TalkingFaceError) as denied:
+                anon.get_job("0" * 32)
+            assert denied.value.code == "UNAUTHENTICATED"
+        with BrokerClient(endpoints["broker"], timeout_s=30, api_key=endpoints["api_key"],
+                          ca_file="") as client:  # fmt: skip
+            with pytest.raises(TalkingFaceError) as missing:
+                client.get_job("0" * 32)
+            assert missing.value.code == "JOB_NOT_FOUND"
 
         channel = grpc.insecure_channel(endpoints["stages"])
         stub = audio_features_pb2_grpc.AudioFeaturesStub(channel)
@@ -207,6 +225,7 @@ def test_a_stage_call_under_ray_serve_is_exported_on_the_nodes_metrics_port(tmp_
             proc.kill()
             proc.wait(10)
         log.close()
+    assert not (tmp_path / "cache" / "fleet" / "api_key").exists()  # removed at the stop
 
 
 def test_the_address_file_names_a_live_process(tmp_path):

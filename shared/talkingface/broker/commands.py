@@ -25,6 +25,12 @@ EXIT_FAILED_JOB = 1
 EXIT_USAGE = 2
 
 
+def client_api_key(settings: Settings) -> str:
+    from talkingface.localfleet import client_api_key as key
+
+    return key(settings)
+
+
 def _settings(command: str) -> Settings | None:
     try:
         return Settings.from_env()
@@ -39,12 +45,13 @@ def _settings(command: str) -> Settings | None:
 def cmd_up(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from talkingface.localfleet import LocalFleet
+    from talkingface.localfleet import LocalFleet, fleet_key_path, local_auth
     from talkingface.logs import configure_logging
 
     settings = _settings("up")
     if settings is None:
         return EXIT_USAGE
+    settings = local_auth(settings)  # API keys on unless TALKINGFACE_BROKER_AUTH says
     if args.ckpt is not None:
         settings = dataclasses.replace(settings, motion_checkpoint=str(args.ckpt / "motion"))
     configure_logging("up", settings.log_level, settings.log_format)
@@ -65,8 +72,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             for name, value in endpoints.items():
                 print(f"  {name:15s} {value}", flush=True)
             if fleet.api_key:
-                print(f"the fleet's API key: export TALKINGFACE_API_KEY={fleet.api_key}",
-                      flush=True)  # fmt: skip
+                print(f"the fleet's API key (client commands on this machine find it in "
+                      f"{fleet_key_path(fleet.settings)}; elsewhere: export "
+                      f"TALKINGFACE_API_KEY={fleet.api_key})", flush=True)  # fmt: skip
             print(f"submit with: talkingface submit --broker {fleet.broker_address} "
                   "--avatar ID --audio FILE --out FILE.mp4   (Ctrl-C stops the fleet)",
                   flush=True)  # fmt: skip
@@ -99,7 +107,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"talkingface submit: no audio file {args.audio}", file=sys.stderr)
         return EXIT_USAGE
     address = args.broker or settings.broker_address
-    with BrokerClient(address, args.tenant) as client:
+    with BrokerClient(address, args.tenant,
+                      api_key=client_api_key(settings)) as client:  # fmt: skip
         try:
             client.wait_ready(args.connect_timeout)
             result = submit_and_download(
@@ -241,7 +250,8 @@ def cmd_job(args: argparse.Namespace) -> int:
     if args.action != "list" and not args.job_id:
         print(f"talkingface job {args.action}: a JOB_ID is required", file=sys.stderr)
         return EXIT_USAGE
-    with BrokerClient(args.broker or settings.broker_address, args.tenant) as client:
+    with BrokerClient(args.broker or settings.broker_address, args.tenant,
+                      api_key=client_api_key(settings)) as client:  # fmt: skip
         try:
             client.wait_ready(args.connect_timeout)
             if args.action == "list":
@@ -307,7 +317,8 @@ def cmd_avatar(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.action == "ingest":
         return _ingest(args, settings)
-    with BrokerClient(args.broker or settings.broker_address, args.tenant) as client:
+    with BrokerClient(args.broker or settings.broker_address, args.tenant,
+                      api_key=client_api_key(settings)) as client:  # fmt: skip
         try:
             client.wait_ready(args.connect_timeout)
             if args.action == "show":

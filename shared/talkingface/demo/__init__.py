@@ -296,7 +296,7 @@ class Demo:
         from talkingface.broker.client import BrokerClient
         from talkingface.broker.commands import submit_and_download
         from talkingface.broker.service import redis_client
-        from talkingface.localfleet import LocalFleet, free_port
+        from talkingface.localfleet import LocalFleet, free_port, local_auth
         from talkingface.render.commands import bundle_files
         from talkingface.storage import store_from_settings
         from talkingface.v1 import broker_pb2
@@ -319,7 +319,10 @@ class Demo:
 
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its per-app INFO lines
         self.say("demo: starting the fleet (Redis, Ray Serve with the 4 stages, the broker) ...")
-        fleet = LocalFleet(settings, stages_port=free_port(), redis_dir=self.root / "redis")
+        # API keys on, as in production: the fleet makes its own client a key of TENANT.
+        settings = local_auth(settings)
+        fleet = LocalFleet(settings, stages_port=free_port(), redis_dir=self.root / "redis",
+                           tenant=TENANT, key_file=False)  # fmt: skip
         with fleet:
             self.timings["fleet_start"] = round(time.perf_counter() - started, 1)
             for name, value in fleet.endpoints().items():
