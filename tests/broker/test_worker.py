@@ -9,6 +9,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -220,6 +221,72 @@ def test_a_slow_worker_loses_its_lease_and_only_one_result_is_stored(jobs, make_
     assert run_once(queue, jobs, "slow", slow, block_ms=100)
     done = jobs.get(job.job_id)
     assert (done.state, done.result, done.attempt) == ("SUCCEEDED", {"by": "fast"}, 2)
+    assert_drained(queue)
+
+
+class _Handler:
+    """A handler with a `discard` hook, recording what the worker asked it to drop."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+        self.discarded: list[dict] = []
+
+    def __call__(self, job, delivery, heartbeat):
+        return self.run(job, delivery, heartbeat)
+
+    def discard(self, result):
+        self.discarded.append(result)
+
+
+@pytest.mark.parametrize("zombie_ends", ["succeeds", "fails", "retries"])
+def test_a_zombie_that_ends_first_changes_nothing(jobs, make_queue, zombie_ends):
+    """Fencing (issue 19): the first worker stalls past its lease and another takes the job
+    over; the stalled one comes back and ends the job BEFORE the new owner does. Its outcome
+    (a result, an input error, a retry) is refused because it no longer holds the lease; the
+    new owner's outcome is recorded, and the zombie's result is handed to `discard`.
+    (Before fencing, the zombie's write was the first final one, so it stuck.)"""
+    queue = make_queue()
+    job = submit(jobs, queue)
+    claimed, go_zombie = threading.Event(), threading.Event()
+    owner_running, go_owner = threading.Event(), threading.Event()
+
+    def zombie(job, delivery, heartbeat):
+        claimed.set()
+        go_zombie.wait(30)  # no heartbeat meanwhile: the lease runs out
+        if zombie_ends == "succeeds":
+            return {"by": "zombie"}
+        if zombie_ends == "fails":
+            raise TalkingFaceError("AUDIO_CORRUPT", "the zombie thinks so")
+        raise RuntimeError("a transient error the zombie would retry")
+
+    def owner(job, delivery, heartbeat):
+        assert delivery.deliveries == 2
+        owner_running.set()
+        while not go_owner.wait(LEASE_S / 4):
+            heartbeat(progress=0.5)  # keeps the lease
+        return {"by": "owner"}
+
+    zombie_handler, owner_handler = _Handler(zombie), _Handler(owner)
+    z = threading.Thread(target=run_once, args=(queue, jobs, "zombie", zombie_handler),
+                         kwargs={"block_ms": 100})  # fmt: skip
+    z.start()
+    assert claimed.wait(10)
+    time.sleep(LEASE_S + 0.05)
+    o = threading.Thread(target=run_once, args=(queue, jobs, "owner", owner_handler),
+                         kwargs={"block_ms": 0})  # fmt: skip
+    o.start()
+    assert owner_running.wait(10)
+    go_zombie.set()
+    z.join(10)
+    assert not z.is_alive()
+    current = jobs.get(job.job_id)
+    assert (current.state, current.result, current.attempt) == ("RUNNING", None, 2)
+    go_owner.set()
+    o.join(10)
+    done = jobs.get(job.job_id)
+    assert (done.state, done.result, done.attempt) == ("SUCCEEDED", {"by": "owner"}, 2)
+    assert zombie_handler.discarded == ([{"by": "zombie"}] if zombie_ends == "succeeds" else [])
+    assert owner_handler.discarded == []
     assert_drained(queue)
 
 

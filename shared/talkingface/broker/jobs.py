@@ -56,7 +56,7 @@ from typing import Any
 
 import redis
 
-from talkingface.broker.queue import FAIR_PUSH_LUA
+from talkingface.broker.queue import FAIR_PUSH_LUA, Lease, LeaseLost
 from talkingface.config import Settings
 from talkingface.errors import GRPC_STATUS, TalkingFaceError
 
@@ -274,13 +274,21 @@ return {1, ARGV[3], publish(KEYS[1], KEYS[3], ttl, ARGV[2])}
 """
 )
 
-# KEYS: job, events, webhook due set; ARGV: ttl, maxlen, tenant ('' = any), mode ('update' |
-# 'cancel'), field/value... (update). Returns {'OK', record} or {ERROR_NAME, detail...}.
+# KEYS: job, events, webhook due set[, work stream]; ARGV: ttl, maxlen, tenant ('' = any), mode
+# ('update' | 'cancel'), consumer group, message id, consumer ('' = no lease), field/value...
+# (update). Returns {'OK', record} or {ERROR_NAME, detail...}.
+# With a lease (a work stream, its group, the delivery's message id and consumer) the write
+# happens only while that consumer still holds the message in the group's pending list, in
+# the same atomic step (fencing): a worker whose lease was taken over changes nothing.
 # The write that makes a job with a callback_url final also schedules its webhook (due now).
 _UPDATE = (
     _LUA_COMMON
     + """
 local ttl = tonumber(ARGV[1])
+if ARGV[7] ~= '' then
+  local ok, p = pcall(redis.call, 'XPENDING', KEYS[4], ARGV[5], ARGV[6], ARGV[6], 1)
+  if not ok or not p[1] or p[1][2] ~= ARGV[7] then return {'LEASE_LOST'} end
+end
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'JOB_NOT_FOUND'} end
 if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[3] then
@@ -298,7 +306,7 @@ if ARGV[4] == 'cancel' then
   changes = {'cancel_requested', '1'}
   if state == 'QUEUED' then changes = {'cancel_requested', '1', 'state', 'CANCELLED'} end
 else
-  for i = 5, #ARGV, 2 do
+  for i = 8, #ARGV, 2 do
     if ARGV[i] == 'state' and not allowed[state][ARGV[i + 1]] then
       return {'ILLEGAL_TRANSITION', state, ARGV[i + 1]}
     end
@@ -472,13 +480,15 @@ class JobStore:
         fields = self.redis.hgetall(job_key(job_id)) if job_id else {}
         return self._visible(job_id, fields, tenant)
 
-    def update(self, job_id: str, **fields: Any) -> Job:
+    def update(self, job_id: str, *, lease: Lease | None = None, **fields: Any) -> Job:
         """Change fields of a job that has not finished, checking the state transition.
 
         Raises JOB_NOT_FOUND, JOB_ALREADY_FINISHED (the job is in a final state) or INTERNAL
-        (a transition the state machine forbids, e.g. QUEUED -> SUCCEEDED).
+        (a transition the state machine forbids, e.g. QUEUED -> SUCCEEDED). With `lease` (a
+        worker's delivery), LeaseLost unless that delivery is still the worker's, checked in
+        the same atomic step as the write.
         """
-        return self._run_update(job_id, "", "update", _encode_fields(fields))
+        return self._run_update(job_id, "", "update", _encode_fields(fields), lease)
 
     def request_cancel(self, job_id: str, tenant: str) -> Job:
         """Cancel a job: a QUEUED job is CANCELLED at once; a RUNNING one is flagged
@@ -577,14 +587,23 @@ class JobStore:
             raise _not_found(job_id)
         return job
 
-    def _run_update(self, job_id: str, tenant: str, mode: str, flat: list[str]) -> Job:
+    def _run_update(
+        self, job_id: str, tenant: str, mode: str, flat: list[str], lease: Lease | None = None
+    ) -> Job:
         if not job_id:
             raise _not_found(job_id)
-        reply = self._update(
-            keys=[job_key(job_id), events_key(job_id), WEBHOOKS_DUE_KEY],
-            args=[self.ttl_s, EVENTS_MAXLEN, tenant, mode, *flat],
-        )
+        keys = [job_key(job_id), events_key(job_id), WEBHOOKS_DUE_KEY]
+        fence = ["", "", ""]
+        if lease is not None:
+            keys.append(lease.stream)
+            fence = [lease.group, lease.message_id, lease.consumer]
+        reply = self._update(keys=keys, args=[self.ttl_s, EVENTS_MAXLEN, tenant, mode, *fence,
+                                              *flat])  # fmt: skip
         status = _text(reply[0])
+        if status == "LEASE_LOST" and lease is not None:
+            raise LeaseLost(
+                f"the delivery {lease.message_id} of job {job_id} is no longer {lease.consumer}'s"
+            )
         if status == "OK":
             job = Job.from_fields(_pairs(reply[1]))
             if job.terminal:  # this write made it final: the script refuses a second one

@@ -102,6 +102,22 @@ def _job_id(fields: dict[Any, Any] | None) -> str:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """A worker's hold on a job: its delivery's message in a work stream's consumer group
+    (what fenced writes check: `JobStore.update(lease=...)`)."""
+
+    stream: str
+    group: str
+    message_id: str
+    consumer: str
+
+
+class LeaseLost(Exception):
+    """The worker's delivery was taken over (its lease expired): it must stop and change
+    nothing more (raised by a fenced `JobStore.update`, and by the worker's heartbeat)."""
+
+
+@dataclass(frozen=True)
 class Delivery:
     """One claimed message: the job it is for, its payload and how often it was delivered."""
 
@@ -113,6 +129,16 @@ class Delivery:
     consumer: str
     enqueued_ms: int = 0  # when the job's first message was added (Redis clock); 0 = unknown
     tenant: str = DEFAULT_TENANT  # whose sub-queue a retry goes back to
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(f"tf:queue:{self.queue}", GROUP, self.message_id, self.consumer)
+
+    @property
+    def attempt_tag(self) -> str:
+        """Names this delivery's own objects (scratch space, result): `a<deliveries>`. Two
+        deliveries of one job never share it (a takeover counts one more delivery)."""
+        return f"a{self.deliveries}"
 
 
 _LUA_NOW = """

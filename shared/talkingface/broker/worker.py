@@ -8,7 +8,11 @@ its steps is what makes "exactly one result per job" hold on an at-least-once qu
   whose next delivery finds the job final and is simply acked;
 - final states are final (`JobStore.update` refuses to change them atomically), so when two
   workers run one job (a lease taken over from a slow worker) only the first outcome sticks;
-  the other's write is refused and it just acks.
+- every state change a worker makes is fenced by its lease (`JobStore.update(lease=...)`
+  checks, in the same atomic Redis step, that the delivery is still this consumer's): a
+  worker whose lease was taken over (a zombie: stopped, partitioned, too slow) can change
+  neither the record nor the outcome; it drops what it made (`handler.discard(result)`, e.g.
+  its own result object) and leaves the message to its new owner without acking.
 
 Failures: a TalkingFaceError for bad input (its gRPC status is INVALID_ARGUMENT, NOT_FOUND or
 FAILED_PRECONDITION, or PAYLOAD_TOO_LARGE) fails the job at once. Anything else is treated as
@@ -35,7 +39,8 @@ from typing import Any, Protocol
 import grpc
 
 from talkingface.broker.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobStore
-from talkingface.broker.queue import Delivery, WorkQueue
+from talkingface.broker.queue import Delivery, Lease, WorkQueue
+from talkingface.broker.queue import LeaseLost as _LeaseLost
 from talkingface.errors import PERMANENT_CODES, TalkingFaceError
 
 log = logging.getLogger(__name__)
@@ -58,8 +63,9 @@ class Cancelled(Exception):
     elsewhere): the handler should stop and let it propagate."""
 
 
-class LeaseLost(Exception):
-    """Raised by the heartbeat when another worker has taken this delivery over."""
+# Raised by the heartbeat and by fenced record writes when another worker has taken this
+# delivery over (defined with the queue; re-exported here for handlers).
+LeaseLost = _LeaseLost
 
 
 class Heartbeat(Protocol):
@@ -94,6 +100,16 @@ def run_once(
     delivery = queue.claim(consumer, block_ms, on_dead_letter=lambda d: _give_up(jobs, d))
     if delivery is None:
         return False
+    try:
+        return _run(queue, jobs, delivery, handler)
+    except LeaseLost:
+        log.warning("lease lost; leaving the job to its new worker",
+                    extra={"queue": queue.name, "job_id": delivery.job_id})  # fmt: skip
+        return True
+
+
+def _run(queue: WorkQueue, jobs: JobStore, delivery: Delivery, handler: Handler) -> bool:
+    lease = delivery.lease
     context = {"queue": queue.name, "job_id": delivery.job_id, "delivery": delivery.deliveries}
     try:
         job = jobs.get(delivery.job_id)
@@ -104,15 +120,14 @@ def run_once(
         queue.ack(delivery)
         return True
     if job.cancel_requested and not job.terminal:
-        _finish(jobs, job.job_id, state=CANCELLED)
+        _finish(jobs, job.job_id, lease, state=CANCELLED)
         job = jobs.get(job.job_id)
     if job.terminal:
         log.info("job already %s; acking its delivery", job.state, extra=context)
         queue.ack(delivery)
         return True
-    job = _finish(
-        jobs, job.job_id, state=RUNNING, attempt=delivery.deliveries, stage="", progress=0.0
-    )
+    job = _finish(jobs, job.job_id, lease, state=RUNNING, attempt=delivery.deliveries,
+                  stage="", progress=0.0)  # fmt: skip
     if job is None:  # finished (cancelled) between the read and this update
         queue.ack(delivery)
         return True
@@ -122,9 +137,8 @@ def run_once(
             raise LeaseLost(f"delivery {delivery.message_id} was taken over")
         fields = {k: v for k, v in (("stage", stage), ("progress", progress)) if v is not None}
         try:
-            current = (
-                jobs.update(delivery.job_id, **fields) if fields else jobs.get(delivery.job_id)
-            )
+            # Fenced even without a change: a lease lost after the extend above stops us here.
+            current = jobs.update(delivery.job_id, lease=lease, **fields)
         except TalkingFaceError as exc:
             if exc.code in ("JOB_ALREADY_FINISHED", "JOB_NOT_FOUND"):
                 raise Cancelled(exc.message) from None
@@ -136,28 +150,42 @@ def run_once(
     try:
         result = handler(job, delivery, heartbeat)
     except LeaseLost:
-        log.warning("lease lost; leaving the job to its new worker", extra=context)
-        return True
+        raise
     except Cancelled:
         log.info("job cancelled while running", extra=context)
-        _finish(jobs, job.job_id, state=CANCELLED)
+        _finish(jobs, job.job_id, lease, state=CANCELLED)
         queue.ack(delivery)
         return True
     except Exception as exc:
         _handle_failure(queue, jobs, delivery, exc, context)
         return True
     try:
-        stored = _finish(jobs, job.job_id, state=SUCCEEDED, result=result or {}, progress=1.0)
+        stored = _finish(jobs, job.job_id, lease, state=SUCCEEDED, result=result or {},
+                         progress=1.0)  # fmt: skip
     except (TypeError, ValueError) as exc:  # a handler bug that no retry can fix
         log.error("handler returned a result that cannot be stored: %r", exc, extra=context)
         message = f"the job's result cannot be stored: {exc}"[:MAX_ERROR_MESSAGE]
-        stored = _finish(
-            jobs, job.job_id, state=FAILED, error_code="INTERNAL", error_message=message
-        )
+        stored = _finish(jobs, job.job_id, lease, state=FAILED, error_code="INTERNAL",
+                         error_message=message)  # fmt: skip
+    except LeaseLost:
+        _discard(handler, result, context)
+        raise
     if stored is None:
         log.info("job finished elsewhere first; this outcome is dropped", extra=context)
+        _discard(handler, result, context)
     queue.ack(delivery)
     return True
+
+
+def _discard(handler: Handler, result: dict[str, Any] | None, context: dict) -> None:
+    """Let the handler remove what it made for an outcome that was not recorded."""
+    discard = getattr(handler, "discard", None)
+    if discard is None or not result:
+        return
+    try:
+        discard(result)
+    except Exception:
+        log.exception("could not discard a dropped outcome", extra=context)
 
 
 def _handle_failure(
@@ -180,14 +208,15 @@ def _handle_failure(
                 f"the {crashed} stage stopped while working on this job "
                 f"{crashes[crashed]} times; the input is not retried"
             )
-            _finish(jobs, delivery.job_id, state=FAILED, error_code="JOB_INPUT_CRASHED",
-                    error_message=detail)  # fmt: skip
+            _finish(jobs, delivery.job_id, delivery.lease, state=FAILED,
+                    error_code="JOB_INPUT_CRASHED", error_message=detail)  # fmt: skip
             queue.dead_letter(delivery, f"JOB_INPUT_CRASHED: {detail}")
             return
     if is_input_error(exc):
         assert isinstance(exc, TalkingFaceError)
         log.info("job failed on its input: %s", exc.code, extra=context)
-        _finish(jobs, delivery.job_id, state=FAILED, error_code=exc.code, error_message=message)
+        _finish(jobs, delivery.job_id, delivery.lease, state=FAILED, error_code=exc.code,
+                error_message=message)  # fmt: skip
         queue.ack(delivery)
         return
     if delivery.deliveries >= queue.max_deliveries:
@@ -196,6 +225,7 @@ def _handle_failure(
         _finish(
             jobs,
             delivery.job_id,
+            delivery.lease,
             state=FAILED,
             error_code="JOB_RETRIES_EXHAUSTED",
             error_message=f"{detail}: {message}"[:MAX_ERROR_MESSAGE],
@@ -205,9 +235,13 @@ def _handle_failure(
         return
     delay = queue.backoff(delivery.deliveries)
     log.warning("job failed, retrying in %.1f s: %r", delay, exc, extra=context)
-    # Re-enqueue first: if we die before the record says QUEUED, the next delivery fixes it.
-    if queue.retry(delivery, delay):
-        _finish(jobs, delivery.job_id, state=QUEUED, stage="", progress=0.0)
+    # The record first (fenced by the lease, which the retry gives up): if we die before the
+    # retry, the message is still ours, and its next delivery runs the QUEUED job.
+    if _finish(jobs, delivery.job_id, delivery.lease, state=QUEUED, stage="",
+               progress=0.0) is not None:  # fmt: skip
+        queue.retry(delivery, delay)
+    else:  # finished meanwhile (cancelled): nothing to retry
+        queue.ack(delivery)
 
 
 def _give_up(jobs: JobStore, delivery: Delivery) -> None:
@@ -215,6 +249,7 @@ def _give_up(jobs: JobStore, delivery: Delivery) -> None:
     _finish(
         jobs,
         delivery.job_id,
+        delivery.lease,
         state=FAILED,
         error_code="JOB_RETRIES_EXHAUSTED",
         error_message=(
@@ -224,10 +259,11 @@ def _give_up(jobs: JobStore, delivery: Delivery) -> None:
     )
 
 
-def _finish(jobs: JobStore, job_id: str, **fields: Any) -> Job | None:
-    """`jobs.update`, or None when the job is already final or gone (someone else decided)."""
+def _finish(jobs: JobStore, job_id: str, lease: Lease | None, **fields: Any) -> Job | None:
+    """`jobs.update` fenced by `lease`, or None when the job is already final or gone
+    (someone else decided); LeaseLost when the delivery is no longer ours."""
     try:
-        return jobs.update(job_id, **fields)
+        return jobs.update(job_id, lease=lease, **fields)
     except TalkingFaceError as exc:
         if exc.code in ("JOB_ALREADY_FINISHED", "JOB_NOT_FOUND"):
             return None
