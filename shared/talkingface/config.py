@@ -95,6 +95,31 @@ class Settings:
         secret=True,
         aliases=("REDIS_URL",),
     )
+    redis_socket_timeout_seconds: float = _setting(
+        10.0,
+        "Longest wait for a Redis reply, seconds, after which the command fails (and is "
+        "retried); keep it above every blocking read's wait (the queues block at most 1 s).",
+    )
+    redis_connect_timeout_seconds: float = _setting(
+        5.0, "Longest wait to connect to Redis, seconds."
+    )
+    redis_retries: int = _setting(
+        3,
+        "Retries of a Redis command that failed on a lost connection or a timeout, with "
+        "exponential backoff (50 ms doubling up to 2 s) between them; 0 = none.",
+    )
+    redis_allow_volatile: bool = _setting(
+        False,
+        "Let the broker start on a Redis without AOF (`appendonly yes`) or with an eviction "
+        "policy other than `noeviction`, where a restart or memory pressure can lose jobs "
+        "(a warning instead of a refusal).",
+    )
+    reconcile_interval_seconds: float = _setting(
+        60.0,
+        "How often the broker's janitor looks for QUEUED or RUNNING jobs whose work message "
+        "is gone and re-queues those missing for over twice TALKINGFACE_QUEUE_LEASE_SECONDS, "
+        "seconds (0 = never).",
+    )
     ray_address: str = _setting("", "Ray cluster address; empty starts or joins a local Ray.")
     job_ttl_seconds: int = _setting(
         7 * 24 * 3600,
@@ -116,6 +141,22 @@ class Settings:
     )
     queue_retry_max_seconds: float = _setting(
         300.0, "Longest backoff between retries of a job, seconds."
+    )
+    queue_outage_budget_seconds: float = _setting(
+        600.0,
+        "How long a job keeps retrying through an outage (the object store or a stage "
+        "unreachable: STORE_UNAVAILABLE, UNAVAILABLE), counted from its submission; those "
+        "retries do not count against TALKINGFACE_QUEUE_MAX_DELIVERIES meanwhile.",
+    )
+    render_deadline_seconds: float = _setting(
+        1800.0,
+        "Longest a render job may take from submission to its end, retries included; past it "
+        "the job fails with DEADLINE_EXCEEDED (0 = none).",
+    )
+    train_deadline_seconds: float = _setting(
+        6 * 3600.0,
+        "Longest an avatar-training job may take from submission to its end, retries "
+        "included; past it the job fails with DEADLINE_EXCEEDED (0 = none).",
     )
     broker_address: str = _setting(
         "127.0.0.1:50051",
@@ -439,6 +480,10 @@ class Settings:
             problems.append(f"{env_name('job_ttl_seconds')} must be 1 or more")
         if settings is not None and settings.queue_lease_seconds <= 0:
             problems.append(f"{env_name('queue_lease_seconds')} must be more than 0")
+        for name in ("queue_outage_budget_seconds", "render_deadline_seconds",
+                     "train_deadline_seconds"):  # fmt: skip
+            if settings is not None and getattr(settings, name) < 0:
+                problems.append(f"{env_name(name)} must be 0 or more")
         if settings is not None and settings.queue_max_deliveries < 1:
             problems.append(f"{env_name('queue_max_deliveries')} must be 1 or more")
         if settings is not None and not (

@@ -72,7 +72,7 @@ def test_submit_renders_an_mp4_of_the_input_audio(fleet, workers, tiny_avatar, t
     assert final.render.metrics["shards"] == frames and final.render.metrics["remuxed"] == 1.0
     # One result object, nothing left in scratch space, nothing pending.
     results = fleet.store.list(f"results/{TENANT}/{final.job_id}")
-    assert [r.key for r in results] == [result_key(TENANT, final.job_id)]
+    assert [r.key for r in results] == [result_key(TENANT, final.job_id, f"a{final.attempt}")]
     assert fleet.store.list(f"work/{final.job_id}") == []
     drained(fleet, final.job_id)
 
@@ -308,7 +308,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes(fleet, tiny_a
         assert final.state == pb.JOB_STATE_SUCCEEDED, (tmp_path / "second.log").read_text()
         assert final.attempt == 2  # taken over once its lease ran out
         results = fleet.store.list(f"results/{TENANT}/{job.job_id}")
-        assert [r.key for r in results] == [result_key(TENANT, job.job_id)]
+        assert [r.key for r in results] == [result_key(TENANT, job.job_id, f"a{final.attempt}")]
         assert final.render.frames == 75
     finally:
         for proc in (first, second):

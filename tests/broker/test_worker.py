@@ -354,3 +354,82 @@ def test_a_worker_killed_between_storing_and_acking_is_not_run_again(
     assert calls == []
     assert (done.state, done.result) == ("SUCCEEDED", {"by": "doomed"})
     assert_drained(queue)
+
+
+# --- failures classified right (issue 19) ---------------------------------------------------
+
+
+def _failing(times: int, error: Exception):
+    """A handler that raises `error` on its first `times` runs, then succeeds."""
+    runs = []
+
+    def handler(job, delivery, heartbeat):
+        runs.append(delivery.deliveries)
+        if len(runs) <= times:
+            raise error
+        return {"runs": len(runs)}
+
+    return handler, runs
+
+
+def test_an_outage_is_ridden_out_without_using_up_the_deliveries(jobs, make_queue):
+    """The store down for longer than the delivery limit's backoffs: before, the job failed
+    JOB_RETRIES_EXHAUSTED after max_deliveries; now outage retries are not counted while the
+    job is younger than the outage budget."""
+    queue = make_queue(max_deliveries=2, outage_budget_s=60.0)
+    job = submit(jobs, queue)
+    handler, runs = _failing(4, TalkingFaceError("STORE_UNAVAILABLE", "connection refused"))
+    done = drive(queue, jobs, job.job_id, handler)
+    assert (done.state, done.result) == ("SUCCEEDED", {"runs": 5})
+    assert runs == [1, 1, 1, 1, 1]  # none of the outage retries counted as a delivery
+    assert_drained(queue)
+
+
+def test_an_outage_longer_than_the_budget_counts_again(jobs, make_queue):
+    queue = make_queue(max_deliveries=2, outage_budget_s=0.0)
+    job = submit(jobs, queue)
+    handler, runs = _failing(10, TalkingFaceError("UNAVAILABLE", "the stage is down"))
+    done = drive(queue, jobs, job.job_id, handler)
+    assert (done.state, done.error_code) == ("FAILED", "JOB_RETRIES_EXHAUSTED")
+    assert runs == [1, 2]
+
+
+def test_a_missing_scratch_object_is_retried_not_an_input_error(jobs, make_queue):
+    """Before, STORE_OBJECT_NOT_FOUND (NOT_FOUND) failed the job for good even when the object
+    was the job's own scratch output (deleted by a stale attempt's cleanup)."""
+    queue = make_queue()
+    job = submit(jobs, queue)
+    missing = TalkingFaceError("STORE_OBJECT_NOT_FOUND", "no such object: work/j1/a1-1-0/lm3d.npy")
+    handler, runs = _failing(1, missing)
+    done = drive(queue, jobs, job.job_id, handler)
+    assert (done.state, len(runs)) == ("SUCCEEDED", 2)
+    # A missing input (not scratch) still fails at once.
+    job2 = submit(jobs, queue)
+    upload_gone = TalkingFaceError("STORE_OBJECT_NOT_FOUND", "no such object: uploads/t/u/data")
+    handler, runs = _failing(1, upload_gone)
+    done = drive(queue, jobs, job2.job_id, handler)
+    assert (done.state, done.error_code, len(runs)) == ("FAILED", "STORE_OBJECT_NOT_FOUND", 1)
+
+
+def test_a_job_past_its_deadline_fails_instead_of_running_or_retrying(jobs, make_queue):
+    queue = make_queue(deadline_s=0.3)
+    job = submit(jobs, queue)
+    time.sleep(0.4)
+    ran = []
+    assert run_once(queue, jobs, "w1", lambda *a: ran.append(1), block_ms=100)
+    done = jobs.get(job.job_id)
+    assert (done.state, done.error_code, ran) == ("FAILED", "DEADLINE_EXCEEDED", [])
+    assert "0.3 s of its submission" in done.error_message
+    assert_drained(queue)
+    # A job that fails transiently after its deadline is not retried again.
+    job = submit(jobs, queue)
+
+    def slow_then_fails(job, delivery, heartbeat):
+        time.sleep(0.4)
+        raise RuntimeError("transient")
+
+    assert run_once(queue, jobs, "w1", slow_then_fails, block_ms=100)
+    done = jobs.get(job.job_id)
+    assert (done.state, done.error_code) == ("FAILED", "DEADLINE_EXCEEDED")
+    assert "last error" in done.error_message
+    assert_drained(queue)

@@ -136,9 +136,10 @@ class Delivery:
 
     @property
     def attempt_tag(self) -> str:
-        """Names this delivery's own objects (scratch space, result): `a<deliveries>`. Two
-        deliveries of one job never share it (a takeover counts one more delivery)."""
-        return f"a{self.deliveries}"
+        """Names this delivery's own objects (scratch space, result):
+        `a<deliveries>-<message id>`. Two deliveries of one job never share it: a takeover
+        keeps the message id but counts one more delivery, a retry is a new message."""
+        return f"a{self.deliveries}-{self.message_id}"
 
 
 _LUA_NOW = """
@@ -343,6 +344,8 @@ class WorkQueue:
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
         retry_base_s: float = DEFAULT_RETRY_BASE_S,
         retry_max_s: float = DEFAULT_RETRY_MAX_S,
+        outage_budget_s: float = 0.0,
+        deadline_s: float = 0.0,
     ) -> None:
         if not name or ":" in name:
             raise ValueError(f"queue name {name!r} must be non-empty and without ':'")
@@ -360,6 +363,10 @@ class WorkQueue:
         self.max_deliveries = int(max_deliveries)
         self.retry_base_s = float(retry_base_s)
         self.retry_max_s = float(retry_max_s)
+        # Read by the worker (broker.worker): how long outage retries go on uncounted, and
+        # the longest a job may take from submission (0 = none).
+        self.outage_budget_s = float(outage_budget_s)
+        self.deadline_s = float(deadline_s)
         self._claim_expired = client.register_script(_CLAIM_EXPIRED)
         self._promote = client.register_script(_PROMOTE)
         self._retry = client.register_script(_RETRY)
@@ -380,6 +387,12 @@ class WorkQueue:
             max_deliveries=settings.queue_max_deliveries,
             retry_base_s=settings.queue_retry_base_seconds,
             retry_max_s=settings.queue_retry_max_seconds,
+            outage_budget_s=settings.queue_outage_budget_seconds,
+            deadline_s=(
+                settings.train_deadline_seconds
+                if name == "train"
+                else settings.render_deadline_seconds
+            ),
         )
 
     def ensure_group(self) -> None:
@@ -478,8 +491,10 @@ class WorkQueue:
         """Seconds to wait before retrying after the `deliveries`-th delivery failed."""
         return min(self.retry_base_s * 2 ** min(max(deliveries - 1, 0), 60), self.retry_max_s)
 
-    def retry(self, delivery: Delivery, delay_s: float | None = None) -> bool:
-        """Re-enqueue after `delay_s` (default: `backoff(deliveries)`) and ack this delivery.
+    def retry(self, delivery: Delivery, delay_s: float | None = None, count: bool = True) -> bool:
+        """Re-enqueue after `delay_s` (default: `backoff(deliveries)`) and ack this delivery;
+        with `count=False` this delivery does not count towards `max_deliveries` (a failure
+        that was the fleet's, not the job's: an outage).
 
         Returns False (and does nothing) when the delivery is no longer this consumer's.
         """
@@ -488,7 +503,7 @@ class WorkQueue:
             {
                 "job_id": delivery.job_id,
                 "payload": json.dumps(delivery.payload),
-                "prior": str(delivery.deliveries),
+                "prior": str(delivery.deliveries if count else delivery.deliveries - 1),
                 "from": delivery.message_id,  # keeps members unique
                 "enqueued": str(delivery.enqueued_ms or _id_ms(delivery.message_id)),
                 "tenant": delivery.tenant,

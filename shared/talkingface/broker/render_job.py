@@ -14,10 +14,14 @@ over the renderer replicas. Each shard comes back as an H.264 segment in the sto
 segments are stitched in order by remuxing (`media.concat_mp4`: no re-encode) and muxed with
 AAC of the original audio. A cancellation or failure cancels the shards in flight.
 
-The result goes to one fixed key per job, `results/<tenant>/<job_id>/video.mp4`, so a job run
-twice (a lease taken over from a dead worker) still leaves exactly one result object.
-Intermediate objects (segments, tensors too big for a message) all lie under the job's scratch
-prefix `work/<job_id>/`, deleted as a whole when the job ends, however it ends.
+Each attempt (delivery) of a job has keys of its own: its result goes to
+`results/<tenant>/<job_id>/<attempt>/video.mp4` and its intermediate objects (segments,
+tensors too big for a message) to `work/<job_id>/<attempt>/`, so two attempts at once (a
+lease taken over from a stalled worker) never overwrite or delete each other's objects. Only
+the attempt whose outcome the worker records (fenced by its lease) has its result named by the
+job; a refused outcome's result is deleted (`discard`). An attempt clears its scratch space
+when it ends, unless it lost its lease (its successor may still read it); the janitor removes
+what ended jobs left (`work/<job_id>/`).
 """
 
 from __future__ import annotations
@@ -62,8 +66,9 @@ PROGRESS = {
 }
 
 
-def result_key(tenant: str, job_id: str) -> str:
-    return f"results/{tenant}/{job_id}/video.mp4"
+def result_key(tenant: str, job_id: str, attempt: str) -> str:
+    """Where one attempt (`Delivery.attempt_tag`, e.g. `a1`) of a render job stores its mp4."""
+    return f"results/{tenant}/{job_id}/{attempt}/video.mp4"
 
 
 def shard_ranges(frames: int, shard_frames: int, batch_frames: int) -> list[tuple[int, int]]:
@@ -92,7 +97,9 @@ class RenderHandler:
         avatar = common_pb2.AvatarRef(
             avatar_id=request["avatar_id"], version=request.get("avatar_version", "")
         )
-        scratch = Scratch(job.job_id)
+        scratch = Scratch(job.job_id, delivery.attempt_tag)
+        video_key = result_key(job.tenant, job.job_id, delivery.attempt_tag)
+        keep_scratch = False
         stages = self.stages.with_capability(
             job_issuer(
                 self.settings,
@@ -147,16 +154,20 @@ class RenderHandler:
             heartbeat(stage="MUX", progress=PROGRESS["MUX"])
             try:
                 video, muxed = self._await(
-                    lambda: self._mux(job, request["audio_key"], segments), heartbeat, "MUX",
-                    settle=True,
+                    lambda: self._mux(video_key, request["audio_key"], segments), heartbeat,
+                    "MUX", settle=True,
                 )  # fmt: skip
                 heartbeat(stage="MUX")  # a cancel that came while the result was written
-            except Cancelled:
+            except (Cancelled, LeaseLost):
                 with contextlib.suppress(StoreError):
-                    self.store.delete(result_key(job.tenant, job.job_id))
+                    self.store.delete(video_key)
                 raise
+        except LeaseLost:
+            keep_scratch = True  # the new owner may be reading it; the janitor sweeps it
+            raise
         finally:
-            scratch.clear(self.store)
+            if not keep_scratch:
+                scratch.clear(self.store)
         if muxed["frames"] != frames:
             raise TalkingFaceError(
                 "INTERNAL", f"the stitched video has {muxed['frames']} of {frames} frames"
@@ -249,7 +260,15 @@ class RenderHandler:
 
     # --- mux -------------------------------------------------------------------------------
 
-    def _mux(self, job: Job, audio_key: str, segments: list[str]) -> tuple[dict, dict]:
+    def discard(self, result: dict[str, Any]) -> None:
+        """Delete the result of an outcome the worker could not record (a lost lease, or the
+        job ended meanwhile): only the recorded attempt's result object stays."""
+        key = (result.get("video") or {}).get("key")
+        if key:
+            with contextlib.suppress(StoreError):
+                self.store.delete(key)
+
+    def _mux(self, key: str, audio_key: str, segments: list[str]) -> tuple[dict, dict]:
         """Stitch the segments with the original audio and store the mp4 (its ObjectRef as a
         dict, and concat_mp4's report)."""
         from talkingface.audio.decode import decode_audio
@@ -267,7 +286,6 @@ class RenderHandler:
                 )
                 out = Path(tmp) / "video.mp4"
                 report = concat_mp4(out, paths, FPS, audio, SAMPLE_RATE)
-                key = result_key(job.tenant, job.job_id)
                 with out.open("rb") as handle:
                     info = self.store.put(key, handle, content_type=MP4)
         except StoreError as exc:

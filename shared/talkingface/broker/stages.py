@@ -248,7 +248,7 @@ def job_issuer(
     secret = settings.stage_secret
     if not secret:
         return None
-    scratch = Scratch(job_id).prefix + "/"
+    scratch = Scratch(job_id).job_prefix + "/"  # every attempt's
     reads = [scratch]
     if audio_key:
         reads.append(upload_prefix(audio_key))
@@ -296,11 +296,14 @@ def stage_error(application: str, exc: grpc.RpcError) -> TalkingFaceError:
 
 
 class Scratch:
-    """Object-store keys one job writes for its stages (tensors too big to send inline), all
-    under `work/<job_id>/`, removed together by `clear`."""
+    """Object-store keys one attempt of a job writes for its stages (tensors too big to send
+    inline, rendered segments), all under `work/<job_id>/<attempt>/` (or `work/<job_id>/`
+    without an attempt), removed together by `clear`. Attempts never share a prefix, so an
+    attempt that lost its lease and still cleans up cannot delete what its successor uses."""
 
-    def __init__(self, job_id: str) -> None:
-        self.prefix = f"work/{job_id}"
+    def __init__(self, job_id: str, attempt: str = "") -> None:
+        self.job_prefix = f"work/{job_id}"
+        self.prefix = f"{self.job_prefix}/{attempt}" if attempt else self.job_prefix
 
     def payload(self, store: ObjectStore, name: str, array: np.ndarray) -> common_pb2.TensorPayload:
         """`array` inline when it fits a message, else as a .npy reference in the store."""

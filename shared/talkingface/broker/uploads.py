@@ -31,14 +31,19 @@ def upload_key(tenant: str, upload_id: str) -> str:
 
 
 def find_upload(store: ObjectStore, tenant: str, upload_id: str) -> str:
-    """The store key of one of the tenant's uploads; NOT_FOUND otherwise."""
+    """The store key of one of the tenant's uploads; NOT_FOUND when it is not there, and
+    STORE_UNAVAILABLE (retry later) when the store cannot say: an outage is not a missing
+    upload."""
     try:
         validate_segment(upload_id)
         key = upload_key(tenant, upload_id)
+    except (StoreError, ValueError):
+        raise TalkingFaceError("NOT_FOUND", f"upload {upload_id!r} not found") from None
+    try:
         if store.exists(key):
             return key
-    except StoreError:
-        pass
+    except StoreError as exc:
+        raise as_talkingface_error(exc) from None
     raise TalkingFaceError("NOT_FOUND", f"upload {upload_id!r} not found")
 
 

@@ -15,10 +15,17 @@ its steps is what makes "exactly one result per job" hold on an at-least-once qu
   its own result object) and leaves the message to its new owner without acking.
 
 Failures: a TalkingFaceError for bad input (its gRPC status is INVALID_ARGUMENT, NOT_FOUND or
-FAILED_PRECONDITION, or PAYLOAD_TOO_LARGE) fails the job at once. Anything else is treated as
+FAILED_PRECONDITION, or PAYLOAD_TOO_LARGE) fails the job at once; but an object missing from
+the job's own scratch space (`work/...`: STORE_OBJECT_NOT_FOUND) is the fleet's problem, not
+the input's, and is retried. An outage (STORE_UNAVAILABLE, UNAVAILABLE: the object store or a
+stage unreachable) is retried with backoff (at most OUTAGE_BACKOFF_MAX_S apart) without
+counting against the delivery limit for `queue.outage_budget_s` from the job's submission, so
+a store down for minutes does not fail every job in flight. Anything else is treated as
 transient: the job goes back to QUEUED and is retried after `queue.backoff(deliveries)` until
 the queue's delivery limit, when it fails with JOB_RETRIES_EXHAUSTED and is dead-lettered.
-A result that cannot be stored (not JSON) fails the job with INTERNAL, without retries.
+A job older than `queue.deadline_s` (from submission) fails with DEADLINE_EXCEEDED instead of
+running or retrying again. A result that cannot be stored (not JSON) fails the job with
+INTERNAL, without retries.
 
 A stage replica that died under the job (a TalkingFaceError marked `stage_crash`, see
 `talkingface.broker.stages`) is retried once, in case the replica died of something else;
@@ -33,6 +40,7 @@ clients); any other exception is reported by its type name only, its text goes t
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -56,6 +64,9 @@ INPUT_ERROR_STATUSES = frozenset(
 INPUT_ERROR_CODES = PERMANENT_CODES
 MAX_ERROR_MESSAGE = 1000
 CRASHES_ALLOWED = 1  # crashes of one stage on one job before the job fails
+OUTAGE_CODES = frozenset({"STORE_UNAVAILABLE", "UNAVAILABLE"})
+OUTAGE_BACKOFF_MAX_S = 30.0
+SCRATCH_PREFIX = "work/"
 
 
 class Cancelled(Exception):
@@ -77,9 +88,24 @@ Handler = Callable[[Job, Delivery, Heartbeat], "dict[str, Any] | None"]
 
 def is_input_error(exc: BaseException) -> bool:
     """True for a TalkingFaceError that retrying cannot fix (the request itself is bad)."""
-    return isinstance(exc, TalkingFaceError) and (
-        exc.status in INPUT_ERROR_STATUSES or exc.code in INPUT_ERROR_CODES
-    )
+    if not isinstance(exc, TalkingFaceError):
+        return False
+    if exc.code == "STORE_OBJECT_NOT_FOUND" and SCRATCH_PREFIX in exc.message:
+        return False  # the job's own scratch object (another attempt's, or a lost write)
+    return exc.status in INPUT_ERROR_STATUSES or exc.code in INPUT_ERROR_CODES
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The fleet could not be reached (store or stage): nothing wrong with the job."""
+    return isinstance(exc, TalkingFaceError) and exc.code in OUTAGE_CODES
+
+
+def _age_s(job: Job) -> float:
+    return max(0.0, time.time() - job.created_at / 1000.0)
+
+
+def _past_deadline(queue: WorkQueue, job: Job) -> bool:
+    return queue.deadline_s > 0 and _age_s(job) > queue.deadline_s
 
 
 def run_once(
@@ -126,6 +152,9 @@ def _run(queue: WorkQueue, jobs: JobStore, delivery: Delivery, handler: Handler)
         log.info("job already %s; acking its delivery", job.state, extra=context)
         queue.ack(delivery)
         return True
+    if _past_deadline(queue, job):
+        _fail_deadline(queue, jobs, delivery, job, context)
+        return True
     job = _finish(jobs, job.job_id, lease, state=RUNNING, attempt=delivery.deliveries,
                   stage="", progress=0.0)  # fmt: skip
     if job is None:  # finished (cancelled) between the read and this update
@@ -157,7 +186,7 @@ def _run(queue: WorkQueue, jobs: JobStore, delivery: Delivery, handler: Handler)
         queue.ack(delivery)
         return True
     except Exception as exc:
-        _handle_failure(queue, jobs, delivery, exc, context)
+        _handle_failure(queue, jobs, delivery, exc, context, job)
         return True
     try:
         stored = _finish(jobs, job.job_id, lease, state=SUCCEEDED, result=result or {},
@@ -188,8 +217,24 @@ def _discard(handler: Handler, result: dict[str, Any] | None, context: dict) -> 
         log.exception("could not discard a dropped outcome", extra=context)
 
 
+def _fail_deadline(
+    queue: WorkQueue, jobs: JobStore, delivery: Delivery, job: Job, context: dict, why: str = ""
+) -> None:
+    log.warning("job past its deadline; failing it", extra=context)
+    detail = (f"the job did not finish within {queue.deadline_s:g} s of its submission "
+              f"({_age_s(job):.0f} s ago){why}")  # fmt: skip
+    _finish(jobs, delivery.job_id, delivery.lease, state=FAILED, error_code="DEADLINE_EXCEEDED",
+            error_message=detail[:MAX_ERROR_MESSAGE])  # fmt: skip
+    queue.ack(delivery)
+
+
 def _handle_failure(
-    queue: WorkQueue, jobs: JobStore, delivery: Delivery, exc: Exception, context: dict
+    queue: WorkQueue,
+    jobs: JobStore,
+    delivery: Delivery,
+    exc: Exception,
+    context: dict,
+    job: Job | None = None,
 ) -> None:
     if isinstance(exc, TalkingFaceError):
         message = f"{exc}"[:MAX_ERROR_MESSAGE]
@@ -212,6 +257,19 @@ def _handle_failure(
                     error_code="JOB_INPUT_CRASHED", error_message=detail)  # fmt: skip
             queue.dead_letter(delivery, f"JOB_INPUT_CRASHED: {detail}")
             return
+    if job is not None and _past_deadline(queue, job):
+        _fail_deadline(queue, jobs, delivery, job, context, f"; last error: {message}")
+        return
+    if job is not None and is_outage(exc) and _age_s(job) < queue.outage_budget_s:
+        delay = min(queue.backoff(delivery.deliveries), OUTAGE_BACKOFF_MAX_S)
+        log.warning("outage (%s); retrying in %.1f s, not counted", exc.code, delay,
+                    extra=context)  # fmt: skip
+        if _finish(jobs, delivery.job_id, delivery.lease, state=QUEUED, stage="",
+                   progress=0.0) is not None:  # fmt: skip
+            queue.retry(delivery, delay, count=False)
+        else:
+            queue.ack(delivery)
+        return
     if is_input_error(exc):
         assert isinstance(exc, TalkingFaceError)
         log.info("job failed on its input: %s", exc.code, extra=context)

@@ -1,0 +1,60 @@
+"""Finding an upload through an object-store outage, and attempts' scratch spaces (issue 19):
+real stores only (the MinIO client against a port where nothing listens is an outage)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import urllib3
+
+from talkingface.broker.stages import Scratch
+from talkingface.broker.uploads import find_upload, upload_key
+from talkingface.errors import TalkingFaceError
+from talkingface.storage import LocalStore, MinioStore
+
+
+def _dead_endpoint() -> str:
+    with socket.socket() as probe:  # bound then closed: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_an_unreachable_store_is_unavailable_not_a_missing_upload():
+    """Before, find_upload swallowed every StoreError: SubmitRender(upload_id) answered
+    NOT_FOUND during an S3 outage, an error clients do not retry."""
+    client = urllib3.PoolManager(timeout=urllib3.Timeout(connect=1, read=1),
+                                 retries=urllib3.Retry(total=0))  # fmt: skip
+    store = MinioStore(_dead_endpoint(), "key", "secret", bucket="tf-outage", region="us-east-1",
+                       create_bucket=False, http_client=client)  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(TalkingFaceError) as caught:
+        find_upload(store, "acme", "0123456789abcdef")
+    assert caught.value.code == "STORE_UNAVAILABLE" and caught.value.transient
+    assert time.monotonic() - started < 30
+
+
+def test_a_missing_or_malformed_upload_is_still_not_found(tmp_path):
+    store = LocalStore(tmp_path)
+    store.put(upload_key("acme", "u1"), b"audio")
+    assert find_upload(store, "acme", "u1") == upload_key("acme", "u1")
+    for upload_id in ("u2", "a/b", ""):
+        with pytest.raises(TalkingFaceError) as caught:
+            find_upload(store, "acme", upload_id)
+        assert caught.value.code == "NOT_FOUND"
+    with pytest.raises(TalkingFaceError):
+        find_upload(store, "globex", "u1")  # another tenant's
+
+
+def test_an_attempt_clearing_its_scratch_leaves_its_successors(tmp_path):
+    """Before, every attempt of a job shared `work/<job_id>/`: a stalled attempt's cleanup
+    deleted what the attempt that took the job over was using."""
+    store = LocalStore(tmp_path)
+    stale, owner = Scratch("j1", "a1-1-0"), Scratch("j1", "a2-1-0")
+    assert stale.job_prefix == owner.job_prefix == "work/j1"
+    assert stale.prefix != owner.prefix and stale.prefix.startswith("work/j1/")
+    store.put(f"{stale.prefix}/segments/0.mp4", b"old")
+    store.put(f"{owner.prefix}/segments/0.mp4", b"new")
+    stale.clear(store)
+    assert [i.key for i in store.list("work/j1")] == [f"{owner.prefix}/segments/0.mp4"]
