@@ -170,3 +170,34 @@ def test_health_metrics_and_graceful_sigterm(plumbing_server):
     assert seen[-1] == NOT_SERVING
     messages = [json.loads(line)["msg"] for line in rest.splitlines() if line.startswith("{")]
     assert "signal received" in messages and messages[-1] == "stopped"
+
+
+def test_stop_runs_the_hook_while_rpcs_drain_so_it_takes_one_grace(tmp_path):
+    """The broker's stop: its in-process workers (the hook) finish or hand back their jobs
+    while in-flight RPCs drain. Before, the hook ran first and the RPCs got their grace after
+    it: twice the grace (40 s by default, over Kubernetes' 30 s)."""
+    from talkingface.config import Settings
+    from talkingface.serving.server import ServiceServer
+
+    grace = 2.0
+    settings = Settings.from_env({"TALKINGFACE_GRPC_HOST": "127.0.0.1",
+                                  "TALKINGFACE_GRPC_PORT": "0",
+                                  "TALKINGFACE_METRICS_PORT": "0"})  # fmt: skip
+    hook_ran = threading.Event()
+
+    def slow_hook() -> None:  # workers using their whole share of the grace
+        time.sleep(grace)
+        hook_ran.set()
+
+    server = ServiceServer("plumbing", [], settings, on_stop=slow_hook)
+    port = server.start()
+    server.set_serving()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+    assert next(watch).status == SERVING  # an RPC in flight for the whole grace
+    started = time.monotonic()
+    server.stop(grace)
+    elapsed = time.monotonic() - started
+    assert hook_ran.is_set()
+    assert grace <= elapsed < 1.6 * grace, f"stop took {elapsed:.1f} s"
+    channel.close()

@@ -182,13 +182,17 @@ class ServiceServer:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         log.info("shutting down", extra={"grace_s": grace})
         self.health.enter_graceful_shutdown()
-        if self._on_stop is not None:  # e.g. in-process workers: stop claiming new work
+        # New RPCs are refused from now on and in-flight ones get `grace`; meanwhile the hook
+        # (in-process workers: stop claiming, finish or hand back their jobs) runs, so the
+        # whole stop takes about `grace`, not twice it.
+        stopped = self._server.stop(grace) if self._server is not None else None
+        if self._on_stop is not None:
             try:
                 self._on_stop()
             except Exception:
                 log.exception("shutdown hook failed")
-        if self._server is not None:
-            self._server.stop(grace).wait()
+        if stopped is not None:
+            stopped.wait()
         if self._health_server is not None:
             self._health_server.stop(0).wait()
         if self._metrics_server is not None:
