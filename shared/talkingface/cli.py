@@ -59,6 +59,7 @@ BUILT_BENCHES = (
     "render",
     "ingest",
     "api",
+    "chaos",
 )  # talkingface.bench
 BENCH_ISSUES: dict[str, int] = {}  # stage -> issue that builds its benchmark
 
@@ -120,6 +121,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"talkingface.bench.{args.stage}")
     if args.stage == "api":  # the broker API's benchmark takes its broker and load
         result = module.run(broker=args.broker, clients=args.clients, avatar=args.avatar)
+    elif args.stage == "chaos":  # a fleet broken on a schedule while it renders
+        result = module.run(args.jobs, seed=args.seed, s3_outage_s=args.s3_outage_s,
+                            workers=args.workers)  # fmt: skip
+        _print_result(result, args.json)
+        return 0 if module.passed(result) else 1
     else:
         result = module.run()
     _print_result(result, args.json)
@@ -244,6 +250,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--avatar", default="", help="api with --broker: a READY avatar of TALKINGFACE_TENANT"
     )
+    bench.add_argument("--jobs", type=int, default=200, help="chaos: jobs to submit (200)")
+    bench.add_argument("--seed", type=int, default=0, help="chaos: picks the victims (0)")
+    bench.add_argument(
+        "--s3-outage-s", type=float, default=60.0, help="chaos: S3 outage, seconds (60)"
+    )
+    bench.add_argument("--workers", type=int, default=2, help="chaos: worker processes (2)")
     bench.set_defaults(func=_cmd_bench)
 
 
