@@ -14,20 +14,29 @@ Key layout (no TTL: an avatar lives until it is deleted):
 The avatar's state is derived, never stored, so it cannot go stale: READY once a version is
 published; otherwise TRAINING while its training job has not finished, FAILED after it.
 Another tenant's avatar reads as AVATAR_NOT_FOUND, exactly like one that does not exist.
+
+The registry can be rebuilt from the store (a Redis lost or flushed): every published version's
+manifest carries `metadata["tenant"]`, `["display_name"]` and `["job_id"]`, and
+`rebuild_from_store` re-creates the missing records from them.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import redis
 
-from talkingface.bundle import avatar_prefix
+from talkingface.bundle import AVATARS, avatar_prefix
 from talkingface.errors import TalkingFaceError
+
+log = logging.getLogger(__name__)
 
 MAX_DISPLAY_NAME = 200
 DEFAULT_PAGE_SIZE = 50
@@ -44,6 +53,16 @@ redis.call('HSET', KEYS[1], 'avatar_id', ARGV[1], 'tenant', ARGV[2], 'display_na
            'job_id', ARGV[4], 'created_at', created)
 redis.call('ZADD', KEYS[2], tonumber(created), ARGV[1])
 if owner then return 0 end
+return 1
+"""
+
+# KEYS: avatar hash, tenant index; ARGV: avatar_id, tenant, display_name, job_id, created ms.
+# Writes the record only when there is none; returns 1 when written, 0 when one existed.
+_RESTORE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'avatar_id', ARGV[1], 'tenant', ARGV[2], 'display_name', ARGV[3],
+           'job_id', ARGV[4], 'created_at', ARGV[5])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[5]), ARGV[1])
 return 1
 """
 
@@ -79,6 +98,7 @@ class AvatarRegistry:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._claim = client.register_script(_CLAIM)
+        self._restore = client.register_script(_RESTORE)
 
     def claim(
         self, tenant: str, display_name: str = "", job_id: str = "", avatar_id: str | None = None
@@ -140,6 +160,48 @@ class AvatarRegistry:
                 self.redis.zrem(tenant_avatars_key(tenant), avatar_id)  # deleted meanwhile
         more = len(ids) > size
         return records, _encode_offset(start + size) if more else ""
+
+    def rebuild_from_store(self, store: Any) -> list[str]:
+        """Re-create the records missing from Redis of the avatars published in `store`
+        (an ObjectStore); the ids of the records written, sorted. Existing records are left
+        as they are.
+
+        Each avatar's owner is the `tenant` in its versions' manifest metadata (versions
+        without one, published before manifests carried it, are skipped); its display name
+        and training job are the newest version's, its creation time the oldest version's.
+        An avatar whose versions name different tenants is skipped with a warning: which one
+        owns it is for an operator to decide.
+        """
+        avatar_ids = sorted({info.key.split("/")[1] for info in store.list(AVATARS)
+                             if info.key.count("/") >= 2})  # fmt: skip
+        rebuilt = []
+        for avatar_id in avatar_ids:
+            owners = []  # (created_at, metadata) of the versions that name a tenant
+            for version in store.list_versions(f"{AVATARS}/{avatar_id}"):
+                manifest = store.read_manifest(f"{AVATARS}/{avatar_id}", version)
+                metadata = manifest.get("metadata") or {}
+                if isinstance(metadata, dict) and metadata.get("tenant"):
+                    owners.append((manifest["created_at"], metadata))
+            if not owners:
+                continue
+            tenants = {str(metadata["tenant"]) for _, metadata in owners}
+            if len(tenants) > 1:
+                log.warning("avatar %s: its versions name several tenants (%s); not restored",
+                            avatar_id, ", ".join(sorted(tenants)))  # fmt: skip
+                continue
+            newest = owners[-1][1]  # list_versions is oldest first
+            created_ms = int(datetime.fromisoformat(owners[0][0]).timestamp() * 1000)
+            display_name = str(newest.get("display_name") or "")[:MAX_DISPLAY_NAME]
+            written = self._restore(
+                keys=[record_key(avatar_id), tenant_avatars_key(tenants.pop())],
+                args=[avatar_id, str(newest["tenant"]), display_name,
+                      str(newest.get("job_id") or ""), created_ms],
+            )  # fmt: skip
+            if int(written):
+                rebuilt.append(avatar_id)
+        if rebuilt:
+            log.warning("restored %d avatar records from the store", len(rebuilt))
+        return rebuilt
 
 
 def _encode_offset(offset: int) -> str:

@@ -14,6 +14,9 @@ stream) a retry would wait forever, unseen by a stream-length autoscaler. So the
 promotes due retries of every queue every PROMOTE_INTERVAL_S (one small Lua call per queue),
 whatever the sweep interval.
 
+Given a Reconciler (broker/reconcile.py), it also re-queues, every `reconcile_interval_s`,
+QUEUED or RUNNING jobs whose work message vanished from their queue.
+
 At each sweep it also enforces retention (broker/retention.py, when given a Retention): uploads,
 results and job records past their TTLs (per tenant), results whose record is gone, and the
 dead-letter streams' caps.
@@ -28,6 +31,7 @@ from collections.abc import Sequence
 
 from talkingface.broker.jobs import JobStore
 from talkingface.broker.queue import WorkQueue
+from talkingface.broker.reconcile import Reconciler
 from talkingface.broker.retention import SCRATCH, Retention, SweepReport
 from talkingface.errors import TalkingFaceError
 from talkingface.storage import ObjectStore, StoreError
@@ -73,8 +77,9 @@ def promote_due(queues: Sequence[WorkQueue]) -> int:
 
 
 class Janitor:
-    """In a daemon thread until stopped: `sweep` every `interval_s` (0 = never) and
-    `promote_due(queues)` every `promote_interval_s`."""
+    """In a daemon thread until stopped: `sweep` every `interval_s` (0 = never),
+    `promote_due(queues)` every `promote_interval_s` and `reconciler.sweep()` every
+    `reconcile_interval_s` (0 or no reconciler = never)."""
 
     def __init__(
         self,
@@ -85,16 +90,20 @@ class Janitor:
         queues: Sequence[WorkQueue] = (),
         promote_interval_s: float = PROMOTE_INTERVAL_S,
         retention: Retention | None = None,
+        reconciler: Reconciler | None = None,
+        reconcile_interval_s: float = 0.0,
     ) -> None:
         self.store, self.jobs, self.interval_s = store, jobs, interval_s
         self.retention = retention
+        self.reconciler = reconciler if reconcile_interval_s > 0 else None
+        self.reconcile_interval_s = reconcile_interval_s
         self.queues = list(queues)
         self.promote_interval_s = promote_interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="janitor", daemon=True)
 
     def start(self) -> None:
-        if self.interval_s > 0 or self.queues:
+        if self.interval_s > 0 or self.queues or self.reconciler is not None:
             self._thread.start()
 
     def stop(self) -> None:
@@ -109,7 +118,10 @@ class Janitor:
         tick = self.promote_interval_s if self.queues else self.interval_s
         if self.interval_s > 0:
             tick = min(tick, self.interval_s)
+        if self.reconciler is not None:
+            tick = min(tick, self.reconcile_interval_s) if tick > 0 else self.reconcile_interval_s
         next_sweep = time.monotonic() + self.interval_s
+        next_reconcile = time.monotonic() + self.reconcile_interval_s
         while not self._stop.wait(tick):
             if self.queues:
                 try:
@@ -122,3 +134,9 @@ class Janitor:
                     self.sweep()
                 except Exception:
                     log.exception("janitor sweep failed")
+            if self.reconciler is not None and time.monotonic() >= next_reconcile:
+                next_reconcile = time.monotonic() + self.reconcile_interval_s
+                try:
+                    self.reconciler.sweep()
+                except Exception as exc:  # Redis away: the next round tries again
+                    log.warning("janitor cannot reconcile jobs with their queues: %r", exc)

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from talkingface.broker.jobs import JobStore
 from talkingface.broker.queue import WorkQueue
 from talkingface.broker.worker import Cancelled, Handler, LeaseLost, is_input_error, run_once
-from talkingface.config import Settings
+from talkingface.config import ConfigError, Settings, env_name
 from talkingface.errors import TalkingFaceError
 
 log = logging.getLogger(__name__)
@@ -34,10 +36,92 @@ IDLE_BLOCK_MS = 500
 REDIS_DOWN_SLEEP_S = 1.0
 
 
+REDIS_BACKOFF_BASE_S = 0.05  # first wait before a retry of a failed Redis command
+REDIS_BACKOFF_CAP_S = 2.0  # longest wait between two retries
+
+
 def redis_client(settings: Settings) -> redis.Redis:
-    """The Redis of TALKINGFACE_REDIS_URL (ConfigError when it is not set)."""
+    """The Redis of TALKINGFACE_REDIS_URL (ConfigError when it is not set).
+
+    Every connect and every reply has a deadline (TALKINGFACE_REDIS_CONNECT_TIMEOUT_SECONDS,
+    TALKINGFACE_REDIS_SOCKET_TIMEOUT_SECONDS), so a Redis that hangs fails the call instead of
+    the thread; a call that fails on a lost connection or a timeout is retried
+    TALKINGFACE_REDIS_RETRIES times with exponential backoff (a failover, a restart). A retried
+    write whose first try did reach Redis can apply twice: the queues and job records are
+    built for that (delivery is at least once, final states are final).
+    """
     settings.require("redis_url", by="the broker")
-    return redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    problems = [
+        f"{env_name(name)} must be more than 0"
+        for name in ("redis_socket_timeout_seconds", "redis_connect_timeout_seconds")
+        if getattr(settings, name) <= 0
+    ]
+    if settings.redis_retries < 0:
+        problems.append(f"{env_name('redis_retries')} must be 0 or more")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    errors = [redis.ConnectionError, redis.TimeoutError]
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout_seconds,
+        socket_connect_timeout=settings.redis_connect_timeout_seconds,
+        socket_keepalive=True,
+        health_check_interval=30,
+        retry=Retry(
+            ExponentialBackoff(cap=REDIS_BACKOFF_CAP_S, base=REDIS_BACKOFF_BASE_S),
+            settings.redis_retries,
+            supported_errors=tuple(errors),
+        ),
+        retry_on_error=errors,
+    )
+
+
+def check_redis_persistence(
+    client: redis.Redis, settings: Settings, *, strict: bool = True
+) -> None:
+    """Refuse (ConfigError) a Redis that can lose jobs: one without AOF (`appendonly yes`),
+    where a restart loses every job and work message since the last snapshot, or with an
+    eviction policy other than `noeviction`, under which memory pressure silently deletes
+    job records and queues. TALKINGFACE_REDIS_ALLOW_VOLATILE=true (or `strict=False`, for
+    processes that only warn, such as `talkingface worker`) turns the refusal into a warning.
+    A Redis that refuses CONFIG (a managed one that renames it) cannot be checked: a warning.
+    """
+    try:
+        config = client.config_get("appendonly")
+        config.update(client.config_get("maxmemory-policy"))
+    except redis.ResponseError as exc:
+        log.warning(
+            "cannot check that Redis keeps jobs (CONFIG GET refused: %s); make sure it runs "
+            "with appendonly yes and maxmemory-policy noeviction",
+            exc,
+        )
+        return
+    found = {_text(name): _text(value) for name, value in config.items()}
+    problems = []
+    if found.get("appendonly") != "yes":
+        problems.append(
+            f"appendonly is {found.get('appendonly')!r}: a restart loses the jobs and work "
+            "messages written since the last snapshot (set `appendonly yes`, with "
+            "`appendfsync everysec` or `always`)"
+        )
+    if found.get("maxmemory-policy") != "noeviction":
+        problems.append(
+            f"maxmemory-policy is {found.get('maxmemory-policy')!r}: memory pressure evicts "
+            "job records and queues (set `maxmemory-policy noeviction`)"
+        )
+    if not problems:
+        return
+    text = (
+        "Redis can lose jobs:\n  " + "\n  ".join(problems) + "\n  (in redis.conf or with "
+        "CONFIG SET; or set TALKINGFACE_REDIS_ALLOW_VOLATILE=true to run anyway)"
+    )
+    if strict and not settings.redis_allow_volatile:
+        raise ConfigError(text)
+    log.warning("%s", text)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -212,6 +296,7 @@ def broker_server(settings: Settings, *, store: Any = None):
     """The broker's ServiceServer (API + in-process workers); see the module docstring."""
     from talkingface.broker.auth import auth_interceptors, server_credentials
     from talkingface.broker.janitor import Janitor
+    from talkingface.broker.reconcile import Reconciler
     from talkingface.broker.servicer import BrokerServicer
     from talkingface.broker.streams import pool_size
     from talkingface.broker.webhooks import WebhookDeliverer
@@ -221,6 +306,7 @@ def broker_server(settings: Settings, *, store: Any = None):
     from talkingface.v1 import broker_pb2, broker_pb2_grpc
 
     client = redis_client(settings)
+    check_redis_persistence(client, settings)
     store = store or store_from_settings(settings)
     servicer = BrokerServicer(settings, client, store)
     pool = worker_pool(settings, client, store=store)
@@ -229,9 +315,13 @@ def broker_server(settings: Settings, *, store: Any = None):
                           "Broker")  # fmt: skip
     # Always on: besides sweeping scratch space (when its interval is set) it promotes due
     # retries, which with no worker running (scaled to zero) nobody else would.
+    # It also re-queues active jobs whose work message vanished (broker/reconcile.py).
+    reconciler = Reconciler(servicer.jobs, servicer.queues.values(),
+                            grace_s=2 * settings.queue_lease_seconds)  # fmt: skip
     janitor = Janitor(store, servicer.jobs, settings.janitor_interval_seconds,
                       queues=list(servicer.queues.values()),
-                      retention=servicer.retention)  # fmt: skip
+                      retention=servicer.retention, reconciler=reconciler,
+                      reconcile_interval_s=settings.reconcile_interval_seconds)  # fmt: skip
     webhooks = WebhookDeliverer(settings, client, servicer.jobs, store)
 
     def start() -> None:

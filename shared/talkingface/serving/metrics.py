@@ -29,6 +29,9 @@ Series (labels), and the process that exports them:
   talkingface_workers                       gauge     (queue)  worker threads in this process
       every process running broker workers (the broker API's in-process ones, `talkingface
       worker`)
+  talkingface_job_requeued_total            counter   (kind)  QUEUED or RUNNING jobs whose work
+                                                       message was lost, re-queued
+      every broker API process (its janitor's reconciler, broker/reconcile.py)
   talkingface_job_e2e_seconds               histogram (kind, outcome = succeeded | failed |
                                                        cancelled)  submission to final state
       the process that moved the job to its final state (a worker; the API for a cancel of a
@@ -257,6 +260,12 @@ JOB_ERRORS = Counter(
     "Failed job attempts by kind and stable error code (the ErrorCode name; INTERNAL for an "
     "error that carries none).",
     ["kind", "code"],
+)
+JOB_REQUEUED = Counter(
+    "talkingface_job_requeued_total",
+    "QUEUED or RUNNING jobs whose work message had vanished from their queue (a Redis that "
+    "lost writes, an operator's delete), re-queued by the broker's reconciler, by kind.",
+    ["kind"],
 )
 WORKERS = Gauge(
     "talkingface_workers",
