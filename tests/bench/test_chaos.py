@@ -6,6 +6,8 @@ carry a code that names an injected fault."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from talkingface.bench import chaos
@@ -24,6 +26,7 @@ def test_a_chaos_run_loses_no_job_and_does_none_twice(
         models=(tiny_ckpt, tiny_avatar, tiny_bundle), serve_port=serve_grpc_port,
         workdir=tmp_path / "chaos",
     )  # fmt: skip
+    print(json.dumps(report, sort_keys=True))  # shown when an assertion fails
     summary = {k: report[k] for k in ("submitted", "succeeded", "failed_by_code", "lost",
                                       "duplicated", "scratch_left", "attempts", "queue_left",
                                       "refused_by_code", "lost_jobs", "duplicates")}  # fmt: skip
