@@ -34,7 +34,8 @@ does and reports one JSON object:
   (`sweep_scratch(min_age_s=0)`) has found nothing more for a few seconds;
 - `unexplained_failures`: failed jobs whose code is not in `ALLOWED_FAILURES` for a fault
   of the schedule; `queue_left`: messages still pending, queued or dead-lettered;
-- `faults` (the log), `durations`, `settings` (the fleet's timings) and the machine.
+- `faults` (the log), `durations`, `settings` (the fleet's timings), the machine, and `logs`:
+  the folder with the workers', Redis's and moto's logs (kept).
 
 `ALLOWED_FAILURES` names the only codes a job may fail with here: each names an injected
 fault. The acceptance (issue 19): `--jobs 200` on 2 cores, 0 lost, 0 duplicated, >= 99 %
@@ -138,6 +139,7 @@ def run(
                   "stage_timeout_s": stage_timeout_s, "gap_s": gap_s, **fleet.timings,
                   **{f"{k}_s": v for k, v in durations.items()}},
         machine={"cpus": os.cpu_count(), "python": platform.python_version()},
+        logs=str(root),  # the workers', Redis's and moto's logs, kept for a post-mortem
     )  # fmt: skip
     return report
 
@@ -396,6 +398,7 @@ class _Fleet:
         self.proxies: list[TcpProxy] = []
         self.broker: Any = None
         self._ray_started = False
+        self.apps: list[str] = []
         self._clients: list[Any] = []
         self.timings: dict[str, float] = {}
 
@@ -525,6 +528,12 @@ class _Fleet:
                 serve.shutdown()
             finally:
                 ray.shutdown()
+        elif self.apps:  # a Serve that is not ours: take our applications off it again
+            from ray import serve
+
+            for app in self.apps:
+                with contextlib.suppress(Exception):
+                    serve.delete(app)
         for proxy in self.proxies:
             proxy.stop()
         for client in self._clients:
