@@ -160,10 +160,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def passed(report: dict[str, Any]) -> bool:
-    """Whether a report meets the acceptance (TARGETS, and no unexplained failure)."""
+    """Whether a report meets the acceptance: TARGETS, no unexplained failure, no refused
+    submission, and every fault injected."""
     accepted = report["submitted"] or 1
     return (report["lost"] == 0 and report["duplicated"] == 0 and report["scratch_left"] == 0
             and not report["unexplained_failures"] and not report["refused_by_code"]
+            and all("error" not in fault for fault in report["faults"])
             and report["succeeded"] / accepted >= TARGETS["succeeded_fraction"])  # fmt: skip
 
 
