@@ -72,7 +72,8 @@ def test_submit_renders_an_mp4_of_the_input_audio(fleet, workers, tiny_avatar, t
     assert final.render.metrics["shards"] == frames and final.render.metrics["remuxed"] == 1.0
     # One result object, nothing left in scratch space, nothing pending.
     results = fleet.store.list(f"results/{TENANT}/{final.job_id}")
-    assert [r.key for r in results] == [result_key(TENANT, final.job_id, f"a{final.attempt}")]
+    assert [r.key for r in results] == [final.render.video.key]
+    assert final.render.video.key.startswith(f"results/{TENANT}/{final.job_id}/a1-")
     assert fleet.store.list(f"work/{final.job_id}") == []
     drained(fleet, final.job_id)
 
@@ -215,7 +216,8 @@ def test_a_shard_that_lands_after_the_cancel_is_swept_by_the_janitor(fleet, work
     drained(fleet, job_id)  # acked, so the worker's cleanup has run
     # All the cleanup may have missed is a shard of the job's own that was still in flight.
     for info in fleet.store.list(f"work/{job_id}"):
-        assert info.key.startswith(f"work/{job_id}/segments/"), info.key
+        attempt = info.key.split("/")[2]  # work/<job_id>/<attempt>/segments/...
+        assert info.key.startswith(f"work/{job_id}/{attempt}/segments/"), info.key
 
     # The straggler: a shard of this job's scratch space stored by the renderer now.
     lm3d = np.load(tiny_avatar / "landmarks.npz")["lm3d"][:8].astype(np.float32)
@@ -308,8 +310,16 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes(fleet, tiny_a
         assert final.state == pb.JOB_STATE_SUCCEEDED, (tmp_path / "second.log").read_text()
         assert final.attempt == 2  # taken over once its lease ran out
         results = fleet.store.list(f"results/{TENANT}/{job.job_id}")
-        assert [r.key for r in results] == [result_key(TENANT, job.job_id, f"a{final.attempt}")]
+        assert [r.key for r in results] == [final.render.video.key]
+        assert final.render.video.key == result_key(TENANT, job.job_id, "x").replace(
+            "/x/", f"/{final.render.video.key.split('/')[3]}/"
+        )
+        assert final.render.video.key.split("/")[3].startswith("a2-")  # the second attempt's
         assert final.render.frames == 75
+        # Resumed (issue 19): the second attempt verified and reused the shards the first had
+        # finished (its checkpoint), instead of starting over from the audio features.
+        assert final.render.metrics["resumed"] == 1.0
+        assert final.render.metrics["reused_shards"] >= 1
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:

@@ -433,3 +433,62 @@ def test_a_job_past_its_deadline_fails_instead_of_running_or_retrying(jobs, make
     assert (done.state, done.error_code) == ("FAILED", "DEADLINE_EXCEEDED")
     assert "last error" in done.error_message
     assert_drained(queue)
+
+
+# --- graceful scale-down (issue 19) -----------------------------------------------------------
+
+
+def test_a_stopping_pool_hands_its_job_back_at_once_without_burning_a_delivery(jobs, make_queue):
+    """SIGTERM of a worker (a scale-down): before, the pool stopped claiming and waited; the
+    job in hand stayed pending until its lease ran out and came back as another delivery.
+    Now a job that cannot finish in half the grace is handed back: QUEUED at once, and its
+    next delivery is still its first."""
+    from talkingface.broker.service import WorkerPool, WorkerSpec
+
+    queue = make_queue(lease_ms=60_000)  # a takeover cannot be what brings the job back
+    job = submit(jobs, queue)
+    started, deliveries = threading.Event(), []
+
+    def endless(job, delivery, heartbeat):
+        deliveries.append(delivery.deliveries)
+        started.set()
+        while True:
+            heartbeat(progress=0.3)
+            time.sleep(0.05)
+
+    pool = WorkerPool(jobs, [WorkerSpec(queue, endless, 1)], name="stopping")
+    pool.start()
+    assert started.wait(10)
+    begun = time.monotonic()
+    pool.stop(1.0)
+    took = time.monotonic() - begun
+    assert took < 3.0, took  # within its grace (and a little)
+    back = jobs.get(job.job_id)
+    assert (back.state, back.stage, back.progress) == ("QUEUED", "", 0.0)
+    again = queue.claim("next", block_ms=2000)
+    assert again is not None and again.job_id == job.job_id
+    assert again.deliveries == 1 and deliveries == [1]
+    queue.ack(again)
+    assert_drained(queue)
+
+
+def test_a_stopping_pool_lets_a_short_job_finish(jobs, make_queue):
+    from talkingface.broker.service import WorkerPool, WorkerSpec
+
+    queue = make_queue(lease_ms=60_000)
+    job = submit(jobs, queue)
+    started = threading.Event()
+
+    def short(job, delivery, heartbeat):
+        started.set()
+        time.sleep(0.3)
+        heartbeat(progress=0.9)
+        return {"done": True}
+
+    pool = WorkerPool(jobs, [WorkerSpec(queue, short, 1)], name="finishing")
+    pool.start()
+    assert started.wait(10)
+    pool.stop(4.0)
+    done = jobs.get(job.job_id)
+    assert (done.state, done.result) == ("SUCCEEDED", {"done": True})
+    assert_drained(queue)

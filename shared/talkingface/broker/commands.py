@@ -428,7 +428,7 @@ def add_avatar(sub: argparse._SubParsersAction) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
-    from talkingface.broker.service import redis_client, worker_pool
+    from talkingface.broker.service import check_redis_persistence, redis_client, worker_pool
     from talkingface.logs import configure_logging
 
     settings = _settings("worker")
@@ -440,6 +440,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"talkingface worker: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    check_redis_persistence(client, settings, strict=False)  # the broker refuses; we warn
     queues = set(args.queues.split(","))
     unknown = queues - {"render", "train"}
     if unknown:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import math
 import re
@@ -101,6 +102,7 @@ _UPDATABLE = frozenset(
         "result",
         "cancel_requested",
         "avatar_id",
+        "resume",  # what an attempt stored that the next may reuse (a render's checkpoint)
     }
 )
 
@@ -160,6 +162,7 @@ class Job:
     webhook_last_status: str = ""
     webhook_last_attempt_at: int = 0  # unix ms, 0 = never
     webhook_delivered_at: int = 0
+    resume: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
@@ -191,6 +194,7 @@ class Job:
             webhook_last_status=f.get("webhook_last_status", ""),
             webhook_last_attempt_at=int(f.get("webhook_last_attempt_at") or 0),
             webhook_delivered_at=int(f.get("webhook_delivered_at") or 0),
+            resume=json.loads(f["resume"]) if f.get("resume") else {},
         )
 
 
@@ -354,7 +358,7 @@ def _encode_fields(fields: Mapping[str, Any]) -> list[str]:
             value = str(int(value))
         elif name == "error_code" and value and value not in GRPC_STATUS:
             raise ValueError(f"unknown error code {value!r}")
-        elif name == "result":
+        elif name in ("result", "resume"):
             value = "" if value is None else json.dumps(value, separators=(",", ":"))
         elif name == "cancel_requested":
             value = "1" if value else "0"

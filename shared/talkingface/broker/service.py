@@ -26,7 +26,14 @@ from redis.retry import Retry
 
 from talkingface.broker.jobs import JobStore
 from talkingface.broker.queue import WorkQueue
-from talkingface.broker.worker import Cancelled, Handler, LeaseLost, is_input_error, run_once
+from talkingface.broker.worker import (
+    Cancelled,
+    HandBack,
+    Handler,
+    LeaseLost,
+    is_input_error,
+    run_once,
+)
 from talkingface.config import ConfigError, Settings, env_name
 from talkingface.errors import TalkingFaceError
 
@@ -139,6 +146,7 @@ class WorkerPool:
         self.specs = [s for s in specs if s.threads > 0]
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self._stop = threading.Event()
+        self._handback = threading.Event()  # jobs in hand go back to their queues
         self._threads: list[threading.Thread] = []
         self._counted: dict[str, int] = {}  # talkingface_workers added by start()
 
@@ -165,8 +173,9 @@ class WorkerPool:
         log.info("workers started", extra={"workers": [t.name for t in self._threads]})
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop claiming; wait up to `timeout` for jobs in hand (an unfinished one is taken
-        over by another worker once its lease expires)."""
+        """Stop claiming at once; let the jobs in hand finish for half of `timeout`, then hand
+        back the ones still running (their heartbeat raises HandBack: the job goes back to
+        its queue at once, its delivery not counted), and wait for the rest of `timeout`."""
         from talkingface.serving.metrics import WORKERS
 
         self._stop.set()
@@ -174,6 +183,12 @@ class WorkerPool:
             WORKERS.labels(name).dec(threads)
         self._counted.clear()
         deadline = time.monotonic() + timeout
+        finish_by = time.monotonic() + timeout / 2
+        for thread in self._threads:
+            thread.join(max(0.0, finish_by - time.monotonic()))
+        if any(t.is_alive() for t in self._threads):
+            log.info("handing back the jobs still running")
+            self._handback.set()
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         left = [t.name for t in self._threads if t.is_alive()]
@@ -187,7 +202,8 @@ class WorkerPool:
     def _loop(self, spec: WorkerSpec, consumer: str) -> None:
         while not self._stop.is_set():
             try:
-                run_once(spec.queue, self.jobs, consumer, spec.handler, block_ms=IDLE_BLOCK_MS)
+                run_once(spec.queue, self.jobs, consumer, spec.handler, block_ms=IDLE_BLOCK_MS,
+                         stopping=self._handback)  # fmt: skip
             except redis.RedisError as exc:
                 log.warning("redis unavailable: %s", exc, extra={"consumer": consumer})
                 self._stop.wait(REDIS_DOWN_SLEEP_S)
@@ -214,6 +230,9 @@ def instrumented(kind: str, handler: Handler) -> Handler:
         except LeaseLost:
             outcome = "lease_lost"
             raise
+        except HandBack:
+            outcome = "handed_back"
+            raise
         except Exception as exc:
             outcome = "input_error" if is_input_error(exc) else "error"
             JOB_ERRORS.labels(kind, error_code(exc)).inc()
@@ -222,6 +241,10 @@ def instrumented(kind: str, handler: Handler) -> Handler:
             JOB_ATTEMPTS.labels(kind, outcome).inc()
             JOB_SECONDS.labels(kind, outcome).observe(time.perf_counter() - started)
 
+    # The worker's hooks (a dropped outcome's objects, a final job's scratch) stay reachable.
+    for hook in ("discard", "cleanup"):
+        if hasattr(handler, hook):
+            setattr(run, hook, getattr(handler, hook))
     return run
 
 

@@ -40,6 +40,7 @@ clients); any other exception is reported by its type name only, its text goes t
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -79,8 +80,19 @@ class Cancelled(Exception):
 LeaseLost = _LeaseLost
 
 
+class HandBack(Exception):
+    """Raised by the heartbeat when the worker is shutting down (SIGTERM, a scale-down) and
+    the job cannot finish in its grace: the handler stops, and the job goes back to its queue
+    at once, without counting the delivery."""
+
+
 class Heartbeat(Protocol):
-    def __call__(self, stage: str | None = None, progress: float | None = None) -> Job: ...
+    def __call__(
+        self,
+        stage: str | None = None,
+        progress: float | None = None,
+        checkpoint: dict[str, Any] | None = None,
+    ) -> Job: ...
 
 
 Handler = Callable[[Job, Delivery, Heartbeat], "dict[str, Any] | None"]
@@ -115,8 +127,10 @@ def run_once(
     handler: Handler,
     *,
     block_ms: int = 1000,
+    stopping: threading.Event | None = None,
 ) -> bool:
-    """Claim and process one delivery; False when none came within `block_ms`.
+    """Claim and process one delivery; False when none came within `block_ms`. Once
+    `stopping` is set, the job in hand is handed back at its next heartbeat (HandBack).
 
     `handler(job, delivery, heartbeat)` does the work and returns the result to store (a
     JSON-able dict or None). It should call `heartbeat(stage=..., progress=...)` between steps,
@@ -127,14 +141,20 @@ def run_once(
     if delivery is None:
         return False
     try:
-        return _run(queue, jobs, delivery, handler)
+        return _run(queue, jobs, delivery, handler, stopping)
     except LeaseLost:
         log.warning("lease lost; leaving the job to its new worker",
                     extra={"queue": queue.name, "job_id": delivery.job_id})  # fmt: skip
         return True
 
 
-def _run(queue: WorkQueue, jobs: JobStore, delivery: Delivery, handler: Handler) -> bool:
+def _run(
+    queue: WorkQueue,
+    jobs: JobStore,
+    delivery: Delivery,
+    handler: Handler,
+    stopping: threading.Event | None = None,
+) -> bool:
     lease = delivery.lease
     context = {"queue": queue.name, "job_id": delivery.job_id, "delivery": delivery.deliveries}
     try:
@@ -153,7 +173,7 @@ def _run(queue: WorkQueue, jobs: JobStore, delivery: Delivery, handler: Handler)
         queue.ack(delivery)
         return True
     if _past_deadline(queue, job):
-        _fail_deadline(queue, jobs, delivery, job, context)
+        _fail_deadline(queue, jobs, delivery, job, context, handler=handler)
         return True
     job = _finish(jobs, job.job_id, lease, state=RUNNING, attempt=delivery.deliveries,
                   stage="", progress=0.0)  # fmt: skip
@@ -161,10 +181,17 @@ def _run(queue: WorkQueue, jobs: JobStore, delivery: Delivery, handler: Handler)
         queue.ack(delivery)
         return True
 
-    def heartbeat(stage: str | None = None, progress: float | None = None) -> Job:
+    def heartbeat(
+        stage: str | None = None,
+        progress: float | None = None,
+        checkpoint: dict[str, Any] | None = None,
+    ) -> Job:
+        if stopping is not None and stopping.is_set():
+            raise HandBack("the worker is shutting down")
         if not queue.extend(delivery):
             raise LeaseLost(f"delivery {delivery.message_id} was taken over")
-        fields = {k: v for k, v in (("stage", stage), ("progress", progress)) if v is not None}
+        fields = {k: v for k, v in (("stage", stage), ("progress", progress),
+                                    ("resume", checkpoint)) if v is not None}  # fmt: skip
         try:
             # Fenced even without a change: a lease lost after the extend above stops us here.
             current = jobs.update(delivery.job_id, lease=lease, **fields)
@@ -180,13 +207,21 @@ def _run(queue: WorkQueue, jobs: JobStore, delivery: Delivery, handler: Handler)
         result = handler(job, delivery, heartbeat)
     except LeaseLost:
         raise
+    except HandBack:
+        log.info("shutting down: handing the job back to its queue", extra=context)
+        if _finish(jobs, job.job_id, lease, state=QUEUED, stage="", progress=0.0) is not None:
+            queue.retry(delivery, 0.0, count=False)  # a delivery not burnt
+        else:
+            queue.ack(delivery)
+        return True
     except Cancelled:
         log.info("job cancelled while running", extra=context)
-        _finish(jobs, job.job_id, lease, state=CANCELLED)
+        if _finish(jobs, job.job_id, lease, state=CANCELLED) is not None:
+            _cleanup(handler, job.job_id, context)
         queue.ack(delivery)
         return True
     except Exception as exc:
-        _handle_failure(queue, jobs, delivery, exc, context, job)
+        _handle_failure(queue, jobs, delivery, exc, context, job, handler)
         return True
     try:
         stored = _finish(jobs, job.job_id, lease, state=SUCCEEDED, result=result or {},
@@ -202,8 +237,23 @@ def _run(queue: WorkQueue, jobs: JobStore, delivery: Delivery, handler: Handler)
     if stored is None:
         log.info("job finished elsewhere first; this outcome is dropped", extra=context)
         _discard(handler, result, context)
+    else:
+        _cleanup(handler, job.job_id, context)
     queue.ack(delivery)
     return True
+
+
+def _cleanup(handler: Handler | None, job_id: str, context: dict) -> None:
+    """The job is final, recorded by this worker while it held the lease: let the handler
+    remove what every attempt of the job left (`handler.cleanup(job_id)`, e.g. scratch
+    space kept for resuming)."""
+    cleanup = getattr(handler, "cleanup", None)
+    if cleanup is None:
+        return
+    try:
+        cleanup(job_id)
+    except Exception:
+        log.exception("could not clean up after the job", extra=context)
 
 
 def _discard(handler: Handler, result: dict[str, Any] | None, context: dict) -> None:
@@ -218,13 +268,21 @@ def _discard(handler: Handler, result: dict[str, Any] | None, context: dict) -> 
 
 
 def _fail_deadline(
-    queue: WorkQueue, jobs: JobStore, delivery: Delivery, job: Job, context: dict, why: str = ""
+    queue: WorkQueue,
+    jobs: JobStore,
+    delivery: Delivery,
+    job: Job,
+    context: dict,
+    why: str = "",
+    handler: Handler | None = None,
 ) -> None:
     log.warning("job past its deadline; failing it", extra=context)
     detail = (f"the job did not finish within {queue.deadline_s:g} s of its submission "
               f"({_age_s(job):.0f} s ago){why}")  # fmt: skip
-    _finish(jobs, delivery.job_id, delivery.lease, state=FAILED, error_code="DEADLINE_EXCEEDED",
-            error_message=detail[:MAX_ERROR_MESSAGE])  # fmt: skip
+    if _finish(jobs, delivery.job_id, delivery.lease, state=FAILED,
+               error_code="DEADLINE_EXCEEDED",
+               error_message=detail[:MAX_ERROR_MESSAGE]) is not None:  # fmt: skip
+        _cleanup(handler, delivery.job_id, context)
     queue.ack(delivery)
 
 
@@ -235,6 +293,7 @@ def _handle_failure(
     exc: Exception,
     context: dict,
     job: Job | None = None,
+    handler: Handler | None = None,
 ) -> None:
     if isinstance(exc, TalkingFaceError):
         message = f"{exc}"[:MAX_ERROR_MESSAGE]
@@ -253,12 +312,14 @@ def _handle_failure(
                 f"the {crashed} stage stopped while working on this job "
                 f"{crashes[crashed]} times; the input is not retried"
             )
-            _finish(jobs, delivery.job_id, delivery.lease, state=FAILED,
-                    error_code="JOB_INPUT_CRASHED", error_message=detail)  # fmt: skip
+            failed = _finish(jobs, delivery.job_id, delivery.lease, state=FAILED,
+                             error_code="JOB_INPUT_CRASHED", error_message=detail)  # fmt: skip
+            if failed is not None:
+                _cleanup(handler, delivery.job_id, context)
             queue.dead_letter(delivery, f"JOB_INPUT_CRASHED: {detail}")
             return
     if job is not None and _past_deadline(queue, job):
-        _fail_deadline(queue, jobs, delivery, job, context, f"; last error: {message}")
+        _fail_deadline(queue, jobs, delivery, job, context, f"; last error: {message}", handler)
         return
     if job is not None and is_outage(exc) and _age_s(job) < queue.outage_budget_s:
         delay = min(queue.backoff(delivery.deliveries), OUTAGE_BACKOFF_MAX_S)
@@ -273,21 +334,26 @@ def _handle_failure(
     if is_input_error(exc):
         assert isinstance(exc, TalkingFaceError)
         log.info("job failed on its input: %s", exc.code, extra=context)
-        _finish(jobs, delivery.job_id, delivery.lease, state=FAILED, error_code=exc.code,
-                error_message=message)  # fmt: skip
+        if _finish(jobs, delivery.job_id, delivery.lease, state=FAILED, error_code=exc.code,
+                   error_message=message) is not None:  # fmt: skip
+            _cleanup(handler, delivery.job_id, context)
         queue.ack(delivery)
         return
     if delivery.deliveries >= queue.max_deliveries:
         log.error("job failed on its last delivery: %r", exc, extra=context)
         detail = f"gave up after {delivery.deliveries} deliveries; last error: {type(exc).__name__}"
-        _finish(
-            jobs,
-            delivery.job_id,
-            delivery.lease,
-            state=FAILED,
-            error_code="JOB_RETRIES_EXHAUSTED",
-            error_message=f"{detail}: {message}"[:MAX_ERROR_MESSAGE],
-        )
+        if (
+            _finish(
+                jobs,
+                delivery.job_id,
+                delivery.lease,
+                state=FAILED,
+                error_code="JOB_RETRIES_EXHAUSTED",
+                error_message=f"{detail}: {message}"[:MAX_ERROR_MESSAGE],
+            )
+            is not None
+        ):
+            _cleanup(handler, delivery.job_id, context)
         # The dead-letter stream is for operators: it keeps the exception's own text.
         queue.dead_letter(delivery, f"{type(exc).__name__}: {f'{exc}'[:MAX_ERROR_MESSAGE]}")
         return

@@ -326,6 +326,8 @@ class Demo:
         with fleet:
             self.timings["fleet_start"] = round(time.perf_counter() - started, 1)
             for name, value in fleet.endpoints().items():
+                if name == "api_key":  # the fleet's own, revoked when the demo stops
+                    value = f"{value[:20]}… (made for this run's client, revoked at its end)"
                 self.say(f"demo:   {name:15s} {value}")
             store = store_from_settings(fleet.settings)
             version = _publish(store, bundle_files(self._data_dir("bundle")))
