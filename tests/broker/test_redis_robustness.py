@@ -195,3 +195,38 @@ def test_a_redis_that_refuses_config_is_a_warning(tmp_path: Path, caplog):
             check_redis_persistence(client, settings_for(server.url))
         assert any("CONFIG GET refused" in r.getMessage() for r in caplog.records)
         client.close()
+
+
+# ---- the API while Redis is down -------------------------------------------------------------
+
+
+def test_the_api_answers_unavailable_not_internal_while_redis_is_down(tmp_path: Path):
+    """Chaos run finding: submissions during a Redis restart were refused INTERNAL (a bug, to
+    clients) instead of UNAVAILABLE (retry)."""
+    from talkingface.broker.client import BrokerClient
+    from talkingface.errors import TalkingFaceError
+
+    with start_redis(tmp_path / "redis") as server:
+        settings = settings_for(
+            server.url, TALKINGFACE_STORE="local", TALKINGFACE_STORE_DIR=str(tmp_path / "store"),
+            TALKINGFACE_GRPC_HOST="127.0.0.1", TALKINGFACE_GRPC_PORT="0",
+            TALKINGFACE_METRICS_PORT="0", TALKINGFACE_BROKER_WORKERS="0",
+            TALKINGFACE_BROKER_TRAIN_WORKERS="0", TALKINGFACE_JANITOR_INTERVAL_SECONDS="0",
+            TALKINGFACE_REDIS_RETRIES="0", TALKINGFACE_REDIS_CONNECT_TIMEOUT_SECONDS="1",
+        )  # fmt: skip
+        api = broker_server(settings)
+        api.start()
+        try:
+            client = BrokerClient(f"127.0.0.1:{api.port}", "acme", timeout_s=30, api_key="",
+                                  ca_file="")  # fmt: skip
+            with pytest.raises(TalkingFaceError) as missing:
+                client.get_job("0" * 32)
+            assert missing.value.code == "JOB_NOT_FOUND"  # Redis up: an ordinary answer
+            redis.Redis.from_url(server.url).shutdown(nosave=True)  # Redis gone
+            with pytest.raises(TalkingFaceError) as down:
+                client.get_job("0" * 32)
+            assert down.value.code == "UNAVAILABLE", down.value
+            assert down.value.transient
+            client.close()
+        finally:
+            api.stop(grace=1.0)

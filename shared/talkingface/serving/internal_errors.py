@@ -6,7 +6,9 @@ public API must not show. `InternalErrorInterceptor` catches such an exception, 
 its traceback and a fresh correlation id, and ends the call with INTERNAL
 "INTERNAL: internal error, correlation id <32 hex digits>" (and `talkingface-error-code:
 INTERNAL`), so an operator finds the log line from what the client reports. Calls that ended
-on purpose (`context.abort`, a TalkingFaceError through `errors.abort`) pass untouched.
+on purpose (`context.abort`, a TalkingFaceError through `errors.abort`) pass untouched. A
+backing service that cannot be reached (a Redis ConnectionError or TimeoutError, after the
+client's own retries) is no bug: it answers UNAVAILABLE, which clients retry.
 """
 
 from __future__ import annotations
@@ -29,7 +31,20 @@ def _ended_on_purpose(context: grpc.ServicerContext) -> bool:
     return code is not None and code != grpc.StatusCode.OK
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """A backing service (Redis) could not be reached: transient, not a bug."""
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - redis is a dependency of the broker
+        return False
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+
+
 def _internal(method: str, context: grpc.ServicerContext, exc: BaseException):
+    if _unreachable(exc):  # e.g. Redis restarting: the client should retry, not report a bug
+        log.warning("%s: a backing service is unreachable: %r", method, exc)
+        abort(context, TalkingFaceError(
+            "UNAVAILABLE", "the broker's database is unreachable for a moment; retry"))  # fmt: skip
     correlation_id = uuid.uuid4().hex
     log.error(
         "unexpected exception in %s, correlation id %s", method, correlation_id,
