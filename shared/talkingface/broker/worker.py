@@ -243,6 +243,22 @@ def _run(
     return True
 
 
+def _fail(
+    jobs: JobStore,
+    delivery: Delivery,
+    code: str,
+    message: str,
+    handler: Handler | None = None,
+    context: dict | None = None,
+) -> None:
+    """Fail the job (fenced by the delivery's lease) and, when this write made it final, let
+    the handler clean up after it."""
+    failed = _finish(jobs, delivery.job_id, delivery.lease, state=FAILED, error_code=code,
+                     error_message=message[:MAX_ERROR_MESSAGE])  # fmt: skip
+    if failed is not None:
+        _cleanup(handler, delivery.job_id, context or {"job_id": delivery.job_id})
+
+
 def _cleanup(handler: Handler | None, job_id: str, context: dict) -> None:
     """The job is final, recorded by this worker while it held the lease: let the handler
     remove what every attempt of the job left (`handler.cleanup(job_id)`, e.g. scratch
@@ -279,10 +295,7 @@ def _fail_deadline(
     log.warning("job past its deadline; failing it", extra=context)
     detail = (f"the job did not finish within {queue.deadline_s:g} s of its submission "
               f"({_age_s(job):.0f} s ago){why}")  # fmt: skip
-    if _finish(jobs, delivery.job_id, delivery.lease, state=FAILED,
-               error_code="DEADLINE_EXCEEDED",
-               error_message=detail[:MAX_ERROR_MESSAGE]) is not None:  # fmt: skip
-        _cleanup(handler, delivery.job_id, context)
+    _fail(jobs, delivery, "DEADLINE_EXCEEDED", detail, handler, context)
     queue.ack(delivery)
 
 
@@ -312,10 +325,7 @@ def _handle_failure(
                 f"the {crashed} stage stopped while working on this job "
                 f"{crashes[crashed]} times; the input is not retried"
             )
-            failed = _finish(jobs, delivery.job_id, delivery.lease, state=FAILED,
-                             error_code="JOB_INPUT_CRASHED", error_message=detail)  # fmt: skip
-            if failed is not None:
-                _cleanup(handler, delivery.job_id, context)
+            _fail(jobs, delivery, "JOB_INPUT_CRASHED", detail, handler, context)
             queue.dead_letter(delivery, f"JOB_INPUT_CRASHED: {detail}")
             return
     if job is not None and _past_deadline(queue, job):
@@ -334,26 +344,13 @@ def _handle_failure(
     if is_input_error(exc):
         assert isinstance(exc, TalkingFaceError)
         log.info("job failed on its input: %s", exc.code, extra=context)
-        if _finish(jobs, delivery.job_id, delivery.lease, state=FAILED, error_code=exc.code,
-                   error_message=message) is not None:  # fmt: skip
-            _cleanup(handler, delivery.job_id, context)
+        _fail(jobs, delivery, exc.code, message, handler, context)
         queue.ack(delivery)
         return
     if delivery.deliveries >= queue.max_deliveries:
         log.error("job failed on its last delivery: %r", exc, extra=context)
         detail = f"gave up after {delivery.deliveries} deliveries; last error: {type(exc).__name__}"
-        if (
-            _finish(
-                jobs,
-                delivery.job_id,
-                delivery.lease,
-                state=FAILED,
-                error_code="JOB_RETRIES_EXHAUSTED",
-                error_message=f"{detail}: {message}"[:MAX_ERROR_MESSAGE],
-            )
-            is not None
-        ):
-            _cleanup(handler, delivery.job_id, context)
+        _fail(jobs, delivery, "JOB_RETRIES_EXHAUSTED", f"{detail}: {message}", handler, context)
         # The dead-letter stream is for operators: it keeps the exception's own text.
         queue.dead_letter(delivery, f"{type(exc).__name__}: {f'{exc}'[:MAX_ERROR_MESSAGE]}")
         return
@@ -370,17 +367,9 @@ def _handle_failure(
 
 def _give_up(jobs: JobStore, delivery: Delivery) -> None:
     """Fail the record of a job the queue dead-letters for too many deliveries."""
-    _finish(
-        jobs,
-        delivery.job_id,
-        delivery.lease,
-        state=FAILED,
-        error_code="JOB_RETRIES_EXHAUSTED",
-        error_message=(
-            f"gave up after {delivery.deliveries - 1} deliveries: "
-            "each worker stopped before finishing it (crashed or lost its lease)"
-        ),
-    )
+    _fail(jobs, delivery, "JOB_RETRIES_EXHAUSTED",
+          f"gave up after {delivery.deliveries - 1} deliveries: each worker stopped before "
+          "finishing it (crashed or lost its lease)")  # fmt: skip
 
 
 def _finish(jobs: JobStore, job_id: str, lease: Lease | None, **fields: Any) -> Job | None:
