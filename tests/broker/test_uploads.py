@@ -1,4 +1,5 @@
-"""Finding an upload through an object-store outage, and attempts' scratch spaces (issue 19):
+"""Finding an upload through an object-store outage, and the keys of a job's attempts (scratch
+space, result) (issue 19):
 real stores only (the MinIO client against a port where nothing listens is an outage)."""
 
 from __future__ import annotations
@@ -58,3 +59,26 @@ def test_an_attempt_clearing_its_scratch_leaves_its_successors(tmp_path):
     store.put(f"{owner.prefix}/segments/0.mp4", b"new")
     stale.clear(store)
     assert [i.key for i in store.list("work/j1")] == [f"{owner.prefix}/segments/0.mp4"]
+
+
+def test_a_refused_outcome_deletes_only_its_own_result(tmp_path):
+    """Before, every attempt wrote `results/<tenant>/<job>/video.mp4`: a stalled attempt (the
+    mux waited for with `settle`) overwrote the winner's result after the winner had recorded
+    its sha256. Now each attempt has its own key, and the worker hands a refused outcome's
+    result to the handler's `discard`, which deletes that one object only."""
+    from talkingface.broker.queue import Delivery
+    from talkingface.broker.render_job import RenderHandler, result_key
+    from talkingface.config import Settings
+
+    store = LocalStore(tmp_path)
+    winner = Delivery("render", "j1", {}, "1700000000000-0", 2, "w2")
+    zombie = Delivery("render", "j1", {}, "1700000000000-0", 1, "w1")  # taken over from it
+    keys = [result_key("acme", "j1", d.attempt_tag) for d in (winner, zombie)]
+    assert keys[0] != keys[1] and all(k.startswith("results/acme/j1/") for k in keys)
+    for key in keys:
+        store.put(key, key.encode())
+    handler = RenderHandler(None, store, Settings())  # type: ignore[arg-type]
+    handler.discard({"video": {"key": keys[1]}})
+    assert [i.key for i in store.list("results/acme/j1")] == [keys[0]]
+    assert store.get(keys[0]) == keys[0].encode()
+    handler.cleanup("j1")  # nothing under work/: fine
