@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from talkingface.broker.jobs import Job, JobStore
-from talkingface.broker.queue import WorkQueue
+from talkingface.broker.queue import Delivery, WorkQueue
 from talkingface.broker.worker import is_input_error, run_once
 from talkingface.errors import TalkingFaceError
 from tests.broker.conftest import LEASE_MS, assert_drained
@@ -492,3 +492,23 @@ def test_a_stopping_pool_lets_a_short_job_finish(jobs, make_queue):
     done = jobs.get(job.job_id)
     assert (done.state, done.result) == ("SUCCEEDED", {"done": True})
     assert_drained(queue)
+
+
+def test_a_fenced_read_publishes_nothing(jobs, make_queue, redis_client):
+    """A heartbeat without progress checks the lease in Redis (a fenced update with no field)
+    but changes nothing and sends watchers no event; a lost lease still raises."""
+    from talkingface.broker.jobs import events_key
+    from talkingface.broker.queue import LeaseLost
+
+    queue = make_queue(lease_ms=60_000)
+    job = submit(jobs, queue)
+    delivery = queue.claim("w1", block_ms=100)
+    jobs.update(job.job_id, lease=delivery.lease, state="RUNNING")
+    before = redis_client.xlen(events_key(job.job_id))
+    current = jobs.update(job.job_id, lease=delivery.lease)
+    assert current.state == "RUNNING"
+    assert redis_client.xlen(events_key(job.job_id)) == before
+    stranger = Delivery(delivery.queue, job.job_id, {}, delivery.message_id, 1, "w2")
+    with pytest.raises(LeaseLost):
+        jobs.update(job.job_id, lease=stranger.lease)
+    queue.ack(delivery)

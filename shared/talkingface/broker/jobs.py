@@ -301,6 +301,9 @@ end
 if state == 'SUCCEEDED' or state == 'FAILED' or state == 'CANCELLED' then
   return {'JOB_ALREADY_FINISHED', state}
 end
+if ARGV[4] ~= 'cancel' and #ARGV < 8 then  -- no change (a fenced read): nothing published
+  return {'OK', redis.call('HGETALL', KEYS[1])}
+end
 local allowed = {
   QUEUED = {QUEUED = true, RUNNING = true, CANCELLED = true, FAILED = true},
   RUNNING = {RUNNING = true, QUEUED = true, SUCCEEDED = true, FAILED = true, CANCELLED = true},
