@@ -48,6 +48,7 @@ def run(
     idle_uploads: int = 10,
     avatar: str = "",
 ) -> dict[str, Any]:
+    load_before = _load_average()
     with contextlib.ExitStack() as stack:
         if broker is None:
             broker, avatar, tenant, store = stack.enter_context(_own_broker())
@@ -61,7 +62,8 @@ def run(
     result.update(
         broker=broker, store=store, clients=clients, calls_per_client=calls_per_client,
         watch_streams=watch_streams, idle_uploads=idle_uploads, targets=TARGETS,
-        machine={"cpus": os.cpu_count(), "python": platform.python_version()},
+        machine={"cpus": os.cpu_count(), "python": platform.python_version(),
+                 "load_average": {"before": load_before, "after": _load_average()}},
     )  # fmt: skip
     return result
 
@@ -167,6 +169,15 @@ def _concurrently(threads: int, calls: int, one: Callable[[int], float | None]) 
         "max_ms": round(times[-1], 2) if times else None,
         "per_second": round(len(times) / wall, 1),
     }  # fmt: skip
+
+
+def _load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages: how busy the machine was (the figures are only
+    comparable between runs on an otherwise idle machine)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _pct(values: list[float], q: float) -> float:
