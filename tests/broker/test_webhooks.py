@@ -41,6 +41,7 @@ from talkingface.storage import LocalStore
 from talkingface.v1 import broker_pb2 as pb
 from talkingface.v1 import broker_pb2_grpc
 from tests.broker.test_limits import AUDIO, md, ready_avatar
+from tests.fixtures.servers import start_redis
 
 RETRY_BASE_S = 0.4
 MAX_ATTEMPTS = 4
@@ -106,10 +107,16 @@ def default_broker(redis_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def strict_broker(redis_server, tmp_path_factory):
+def strict_broker(tmp_path_factory):
     """http allowed (so a loopback receiver could be reached at all) but no allowed networks:
-    what a production broker does with internal addresses."""
-    env = _env(redis_server.url, str(tmp_path_factory.mktemp("strict") / "store"),
+    what a production broker does with internal addresses. On a Redis of its own: every
+    broker on one Redis delivers any due webhook, and the `broker` fixture's allows loopback."""
+    with start_redis(tmp_path_factory.mktemp("strict-redis")) as server:
+        yield from _strict(server.url, tmp_path_factory)
+
+
+def _strict(redis_url, tmp_path_factory):
+    env = _env(redis_url, str(tmp_path_factory.mktemp("strict") / "store"),
                TALKINGFACE_WEBHOOK_ALLOW_HTTP="true",
                TALKINGFACE_WEBHOOK_RETRY_BASE_SECONDS=str(RETRY_BASE_S),
                TALKINGFACE_WEBHOOK_TIMEOUT_SECONDS="2")  # fmt: skip
