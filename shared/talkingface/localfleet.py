@@ -65,6 +65,18 @@ def local_auth(settings: Settings) -> Settings:
     return dataclasses.replace(settings, broker_auth="keys")
 
 
+def stop_child(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """SIGTERM a child process and wait `timeout_s` for it; SIGKILL it past that."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def free_port() -> int:
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -116,14 +128,8 @@ class PrivateRedis:
         raise ConfigError(f"redis-server did not answer within {REDIS_START_TIMEOUT_S:.0f} s")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.proc is not None:
+            stop_child(self.proc, 10)
 
 
 def local_serve_config(

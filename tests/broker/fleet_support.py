@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from talkingface.broker.janitor import sweep_scratch
+from talkingface.broker.janitor import sweep_until_quiet
 from talkingface.media import read_wav
 
 TENANT = "acme"
@@ -58,15 +58,6 @@ def swept(fleet, job_id: str, quiet_s: float = 2.0, timeout_s: float = 30.0) -> 
     within about half a second of the ack); nothing tells when the last one has landed, so
     the janitor runs until none has come for `quiet_s`, and the job's `work/` must be empty.
     """
-    deadline = time.monotonic() + timeout_s
-    empty_since = None
-    while time.monotonic() < deadline:
-        sweep_scratch(fleet.store, fleet.jobs, min_age_s=0)
-        if fleet.store.list(f"work/{job_id}"):
-            empty_since = None
-        elif empty_since is None:
-            empty_since = time.monotonic()
-        elif time.monotonic() - empty_since >= quiet_s:
-            break
-        time.sleep(0.2)
-    assert fleet.store.list(f"work/{job_id}") == []
+    left = sweep_until_quiet(fleet.store, fleet.jobs, f"work/{job_id}", quiet_s=quiet_s,
+                             timeout_s=timeout_s, interval_s=0.2)  # fmt: skip
+    assert left == 0, fleet.store.list(f"work/{job_id}")

@@ -203,7 +203,7 @@ def _own_broker() -> Iterator[tuple[str, str, str, str]]:
 
     from talkingface.broker.avatars import AvatarRegistry
     from talkingface.landmarks.bundle import PROJECTION_FILES
-    from talkingface.localfleet import PrivateRedis, free_port
+    from talkingface.localfleet import PrivateRedis, free_port, stop_child
     from talkingface.render.bundle import RENDERER_FILES
 
     root = Path(tempfile.mkdtemp(prefix="tf-bench-api-"))
@@ -261,12 +261,7 @@ def _own_broker() -> Iterator[tuple[str, str, str, str]]:
         yield f"127.0.0.1:{settings.grpc_port}", avatar, tenant, store_kind
     finally:
         for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_child(proc, 20)
         private.stop()
         shutil.rmtree(root, ignore_errors=True)
 

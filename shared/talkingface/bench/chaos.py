@@ -303,7 +303,7 @@ def _drain(store, job_ids: list[str], timeout_s: float) -> dict[str, Any]:
 
 
 def _account(fleet, jobs, submitted, final) -> dict[str, Any]:
-    from talkingface.broker.janitor import sweep_scratch
+    from talkingface.broker.janitor import sweep_until_quiet
     from talkingface.broker.queue import WorkQueue
 
     store = fleet.store
@@ -336,7 +336,7 @@ def _account(fleet, jobs, submitted, final) -> dict[str, Any]:
                 duplicated += 1
                 duplicates.append({"job_id": job_id, "objects": [o.key for o in objects]})
     lost = sorted(set(submitted) - set(final))
-    scratch = _swept(store, jobs, sweep_scratch)
+    scratch = sweep_until_quiet(store, jobs)
     queue = WorkQueue.from_settings(fleet.redis_client(), "render", fleet.settings)
     latencies.sort()
     return {
@@ -351,23 +351,6 @@ def _account(fleet, jobs, submitted, final) -> dict[str, Any]:
         "queue_left": {"queued": queue.depth(), "pending": queue.pending(),
                        "dead": len(queue.dead_letters(1000))},
     }  # fmt: skip
-
-
-def _swept(store, jobs, sweep, quiet_s: float = 3.0, timeout_s: float = 60.0) -> int:
-    """Sweep as the janitor does until `work/` has stayed empty for `quiet_s` (a shard that a
-    renderer was still encoding lands after its job's cleanup); the objects left."""
-    deadline = time.monotonic() + timeout_s
-    empty_since = None
-    while time.monotonic() < deadline:
-        sweep(store, jobs, min_age_s=0)
-        if store.list("work"):
-            empty_since = None
-        elif empty_since is None:
-            empty_since = time.monotonic()
-        elif time.monotonic() - empty_since >= quiet_s:
-            break
-        time.sleep(0.5)
-    return len(store.list("work"))
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -516,10 +499,12 @@ class _Fleet:
         return client
 
     def __exit__(self, *exc) -> None:
+        from talkingface.localfleet import stop_child
+
         for proc in self.workers + self.retired:
             with contextlib.suppress(OSError):
                 proc.send_signal(signal.SIGCONT)
-            _stop(proc)
+            stop_child(proc, 15)
         if self.broker is not None:
             self.broker.stop(grace=1.0)
         if self._ray_started:
@@ -542,7 +527,7 @@ class _Fleet:
             with contextlib.suppress(Exception):
                 client.close()
         for proc in self.procs:
-            _stop(proc)
+            stop_child(proc, 15)
         if self.redis is not None:
             self.redis.stop()
 
@@ -706,17 +691,6 @@ def _kill_replica(rng: random.Random, apps: list[str]) -> dict[str, Any]:
     actor = rng.choice(sorted(renderers or replicas, key=lambda a: a["name"]))
     ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
     return {"replica": actor["name"]}
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(15)
 
 
 def _wait_port(port: int, proc: subprocess.Popen, what: str, log: Path) -> None:
