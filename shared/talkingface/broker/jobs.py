@@ -283,7 +283,8 @@ return {1, ARGV[3], publish(KEYS[1], KEYS[3], ttl, ARGV[2])}
 # (update). Returns {'OK', record} or {ERROR_NAME, detail...}.
 # With a lease (a work stream, its group, the delivery's message id and consumer) the write
 # happens only while that consumer still holds the message in the group's pending list, in
-# the same atomic step (fencing): a worker whose lease was taken over changes nothing.
+# the same atomic step (fencing), and renews it: a worker whose lease was taken over changes
+# nothing, one that holds it needs no separate renewal.
 # The write that makes a job with a callback_url final also schedules its webhook (due now).
 _UPDATE = (
     _LUA_COMMON
@@ -292,6 +293,8 @@ local ttl = tonumber(ARGV[1])
 if ARGV[7] ~= '' then
   local ok, p = pcall(redis.call, 'XPENDING', KEYS[4], ARGV[5], ARGV[6], ARGV[6], 1)
   if not ok or not p[1] or p[1][2] ~= ARGV[7] then return {'LEASE_LOST'} end
+  -- still ours: the write renews the lease too (idle time reset, delivery count unchanged)
+  redis.call('XCLAIM', KEYS[4], ARGV[5], ARGV[7], 0, ARGV[6], 'JUSTID')
 end
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'JOB_NOT_FOUND'} end
@@ -493,7 +496,8 @@ class JobStore:
         Raises JOB_NOT_FOUND, JOB_ALREADY_FINISHED (the job is in a final state) or INTERNAL
         (a transition the state machine forbids, e.g. QUEUED -> SUCCEEDED). With `lease` (a
         worker's delivery), LeaseLost unless that delivery is still the worker's, checked in
-        the same atomic step as the write.
+        the same atomic step as the write, which also renews the lease (a heartbeat is one
+        such call, with or without fields).
         """
         return self._run_update(job_id, "", "update", _encode_fields(fields), lease)
 

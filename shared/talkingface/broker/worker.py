@@ -188,12 +188,11 @@ def _run(
     ) -> Job:
         if stopping is not None and stopping.is_set():
             raise HandBack("the worker is shutting down")
-        if not queue.extend(delivery):
-            raise LeaseLost(f"delivery {delivery.message_id} was taken over")
         fields = {k: v for k, v in (("stage", stage), ("progress", progress),
                                     ("resume", checkpoint)) if v is not None}  # fmt: skip
         try:
-            # Fenced even without a change: a lease lost after the extend above stops us here.
+            # One round trip: the fenced update checks the lease, renews it and records the
+            # beat (a beat without fields changes nothing); LeaseLost when it was taken over.
             current = jobs.update(delivery.job_id, lease=lease, **fields)
         except TalkingFaceError as exc:
             if exc.code in ("JOB_ALREADY_FINISHED", "JOB_NOT_FOUND"):
