@@ -71,6 +71,12 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 KINDS = ("render", "train_avatar")
+# Job kind -> (its work queue, the payload of its work message): what SubmitRender and
+# CreateAvatar enqueue, and what the reconciler re-enqueues for a job whose message was lost.
+KIND_WORK: dict[str, tuple[str, dict[str, str]]] = {
+    "render": ("render", {"kind": "render"}),
+    "train_avatar": ("train", {"kind": "train_avatar"}),
+}
 # talkingface.v1.Stage names without the STAGE_ prefix; "" = no stage.
 STAGES = (
     "",

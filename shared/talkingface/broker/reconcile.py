@@ -31,17 +31,12 @@ from typing import Any
 
 import redis
 
-from talkingface.broker.jobs import QUEUED, RUNNING, JobStore, job_key
+from talkingface.broker.jobs import KIND_WORK, QUEUED, RUNNING, JobStore, job_key
 from talkingface.broker.queue import WorkQueue
 from talkingface.errors import TalkingFaceError
 
 log = logging.getLogger(__name__)
 
-# Job kind -> (queue name, work payload), exactly as the broker's servicer enqueues them.
-KIND_WORK: dict[str, tuple[str, dict[str, Any]]] = {
-    "render": ("render", {"kind": "render"}),
-    "train_avatar": ("train", {"kind": "train_avatar"}),
-}
 LOCK_KEY = "tf:reconcile:lock"
 ACTIVE_PATTERN = "tf:active:*"
 SCAN_COUNT = 500

@@ -41,7 +41,7 @@ from talkingface.broker.avatars import (
     AvatarRegistry,
     new_avatar_id,
 )
-from talkingface.broker.jobs import Job, JobStore, check_tenant
+from talkingface.broker.jobs import KIND_WORK, Job, JobStore, check_tenant
 from talkingface.broker.limits import SUBMIT, UPLOAD, Limits, how_to_raise
 from talkingface.broker.messages import JOB_STATES, avatar_message, job_message, render_options
 from talkingface.broker.queue import WorkQueue
@@ -146,7 +146,7 @@ class BrokerServicer:
                 job, created = self.jobs.create(
                     tenant, "render", body, request.idempotency_key or None,
                     avatar_id=request.avatar_id,
-                    enqueue=(self.queues[RENDER_QUEUE].name, {"kind": "render"}),
+                    enqueue=KIND_WORK["render"],
                     active_limit=limits["active_jobs"], active_hint=self.limits.active_hint(limits),
                     callback_url=callback_url,
                 )  # fmt: skip
@@ -258,7 +258,7 @@ class BrokerServicer:
             job, created = self.jobs.create(
                 tenant, "train_avatar", body, request.idempotency_key or None,
                 avatar_id=avatar_id,
-                enqueue=(self.queues[TRAIN_QUEUE].name, {"kind": "train_avatar"}),
+                enqueue=KIND_WORK["train_avatar"],
                 active_limit=limits["active_jobs"], active_hint=self.limits.active_hint(limits),
                 callback_url=callback_url,
             )  # fmt: skip
