@@ -495,7 +495,11 @@ def test_a_10_gib_bomb_fails_the_training_job_fast_with_little_disk(
     def sample() -> None:
         while not done.is_set():
             used = 0
-            for path in scratch.rglob("*"):
+            try:
+                paths = list(scratch.rglob("*"))
+            except OSError:  # a folder removed while being walked: sample again
+                continue
+            for path in paths:
                 with contextlib.suppress(OSError):  # removed while being summed
                     used += path.stat().st_size if path.is_file() else 0
             peak[0] = max(peak[0], used)
