@@ -119,3 +119,23 @@ def test_commands_print_only_the_products_output(tmp_path, argv):
     assert done.stderr == ""
     if argv[0] == "features":
         assert json.loads(done.stdout)["frames"] == 6 and out.exists()
+
+
+def test_the_cli_and_the_broker_load_without_torch():
+    """Every command builds the whole parser, and the broker only checks a published avatar's
+    file names: neither may load torch (a second of start-up and a heap whose full garbage
+    collections stalled the broker's RPCs for ~90 ms each)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from talkingface.cli import build_parser\n"
+        "build_parser()\n"
+        "import talkingface.broker.service, talkingface.broker.servicer, talkingface.pipeline\n"
+        "from talkingface.render.bundle import RENDERER_FILES\n"
+        "from talkingface.judge import preset\n"
+        "print(sorted(m for m in ('torch', 'faiss', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

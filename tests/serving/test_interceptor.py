@@ -97,3 +97,23 @@ def test_unimplemented_methods_answer_unimplemented(server):
     with pytest.raises(grpc.RpcError) as failed:
         list(stub.ExtractUpload(iter([]), timeout=10))
     assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_method_handler_is_wrapped_once_and_rebuilt_when_it_changes():
+    from talkingface.serving.interceptors import Rewrapper
+
+    built = []
+
+    def wrap(behaviour):
+        built.append(behaviour)
+        return lambda request, context: ("wrapped", behaviour(request, context))
+
+    rewrap = Rewrapper()
+    first = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    a = rewrap("/s/M", first, wrap)
+    assert rewrap("/s/M", first, wrap) is a and len(built) == 1
+    assert a.unary_unary("x", None) == ("wrapped", "x")
+    other = grpc.unary_unary_rpc_method_handler(lambda request, context: request * 2)
+    b = rewrap("/s/M", other, wrap)  # a new inner handler: wrapped anew
+    assert b is not a and b.unary_unary("x", None) == ("wrapped", "xx") and len(built) == 2
+    assert rewrap("/s/N", first, wrap) is not a  # per method

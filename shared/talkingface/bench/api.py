@@ -7,10 +7,13 @@ With `--broker ADDRESS` it uses that broker as tenant TALKINGFACE_TENANT (API ke
 TALKINGFACE_API_KEY) and needs `--avatar`, a READY avatar of that tenant (jobs it submits
 are queued for real there).
 
-Measured, each as p50/p99 milliseconds over every call (client threads, one call at a time
-each, over a few shared channels):
+Measured, each as p50/p99 milliseconds over every call. A client is a coroutine on one
+asyncio loop (grpc.aio) with one call in flight at a time, making its next call as soon as
+the last is answered (a closed loop: latency ≈ clients / throughput), over CHANNELS separate
+connections; the load generator's garbage collector is off while it measures.
 - `submit_render`: SubmitRender (inline audio) from `clients` concurrent clients;
-- `get_job`: GetJob of those jobs from `clients` concurrent clients;
+- `get_job`: GetJob of those jobs from `clients` concurrent clients, after one unmeasured
+  round of `clients` calls;
 - `get_job_with_streams`: 100 GetJob calls (10 at a time) while `watch_streams` WatchJob
   streams and `idle_uploads` Upload streams that send nothing are open.
 Refused or failed calls are counted by code in `errors`.
@@ -19,18 +22,17 @@ Refused or failed calls are counted by code in `errors`.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -72,99 +74,120 @@ def run(
 
 
 def _measure(address, tenant, avatar, clients, per_client, watch_streams, idle_uploads):
+    import asyncio
+
+    return asyncio.run(
+        _measure_async(address, tenant, avatar, clients, per_client, watch_streams, idle_uploads)
+    )
+
+
+async def _measure_async(address, tenant, avatar, clients, per_client, watch_streams,
+                         idle_uploads):  # fmt: skip
+    """The calls themselves, from one asyncio loop (grpc.aio): a client is a coroutine with
+    one call in flight at a time. A thread per client would spend more of the machine's two
+    cores on the load generator than the broker spends answering."""
+    import asyncio
+
     import grpc
 
     from talkingface.broker.client import BrokerClient
+    from talkingface.serving.server import grpc_message_options
     from talkingface.v1 import broker_pb2 as pb
+    from talkingface.v1 import broker_pb2_grpc
 
-    pool = [BrokerClient(address, tenant) for _ in range(CHANNELS)]
-    pool[0].wait_ready(START_TIMEOUT_S)
+    with BrokerClient(address, tenant) as sync_client:
+        sync_client.wait_ready(START_TIMEOUT_S)
+        metadata = sync_client.metadata
+    # Separate connections (no shared subchannel pool), as separate clients would have.
+    options = [*grpc_message_options(8), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(CHANNELS)]
+    stubs = [broker_pb2_grpc.BrokerStub(channel) for channel in channels]
     errors: Counter[str] = Counter()
     job_ids: list[str] = []
-    lock = threading.Lock()
 
-    def call(i: int, rpc: Callable[[Any], Any]) -> float | None:
-        client = pool[i % CHANNELS]
+    async def call(i: int, rpc: Callable[[Any], Any]) -> float | None:
         started = time.perf_counter()
         try:
-            rpc(client)
+            await rpc(stubs[i % CHANNELS])
         except grpc.RpcError as exc:
-            with lock:
-                errors[_code(exc)] += 1
+            errors[_code(exc)] += 1
             return None
         return (time.perf_counter() - started) * 1000
 
-    def submit(client) -> None:
-        job = client.stub.SubmitRender(
-            pb.SubmitRenderRequest(avatar_id=avatar, inline_audio=AUDIO),
-            metadata=client.metadata, timeout=60,
-        )  # fmt: skip
-        with lock:
-            job_ids.append(job.job_id)
+    async def submit(stub) -> None:
+        request = pb.SubmitRenderRequest(avatar_id=avatar, inline_audio=AUDIO)
+        job = await stub.SubmitRender(request, metadata=metadata, timeout=60)
+        job_ids.append(job.job_id)
 
     def get(i: int) -> Callable[[Any], Any]:
-        job_id = job_ids[i % len(job_ids)]
-        return lambda c: c.stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=c.metadata,
-                                       timeout=60)  # fmt: skip
+        request = pb.GetJobRequest(job_id=job_ids[i % len(job_ids)])
+        return lambda stub: stub.GetJob(request, metadata=metadata, timeout=60)
 
-    n = clients * per_client
     out: dict[str, Any] = {}
-    out["submit_render"] = _concurrently(clients, n, lambda i: call(i, submit))
-    if not job_ids:
-        raise SystemExit(f"talkingface bench api: no job could be submitted ({dict(errors)})")
-    out["get_job"] = _concurrently(clients, n, lambda i: call(i, get(i)))
-
-    release = threading.Event()
     held: list[Any] = []
     try:
+        n = clients * per_client
+        out["submit_render"] = await _concurrently(clients, n, lambda i: call(i, submit))
+        if not job_ids:
+            raise SystemExit(f"talkingface bench api: no job could be submitted ({dict(errors)})")
+        await _concurrently(clients, clients, lambda i: call(i, get(i)))  # warm-up, not counted
+        out["get_job"] = await _concurrently(clients, n, lambda i: call(i, get(i)))
+
         watched = 0
         for i in range(watch_streams):
-            client = pool[i % CHANNELS]
-            stream = client.stub.WatchJob(pb.WatchJobRequest(job_id=job_ids[i % len(job_ids)]),
-                                          metadata=client.metadata, timeout=600)  # fmt: skip
+            request = pb.WatchJobRequest(job_id=job_ids[i % len(job_ids)])
+            stream = stubs[i % CHANNELS].WatchJob(request, metadata=metadata, timeout=600)
             held.append(stream)
             try:
-                next(stream)
+                await stream.read()
                 watched += 1
             except grpc.RpcError as exc:
                 errors[f"WatchJob {_code(exc)}"] += 1
+        uploads = []
         for i in range(idle_uploads):
-            client = pool[i % CHANNELS]
-            upload = client.stub.Upload.future(
-                _idle_upload(release), metadata=client.metadata, timeout=600
-            )
-            held.append(upload)
-        time.sleep(0.5)  # the uploads reach the broker
-        out["get_job_with_streams"] = _concurrently(10, 100, lambda i: call(i, get(i)))
+            upload = stubs[i % CHANNELS].Upload(metadata=metadata, timeout=600)
+            await upload.write(pb.UploadRequest(header=pb.UploadHeader(filename="idle.bin")))
+            uploads.append(upload)
+        held.extend(uploads)
+        await asyncio.sleep(0.5)  # the uploads reach the broker
+        out["get_job_with_streams"] = await _concurrently(10, 100, lambda i: call(i, get(i)))
         out["get_job_with_streams"]["watch_streams_open"] = watched
-        out["get_job_with_streams"]["idle_uploads_open"] = sum(
-            1 for h in held[watch_streams:] if not h.done()
-        )
+        out["get_job_with_streams"]["idle_uploads_open"] = sum(1 for u in uploads if not u.done())
     finally:
-        release.set()
         for stream in held:
             stream.cancel()
-        for client in pool:
-            client.close()
+        for channel in channels:
+            await channel.close()
     out["errors"] = dict(errors)
     return out
 
 
-def _idle_upload(release: threading.Event) -> Iterator[Any]:
-    from talkingface.v1 import broker_pb2 as pb
+async def _concurrently(clients: int, calls: int, one: Callable[[int], Any]) -> dict:
+    """`calls` calls from `clients` concurrent clients, each making its next call as soon as
+    its last one is answered (a closed loop)."""
+    import asyncio
 
-    yield pb.UploadRequest(header=pb.UploadHeader(filename="idle.bin"))
-    release.wait(600)
+    times: list[float] = []
+    following = iter(range(calls))
 
+    async def client() -> None:
+        for i in following:
+            took = await one(i)
+            if took is not None:
+                times.append(took)
 
-def _concurrently(threads: int, calls: int, one: Callable[[int], float | None]) -> dict:
-    started = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        times = [t for t in pool.map(one, range(calls)) if t is not None]
-    wall = time.perf_counter() - started
+    # The load generator's own garbage-collector pauses would stall every call in flight
+    # and be counted as the broker's latency.
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(min(clients, calls))))
+        wall = time.perf_counter() - started
+    finally:
+        gc.enable()
     times.sort()
     return {
-        "calls": calls, "ok": len(times), "concurrency": threads,
+        "calls": calls, "ok": len(times), "concurrency": clients,
         "p50_ms": round(_pct(times, 0.50), 2), "p99_ms": round(_pct(times, 0.99), 2),
         "max_ms": round(times[-1], 2) if times else None,
         "per_second": round(len(times) / wall, 1),

@@ -42,7 +42,7 @@ import redis
 from talkingface.broker.jobs import check_tenant
 from talkingface.broker.limits import KEY_LIMITS, parse_key_limits
 from talkingface.errors import TalkingFaceError, abort
-from talkingface.serving.interceptors import rewrapped
+from talkingface.serving.interceptors import Rewrapper
 
 KEY_PREFIX = "tfk_"
 SCOPES = ("render", "avatars", "admin")
@@ -361,14 +361,17 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
+        self._rewrap = Rewrapper()
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         service, _, method = handler_call_details.method.lstrip("/").partition("/")
         if handler is None or service != BROKER_SERVICE:
             return handler
-        return rewrapped(
-            handler, lambda behaviour: self._wrap(method, behaviour, handler.response_streaming)
+        return self._rewrap(
+            method,
+            handler,
+            lambda behaviour: self._wrap(method, behaviour, handler.response_streaming),
         )
 
     def _check(self, method: str, context) -> contextvars.Context:

@@ -10,10 +10,31 @@ speakers, checked by `check_disjoint`); it is frozen and versioned by its weight
 
 from __future__ import annotations
 
-from talkingface.judge.config import OFFSETS, PRESETS, JudgeConfig, preset
-from talkingface.judge.geometry import FEATURE_NAMES, mouth_features
-from talkingface.judge.model import Judge, shift_pair
-from talkingface.judge.provenance import check_disjoint, corpus_identity
+from typing import TYPE_CHECKING, Any
+
+# Loaded on first use (PEP 562): `judge.model` imports torch, and the CLI's parser imports
+# `judge.commands` for every command, `serve broker` and `job get` included.
+_WHERE = {
+    "OFFSETS": "config", "PRESETS": "config", "JudgeConfig": "config", "preset": "config",
+    "FEATURE_NAMES": "geometry", "mouth_features": "geometry",
+    "Judge": "model", "shift_pair": "model",
+    "check_disjoint": "provenance", "corpus_identity": "provenance",
+}  # fmt: skip
+
+if TYPE_CHECKING:
+    from talkingface.judge.config import OFFSETS, PRESETS, JudgeConfig, preset
+    from talkingface.judge.geometry import FEATURE_NAMES, mouth_features
+    from talkingface.judge.model import Judge, shift_pair
+    from talkingface.judge.provenance import check_disjoint, corpus_identity
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "FEATURE_NAMES",

@@ -27,8 +27,7 @@ from talkingface.bundle import (
     resolve_version,
 )
 from talkingface.errors import TalkingFaceError
-from talkingface.render import checkpoint as rck
-from talkingface.render.encoding import EncoderBackendError
+from talkingface.render.files import RENDERER_DIR, RENDERER_FILES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
     from talkingface.render.train import Renderer
     from talkingface.storage.base import ObjectStore
 
-RENDERER_FILES = tuple(f"{rck.RENDERER_DIR}/{name}" for name in rck.FILES)
 TRACK_KEYS = ("R", "t", "K", "background")
 
 
@@ -63,7 +61,7 @@ def load_renderer_bundle(
         manifest, RENDERER_FILES, avatar_id, version,
         f"train and publish one with `talkingface train avatar --publish {avatar_id}`",
     )  # fmt: skip
-    directory = Path(cache_dir) / AVATARS / avatar_id / version / rck.RENDERER_DIR
+    directory = Path(cache_dir) / AVATARS / avatar_id / version / RENDERER_DIR
     try:
         fetch_files(store, avatar_id, version, manifest, RENDERER_FILES, directory, "renderer")
     except OSError as exc:
@@ -71,6 +69,9 @@ def load_renderer_bundle(
             "INTERNAL",
             f"cannot write the renderer cache {directory} (TALKINGFACE_CACHE_DIR): {exc}",
         ) from None
+    from talkingface.render import checkpoint as rck  # torch: only where a renderer loads
+    from talkingface.render.encoding import EncoderBackendError
+
     try:
         renderer, track = rck.load_renderer(directory, device)
         check_track(renderer, track)

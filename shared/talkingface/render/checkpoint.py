@@ -23,15 +23,13 @@ import torch
 
 from talkingface.render.config import RenderConfig
 from talkingface.render.field import LandmarkField
+from talkingface.render.files import CONFIG, TRACK, WEIGHTS
+from talkingface.render.files import FILES as FILES  # re-exported: rck.FILES
+from talkingface.render.files import RENDERER_DIR as RENDERER_DIR
 from talkingface.render.train import Renderer
 from talkingface.render.volume import OccupancyGrid
 from talkingface.storage.fetch import write_file_atomic
 
-RENDERER_DIR = "renderer"
-WEIGHTS = "model.safetensors"
-TRACK = "track.safetensors"
-CONFIG = "config.json"
-FILES = (WEIGHTS, TRACK, CONFIG)
 FORMAT = "talkingface-renderer"
 FORMAT_VERSION = 1
 POSE_MODES = ("loop", "pingpong")

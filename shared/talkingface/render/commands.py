@@ -135,10 +135,10 @@ def _from_video(data: Path | str) -> bool:
 def bundle_files(directory: Path | str) -> dict[str, Path]:
     """The files of a trained avatar directory that make its bundle (bundle name -> path)."""
     from talkingface.landmarks.bundle import PROJECTION_FILES
-    from talkingface.render import checkpoint as rck
+    from talkingface.render.files import RENDERER_FILES
 
     root = Path(directory)
-    names = [f"{rck.RENDERER_DIR}/{name}" for name in rck.FILES] + list(PROJECTION_FILES)
+    names = list(RENDERER_FILES) + list(PROJECTION_FILES)
     names += [f"postnet/{name}" for name in POSTNET_FILES if (root / "postnet" / name).is_file()]
     missing = [name for name in names if not (root / name).is_file()]
     if missing:

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from talkingface.errors import TalkingFaceError, abort
-from talkingface.serving.interceptors import rewrapped
+from talkingface.serving.interceptors import Rewrapper
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class InternalErrorInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, services: tuple[str, ...] = ()) -> None:
         self.services = services
+        self._rewrap = Rewrapper()
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -66,8 +67,8 @@ class InternalErrorInterceptor(grpc.ServerInterceptor):
         service = method.lstrip("/").partition("/")[0]
         if handler is None or (self.services and service not in self.services):
             return handler
-        return rewrapped(
-            handler, lambda behaviour: _wrap(method, behaviour, handler.response_streaming)
+        return self._rewrap(
+            method, handler, lambda behaviour: _wrap(method, behaviour, handler.response_streaming)
         )
 
 

@@ -40,6 +40,7 @@ Series (labels), and the process that exports them:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -47,7 +48,7 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
-from talkingface.serving.interceptors import rewrapped
+from talkingface.serving.interceptors import Rewrapper
 
 # Stage calls range from a millisecond (health, projection) to minutes (long renders).
 LATENCY_BUCKETS = (
@@ -137,17 +138,32 @@ class Observation:
     def __init__(self, service: str, method: str, rpc_type: str) -> None:
         self.labels = (service, method, rpc_type)
         self.start = time.perf_counter()
-        IN_FLIGHT.labels(service, method).inc()
+        _series(service, method, rpc_type)[0].inc()
 
     def finish(self, code: str) -> None:
-        service, method, rpc_type = self.labels
-        IN_FLIGHT.labels(service, method).dec()
-        HANDLING_SECONDS.labels(service, method, rpc_type).observe(time.perf_counter() - self.start)
-        HANDLED_TOTAL.labels(service, method, rpc_type, code).inc()
+        in_flight, seconds = _series(*self.labels)
+        in_flight.dec()
+        seconds.observe(time.perf_counter() - self.start)
+        _handled(*self.labels, code).inc()
+
+
+@functools.lru_cache(maxsize=4096)
+def _series(service: str, method: str, rpc_type: str) -> tuple[Any, Any]:
+    """The in-flight gauge and latency histogram of one method (label lookups cost more than
+    the observations themselves; the set of methods is fixed)."""
+    return IN_FLIGHT.labels(service, method), HANDLING_SECONDS.labels(service, method, rpc_type)
+
+
+@functools.lru_cache(maxsize=4096)
+def _handled(service: str, method: str, rpc_type: str, code: str) -> Any:
+    return HANDLED_TOTAL.labels(service, method, rpc_type, code)
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
     """Wraps every method handler so each call is timed, counted and tracked in flight."""
+
+    def __init__(self) -> None:
+        self._rewrap = Rewrapper()
 
     def intercept_service(
         self,
@@ -163,7 +179,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             wrap = self._wrap_streaming(service, method, rpc_type)
         else:
             wrap = self._wrap_unary(service, method, rpc_type)
-        return rewrapped(handler, wrap)
+        return self._rewrap(handler_call_details.method, handler, wrap)
 
     @staticmethod
     def _wrap_unary(service: str, method: str, rpc_type: str) -> Callable:
