@@ -233,3 +233,32 @@ def test_the_address_file_names_a_live_process(tmp_path):
     (tmp_path / ADDRESS_FILE).write_text(json.dumps({"port": 1, "pid": 2**22 + 12345}))
     with pytest.raises(TimeoutError):
         exporter_address(tmp_path, timeout_s=0.3)
+
+
+def test_node_directories_of_clusters_that_are_gone_are_swept(tmp_path):
+    """Removed: a node directory nobody's exporter holds and untouched for an hour. Kept: the
+    new cluster's own, one whose lock a live process holds, one written to recently."""
+    import fcntl
+
+    from talkingface.serving.exporter import LOCK_FILE, sweep_stale_nodes
+
+    def node(name: str, age_s: float) -> Path:
+        directory = tmp_path / name
+        directory.mkdir()
+        for file in (LOCK_FILE, "counter_123.db"):
+            (directory / file).write_bytes(b"x")
+            os.utime(directory / file, (time.time() - age_s, time.time() - age_s))
+        return directory
+
+    gone, held, fresh, own = (node("node-gone", 7200), node("node-held", 7200),
+                              node("node-fresh", 60), node("node-own", 7200))  # fmt: skip
+    other = tmp_path / "not-a-node"
+    other.mkdir()
+    fd = os.open(held / LOCK_FILE, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live exporter's lock
+        assert sweep_stale_nodes(tmp_path, keep=own) == [gone]
+    finally:
+        os.close(fd)
+    assert not gone.exists()
+    assert held.is_dir() and fresh.is_dir() and own.is_dir() and other.is_dir()

@@ -139,8 +139,13 @@ def run(
                   "stage_timeout_s": stage_timeout_s, "gap_s": gap_s, **fleet.timings,
                   **{f"{k}_s": v for k, v in durations.items()}},
         machine={"cpus": os.cpu_count(), "python": platform.python_version()},
-        logs=str(root),  # the workers', Redis's and moto's logs, kept for a post-mortem
     )  # fmt: skip
+    # The workers', Redis's and moto's logs: kept for a post-mortem when a target was missed
+    # (or the caller chose the folder), removed after a clean run.
+    keep = workdir is not None or not passed(report)
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    report["logs"] = str(root) if keep else None
     return report
 
 

@@ -8,7 +8,9 @@ exporter per node merges them on each scrape.
 
 - The directory: PROMETHEUS_MULTIPROC_DIR when the environment sets it (before the process
   started), else `<tmp>/talkingface-metrics/node-<ray node id>` (one per node and Ray
-  cluster, so two local clusters on one machine never mix). `start_replica_exporter` sets
+  cluster, so two local clusters on one machine never mix; a node directory of a cluster that
+  is gone — nobody holds its exporter lock and nothing in it changed for STALE_S — is removed
+  when a replica of a new one starts). `start_replica_exporter` sets
   the variable in the replica and switches prometheus_client's value class before any
   labelled series exists: the serve config's per-deployment `ray_actor_options` replace a
   runtime_env set in code, so the process environment cannot be relied on.
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 RETRY_S = 3.0
+STALE_S = 3600.0
 LOCK_FILE = "exporter.lock"
 ADDRESS_FILE = "exporter.json"
 _LIVE_GAUGE = re.compile(r"gauge_live\w*?_(\d+)\.db$")
@@ -193,9 +196,48 @@ def start_replica_exporter(port: int, host: str = "0.0.0.0") -> NodeExporter | N
             except Exception as exc:  # not in a Ray worker: nothing to export through
                 log.warning("no Ray node for the metrics exporter: %s", exc)
                 return None
+            if not (os.environ.get(ENV) or os.environ.get(ENV.lower())):
+                sweep_stale_nodes(directory.parent, keep=directory)
             enable_multiprocess(directory)
             _exporter = NodeExporter(directory, port, host).start()
         return _exporter
+
+
+def sweep_stale_nodes(parent: Path, keep: Path, stale_s: float = STALE_S) -> list[Path]:
+    """Remove the `node-*` directories under `parent` (other than `keep`) of clusters that are
+    gone: no process holds their exporter lock and none of their files changed for `stale_s`.
+    Returns those removed."""
+    import shutil
+
+    removed = []
+    now = time.time()
+    for node in Path(parent).glob("node-*"):
+        if node == keep or not node.is_dir():
+            continue
+        try:
+            newest = max((f.stat().st_mtime for f in node.iterdir()), default=node.stat().st_mtime)
+            if now - newest < stale_s or _locked(node / LOCK_FILE):
+                continue
+        except OSError:
+            continue  # another replica is removing it
+        shutil.rmtree(node, ignore_errors=True)
+        removed.append(node)
+    return removed
+
+
+def _locked(lock_file: Path) -> bool:
+    """Whether a live process holds `lock_file` (False when it does not exist)."""
+    try:
+        fd = os.open(lock_file, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
 
 
 def exporter_address(directory: Path, timeout_s: float = 30.0) -> dict[str, Any]:
