@@ -80,8 +80,9 @@ class Renderer:
             f = frame[sl]
             origins, dirs = camera_rays(self.K, R[f], t[f], xy_all[sl])
             if self.fast:
-                result = march_rays(self.field, origins, dirs, f, cond, bg_all[sl], self.occupancy,
-                                    self.config.samples, self.config.stop_transmittance)  # fmt: skip
+                result = march_rays(self.field, origins, dirs, f, cond, bg_all[sl],
+                                    self.occupancy, self.config.samples,
+                                    self.config.stop_transmittance)  # fmt: skip
                 out[sl] = result.rgb
                 spent += result.samples
                 continue
