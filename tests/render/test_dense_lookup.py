@@ -58,3 +58,18 @@ def test_volumes_follow_the_table():
     torch.testing.assert_close(after, 2.0 * before)
     with torch.no_grad():
         torch.testing.assert_close(after, encoder(x), atol=2e-6, rtol=0)
+
+
+def test_points_split_across_threads_come_back_in_order():
+    encoder = _encoder(3)
+    x = torch.rand(9001, 3, generator=torch.Generator().manual_seed(7))  # 2 parts, padded
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            expected = encoder(x)
+            with dense_lookup.dense_lookups():
+                got = encoder(x)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)

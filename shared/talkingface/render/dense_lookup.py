@@ -153,11 +153,22 @@ def lookup(encoder, x: torch.Tensor) -> torch.Tensor:
     batch, features, dims = x.shape[0], table.shape[1], x.shape[1]
     out = table.new_empty(len(encoder.levels), features, batch)
     if cache.dense:
-        grid = (x * 2.0 - 1.0).view(1, *([1] * (dims - 1)), batch, dims)
+        # grid_sample runs its batch entries in parallel, one volume each: split the points
+        # into one entry per thread over the same (expanded, not copied) volume.
+        parts = max(1, min(torch.get_num_threads(), batch // 4096))
+        size = -(-batch // parts)
+        grid = (x * 2.0 - 1.0).new_zeros(parts * size, dims)
+        grid[:batch] = x * 2.0 - 1.0
+        grid = grid.view(parts, *([1] * (dims - 1)), size, dims)
         for index, volume in zip(cache.dense, cache.volumes, strict=True):
-            sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border",
+            sampled = F.grid_sample(volume.expand(parts, *volume.shape[1:]), grid,
+                                    mode="bilinear", padding_mode="border",
                                     align_corners=True)  # fmt: skip
-            out[index] = sampled.view(features, batch)
+            out[index] = (
+                sampled.view(parts, features, size)
+                .transpose(0, 1)
+                .reshape(features, parts * size)[:, :batch]
+            )
     for indices, params in cache.groups:
         out[indices] = _hash_levels(encoder, x, params).transpose(1, 2)
     return out.view(-1, batch).t()

@@ -12,16 +12,17 @@ empty ones. What changes is the order of work and where a ray stops:
   cumulated or scanned per step, and a ray that turned opaque at its 3rd occupied sample
   stops there rather than at the end of a fixed group of sample positions (`render_rays`
   marches the cube's 48 positions in `chunks` = 4 groups of 12).
-- Early termination after every step: a ray whose transmittance T fell to
+- Early termination after every step (steps of MARCH_STEP ranks, widening by GROWTH as the
+  march goes deeper, where few rays are left): a ray whose transmittance T fell to
   `stop_transmittance` or below takes the background for the rest, T * background, in place
   of T * (the rest of its march). Both are colours in [0, 1] weighted by T, so no channel
   moves by more than `stop_transmittance` from the full, never-stopped march (the test
   checks this against a dense, unpruned march).
-- Cheaper evaluations (`FieldEvaluator`): the parts of the field's first layers that depend
-  only on a frame (the landmark condition's share of the hyper-space MLP's first layer) or
-  only on a ray (the view direction's spherical harmonics' share of the colour MLP's first
-  layer) are computed once per frame or ray and gathered, instead of being concatenated to
-  every sample's features; the hash grids look up their coarse levels through dense volumes
+- Cheaper evaluations (`FieldEvaluator`): what depends only on a frame (the landmark
+  condition's share of the hyper-space MLP's first layer) or only on a ray (the view
+  direction's spherical harmonics) is computed once per frame or ray and gathered; the
+  first layers multiply their inputs' parts separately instead of concatenating them for
+  every sample; the hash grids look up their coarse levels through dense volumes
   (`talkingface.render.dense_lookup`). The arithmetic is the field's own, regrouped: equal
   up to float rounding.
 """
@@ -67,8 +68,8 @@ class FieldEvaluator:
         (self.amb_fx, amb_cond), amb_bias = _split_first(field.ambient, (fx, cond.shape[1]))
         self.frame_ambient = torch.addmm(amb_bias, cond, amb_cond)  # [F, h]
         (self.sig_fx, self.sig_fl), self.sig_bias = _split_first(field.sigma_net, (fx, fl))
-        (self.col_geo, col_sh), col_bias = _split_first(field.color_net, (geo, 9))
-        self.ray_colour = torch.addmm(col_bias, sh_degree2(dirs), col_sh)  # [R, h]
+        (self.col_geo, self.col_sh), self.col_bias = _split_first(field.color_net, (geo, 9))
+        self.ray_sh = sh_degree2(dirs)  # [R, 9]
 
     def __call__(self, x: torch.Tensor, frame: torch.Tensor,
                  ray: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -82,7 +83,8 @@ class FieldEvaluator:
         hidden = torch.addmm(self.sig_bias, fx, self.sig_fx).addmm_(fl, self.sig_fl)
         h = field.sigma_net[1:](hidden)
         sigma = torch.exp(h[:, 0].clamp(max=DENSITY_CLAMP))
-        hidden = torch.addmm(self.ray_colour.index_select(0, ray), h[:, 1:], self.col_geo)
+        hidden = torch.addmm(self.col_bias, h[:, 1:], self.col_geo)
+        hidden.addmm_(self.ray_sh.index_select(0, ray), self.col_sh)
         rgb = torch.sigmoid(field.color_net[1:](hidden))
         return sigma, rgb
 
