@@ -126,6 +126,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                             workers=args.workers)  # fmt: skip
         _print_result(result, args.json)
         return 0 if module.passed(result) else 1
+    elif args.stage == "render" and (args.bundle or args.data):  # a trained avatar
+        result = module.run(bundle=args.bundle, data=args.data)
     else:
         result = module.run()
     _print_result(result, args.json)
@@ -256,6 +258,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "--s3-outage-s", type=float, default=60.0, help="chaos: S3 outage, seconds (60)"
     )
     bench.add_argument("--workers", type=int, default=2, help="chaos: worker processes (2)")
+    bench.add_argument("--bundle", help="render: time this trained avatar bundle (with --data)")
+    bench.add_argument("--data", help="render with --bundle: the bundle's avatar directory")
     bench.set_defaults(func=_cmd_bench)
 
 

@@ -29,5 +29,31 @@ def test_report_shape():
         assert entry["frames"] == 2 and entry["repeats"] == 1
         assert _positive(entry["frames_per_second"]) and _positive(entry["ms_per_frame"])
         assert _positive(entry["samples_per_ray"]) and 0 < entry["occupancy"] < 1
+        # The training path's march, timed beside it on the same frames.
+        reference = entry["reference"]
+        assert _positive(reference["frames_per_second"]) and _positive(entry["speedup"])
+        assert entry["samples_per_ray"] <= reference["samples_per_ray"]
+        assert 0 <= entry["max_pixel_difference"] <= 2 * 1e-3 + 1e-5  # both within the stop T
     # The same frames and weights: the work done does not depend on the batch.
     assert entries["batch_1"]["samples_per_ray"] == entries["batch_2"]["samples_per_ray"]
+
+
+def test_a_trained_bundle_on_its_held_out_frames(tiny_bundle, tiny_avatar):
+    report = render.run(batch=2, frames=2, repeats=1, threads=1, bundle=tiny_bundle,
+                        data=tiny_avatar)  # fmt: skip
+    json.dumps(report)
+    assert report["weights"] == str(tiny_bundle) and report["preset"] == "tiny"
+    entries = report["cpu"]["32"]
+    assert set(entries) == {"batch_1", "batch_2"}
+    for entry in entries.values():
+        assert _positive(entry["frames_per_second"]) and entry["frames"] == 2
+        assert 5 < entry["psnr_head"] < 60 and 5 < entry["reference"]["psnr_head"] < 60
+        assert abs(entry["psnr_head"] - entry["reference"]["psnr_head"]) < 0.1
+        assert entry["samples_per_ray"] <= entry["reference"]["samples_per_ray"]
+
+
+def test_bundle_needs_its_avatar(tiny_bundle):
+    import pytest
+
+    with pytest.raises(ValueError, match="--data"):
+        render.run(bundle=tiny_bundle)

@@ -40,6 +40,7 @@ from talkingface.render.volume import update_occupancy
 PRESET = "cpu"
 AVATAR_SECONDS = 2.0
 OCCUPANCY_CONDITIONS = 256  # landmark frames the one occupancy refresh draws from
+PATHS = ("march", "reference")  # Renderer.render's inference march; render_rays (training's)
 
 NOTE = (
     "frames_per_second: frames / median wall seconds of Renderer.render over `frames` "
@@ -47,7 +48,17 @@ NOTE = (
     "lookups, field evaluations and compositing, no encoding. Random-init weights of the "
     "`cpu` preset with the occupancy grid carved from a SynthTalk avatar's head masks and "
     "refreshed once: random densities rarely stop a ray early, so a trained avatar (opaque "
-    "after a few samples) renders faster; samples_per_ray = field evaluations per ray."
+    "after a few samples) renders faster; samples_per_ray = field evaluations per ray. "
+    "Each entry is Renderer.render's inference march (render.march); `reference` is the "
+    "training path's march (render_rays, the renderer's only path up to cff8805) timed "
+    "alternately in the same run, `speedup` their frames/s ratio."
+)
+NOTE_BUNDLE = (
+    "A trained bundle on `frames` evenly spaced held-out frames of its avatar (their own "
+    "landmarks and poses): frames_per_second as in the random-init bench, the march and "
+    "`reference` (render_rays) alternating; psnr_head = PSNR over the head-mask pixels of "
+    "each path's images against the real frames (equal quality: the march moves no pixel "
+    "by more than the stop transmittance)."
 )
 
 
@@ -72,28 +83,43 @@ def _renderer(video: AvatarVideo, device: str) -> Renderer:
     return renderer
 
 
-def _time(renderer: Renderer, video: AvatarVideo, frames: np.ndarray, batch: int, device: str,
-          repeats: int) -> tuple[list[float], int]:  # fmt: skip
-    """Wall seconds of rendering `frames` in calls of `batch`, per repeat; samples spent."""
+Timed = dict[str, tuple[list[float], int, np.ndarray]]
 
-    def once() -> int:
-        spent = 0
+
+def _time(renderer: Renderer, video: AvatarVideo, frames: np.ndarray, batch: int, device: str,
+          repeats: int, R: np.ndarray | None = None,
+          t: np.ndarray | None = None) -> Timed:  # fmt: skip
+    """Per path (PATHS): wall seconds of rendering `frames` in calls of `batch`, per repeat
+    (the paths alternate, so they share the machine's load), samples spent, the images."""
+    R = video.R if R is None else R
+    t = video.t if t is None else t
+
+    def once() -> tuple[int, np.ndarray]:
+        spent, images = 0, []
         for lo in range(0, len(frames), batch):
             f = frames[lo : lo + batch]
-            _, samples = renderer.render(video.lm3d[f], video.R[f], video.t[f], video.background)
+            out, samples = renderer.render(video.lm3d[f], R[f], t[f], video.background)
             spent += samples
-        return spent
+            images.append(out.cpu().numpy())
+        return spent, np.concatenate(images)
 
     f = frames[:batch]
-    renderer.render(video.lm3d[f], video.R[f], video.t[f], video.background)  # warm-up
-    times, spent = [], 0
+    results: Timed = {}
+    for path in PATHS:  # warm-up (the march builds its dense grid volumes here)
+        renderer.fast = path == "march"
+        renderer.render(video.lm3d[f], R[f], t[f], video.background)
+        results[path] = ([], 0, np.empty(0))
     for _ in range(repeats):
-        sync(device)
-        started = time.perf_counter()
-        spent = once()
-        sync(device)
-        times.append(time.perf_counter() - started)
-    return times, spent
+        for path in PATHS:
+            renderer.fast = path == "march"
+            sync(device)
+            started = time.perf_counter()
+            spent, images = once()
+            sync(device)
+            results[path][0].append(time.perf_counter() - started)
+            results[path] = (results[path][0], spent, images)
+    renderer.fast = True
+    return results
 
 
 def run(
@@ -103,19 +129,86 @@ def run(
     repeats: int = 2,
     devices: Sequence[str] | None = None,
     threads: int | None = None,
+    bundle: str | Path | None = None,
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Entries per device ("cpu", "cuda") x size x batch_1 / batch_<batch>.
 
     `devices` defaults to cpu, plus cuda when available; `threads` sets torch's CPU threads
     for the run (default: leave torch's setting). Sizes must suit SynthTalk (even, >= 32).
+    With `bundle` (a trained avatar bundle or its renderer/ directory) and `data` (its avatar
+    directory) it times that renderer on the avatar's held-out frames instead, on CPU, and
+    reports each path's head PSNR beside its speed.
     """
+    if (bundle is None) != (data is None):
+        raise ValueError("--bundle and --data go together (the avatar the bundle was trained on)")
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
+        if bundle is not None:
+            return _run_bundle(Path(bundle), Path(data), batch, frames, repeats)
         return _run(sizes, batch, frames, repeats, devices)
     finally:
         torch.set_num_threads(previous)
+
+
+def _run_bundle(bundle: Path, data: Path, batch: int, frames: int, repeats: int):
+    """A trained avatar bundle's renderer on `frames` evenly spaced held-out frames of its
+    avatar (their own landmarks and poses, as `eval avatar` renders them), on CPU: both
+    paths' frames/s and samples per ray, and each path's head PSNR (head-mask pixels)."""
+    from talkingface.render.checkpoint import load_renderer
+    from talkingface.render.evaluate import psnr_where
+
+    load_before = load_average()
+    renderer, track = load_renderer(bundle / "renderer" if (bundle / "renderer").is_dir()
+                                    else bundle)  # fmt: skip
+    video = load_avatar(data, renderer.config.size)
+    lo, hi = video.val
+    picked = np.unique(np.linspace(lo, hi - 1, frames).round().astype(int))
+    truth = np.asarray(video.frames[picked], np.float32) / 255.0
+    heads = np.asarray(video.masks[picked]) > 0
+    R, t = (track["R"], track["t"]) if len(track["R"]) == len(video) else (video.R, video.t)
+    entries = {}
+    for b in sorted({1, max(1, int(batch))}):
+        timed = _time(renderer, video, picked, b, "cpu", repeats, R, t)
+        entry = _entry(timed, len(picked), renderer.config.size)
+        entry["psnr_head"] = round(psnr_where(timed["march"][2], truth, heads), 3)
+        entry["reference"]["psnr_head"] = round(psnr_where(timed["reference"][2], truth,
+                                                           heads), 3)  # fmt: skip
+        entry.update(backend=renderer.field.backend, device="cpu", batch=b, frames=len(picked),
+                     repeats=repeats)  # fmt: skip
+        entries[f"batch_{b}"] = entry
+    return {
+        "bench": "render",
+        **environment(["cpu"], load_before),
+        "weights": str(bundle),
+        "avatar": str(data),
+        "preset": renderer.config.preset,
+        "note": NOTE_BUNDLE,
+        "cpu": {str(renderer.config.size): entries},
+    }
+
+
+def _entry(timed: Timed, frames: int, size: int) -> dict[str, Any]:
+    """The march's figures, with the reference path's beside them (`reference`), the ratio
+    of their frames/s (`speedup`) and the largest pixel difference between their images."""
+
+    def figures(path: str) -> dict[str, Any]:
+        times, spent, _ = timed[path]
+        median = statistics.median(times)
+        return {
+            "frames_per_second": round(frames / median, 3),
+            "ms_per_frame": round(1000.0 * median / frames, 2),
+            "samples_per_ray": round(spent / (frames * size * size), 2),
+        }
+
+    entry = {"path": "march", **figures("march"), "reference": figures("reference")}
+    entry["speedup"] = round(entry["frames_per_second"]
+                             / entry["reference"]["frames_per_second"], 2)  # fmt: skip
+    diff = np.abs(timed["march"][2] - timed["reference"][2]).max()
+    entry["max_pixel_difference"] = round(float(diff), 5)
+    return entry
 
 
 def _run(sizes, batch, frames, repeats, devices) -> dict[str, Any]:
@@ -139,19 +232,12 @@ def _run(sizes, batch, frames, repeats, devices) -> dict[str, Any]:
                 for b in batches:
                     if device.startswith("cuda"):
                         torch.cuda.reset_peak_memory_stats(torch.device(device))
-                    times, spent = _time(renderer, video, picked, b, device, repeats)
-                    median = statistics.median(times)
-                    entry = {
-                        "frames_per_second": round(len(picked) / median, 3),
-                        "ms_per_frame": round(1000.0 * median / len(picked), 2),
-                        "samples_per_ray": round(spent / (len(picked) * size * size), 2),
-                        "backend": renderer.field.backend,
-                        "device": device,
-                        "batch": b,
-                        "frames": len(picked),
-                        "occupancy": round(renderer.occupancy.occupancy_rate(), 4),
-                        "repeats": repeats,
-                    }
+                    timed = _time(renderer, video, picked, b, device, repeats)
+                    entry = _entry(timed, len(picked), size)
+                    entry.update(backend=renderer.field.backend, device=device, batch=b,
+                                 frames=len(picked),
+                                 occupancy=round(renderer.occupancy.occupancy_rate(), 4),
+                                 repeats=repeats)  # fmt: skip
                     if device.startswith("cuda"):
                         peak = torch.cuda.max_memory_allocated(torch.device(device))
                         entry["peak_memory_mb"] = round(peak / 2**20, 1)

@@ -48,6 +48,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from talkingface.render import dense_lookup
+
 logger = logging.getLogger(__name__)
 
 HASH_PRIMES = (1, 2654435761, 805459861, 3674653429)
@@ -267,7 +269,10 @@ class HashGridEncoder(nn.Module):
             out = self.tcnn(flat.float().contiguous()).float()
         else:
             flat = flat.to(self.table.dtype).clamp(0.0, 1.0)  # zero gradient outside [0, 1]
-            out = _HashGridLookup.apply(flat, self.table, self)
+            if dense_lookup.usable(self, flat):  # inference inside dense_lookups()
+                out = dense_lookup.lookup(self, flat)
+            else:
+                out = _HashGridLookup.apply(flat, self.table, self)
         return out.reshape(*lead, self.output_dim)
 
     def _locate(self, x: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from talkingface.render.config import RenderConfig
 from talkingface.render.data import AvatarVideo, camera_rays, landmark_stats
 from talkingface.render.field import LandmarkField
+from talkingface.render.march import march_rays
 from talkingface.render.volume import OccupancyGrid, RayBatch, render_rays, update_occupancy
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ class Renderer:
     field: LandmarkField
     occupancy: OccupancyGrid
     K: torch.Tensor  # [3, 3] at config.size
+    fast: bool = True
+    """Render with `march.march_rays` (inference-only, per-ray compaction); False: with
+    `volume.render_rays`, the training path (the reference the fast path is tested against)."""
 
     @property
     def device(self) -> torch.device:
@@ -75,6 +79,13 @@ class Renderer:
             sl = slice(lo, lo + rays_per_batch)
             f = frame[sl]
             origins, dirs = camera_rays(self.K, R[f], t[f], xy_all[sl])
+            if self.fast:
+                result = march_rays(self.field, origins, dirs, f, cond, bg_all[sl],
+                                    self.occupancy, self.config.samples,
+                                    self.config.stop_transmittance)  # fmt: skip
+                out[sl] = result.rgb
+                spent += result.samples
+                continue
             result = render_rays(
                 self.field,
                 RayBatch(origins, dirs, cond[f], bg_all[sl]),
