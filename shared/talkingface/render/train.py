@@ -417,7 +417,8 @@ def train(
     if refinement is not None:
         report.R, report.t, report.pose_refinement = corrected_track(video, train_frames,
                                                                      refinement)  # fmt: skip
-    rendered, truth, _ = evaluate_frames(renderer, shown, vals, report.R, report.t)
+    if refinement is not None or steps < 1:  # else: the last step's validation frames
+        rendered, truth, _ = evaluate_frames(renderer, shown, vals, report.R, report.t)
     report.val_psnr = psnr(rendered, truth)
     report.val_ssim = ssim(rendered, truth)
     report.occupancy = renderer.occupancy.occupancy_rate()
