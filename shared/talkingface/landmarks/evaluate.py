@@ -188,7 +188,7 @@ class _Failures:
 
         device = str(resolve_device(device))
         self.renderer, track = load_renderer(Path(bundle_dir) / "renderer", device)
-        self.video = load_avatar(avatar_dir, self.renderer.config.size)
+        self.video = load_avatar(avatar_dir, self.renderer.config.output_size)
         if len(track["R"]) == len(self.video):  # the renderer's own (possibly refined) track
             self.video.R, self.video.t = np.asarray(track["R"]), np.asarray(track["t"])
         self.background = np.asarray(track["background"], np.float32)

@@ -90,7 +90,7 @@ def check_track(renderer: Renderer, track: dict[str, Any]) -> None:
     missing = [key for key in TRACK_KEYS if key not in track]
     if missing:
         raise ValueError(f"track.safetensors lacks {', '.join(missing)}")
-    size = renderer.config.size
+    size = renderer.config.output_size
     frames = track["R"].shape[0]
     if frames < 1 or track["R"].shape != (frames, 3, 3) or track["t"].shape != (frames, 3):
         raise ValueError(

@@ -1,10 +1,11 @@
 """A trained renderer on disk and in an avatar bundle.
 
     renderer/model.safetensors   the field's weights and landmark normalisation statistics
-                                 (`field.*`) and the occupancy grid (`occupancy.*`)
+                                 (`field.*`), the occupancy grid (`occupancy.*`) and, with
+                                 super-resolution (`sr_scale` > 1), its network (`sr.*`)
     renderer/track.safetensors   the recorded pose track R [T, 3, 3], t [T, 3] (replayed at
-                                 inference), intrinsics K [3, 3] at the trained size, the
-                                 background plate [H, W, 3] in [0, 1]
+                                 inference), intrinsics K [3, 3] at the NeRF's size, the
+                                 background plate [H, W, 3] in [0, 1] at the output size
     renderer/config.json         the RenderConfig, the grid backend it trained with, metrics
 
 written in that order, config.json last (a directory without it is incomplete). An avatar
@@ -26,6 +27,7 @@ from talkingface.render.field import LandmarkField
 from talkingface.render.files import CONFIG, TRACK, WEIGHTS
 from talkingface.render.files import FILES as FILES  # re-exported: rck.FILES
 from talkingface.render.files import RENDERER_DIR as RENDERER_DIR
+from talkingface.render.superres import SuperResolution
 from talkingface.render.train import Renderer
 from talkingface.render.volume import OccupancyGrid
 from talkingface.storage.fetch import write_file_atomic
@@ -58,6 +60,9 @@ def save_renderer(
             for k, v in renderer.occupancy.state_dict().items()
         }
     )
+    if renderer.sr is not None:
+        tensors.update({f"sr.{k}": v.detach().cpu().contiguous()
+                        for k, v in renderer.sr.state_dict().items()})  # fmt: skip
     write_file_atomic(out / WEIGHTS, save_torch(tensors))
     track = {
         "R": np.ascontiguousarray(R, np.float32),
@@ -107,6 +112,7 @@ def load_renderer(
     tensors = load_torch(str(directory / WEIGHTS))
     field_state = {k[6:]: v for k, v in tensors.items() if k.startswith("field.")}
     occ_state = {k[10:]: v for k, v in tensors.items() if k.startswith("occupancy.")}
+    sr_state = {k[3:]: v for k, v in tensors.items() if k.startswith("sr.")}
     field = LandmarkField(config, field_state["lm_mean"], field_state["lm_std"])
     if field.backend != trained_on:
         raise ValueError(
@@ -116,8 +122,13 @@ def load_renderer(
     field.load_state_dict(field_state, strict=True)
     occupancy = OccupancyGrid(config.occupancy_res, config.bound)
     occupancy.load_state_dict(occ_state, strict=True)
+    sr = None
+    if config.sr_scale > 1:  # bundles written before super-resolution have sr_scale 1
+        sr = SuperResolution.from_config(config)
+        sr.load_state_dict(sr_state, strict=True)
+        sr.eval().to(device)
     track = load_file(str(directory / TRACK))
-    renderer = Renderer(config, field.eval(), occupancy, torch.from_numpy(track["K"]))
+    renderer = Renderer(config, field.eval(), occupancy, torch.from_numpy(track["K"]), sr)
     renderer.field.to(device)
     renderer.occupancy.to(device)
     renderer.K = renderer.K.to(device)

@@ -52,6 +52,8 @@ def train_avatar(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     video = load_avatar(args.data, config.size)
+    # With super-resolution, the frames at the output size: its targets, the plate, previews.
+    shown = load_avatar(args.data, config.output_size) if config.sr_scale > 1 else video
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     renderer = new_renderer(config, video, device)
@@ -65,7 +67,7 @@ def train_avatar(
         if "val_psnr" in record:
             bar.set_postfix(val_psnr=f"{record['val_psnr']:.2f}", occ=f"{record['occupancy']:.3f}")
 
-    report = train(renderer, video, progress)
+    report = train(renderer, video, progress, hires=shown if shown is not video else None)
     bar.close()
     metrics = {
         "val_psnr": round(report.val_psnr, 3),
@@ -74,16 +76,16 @@ def train_avatar(
         "samples_per_ray": round(report.samples_per_ray, 2),
         "train_seconds": report.seconds,
         "steps": report.steps,
-        "size": config.size,
+        "size": config.output_size,
         "backend": renderer.field.backend,
     }
     if report.pose_refinement:
         metrics["pose_refinement"] = report.pose_refinement
-    rck.save_renderer(out / "renderer", renderer, report.R, report.t, video.background, metrics)
+    rck.save_renderer(out / "renderer", renderer, report.R, report.t, shown.background, metrics)
     (out / "history.json").write_text(json.dumps(report.history, indent=1) + "\n")
     _curves(report.history, out / "curves.png")
     frames = val_frames(video, config.val_frames)
-    rendered, truth, _ = evaluate_frames(renderer, video, frames, report.R, report.t)
+    rendered, truth, _ = evaluate_frames(renderer, shown, frames, report.R, report.t)
     _previews(rendered.cpu().numpy(), truth.cpu().numpy(), frames, out / "previews")
     index = avatar_index(args.data)
     for name, data in projection_files(index).items():

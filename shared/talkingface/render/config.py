@@ -1,7 +1,8 @@
 """Renderer configuration: network sizes, ray marching and the training plan, by preset.
 
 Presets: `tiny` (tests: seconds), `cpu` (the demo: a 128 x 128 avatar in about 20 minutes on
-2 cores), `full` (GPU: 256 x 256, instant-NGP sized grids, GeneFace++'s N = 3 hyper-space).
+2 cores), `full` (GPU: a 256 x 256 NeRF, instant-NGP sized grids, GeneFace++'s N = 3 hyper-space,
+and a super-resolution network to 512 x 512 output, as GeneFace++'s code does).
 Every field is saved with a trained avatar (`config.json` of its renderer), so a bundle always
 renders with the configuration it was trained with.
 """
@@ -58,6 +59,16 @@ class RenderConfig:
     pose_lr: float = 1e-3
     pose_start: int = 100
     """Training step from which the poses move (the field first takes a rough shape)."""
+    sr_scale: int = 1
+    """Super-resolution factor (`talkingface.render.superres`): the NeRF renders `size`, a
+    small conv network takes it to `size * sr_scale` (1 = off)."""
+    sr_width: int = 32
+    """Channels of the super-resolution network."""
+    sr_patch: int = 32
+    """Side, in NeRF pixels, of the patches the super-resolution network trains on."""
+    sr_start: float = 0.25
+    """Fraction of `steps` after which the super-resolution network trains (NeRF warm-up)."""
+    sr_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         if isinstance(self.spatial, dict):
@@ -68,6 +79,13 @@ class RenderConfig:
             self.landmark_grid = dataclasses.replace(self.landmark_grid, input_dim=self.ambient_dim)
         if self.spatial.input_dim != 3:
             raise ValueError("the spatial grid is 3-D")
+        if self.sr_scale not in (1, 2, 4):
+            raise ValueError(f"sr_scale must be 1 (off), 2 or 4, got {self.sr_scale}")
+
+    @property
+    def output_size(self) -> int:
+        """Side of the frames a renderer returns: `size * sr_scale`."""
+        return self.size * self.sr_scale
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -145,5 +163,6 @@ def preset(name: str, **overrides: Any) -> RenderConfig:
             steps=40000,
             batch_rays=16384,
             val_every=2000,
+            sr_scale=2,
         )
     return dataclasses.replace(config, **overrides) if overrides else config

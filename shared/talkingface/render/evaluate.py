@@ -94,7 +94,7 @@ def evaluate_renderer(renderer, video, max_frames: int | None = None) -> dict[st
         "mouth_open_r_truth": round(_pearson(dark_truth, gap), 4),
         "mouth_pixels_r": round(_pearson(dark_rendered, dark_truth), 4),
         "fps": round(len(frames) / seconds, 2),
-        "samples_per_pixel": round(spent / (len(frames) * video.size**2), 2),
+        "samples_per_pixel": round(spent / (len(frames) * renderer.config.size**2), 2),  # NeRF px
         "backend": renderer.field.backend,
         "device": str(renderer.device),
     }
@@ -111,7 +111,7 @@ def evaluate(
 
     renderer_dir = Path(bundle_dir) / "renderer"
     renderer, track = load_renderer(renderer_dir, device)
-    video = load_avatar(avatar_dir, renderer.config.size)
+    video = load_avatar(avatar_dir, renderer.config.output_size)
     if len(track["R"]) == len(video):
         # The track the renderer saved: the avatar's poses, or, refined with the field, the
         # training frames' own and the held-out frames' predicted from the training frames.
@@ -149,11 +149,12 @@ def ablation(
             overrides["steps"] = steps
         config = preset(preset_name, **overrides)
         video = load_avatar(avatar_dir, config.size)
+        shown = load_avatar(avatar_dir, config.output_size) if config.sr_scale > 1 else None
         renderer = new_renderer(config, video, device)
         bar = tqdm(total=config.steps, desc=f"N={n}", unit="step", disable=not progress)
-        report = train(renderer, video, lambda *_, bar=bar: bar.update())
+        report = train(renderer, video, lambda *_, bar=bar: bar.update(), hires=shown)
         bar.close()
         row = {"name": f"dim={n}", "ambient_dim": n, "train_seconds": report.seconds}
-        row.update(evaluate_renderer(renderer, video, max_frames))
+        row.update(evaluate_renderer(renderer, shown or video, max_frames))
         rows.append(row)
     return rows

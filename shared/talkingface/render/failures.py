@@ -94,5 +94,6 @@ def render_failures(renderer, check: MouthCheck, lm3d: np.ndarray, R: np.ndarray
                                     background)  # fmt: skip
         out.append(images.cpu().numpy())
     images = np.concatenate(out)
-    K = renderer.K.detach().cpu().numpy()
+    K = renderer.K.detach().cpu().numpy().copy()
+    K[:2] *= renderer.config.sr_scale  # the frames are at the output size
     return check.failures(images, lm3d, projected_lm2d(lm3d, R, t, K))

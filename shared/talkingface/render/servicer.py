@@ -90,7 +90,8 @@ class LoadedAvatar:
 
     @property
     def size(self) -> int:
-        return self.renderer.config.size
+        """The frames' side: the NeRF's size times the super-resolution factor."""
+        return self.renderer.config.output_size
 
     @property
     def track_length(self) -> int:
@@ -98,10 +99,11 @@ class LoadedAvatar:
 
     @property
     def nbytes(self) -> int:
-        """Memory held: the field's and the occupancy grid's parameters and buffers, the
-        intrinsics, and the track arrays."""
-        modules = (self.renderer.field, self.renderer.occupancy)
-        tensors = [v for m in modules for v in m.state_dict().values()] + [self.renderer.K]
+        """Memory held: the field's, the occupancy grid's and the super-resolution
+        network's parameters and buffers, the intrinsics, and the track arrays."""
+        modules = (self.renderer.field, self.renderer.occupancy, self.renderer.sr)
+        tensors = [v for m in modules if m is not None for v in m.state_dict().values()]
+        tensors.append(self.renderer.K)
         weights = sum(v.numel() * v.element_size() for v in tensors)
         return int(weights + self.R.nbytes + self.t.nbytes + self.background.nbytes)
 

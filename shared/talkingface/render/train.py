@@ -25,6 +25,7 @@ from talkingface.render.config import RenderConfig
 from talkingface.render.data import AvatarVideo, camera_rays, landmark_stats
 from talkingface.render.field import LandmarkField
 from talkingface.render.march import march_rays
+from talkingface.render.superres import SRTraining, SuperResolution, lowres_plate
 from talkingface.render.volume import OccupancyGrid, RayBatch, render_rays, update_occupancy
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class Renderer:
     field: LandmarkField
     occupancy: OccupancyGrid
     K: torch.Tensor  # [3, 3] at config.size
+    sr: SuperResolution | None = None  # config.sr_scale > 1: the NeRF's frames -> output size
     fast: bool = True
     """Render with `march.march_rays` (inference-only, per-ray compaction); False: with
     `volume.render_rays`, the training path (the reference the fast path is tested against)."""
@@ -59,13 +61,17 @@ class Renderer:
         rays_per_batch: int = 1 << 15,
     ) -> tuple[torch.Tensor, int]:
         """Frames [B, H, W, 3] in [0, 1] for landmarks [B, 68, 3] and poses R [B, 3, 3],
-        t [B, 3] over the plate [H, W, 3]; also the network evaluations spent."""
+        t [B, 3] over the plate [H, W, 3]; also the network evaluations spent. H is
+        `config.output_size`: with super-resolution the NeRF renders `config.size` over the
+        plate box-filtered to it and `sr` takes the frames up (render.superres)."""
         dev = self.device
         lm3d = torch.as_tensor(np.asarray(lm3d), dtype=torch.float32, device=dev)
         R = torch.as_tensor(np.asarray(R), dtype=torch.float32, device=dev)
         t = torch.as_tensor(np.asarray(t), dtype=torch.float32, device=dev)
         bg = torch.as_tensor(np.asarray(background), dtype=torch.float32, device=dev)
         size = self.config.size
+        if self.sr is not None:
+            plate, bg = bg, lowres_plate(bg, size, self.config.sr_scale)
         b = lm3d.shape[0]
         cond = self.field.encode_landmarks(lm3d)
         ii, jj = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
@@ -74,6 +80,7 @@ class Renderer:
         xy_all = xy.repeat(b, 1)
         bg_all = bg.reshape(-1, 3).repeat(b, 1)
         out = torch.empty(b * size * size, 3, device=dev)
+        alpha = torch.empty(b * size * size, device=dev)
         spent = 0
         for lo in range(0, out.shape[0], rays_per_batch):
             sl = slice(lo, lo + rays_per_batch)
@@ -83,7 +90,7 @@ class Renderer:
                 result = march_rays(self.field, origins, dirs, f, cond, bg_all[sl],
                                     self.occupancy, self.config.samples,
                                     self.config.stop_transmittance)  # fmt: skip
-                out[sl] = result.rgb
+                out[sl], alpha[sl] = result.rgb, result.alpha
                 spent += result.samples
                 continue
             result = render_rays(
@@ -94,9 +101,13 @@ class Renderer:
                 self.config.chunks,
                 self.config.stop_transmittance,
             )
-            out[sl] = result.rgb
+            out[sl], alpha[sl] = result.rgb, result.alpha
             spent += result.samples
-        return out.reshape(b, size, size, 3).clamp(0, 1), spent
+        out = out.reshape(b, size, size, 3).clamp(0, 1)
+        if self.sr is not None:
+            out = torch.cat([self.sr(out[i : i + 1], alpha.reshape(b, size, size)[i : i + 1],
+                                     plate[None]) for i in range(b)])  # fmt: skip
+        return out, spent
 
 
 def new_renderer(config: RenderConfig, video: AvatarVideo, device: str = "cpu") -> Renderer:
@@ -104,8 +115,11 @@ def new_renderer(config: RenderConfig, video: AvatarVideo, device: str = "cpu") 
     mean, std = landmark_stats(video.lm3d[lo:hi])
     field_ = LandmarkField(config, torch.from_numpy(mean), torch.from_numpy(std))
     occupancy = OccupancyGrid(config.occupancy_res, config.bound)
-    renderer = Renderer(config, field_, occupancy, torch.from_numpy(video.K))
+    sr = SuperResolution.from_config(config) if config.sr_scale > 1 else None
+    renderer = Renderer(config, field_, occupancy, torch.from_numpy(video.K), sr)
     renderer.field.to(device)
+    if sr is not None:
+        sr.to(device)
     renderer.occupancy.to(device)
     renderer.K = renderer.K.to(device)
     return renderer
@@ -316,7 +330,10 @@ def train(
     video: AvatarVideo,
     progress: Callable[[int, dict], None] | None = None,
     stop_at: int | None = None,
+    hires: AvatarVideo | None = None,
 ) -> TrainReport:
+    """Train `renderer` on `video` (at `config.size`); with super-resolution, `hires` is the
+    same avatar at `config.output_size` (the network's targets and the validation frames)."""
     config = renderer.config
     torch.manual_seed(config.seed)
     dev = renderer.device
@@ -350,6 +367,10 @@ def train(
     occ_gen = torch.Generator().manual_seed(config.seed + 1)
     vals = val_frames(video, config.val_frames)
     report = TrainReport(steps=steps, seconds=0.0)
+    sr_training = None
+    if renderer.sr is not None:
+        sr_training = SRTraining(renderer, video, hires, train_frames, config.seed)
+    shown = video if renderer.sr is None else hires  # frames at the output size
     started = time.perf_counter()
     spent_total, rays_total = 0, 0
     lm_all = torch.from_numpy(video.lm3d[train_frames]).to(dev)
@@ -376,6 +397,8 @@ def train(
         optimiser.step()
         if refinement is not None:
             refinement.recentre()
+        if sr_training is not None:
+            sr_training.step(step, refinement)
         loss_value = loss.item()
         spent_total += result.samples
         rays_total += config.batch_rays
@@ -387,7 +410,7 @@ def train(
                              config.occupancy_decay, occ_gen)  # fmt: skip
         record = None
         if step % config.val_every == 0 or step == steps:
-            rendered, truth, _ = evaluate_frames(renderer, video, vals)
+            rendered, truth, _ = evaluate_frames(renderer, shown, vals)
             record = {
                 "step": step,
                 "loss": loss_value,
@@ -405,7 +428,8 @@ def train(
     if refinement is not None:
         report.R, report.t, report.pose_refinement = corrected_track(video, train_frames,
                                                                      refinement)  # fmt: skip
-    rendered, truth, _ = evaluate_frames(renderer, video, vals, report.R, report.t)
+    if refinement is not None or steps < 1:  # else: the last step's validation frames
+        rendered, truth, _ = evaluate_frames(renderer, shown, vals, report.R, report.t)
     report.val_psnr = psnr(rendered, truth)
     report.val_ssim = ssim(rendered, truth)
     report.occupancy = renderer.occupancy.occupancy_rate()
