@@ -16,6 +16,20 @@ opaque within a few samples and its rays stop there. A trained avatar therefore 
 faster than these figures (`samples_per_ray` says how many field evaluations a ray cost
 here; compare it with `samples_per_ray` in a trained avatar's renderer/config.json metrics).
 
+Two paths are timed, alternating call by call so that they share the machine's load:
+`Renderer.render`'s inference march (`talkingface.render.march`: per-ray compaction, early
+termination after every step, cheaper field evaluations) gives each entry's figures, and the
+training path's march (`volume.render_rays`, the renderer's only path up to cff8805) gives
+`reference`; `speedup` is their frames/s ratio and `max_pixel_difference` the largest change
+of a pixel between them (each path is within the stop transmittance, 1e-3, of the
+never-stopped march). With random weights the two spend the same samples (nothing turns
+opaque), so the speed-up here is the cheaper evaluation alone.
+
+`--bundle DIR --data AVATAR_DIR` times a trained avatar bundle instead, on `frames` evenly
+spaced held-out frames of its avatar (their own landmarks and poses, as `eval avatar` renders
+them), and reports each path's head PSNR beside its speed: where early termination pays, at
+equal quality.
+
 frames_per_second = frames / median wall seconds of rendering them (after one warm-up call).
 """
 
