@@ -103,10 +103,16 @@ def test_rays_that_miss_take_the_background_exactly(renderer, video):
                    background, renderer.occupancy, renderer.config.samples, step=0)  # fmt: skip
 
 
-def test_field_evaluator_is_the_field(renderer):
+@pytest.mark.parametrize("eyes", [False, True])
+def test_field_evaluator_is_the_field(renderer, video, eyes):
+    """Also with the eyes' opening as the density MLP's own input (eye_condition)."""
+    if eyes:
+        torch.manual_seed(0)
+        renderer = new_renderer(preset("tiny", eye_condition=True), video)
     gen = torch.Generator().manual_seed(3)
     x = (torch.rand(300, 3, generator=gen) - 0.5) * 2
-    cond = torch.randn(4, renderer.config.cond_dim, generator=gen)
+    width = renderer.config.cond_dim + renderer.field.eye_dim
+    cond = torch.randn(4, width, generator=gen)
     dirs = torch.nn.functional.normalize(torch.randn(10, 3, generator=gen), dim=1)
     frame = torch.randint(0, 4, (300,), generator=gen)
     ray = torch.randint(0, 10, (300,), generator=gen)

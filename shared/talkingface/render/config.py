@@ -70,6 +70,17 @@ class RenderConfig:
     """Fraction of `steps` after which the super-resolution network trains (NeRF warm-up)."""
     sr_lr: float = 1e-3
 
+    eye_condition: bool = False
+    """Feed the eyes' opening ratios from the landmarks to the density MLP (blinks render)."""
+    region_share: float = 0.0
+    """Share of each batch's rays drawn inside the eye and lip boxes of the training frames
+    (`render.regions`; a box picked uniformly among both eyes and the lips)."""
+    lip_patch: int = 0
+    """Side (pixels) of a window of rays around the mouth rendered each step for the patch
+    loss (`render.patches`); 0: none."""
+    lip_patch_weight: float = 0.0
+    """Weight of the lip patch loss (1 - SSIM) added to the pixel MSE."""
+
     def __post_init__(self) -> None:
         if isinstance(self.spatial, dict):
             self.spatial = GridConfig.from_dict(self.spatial)
@@ -81,6 +92,10 @@ class RenderConfig:
             raise ValueError("the spatial grid is 3-D")
         if self.sr_scale not in (1, 2, 4):
             raise ValueError(f"sr_scale must be 1 (off), 2 or 4, got {self.sr_scale}")
+        if not 0.0 <= self.region_share < 1.0:
+            raise ValueError(f"region_share must be in [0, 1), got {self.region_share}")
+        if self.lip_patch < 0 or (0 < self.lip_patch < 8):
+            raise ValueError(f"lip_patch must be 0 (off) or >= 8 pixels, got {self.lip_patch}")
 
     @property
     def output_size(self) -> int:

@@ -12,6 +12,13 @@ never trained on), or `max_frames` of them evenly spaced. Reported:
   (pixels of the mouth box darker than DARK: the open mouth is dark); `mouth_open_r_truth`
   gives the same measure on the real frames (the ceiling of this pixel measure), and
   `mouth_pixels_r` the agreement of rendered and real pixel openings;
+- `eye_open_r`: Pearson r between the eyes' opening the driving landmarks ask for (the
+  eye-opening ratio, `render.regions.eye_ratio`) and the opening measured in the rendered
+  pixels (`eye_pixels`: the share of each eye box, fixed in size by the eye's width, that is
+  sclera or iris -- pixels less red than skin, blue minus red above EYE_CHROMA);
+  `eye_open_r_truth` the same on the real frames (the ceiling), `eye_pixels_r` rendered
+  against real; `closed_eye_frames`: how many evaluated frames have the eyes at most half as
+  open as their median (r rests on them);
 - `fps`: frames per second rendered (batches of RENDER_BATCH frames, this process's device).
 
 Table 5 (`ablation`): the renderer trained from scratch with hyper-space dimensions N = 2, 3, 4
@@ -28,8 +35,10 @@ import numpy as np
 import torch
 
 from talkingface.lm3d import OUTER_LIPS, mouth_opening
+from talkingface.render.regions import eye_measure_boxes, eye_ratio
 
 DARK = 0.3
+EYE_CHROMA = -0.1  # blue minus red: skin is well below, sclera and irises above
 LIP_MARGIN = 2
 RENDER_BATCH = 8
 
@@ -46,6 +55,22 @@ def mouth_boxes(lm2d: np.ndarray, size: int, margin: int = LIP_MARGIN) -> np.nda
         hi = np.ceil(points[OUTER_LIPS].max(0) + margin).astype(int).clip(0, size)
         boxes[b, lo[1] : hi[1], lo[0] : hi[0]] = True
     return boxes
+
+
+def eye_pixels(images: np.ndarray, lm2d: np.ndarray) -> np.ndarray:
+    """Eye opening seen in images [B, H, W, 3] in [0, 1]: the share of pixels in both eyes'
+    measuring boxes (`render.regions.eye_measure_boxes` of lm2d [B, 68, 2]) whose blue minus
+    red exceeds EYE_CHROMA (an open eye shows sclera and iris; a closed one, lid skin)."""
+    boxes = eye_measure_boxes(lm2d, images.shape[1])
+    out = np.zeros(len(images))
+    for b, image in enumerate(images):
+        hits = total = 0
+        for x0, y0, x1, y1 in boxes[b]:
+            patch = image[y0:y1, x0:x1]
+            hits += int(((patch[..., 2] - patch[..., 0]) > EYE_CHROMA).sum())
+            total += patch.shape[0] * patch.shape[1]
+        out[b] = hits / max(total, 1)
+    return out
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -82,6 +107,9 @@ def evaluate_renderer(renderer, video, max_frames: int | None = None) -> dict[st
     gap = mouth_opening(video.lm3d[frames])
     dark_rendered = ((_luminance(out) < DARK) & boxes).sum((1, 2))
     dark_truth = ((_luminance(truth) < DARK) & boxes).sum((1, 2))
+    ratio = eye_ratio(video.lm3d[frames])
+    eyes_rendered = eye_pixels(out, video.lm2d[frames])
+    eyes_truth = eye_pixels(truth, video.lm2d[frames])
     rendered_t, truth_t = torch.from_numpy(out), torch.from_numpy(truth)
     return {
         "frames": len(frames),
@@ -93,6 +121,10 @@ def evaluate_renderer(renderer, video, max_frames: int | None = None) -> dict[st
         "mouth_open_r": round(_pearson(dark_rendered, gap), 4),
         "mouth_open_r_truth": round(_pearson(dark_truth, gap), 4),
         "mouth_pixels_r": round(_pearson(dark_rendered, dark_truth), 4),
+        "eye_open_r": round(_pearson(eyes_rendered, ratio), 4),
+        "eye_open_r_truth": round(_pearson(eyes_truth, ratio), 4),
+        "eye_pixels_r": round(_pearson(eyes_rendered, eyes_truth), 4),
+        "closed_eye_frames": int((ratio <= 0.5 * np.median(ratio)).sum()),
         "fps": round(len(frames) / seconds, 2),
         "samples_per_pixel": round(spent / (len(frames) * renderer.config.size**2), 2),  # NeRF px
         "backend": renderer.field.backend,

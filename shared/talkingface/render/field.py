@@ -3,7 +3,8 @@
     x (canonical, in the cube [-bound, bound]^3) --spatial hash grid--> f_x
     lm3d (z-scored by the avatar's training statistics) --MLP--> condition c
     (f_x, c) --MLP, tanh--> ambient coordinate a in [-1, 1]^N --N-d hash grid--> f_l
-    (f_x, f_l) --MLP--> density sigma (exp), geometry features g
+    (f_x, f_l[, e]) --MLP--> density sigma (exp), geometry features g
+        (e: the eyes' opening ratios, with `eye_condition`, as RAD-NeRF/GeneFace++ feed theirs)
     (g, SH(d)) --MLP--> colour (sigmoid)
 
 The landmark hyper-space keeps the landmark's say over the geometry in a lookup rather than
@@ -20,6 +21,7 @@ from torch import nn
 
 from talkingface.render.config import RenderConfig
 from talkingface.render.encoding import make_encoder
+from talkingface.render.regions import eye_ratios
 
 DENSITY_CLAMP = 15.0  # exp(15) ~ 3e6: opaque within any sample spacing, finite gradients
 
@@ -63,7 +65,8 @@ class LandmarkField(nn.Module):
         fx, fl, h = self.spatial.output_dim, self.landmark_grid.output_dim, config.hidden
         self.condition = _mlp([self.lm_mean.numel(), h, config.cond_dim])
         self.ambient = _mlp([fx + config.cond_dim, h, config.ambient_dim])
-        self.sigma_net = _mlp([fx + fl, h, 1 + config.geo_features])
+        self.eye_dim = 2 if config.eye_condition else 0
+        self.sigma_net = _mlp([fx + fl + self.eye_dim, h, 1 + config.geo_features])
         self.color_net = _mlp([config.geo_features + 9, h, 3])
 
     @property
@@ -71,16 +74,25 @@ class LandmarkField(nn.Module):
         return self.spatial.backend
 
     def encode_landmarks(self, lm3d: torch.Tensor) -> torch.Tensor:
-        """Conditions [B, cond_dim] of landmark frames [B, 68, 3] (or [B, 204])."""
+        """Conditions [B, cond_dim (+ 2)] of landmark frames [B, 68, 3] (or [B, 204]); with
+        `eye_condition`, the two eyes' opening ratios (`render.regions.eye_ratios`) relative to
+        those of the mean training landmarks, less 1 (0: as open as usual, -1: closed), are
+        appended."""
         flat = lm3d.reshape(lm3d.shape[0], -1).to(self.lm_mean.dtype)
-        return self.condition((flat - self.lm_mean) / self.lm_std)
+        cond = self.condition((flat - self.lm_mean) / self.lm_std)
+        if not self.eye_dim:
+            return cond
+        usual = eye_ratios(self.lm_mean.reshape(1, -1, 3))
+        eyes = eye_ratios(flat.reshape(flat.shape[0], -1, 3)) / usual - 1.0
+        return torch.cat([cond, eyes], dim=-1)
 
     def _features(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         bound = self.config.bound
         fx = self.spatial((x / bound + 1.0) * 0.5)
-        ambient = torch.tanh(self.ambient(torch.cat([fx, cond], dim=-1)))
+        c = self.config.cond_dim
+        ambient = torch.tanh(self.ambient(torch.cat([fx, cond[:, :c]], dim=-1)))
         fl = self.landmark_grid((ambient + 1.0) * 0.5)
-        return self.sigma_net(torch.cat([fx, fl], dim=-1))
+        return self.sigma_net(torch.cat([fx, fl, cond[:, c:]], dim=-1))
 
     def density(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self._features(x, cond)

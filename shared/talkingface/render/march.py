@@ -65,9 +65,14 @@ class FieldEvaluator:
         fx = field.spatial.output_dim
         fl = field.landmark_grid.output_dim
         geo = field.config.geo_features
-        (self.amb_fx, amb_cond), amb_bias = _split_first(field.ambient, (fx, cond.shape[1]))
-        self.frame_ambient = torch.addmm(amb_bias, cond, amb_cond)  # [F, h]
-        (self.sig_fx, self.sig_fl), self.sig_bias = _split_first(field.sigma_net, (fx, fl))
+        c = field.config.cond_dim
+        (self.amb_fx, amb_cond), amb_bias = _split_first(field.ambient, (fx, c))
+        self.frame_ambient = torch.addmm(amb_bias, cond[:, :c], amb_cond)  # [F, h]
+        # The density MLP's own per-frame input (the eyes' opening, with eye_condition).
+        extra = cond.shape[1] - c
+        (self.sig_fx, self.sig_fl, sig_cond), sig_bias = _split_first(field.sigma_net,
+                                                                      (fx, fl, extra))  # fmt: skip
+        self.frame_sigma = torch.addmm(sig_bias, cond[:, c:], sig_cond)  # [F, h]
         (self.col_geo, self.col_sh), self.col_bias = _split_first(field.color_net, (geo, 9))
         self.ray_sh = sh_degree2(dirs)  # [R, 9]
 
@@ -80,7 +85,8 @@ class FieldEvaluator:
         hidden = torch.addmm(self.frame_ambient.index_select(0, frame), fx, self.amb_fx)
         ambient = torch.tanh(field.ambient[1:](hidden))
         fl = field.landmark_grid((ambient + 1.0) * 0.5)
-        hidden = torch.addmm(self.sig_bias, fx, self.sig_fx).addmm_(fl, self.sig_fl)
+        hidden = torch.addmm(self.frame_sigma.index_select(0, frame), fx, self.sig_fx)
+        hidden.addmm_(fl, self.sig_fl)
         h = field.sigma_net[1:](hidden)
         sigma = torch.exp(h[:, 0].clamp(max=DENSITY_CLAMP))
         hidden = torch.addmm(self.col_bias, h[:, 1:], self.col_geo)

@@ -25,6 +25,8 @@ from talkingface.render.config import RenderConfig
 from talkingface.render.data import AvatarVideo, camera_rays, landmark_stats
 from talkingface.render.field import LandmarkField
 from talkingface.render.march import march_rays
+from talkingface.render.patches import LipPatches, ssim_loss
+from talkingface.render.regions import draw_in_boxes, landmark_boxes
 from talkingface.render.superres import SRTraining, SuperResolution, lowres_plate
 from talkingface.render.volume import OccupancyGrid, RayBatch, render_rays, update_occupancy
 
@@ -152,8 +154,12 @@ def carve(occupancy: OccupancyGrid, video: AvatarVideo, frames: np.ndarray) -> N
 class RaySampler:
     """Random training rays: pixel colours, background, pose and landmarks of their frame."""
 
-    def __init__(self, video: AvatarVideo, frames: np.ndarray, seed: int, device: str = "cpu"):
+    def __init__(self, video: AvatarVideo, frames: np.ndarray, seed: int, device: str = "cpu",
+                 region_share: float = 0.0):  # fmt: skip
+        """`region_share` of every batch is drawn inside the frames' eye and lip boxes."""
         self.video = video
+        self.region_share = region_share
+        self.regions = torch.from_numpy(landmark_boxes(video.lm2d[frames], video.size))
         self.frames = np.asarray(frames)
         self.device = device
         size = video.size
@@ -173,10 +179,16 @@ class RaySampler:
 
     def sample(self, n: int):
         g = self.generator
-        n_core = round(n * CORE_SHARE) if len(self.core) else 0
+        n_region = round(n * self.region_share)
+        region = draw_in_boxes(self.regions, n_region, self.video.size, g) if n_region else None
+        n_core = round((n - n_region) * CORE_SHARE) if len(self.core) else 0
         pick = self.core[torch.randint(0, len(self.core), (n_core,), generator=g)]
-        anywhere = torch.randint(0, self.total, (n - n_core,), generator=g)
-        flat = torch.cat([pick, anywhere])
+        anywhere = torch.randint(0, self.total, (n - n_region - n_core,), generator=g)
+        parts = [pick, anywhere] if region is None else [region, pick, anywhere]
+        return self.gather(torch.cat(parts))
+
+    def gather(self, flat: torch.Tensor):
+        """(frame row, pixel centre xy, colour, background) of flat pixel indices."""
         size = self.video.size
         frame, pixel = flat // (size * size), flat % (size * size)
         i, j = pixel // size, pixel % size
@@ -344,7 +356,9 @@ def train(
         rng.choice(train_frames, min(config.carve_frames, len(train_frames)), replace=False)
     )
     carve(renderer.occupancy, video, carve_frames)
-    sampler = RaySampler(video, train_frames, config.seed, str(dev))
+    sampler = RaySampler(video, train_frames, config.seed, str(dev), config.region_share)
+    side = config.lip_patch
+    patches = LipPatches(video.lm2d[train_frames], video.size, side, config.seed) if side else None
     fld = renderer.field
     grids = [p for n, p in fld.named_parameters() if n.startswith(("spatial", "landmark_grid"))]
     mlps = [p for n, p in fld.named_parameters() if not n.startswith(("spatial", "landmark_grid"))]
@@ -382,6 +396,10 @@ def train(
         if refinement is not None and step < config.pose_start:
             optimiser.param_groups[-1]["lr"] = 0.0
         frame, xy, target, bg = sampler.sample(config.batch_rays)
+        if patches is not None:  # a window of rays around the mouth, last in the batch
+            extra = sampler.gather(patches.sample())
+            batch = zip((frame, xy, target, bg), extra, strict=True)
+            frame, xy, target, bg = (torch.cat(p) for p in batch)
         R, t = sampler.R[frame.cpu()].to(dev), sampler.t[frame.cpu()].to(dev)
         if refinement is not None:
             R, t = refinement.apply(frame, video_index[frame], R, t)
@@ -392,6 +410,11 @@ def train(
             config.chunks, config.stop_transmittance, jitter=True,
         )  # fmt: skip
         loss = F.mse_loss(result.rgb, target)
+        if patches is not None:
+            window = (1, side, side, 3)
+            loss = loss + config.lip_patch_weight * ssim_loss(
+                result.rgb[-side * side :].reshape(window), target[-side * side :].reshape(window)
+            )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -401,7 +424,7 @@ def train(
             sr_training.step(step, refinement)
         loss_value = loss.item()
         spent_total += result.samples
-        rays_total += config.batch_rays
+        rays_total += len(frame)
         if step % config.occupancy_every == 0 or step == steps:
             pick = torch.randint(0, lm_all.shape[0], (256,), generator=occ_gen)
             with torch.no_grad():
