@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from talkingface.render import checkpoint as rck
 from talkingface.render.config import preset
 from talkingface.render.data import load_avatar
 from talkingface.render.regions import draw_in_boxes, eye_ratio, eye_ratios, landmark_boxes
@@ -130,6 +131,18 @@ def test_training_with_eyes_regions_and_lip_patches(video):
     renderer = new_renderer(config, video)
     report = train(renderer, video, stop_at=6)
     assert np.isfinite(report.val_psnr) and report.steps == 6
+
+
+def test_an_eye_conditioned_renderer_round_trips(video, tmp_path):
+    torch.manual_seed(1)
+    renderer = new_renderer(preset("tiny", eye_condition=True), video)
+    rck.save_renderer(tmp_path / "r", renderer, video.R, video.t, video.background)
+    loaded, track = rck.load_renderer(tmp_path / "r")
+    assert loaded.config.eye_condition and loaded.field.eye_dim == 2
+    f = [video.val[0]]
+    a, _ = renderer.render(video.lm3d[f], video.R[f], video.t[f], video.background)
+    b, _ = loaded.render(video.lm3d[f], track["R"][f], track["t"][f], track["background"])
+    assert torch.equal(a, b)
 
 
 def test_config_checks_the_new_fields():
