@@ -1,31 +1,34 @@
 """Super-resolution of the rendered frames (the `full` preset: a 256 x 256 NeRF, 512 x 512
 output), a small per-avatar conv network as in GeneFace++'s code.
 
-The network (`SuperResolution`, C = `sr_width`, s = `sr_scale`) works on the NeRF's frame
-of side H, composited over the background plate, and its accumulated alpha:
+The network (`SuperResolution`, C = `sr_width`, s = `sr_scale`) works on the NeRF's head
+layer of side H (rendered over black: colours premultiplied by the accumulated alpha) and
+that alpha:
 
-    input [B, 4, H, W]   RGB of the composited low-resolution frame, alpha
+    input [B, 4, H, W]   premultiplied RGB of the head, alpha
     conv 3x3 4 -> C, ReLU                                     at H x W
     2 residual blocks: conv 3x3 C -> C, ReLU, conv 3x3 C -> C, + input
     conv 3x3 C -> 3 s^2, pixel shuffle x s -> residual [B, 3, sH, sW]
-    + the bilinear upsample of the RGB input, clamped to [0, 1]
+    head [B, sH, sW, 3] = bilinear upsample of the RGB input + a * residual
 
 Every convolution runs at the low resolution (pads by replicating the edge, so a training
 patch and a whole frame see the same kind of border); the last one starts at zero, so an
 untrained network is exactly the bilinear upsample. C = 32, s = 2: 41,644 parameters.
 
-Output: out = a * SR + (1 - a) * plate, with a the bilinear upsample of the alpha and the
-plate at the output size. The network runs on the composited frame (it sees the head's
-edge against the plate it was trained on) and the high-resolution plate is put back where
-the head is not: a pixel whose low-resolution neighbours all missed the head is the plate
-exactly, as without super-resolution.
+Output: out = head + (1 - a) * plate, clamped to [0, 1], with a the bilinear upsample of
+the alpha and the plate at the output size: the head layer composited over the sharp plate.
+A pixel whose low-resolution neighbours all missed the head (a = 0) is the plate exactly, as
+without super-resolution. (A first version ran the network on the frame composited at low
+resolution and blended a * SR + (1 - a) * plate: that counts the plate twice where the head
+is partly transparent; untrained, it lost 1 dB of head PSNR to the bilinear upsample.)
 
 Training (`SRTraining`, called every step by `render.train.train` from step
 ceil(`sr_start` x `steps`)): 4 patches of `sr_patch`^2 NeRF pixels per step (contiguous
 windows of training frames centred on a random head pixel) are rendered without gradient
-(no jitter, as at inference), taken up by the network and compared (MSE) with the ground
-truth at the output size; Adam at `sr_lr`, decayed like the NeRF's rates. The NeRF learns
-from its own rays only: the network follows it, never the other way.
+(no jitter, as at inference), taken up by the network, composited over the plate and
+compared (MSE) with the ground truth at the output size; Adam at `sr_lr`, decayed like the
+NeRF's rates. The NeRF learns from its own rays only: the network follows it, never the
+other way.
 """
 
 from __future__ import annotations
@@ -74,32 +77,26 @@ class SuperResolution(nn.Module):
     def from_config(cls, config: RenderConfig) -> SuperResolution:
         return cls(config.sr_width, config.sr_scale)
 
-    def upsample(self, rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """Frames [B, sH, sW, 3] in [0, 1] of composited frames [B, H, W, 3] and their
-        alpha [B, H, W]."""
+    def forward(self, rgb: torch.Tensor, alpha: torch.Tensor, plate: torch.Tensor) -> torch.Tensor:
+        """Output frames [B, sH, sW, 3] in [0, 1] of head layers [B, H, W, 3] (premultiplied
+        colours), their alpha [B, H, W] and the plate [B or 1, sH, sW, 3] (module
+        docstring)."""
         x = torch.cat([rgb, alpha[..., None]], dim=-1).permute(0, 3, 1, 2)
         residual = F.pixel_shuffle(self.tail(self.body(self.head(x))), self.scale)
-        up = F.interpolate(x[:, :3], scale_factor=self.scale, mode="bilinear",
-                           align_corners=False)  # fmt: skip
-        return (up + residual).clamp(0, 1).permute(0, 2, 3, 1)
-
-    def forward(self, rgb: torch.Tensor, alpha: torch.Tensor, plate: torch.Tensor) -> torch.Tensor:
-        """Output frames [B, sH, sW, 3]: the network's where the head is, the plate
-        [B or 1, sH, sW, 3] elsewhere (module docstring)."""
-        a = F.interpolate(alpha[:, None], scale_factor=self.scale, mode="bilinear",
-                          align_corners=False)[:, 0, ..., None]  # fmt: skip
-        return a * self.upsample(rgb, alpha) + (1 - a) * plate
+        up = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        a = up[:, 3:]
+        head = up[:, :3] + a * residual
+        return (head.permute(0, 2, 3, 1) + (1 - a.permute(0, 2, 3, 1)) * plate).clamp(0, 1)
 
 
-def lowres_plate(plate: torch.Tensor, size: int, scale: int) -> torch.Tensor:
-    """The plate [size, size, 3] the NeRF composites over, from the plate at the output size
-    [size * scale, size * scale, 3] (box filter)."""
+def check_plate(plate: torch.Tensor, size: int, scale: int) -> torch.Tensor:
+    """The plate, when it is [size * scale, size * scale, 3] (the output size)."""
     if tuple(plate.shape) != (size * scale, size * scale, 3):
         raise ValueError(
             f"the background plate is {list(plate.shape)}; this renderer's output is "
             f"{size * scale} x {size * scale} (a {size} x {size} NeRF, super-resolution x{scale})"
         )
-    return F.avg_pool2d(plate.permute(2, 0, 1)[None], scale)[0].permute(1, 2, 0)
+    return plate
 
 
 def patch_rays(renderer, frames_R: torch.Tensor, frames_t: torch.Tensor, corners: np.ndarray,
@@ -141,8 +138,8 @@ class SRTraining:
         self.rng = np.random.default_rng(seed + 7)
         self.optimiser = torch.optim.Adam(renderer.sr.parameters(), lr=config.sr_lr)
         dev = renderer.device
-        self.plate = torch.from_numpy(hires.background).to(dev)
-        self.plate_lr = lowres_plate(self.plate, config.size, config.sr_scale)
+        self.plate = check_plate(torch.from_numpy(hires.background).to(dev), config.size,
+                                 config.sr_scale)  # fmt: skip
         self.losses: list[float] = []
 
     def pick(self, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +157,7 @@ class SRTraining:
 
     @torch.no_grad()
     def render_patches(self, rows: np.ndarray, corners: np.ndarray, refinement=None):
-        """The NeRF's composited patches [B, P, P, 3] and alpha [B, P, P] (no gradient)."""
+        """The NeRF's head layer over black [B, P, P, 3] and alpha [B, P, P] (no gradient)."""
         renderer, config, dev = self.renderer, self.renderer.config, self.renderer.device
         video_frames = torch.as_tensor(self.frames[rows], device=dev)
         R = torch.from_numpy(self.video.R[self.frames[rows]]).to(dev)
@@ -172,10 +169,10 @@ class SRTraining:
             torch.from_numpy(self.video.lm3d[self.frames[rows]]).to(dev)
         )
         p = self.patch
-        plate = torch.stack([self.plate_lr[i : i + p, j : j + p] for i, j in corners])
-        result = render_rays(renderer.field, RayBatch(origins, dirs, cond[which],
-                             plate.reshape(-1, 3)), renderer.occupancy, config.samples,
-                             config.chunks, config.stop_transmittance)  # fmt: skip
+        black = torch.zeros_like(origins)
+        result = render_rays(renderer.field, RayBatch(origins, dirs, cond[which], black),
+                             renderer.occupancy, config.samples, config.chunks,
+                             config.stop_transmittance)  # fmt: skip
         return result.rgb.reshape(-1, p, p, 3), result.alpha.reshape(-1, p, p)
 
     def targets(self, rows: np.ndarray, corners: np.ndarray):

@@ -27,7 +27,7 @@ from talkingface.render.field import LandmarkField
 from talkingface.render.march import march_rays
 from talkingface.render.patches import LipPatches, ssim_loss
 from talkingface.render.regions import draw_in_boxes, landmark_boxes
-from talkingface.render.superres import SRTraining, SuperResolution, lowres_plate
+from talkingface.render.superres import SRTraining, SuperResolution, check_plate
 from talkingface.render.volume import OccupancyGrid, RayBatch, render_rays, update_occupancy
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,8 @@ class Renderer:
     ) -> tuple[torch.Tensor, int]:
         """Frames [B, H, W, 3] in [0, 1] for landmarks [B, 68, 3] and poses R [B, 3, 3],
         t [B, 3] over the plate [H, W, 3]; also the network evaluations spent. H is
-        `config.output_size`: with super-resolution the NeRF renders `config.size` over the
-        plate box-filtered to it and `sr` takes the frames up (render.superres)."""
+        `config.output_size`: with super-resolution the NeRF renders the head at
+        `config.size` over black and `sr` takes it up over the plate (render.superres)."""
         dev = self.device
         lm3d = torch.as_tensor(np.asarray(lm3d), dtype=torch.float32, device=dev)
         R = torch.as_tensor(np.asarray(R), dtype=torch.float32, device=dev)
@@ -73,7 +73,8 @@ class Renderer:
         bg = torch.as_tensor(np.asarray(background), dtype=torch.float32, device=dev)
         size = self.config.size
         if self.sr is not None:
-            plate, bg = bg, lowres_plate(bg, size, self.config.sr_scale)
+            plate = check_plate(bg, size, self.config.sr_scale)
+            bg = torch.zeros(size, size, 3, device=dev)  # the head layer, premultiplied
         b = lm3d.shape[0]
         cond = self.field.encode_landmarks(lm3d)
         ii, jj = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
@@ -105,7 +106,7 @@ class Renderer:
             )
             out[sl], alpha[sl] = result.rgb, result.alpha
             spent += result.samples
-        out = out.reshape(b, size, size, 3).clamp(0, 1)
+        out = out.reshape(b, size, size, 3).clamp(0, 1)  # with sr: <= alpha, as premultiplied
         if self.sr is not None:
             out = torch.cat([self.sr(out[i : i + 1], alpha.reshape(b, size, size)[i : i + 1],
                                      plate[None]) for i in range(b)])  # fmt: skip
