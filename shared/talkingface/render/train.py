@@ -11,6 +11,7 @@ for the PSNR curve.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from talkingface.render.config import RenderConfig
 from talkingface.render.data import AvatarVideo, camera_rays, landmark_stats
 from talkingface.render.field import LandmarkField
+from talkingface.render.torso import TorsoField, new_torso, train_torso
 from talkingface.render.volume import OccupancyGrid, RayBatch, render_rays, update_occupancy
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class Renderer:
     field: LandmarkField
     occupancy: OccupancyGrid
     K: torch.Tensor  # [3, 3] at config.size
+    torso: TorsoField | None = None  # the torso layer under the head (config.torso, trained)
 
     @property
     def device(self) -> torch.device:
@@ -68,7 +71,10 @@ class Renderer:
         xy = torch.stack([jj.reshape(-1) + 0.5, ii.reshape(-1) + 0.5], -1).float().to(dev)
         frame = torch.arange(b, device=dev).repeat_interleave(size * size)
         xy_all = xy.repeat(b, 1)
-        bg_all = bg.reshape(-1, 3).repeat(b, 1)
+        if self.torso is not None:  # the head composites over the torso over the plate
+            bg_all = self.torso.layer(R, t, bg).reshape(-1, 3)
+        else:
+            bg_all = bg.reshape(-1, 3).repeat(b, 1)
         out = torch.empty(b * size * size, 3, device=dev)
         spent = 0
         for lo in range(0, out.shape[0], rays_per_batch):
@@ -127,7 +133,8 @@ def carve(occupancy: OccupancyGrid, video: AvatarVideo, frames: np.ndarray) -> N
 class RaySampler:
     """Random training rays: pixel colours, background, pose and landmarks of their frame."""
 
-    def __init__(self, video: AvatarVideo, frames: np.ndarray, seed: int, device: str = "cpu"):
+    def __init__(self, video: AvatarVideo, frames: np.ndarray, seed: int, device: str = "cpu",
+                 with_torso: bool = False):  # fmt: skip
         self.video = video
         self.frames = np.asarray(frames)
         self.device = device
@@ -145,6 +152,11 @@ class RaySampler:
         self.R = torch.from_numpy(video.R[self.frames])
         self.t = torch.from_numpy(video.t[self.frames])
         self.lm3d = torch.from_numpy(video.lm3d[self.frames])
+        self.torso = None  # torso pixels [frames * H * W]: their target is their background
+        if with_torso and video.torso is not None:
+            self.torso = torch.from_numpy(np.ascontiguousarray(video.torso[self.frames])).reshape(
+                -1
+            )
 
     def sample(self, n: int):
         g = self.generator
@@ -157,12 +169,15 @@ class RaySampler:
         i, j = pixel // size, pixel % size
         xy = torch.stack([j + 0.5, i + 0.5], -1).float()
         target = self.pixels[flat].float() / 255.0
+        background = self.background[pixel]
+        if self.torso is not None:  # GeneFace's head stage: the true torso over the plate
+            background = torch.where(self.torso[flat][:, None], target, background)
         dev = self.device
         return (
             frame.to(dev),
             xy.to(dev),
             target.to(dev),
-            self.background[pixel].to(dev),
+            background.to(dev),
         )
 
 
@@ -204,6 +219,7 @@ class TrainReport:
     R: np.ndarray | None = None  # the pose track to save: refined, when config.refine_poses
     t: np.ndarray | None = None
     pose_refinement: dict = field(default_factory=dict)
+    torso: dict = field(default_factory=dict)  # the torso stage's report, when trained
 
 
 def val_frames(video: AvatarVideo, count: int) -> np.ndarray:
@@ -309,6 +325,9 @@ def train(
     config = renderer.config
     torch.manual_seed(config.seed)
     dev = renderer.device
+    full_video = video
+    if video.torso is not None and not config.torso:  # head-rigid: the head models it all
+        video = dataclasses.replace(video, masks=video.masks | video.torso)
     lo, hi = video.train
     train_frames = np.arange(lo, hi)
     rng = np.random.default_rng(config.seed)
@@ -316,7 +335,7 @@ def train(
         rng.choice(train_frames, min(config.carve_frames, len(train_frames)), replace=False)
     )
     carve(renderer.occupancy, video, carve_frames)
-    sampler = RaySampler(video, train_frames, config.seed, str(dev))
+    sampler = RaySampler(video, train_frames, config.seed, str(dev), with_torso=config.torso)
     fld = renderer.field
     grids = [p for n, p in fld.named_parameters() if n.startswith(("spatial", "landmark_grid"))]
     mlps = [p for n, p in fld.named_parameters() if not n.startswith(("spatial", "landmark_grid"))]
@@ -394,6 +413,10 @@ def train(
     if refinement is not None:
         report.R, report.t, report.pose_refinement = corrected_track(video, train_frames,
                                                                      refinement)  # fmt: skip
+    if config.torso and full_video.torso is not None:
+        renderer.torso = new_torso(config.torso_model, report.R, report.t, train_frames, dev)
+        report.torso = train_torso(renderer.torso, full_video, train_frames, report.R, report.t,
+                                   config.seed).__dict__  # fmt: skip
     rendered, truth, _ = evaluate_frames(renderer, video, vals, report.R, report.t)
     report.val_psnr = psnr(rendered, truth)
     report.val_ssim = ssim(rendered, truth)
