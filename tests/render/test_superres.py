@@ -60,7 +60,9 @@ def test_training_steps_reduce_the_loss_on_a_fixed_patch(videos):
     started (the bilinear upsample)."""
     video, hires = videos
     torch.manual_seed(0)
-    renderer = new_renderer(preset("tiny", sr_scale=2, sr_width=16, sr_patch=16), video)
+    renderer = new_renderer(
+        preset("tiny", sr_scale=2, sr_width=16, sr_patch=16, torso=False), video
+    )
     training = SRTraining(renderer, video, hires, np.arange(*video.train), seed=0)
     rows, corners = training.pick(4)
     truth, plate = training.targets(rows, corners)
@@ -78,8 +80,8 @@ def test_training_steps_reduce_the_loss_on_a_fixed_patch(videos):
 def test_tiny_avatar_at_twice_the_size_trains_saves_loads_and_serves(videos, tiny_avatar, tmp_path):
     video, hires = videos
     torch.manual_seed(0)
-    config = preset("tiny", sr_scale=2, steps=12, batch_rays=256, val_every=12, val_frames=1,
-                    sr_start=0.5, sr_patch=16)  # fmt: skip
+    config = preset("tiny", sr_scale=2, torso=False, steps=12, batch_rays=256, val_every=12,
+                    val_frames=1, sr_start=0.5, sr_patch=16)  # fmt: skip
     renderer = new_renderer(config, video)
     report = train(renderer, video, hires=hires)
     assert [h["step"] for h in report.history] == [12]

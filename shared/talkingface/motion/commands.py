@@ -46,6 +46,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-pitch", action="store_true", help="postnet: without pitch input")
     parser.add_argument(
+        "--no-torso",
+        action="store_true",
+        help="avatar: no torso layer (the head-rigid model: head and torso masks drawn by the "
+        "head field)",
+    )
+    parser.add_argument(
         "--publish",
         metavar="AVATAR_ID",
         help="postnet, avatar: also publish the result as a new version of this avatar in "

@@ -1,8 +1,9 @@
 """A trained renderer on disk and in an avatar bundle.
 
     renderer/model.safetensors   the field's weights and landmark normalisation statistics
-                                 (`field.*`), the occupancy grid (`occupancy.*`) and, with
-                                 super-resolution (`sr_scale` > 1), its network (`sr.*`)
+                                 (`field.*`), the occupancy grid (`occupancy.*`), with
+                                 super-resolution (`sr_scale` > 1) its network (`sr.*`)
+                                 and, when trained, the torso layer (`torso.*`)
     renderer/track.safetensors   the recorded pose track R [T, 3, 3], t [T, 3] (replayed at
                                  inference), intrinsics K [3, 3] at the NeRF's size, the
                                  background plate [H, W, 3] in [0, 1] at the output size
@@ -28,6 +29,7 @@ from talkingface.render.files import CONFIG, TRACK, WEIGHTS
 from talkingface.render.files import FILES as FILES  # re-exported: rck.FILES
 from talkingface.render.files import RENDERER_DIR as RENDERER_DIR
 from talkingface.render.superres import SuperResolution
+from talkingface.render.torso import TorsoField
 from talkingface.render.train import Renderer
 from talkingface.render.volume import OccupancyGrid
 from talkingface.storage.fetch import write_file_atomic
@@ -63,6 +65,13 @@ def save_renderer(
     if renderer.sr is not None:
         tensors.update({f"sr.{k}": v.detach().cpu().contiguous()
                         for k, v in renderer.sr.state_dict().items()})  # fmt: skip
+    if renderer.torso is not None:
+        tensors.update(
+            {
+                f"torso.{k}": v.detach().cpu().contiguous()
+                for k, v in renderer.torso.state_dict().items()
+            }
+        )
     write_file_atomic(out / WEIGHTS, save_torch(tensors))
     track = {
         "R": np.ascontiguousarray(R, np.float32),
@@ -128,7 +137,15 @@ def load_renderer(
         sr.load_state_dict(sr_state, strict=True)
         sr.eval().to(device)
     track = load_file(str(directory / TRACK))
-    renderer = Renderer(config, field.eval(), occupancy, torch.from_numpy(track["K"]), sr)
+    torso_state = {k[6:]: v for k, v in tensors.items() if k.startswith("torso.")}
+    torso = None
+    if torso_state:  # a bundle trained with a torso layer
+        torso = TorsoField(config.torso_model, torso_state["pose_mean"], torso_state["pose_std"],
+                           torso_state["codes"].shape[0])  # fmt: skip
+        torso.load_state_dict(torso_state, strict=True)
+        torso = torso.eval().to(device)
+    renderer = Renderer(config, field.eval(), occupancy, torch.from_numpy(track["K"]),
+                        sr=sr, torso=torso)  # fmt: skip
     renderer.field.to(device)
     renderer.occupancy.to(device)
     renderer.K = renderer.K.to(device)

@@ -46,6 +46,8 @@ def train_avatar(
     overrides: dict[str, Any] = {"seed": args.seed}
     if args.steps is not None:
         overrides["steps"] = args.steps
+    if getattr(args, "no_torso", False):
+        overrides["torso"] = False
     if _from_video(args.data):  # estimated poses: refine them with the field
         overrides["refine_poses"] = True
     config = preset(args.preset or "cpu", **overrides)
@@ -81,6 +83,8 @@ def train_avatar(
     }
     if report.pose_refinement:
         metrics["pose_refinement"] = report.pose_refinement
+    if report.torso:
+        metrics["torso"] = {k: report.torso[k] for k in ("steps", "seconds", "loss")}
     rck.save_renderer(out / "renderer", renderer, report.R, report.t, shown.background, metrics)
     (out / "history.json").write_text(json.dumps(report.history, indent=1) + "\n")
     _curves(report.history, out / "curves.png")

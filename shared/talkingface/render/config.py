@@ -19,6 +19,37 @@ PRESETS = ("tiny", "cpu", "full")
 
 
 @dataclass
+class TorsoConfig:
+    """The torso layer (`talkingface.render.torso`): sizes and its training plan."""
+
+    levels: int = 4
+    """Dense 2-D feature grids, resolutions spaced geometrically from coarsest to finest."""
+    coarsest: int = 16
+    finest: int = 128
+    features: int = 4
+    hidden: int = 64
+    pose_dim: int = 16
+    code_dim: int = 8
+    """Per-training-frame code (the torso's own motion); zero when rendering."""
+    frequencies: int = 4
+    """Positional-encoding octaves of the pixel position fed to the deformation MLP."""
+    max_offset: float = 0.2
+    """Largest deformation, in half-widths of the image."""
+    steps: int = 400
+    batch: int = 4096
+    lr: float = 1e-2
+    lr_grid: float = 5e-2
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TorsoConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown torso config fields: {unknown}")
+        return cls(**data)
+
+
+@dataclass
 class RenderConfig:
     preset: str = "cpu"
     size: int = 128
@@ -81,7 +112,15 @@ class RenderConfig:
     lip_patch_weight: float = 0.0
     """Weight of the lip patch loss (1 - SSIM) added to the pixel MSE."""
 
+    torso: bool = False
+    """Model the neck and shoulders with their own layer (`render.torso`), trained after the
+    head on the avatar's torso masks and drawn under the head. Off, everything inside the
+    person's masks (head and torso) is modelled rigid with the head."""
+    torso_model: TorsoConfig = field(default_factory=TorsoConfig)
+
     def __post_init__(self) -> None:
+        if isinstance(self.torso_model, dict):
+            self.torso_model = TorsoConfig.from_dict(self.torso_model)
         if isinstance(self.spatial, dict):
             self.spatial = GridConfig.from_dict(self.spatial)
         if isinstance(self.landmark_grid, dict):
@@ -92,6 +131,9 @@ class RenderConfig:
             raise ValueError("the spatial grid is 3-D")
         if self.sr_scale not in (1, 2, 4):
             raise ValueError(f"sr_scale must be 1 (off), 2 or 4, got {self.sr_scale}")
+        if self.torso and self.sr_scale > 1:
+            raise ValueError("the torso layer does not work with super-resolution yet: "
+                             "set torso false or sr_scale 1")  # fmt: skip
         if not 0.0 <= self.region_share < 1.0:
             raise ValueError(f"region_share must be in [0, 1), got {self.region_share}")
         if self.lip_patch < 0 or (0 < self.lip_patch < 8):
@@ -149,7 +191,11 @@ def preset(name: str, **overrides: Any) -> RenderConfig:
             warmup_steps=5,
             val_every=40,
             val_frames=2,
-        )
+            torso=True,
+            torso_model=TorsoConfig(levels=2, coarsest=8, finest=32, features=2, hidden=16,
+                                    pose_dim=4, code_dim=2, frequencies=2, steps=30, batch=512,
+                                    lr=2e-2, lr_grid=1e-1),
+        )  # fmt: skip
     elif name == "cpu":
         config = RenderConfig(
             preset="cpu",
@@ -161,6 +207,7 @@ def preset(name: str, **overrides: Any) -> RenderConfig:
             steps=600,
             lr_mlp=5e-3,
             val_every=100,
+            torso=True,
         )
     else:
         config = RenderConfig(
@@ -179,5 +226,9 @@ def preset(name: str, **overrides: Any) -> RenderConfig:
             batch_rays=16384,
             val_every=2000,
             sr_scale=2,
+            # The torso layer is not yet composed with super-resolution (its layer would
+            # have to be drawn at the output size): off here until it is.
+            torso=False,
+            torso_model=TorsoConfig(levels=6, finest=512, features=8, hidden=128, steps=20000),
         )
     return dataclasses.replace(config, **overrides) if overrides else config

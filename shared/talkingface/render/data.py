@@ -38,6 +38,7 @@ class AvatarVideo:
     lm2d: np.ndarray  # float32 [T, 68, 2] at this size
     train: tuple[int, int]  # [start, end) frame range
     val: tuple[int, int]
+    torso: np.ndarray | None = None  # bool [T, H, W]: neck and shoulder pixels, when recorded
 
     @property
     def size(self) -> int:
@@ -62,6 +63,10 @@ def load_avatar(root: Path | str, size: int | None = None) -> AvatarVideo:
     factor = native // size
     frames = downsample(np.asarray(avatar["frames"]), factor)
     masks = downsample(np.asarray(avatar["masks"], np.uint8)[..., None] * 255, factor)[..., 0]
+    torso = None
+    if "torso_masks" in avatar:
+        torso = downsample(np.asarray(avatar["torso_masks"], np.uint8)[..., None] * 255, factor)
+        torso = (torso[..., 0] >= 128) & (masks < 128)  # a seam pixel half and half: head
     background = downsample(np.asarray(avatar["background"])[None], factor)[0]
     K = np.asarray(avatar["K"], np.float32).copy()
     K[:2] /= factor
@@ -77,6 +82,7 @@ def load_avatar(root: Path | str, size: int | None = None) -> AvatarVideo:
         lm2d=np.asarray(avatar["lm2d"], np.float32) / factor,
         train=(int(splits["train"][0]), int(splits["train"][1])),
         val=(int(splits["val"][0]), int(splits["val"][1])),
+        torso=torso,
     )
 
 

@@ -6,7 +6,8 @@ never trained on), or `max_frames` of them evenly spaced. Reported:
 
 - `psnr`, `ssim`: whole frames (the head composited over the background plate, as served);
   `psnr_head`: the head-mask pixels only; `psnr_lip`: the mouth box (the outer-lip landmarks'
-  bounding box, 2 px margin) -- paper table 5's PSNR(Lip);
+  bounding box, 2 px margin) -- paper table 5's PSNR(Lip); `psnr_torso` (avatars with torso
+  masks): the torso-mask pixels (neck and shoulders);
 - `mouth_open_r`: Pearson r between the mouth opening the driving landmarks ask for (inner-lip
   gap, `talkingface.lm3d.mouth_opening`) and the opening measured in the rendered pixels
   (pixels of the mouth box darker than DARK: the open mouth is dark); `mouth_open_r_truth`
@@ -85,6 +86,14 @@ def psnr_where(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return 10.0 * np.log10(1.0 / max(mse, 1e-12))
 
 
+def _torso_psnr(out: np.ndarray, truth: np.ndarray, video, frames: np.ndarray) -> dict:
+    """{"psnr_torso": PSNR over the torso-mask pixels} when the avatar has torso masks."""
+    torso = getattr(video, "torso", None)
+    if torso is None or not np.asarray(torso[frames]).any():
+        return {}
+    return {"psnr_torso": round(psnr_where(out, truth, np.asarray(torso[frames])), 3)}
+
+
 def evaluate_renderer(renderer, video, max_frames: int | None = None) -> dict[str, Any]:
     from talkingface.render.train import psnr, ssim
 
@@ -118,6 +127,7 @@ def evaluate_renderer(renderer, video, max_frames: int | None = None) -> dict[st
         "ssim": round(ssim(rendered_t, truth_t), 4),
         "psnr_head": round(psnr_where(out, truth, heads), 3),
         "psnr_lip": round(psnr_where(out, truth, boxes), 3),
+        **_torso_psnr(out, truth, video, frames),
         "mouth_open_r": round(_pearson(dark_rendered, gap), 4),
         "mouth_open_r_truth": round(_pearson(dark_truth, gap), 4),
         "mouth_pixels_r": round(_pearson(dark_rendered, dark_truth), 4),
@@ -129,6 +139,7 @@ def evaluate_renderer(renderer, video, max_frames: int | None = None) -> dict[st
         "samples_per_pixel": round(spent / (len(frames) * renderer.config.size**2), 2),  # NeRF px
         "backend": renderer.field.backend,
         "device": str(renderer.device),
+        "torso": renderer.torso is not None,
     }
 
 

@@ -11,6 +11,7 @@ for the PSNR curve.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -28,6 +29,7 @@ from talkingface.render.march import march_rays
 from talkingface.render.patches import LipPatches, ssim_loss
 from talkingface.render.regions import draw_in_boxes, landmark_boxes
 from talkingface.render.superres import SRTraining, SuperResolution, check_plate
+from talkingface.render.torso import TorsoField, new_torso, train_torso
 from talkingface.render.volume import OccupancyGrid, RayBatch, render_rays, update_occupancy
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class Renderer:
     fast: bool = True
     """Render with `march.march_rays` (inference-only, per-ray compaction); False: with
     `volume.render_rays`, the training path (the reference the fast path is tested against)."""
+    torso: TorsoField | None = None  # the torso layer under the head (config.torso, trained)
 
     @property
     def device(self) -> torch.device:
@@ -81,7 +84,10 @@ class Renderer:
         xy = torch.stack([jj.reshape(-1) + 0.5, ii.reshape(-1) + 0.5], -1).float().to(dev)
         frame = torch.arange(b, device=dev).repeat_interleave(size * size)
         xy_all = xy.repeat(b, 1)
-        bg_all = bg.reshape(-1, 3).repeat(b, 1)
+        if self.torso is not None:  # the head composites over the torso over the plate
+            bg_all = self.torso.layer(R, t, bg).reshape(-1, 3)
+        else:
+            bg_all = bg.reshape(-1, 3).repeat(b, 1)
         out = torch.empty(b * size * size, 3, device=dev)
         alpha = torch.empty(b * size * size, device=dev)
         spent = 0
@@ -119,7 +125,7 @@ def new_renderer(config: RenderConfig, video: AvatarVideo, device: str = "cpu") 
     field_ = LandmarkField(config, torch.from_numpy(mean), torch.from_numpy(std))
     occupancy = OccupancyGrid(config.occupancy_res, config.bound)
     sr = SuperResolution.from_config(config) if config.sr_scale > 1 else None
-    renderer = Renderer(config, field_, occupancy, torch.from_numpy(video.K), sr)
+    renderer = Renderer(config, field_, occupancy, torch.from_numpy(video.K), sr=sr)
     renderer.field.to(device)
     if sr is not None:
         sr.to(device)
@@ -156,8 +162,9 @@ class RaySampler:
     """Random training rays: pixel colours, background, pose and landmarks of their frame."""
 
     def __init__(self, video: AvatarVideo, frames: np.ndarray, seed: int, device: str = "cpu",
-                 region_share: float = 0.0):  # fmt: skip
-        """`region_share` of every batch is drawn inside the frames' eye and lip boxes."""
+                 region_share: float = 0.0, with_torso: bool = False):  # fmt: skip
+        """`region_share` of every batch is drawn inside the frames' eye and lip boxes;
+        `with_torso`: the torso's pixels are the head's background (their own colour)."""
         self.video = video
         self.region_share = region_share
         self.regions = torch.from_numpy(landmark_boxes(video.lm2d[frames], video.size))
@@ -177,6 +184,11 @@ class RaySampler:
         self.R = torch.from_numpy(video.R[self.frames])
         self.t = torch.from_numpy(video.t[self.frames])
         self.lm3d = torch.from_numpy(video.lm3d[self.frames])
+        self.torso = None  # torso pixels [frames * H * W]: their target is their background
+        if with_torso and video.torso is not None:
+            self.torso = torch.from_numpy(np.ascontiguousarray(video.torso[self.frames])).reshape(
+                -1
+            )
 
     def sample(self, n: int):
         g = self.generator
@@ -195,12 +207,15 @@ class RaySampler:
         i, j = pixel // size, pixel % size
         xy = torch.stack([j + 0.5, i + 0.5], -1).float()
         target = self.pixels[flat].float() / 255.0
+        background = self.background[pixel]
+        if self.torso is not None:  # GeneFace's head stage: the true torso over the plate
+            background = torch.where(self.torso[flat][:, None], target, background)
         dev = self.device
         return (
             frame.to(dev),
             xy.to(dev),
             target.to(dev),
-            self.background[pixel].to(dev),
+            background.to(dev),
         )
 
 
@@ -242,6 +257,7 @@ class TrainReport:
     R: np.ndarray | None = None  # the pose track to save: refined, when config.refine_poses
     t: np.ndarray | None = None
     pose_refinement: dict = field(default_factory=dict)
+    torso: dict = field(default_factory=dict)  # the torso stage's report, when trained
 
 
 def val_frames(video: AvatarVideo, count: int) -> np.ndarray:
@@ -350,6 +366,9 @@ def train(
     config = renderer.config
     torch.manual_seed(config.seed)
     dev = renderer.device
+    full_video = video
+    if video.torso is not None and not config.torso:  # head-rigid: the head models it all
+        video = dataclasses.replace(video, masks=video.masks | video.torso)
     lo, hi = video.train
     train_frames = np.arange(lo, hi)
     rng = np.random.default_rng(config.seed)
@@ -357,7 +376,8 @@ def train(
         rng.choice(train_frames, min(config.carve_frames, len(train_frames)), replace=False)
     )
     carve(renderer.occupancy, video, carve_frames)
-    sampler = RaySampler(video, train_frames, config.seed, str(dev), config.region_share)
+    sampler = RaySampler(video, train_frames, config.seed, str(dev), config.region_share,
+                         with_torso=config.torso)  # fmt: skip
     side = config.lip_patch
     patches = LipPatches(video.lm2d[train_frames], video.size, side, config.seed) if side else None
     fld = renderer.field
@@ -452,7 +472,12 @@ def train(
     if refinement is not None:
         report.R, report.t, report.pose_refinement = corrected_track(video, train_frames,
                                                                      refinement)  # fmt: skip
-    if refinement is not None or steps < 1:  # else: the last step's validation frames
+    if config.torso and full_video.torso is not None:
+        renderer.torso = new_torso(config.torso_model, report.R, report.t, train_frames, dev)
+        report.torso = train_torso(renderer.torso, full_video, train_frames, report.R, report.t,
+                                   config.seed).__dict__  # fmt: skip
+    if refinement is not None or steps < 1 or renderer.torso is not None:
+        # else: the last step's validation frames are the final model's
         rendered, truth, _ = evaluate_frames(renderer, shown, vals, report.R, report.t)
     report.val_psnr = psnr(rendered, truth)
     report.val_ssim = ssim(rendered, truth)

@@ -8,7 +8,9 @@ from talkingface.data.synthtalk import camera
 from talkingface.data.synthtalk import fileformat as ff
 from talkingface.data.synthtalk.appearance import SCLERA
 from talkingface.data.synthtalk.avatar import build_avatar
+from talkingface.data.synthtalk.clip import avatar_person
 from talkingface.data.synthtalk.preview import avatar_preview
+from talkingface.data.synthtalk.video import PersonRenderer
 from talkingface.media import probe
 from tests.data.synthtalk.colours import fits, window
 
@@ -50,7 +52,7 @@ def test_projected_landmarks_match_the_poses(avatar):
 def test_background_is_static_outside_the_mask(avatar):
     _, data = avatar
     for i in (0, len(data["frames"]) // 2, len(data["frames"]) - 1):
-        outside = ~data["masks"][i]
+        outside = ~(data["masks"][i] | data["torso_masks"][i])
         assert outside.mean() > 0.3
         np.testing.assert_array_equal(data["frames"][i][outside], data["background"][outside])
 
@@ -130,3 +132,48 @@ def test_preview_has_h264_video_and_audio_of_the_right_length(avatar, tmp_path):
     assert info["video"]["frames"] == data["manifest"]["frames"]
     assert abs(info["video"]["duration"] - SECONDS) < 0.05
     assert abs(info["audio"]["duration"] - SECONDS) < 0.1
+
+
+def test_torso_masks_are_disjoint_from_the_head_and_cover_the_rest_of_the_person(avatar):
+    _, data = avatar
+    heads, torsos = np.asarray(data["masks"]), np.asarray(data["torso_masks"])
+    assert torsos.shape == heads.shape and torsos.dtype == np.bool_
+    assert not (heads & torsos).any()
+    assert 0.03 < torsos.mean() < 0.3 and torsos.any((1, 2)).all()  # every frame shows one
+    # The torso touches the bottom edge (the shoulders leave the frame) and the head does not.
+    assert torsos[:, -1].any(1).all() and not heads[:, -1].any()
+
+
+def test_the_torso_moves_on_its_own(avatar):
+    """The recorded torso is not rigid with the head: its pose is not the head's pose times a
+    fixed transform, and re-rendering a frame with the torso rigid with the head (the old
+    SynthTalk) draws other torso pixels than the recorded ones."""
+    _, data = avatar
+    R, tR = data["R"].astype(np.float64), data["torso_R"].astype(np.float64)
+    relative = np.einsum("tij,tkj->tik", tR, R)  # torso rotation in the head's frame
+    angle = np.degrees(np.arccos(np.clip((np.trace(relative, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    assert angle.max() - angle.min() > 3  # the torso turns relative to the head by degrees
+    speaker, appearance = avatar_person(data["manifest"])
+    renderer = PersonRenderer(speaker.neutral_landmarks(), appearance, size=SIZE)
+    worst = int(np.argmax(angle))
+    pose = (data["R"][worst], data["t"][worst])
+    torso_pose = (data["torso_R"][worst], data["torso_t"][worst])
+    own = renderer.render(data["lm3d"][worst], *pose, *torso_pose)
+    np.testing.assert_array_equal(own.torso, data["torso_masks"][worst])
+    np.testing.assert_array_equal(own.rgb, data["frames"][worst])
+    rigid = renderer.render(data["lm3d"][worst], *pose)
+    changed = (rigid.torso != own.torso).sum() / own.torso.sum()
+    assert changed > 0.05, changed
+    # The head itself is drawn the same either way, bar the seam pixels the neck covers.
+    assert (rigid.head != own.head).mean() < 0.01
+
+
+def test_same_seed_same_torso_motion():
+    euler = np.zeros((50, 3))
+    shift = np.zeros((50, 3))
+    a = camera.torso_motion(np.random.default_rng(3), euler, shift)
+    b = camera.torso_motion(np.random.default_rng(3), euler, shift)
+    c = camera.torso_motion(np.random.default_rng(4), euler, shift)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert np.abs(a[2] - c[2]).max() > 1e-3  # its own sway, even with a still head

@@ -70,16 +70,21 @@ def test_the_clip_shows_the_avatars_person(avatar, clip):
     renderer = PersonRenderer(speaker.neutral_landmarks(), appearance, size=SIZE)
     # The recreated person reproduces the avatar's own frame exactly ...
     np.testing.assert_array_equal(
-        renderer.render(a["lm3d"][0], a["R"][0], a["t"][0]).rgb, a["frames"][0]
+        renderer.render(a["lm3d"][0], a["R"][0], a["t"][0], a["torso_R"][0], a["torso_t"][0]).rgb,
+        a["frames"][0],
     )
     np.testing.assert_array_equal(renderer.background, a["background"])
     # ... and the clip's frames are that person saying the clip's landmarks.
     for i in (0, len(c["frames"]) - 1):
-        frame = renderer.render(c["lm3d"][i], c["R"][i], c["t"][i])
+        pose = (c["R"][i], c["t"][i], c["torso_R"][i], c["torso_t"][i])
+        frame = renderer.render(c["lm3d"][i], *pose)
         np.testing.assert_array_equal(frame.rgb, c["frames"][i])
-        np.testing.assert_array_equal(frame.mask, c["masks"][i])
-    # Outside the head the clip shows the avatar's background plate.
-    outside = ~c["masks"][0]
+        np.testing.assert_array_equal(frame.head, c["masks"][i])
+        np.testing.assert_array_equal(frame.torso, c["torso_masks"][i])
+    # The clip's torso replays the avatar's torso track with its head poses.
+    np.testing.assert_array_equal(c["torso_R"], a["torso_R"][c["pose_indices"]])
+    # Outside the person the clip shows the avatar's background plate.
+    outside = ~(c["masks"][0] | c["torso_masks"][0])
     np.testing.assert_array_equal(c["frames"][0][outside], a["background"][outside])
 
 

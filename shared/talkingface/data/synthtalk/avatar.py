@@ -2,8 +2,9 @@
 
 One speaker (face, style, voice, appearance) reads sentences separated by short pauses; the
 articulated landmarks drive the rendered head while a smooth random head motion plays. The
-directory holds the frames, masks, background plate, audio, canonical and projected
-landmarks, per-frame head poses and intrinsics (docs/synthtalk.md). Frames of the first 10/11
+directory holds the frames, head and torso masks, background plate, audio, canonical and
+projected landmarks, per-frame head and torso poses and intrinsics (docs/synthtalk.md). The
+neck and shoulders move partly on their own (`camera.torso_motion`). Frames of the first 10/11
 of the video are `train`, the rest `val` (the split the official GeneFace code uses).
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 from talkingface import __version__
 from talkingface.data.synthtalk import fileformat as ff
 from talkingface.data.synthtalk.articulation import articulate
-from talkingface.data.synthtalk.camera import random_head_motion
+from talkingface.data.synthtalk.camera import DISTANCE, random_head_motion, torso_motion
 from talkingface.data.synthtalk.corpus import HELDOUT_LANGUAGE, stream_rng
 from talkingface.data.synthtalk.sentences import sentence
 from talkingface.data.synthtalk.speaker import sample_speaker
@@ -31,6 +32,7 @@ from talkingface.media import write_wav
 
 FPS = 25
 PERSON, SCRIPT, MOTION, ARTICULATION = range(4)  # random stream purposes
+TORSO = 7  # the torso's own sway (after clip.py's 4..6, so no stream is shared)
 PAUSE_SECONDS = (0.25, 0.6)
 
 
@@ -155,11 +157,14 @@ def build_avatar(
     track = articulate(phonemes, audio, ff.SAMPLE_RATE, speaker, stream_rng(seed, ARTICULATION))
     frames = track.landmarks.shape[0]
     rotations, translations, euler = random_head_motion(stream_rng(seed, MOTION), frames, FPS)
+    shift = translations - np.array([0.0, 0.0, DISTANCE], np.float32)
+    torso_R, torso_t, _ = torso_motion(stream_rng(seed, TORSO), euler, shift, FPS)
 
     renderer = PersonRenderer(speaker.neutral_landmarks(), appearance, size=size)
     lm2d = render_video(
-        out, renderer, track.landmarks, rotations, translations, "synth avatar", progress
-    )
+        out, renderer, track.landmarks, rotations, translations, "synth avatar", progress,
+        torso_R, torso_t,
+    )  # fmt: skip
 
     write_wav(out / "audio.wav", audio, ff.SAMPLE_RATE)
     np.save(out / "background.npy", renderer.background)
@@ -170,6 +175,8 @@ def build_avatar(
         t=translations.astype(np.float32),
         euler_deg=np.rad2deg(euler).astype(np.float32),
         K=renderer.K.astype(np.float32),
+        torso_R=torso_R,
+        torso_t=torso_t,
     )
     (out / "script.json").write_text(script_json(sentences, phonemes))
     train_frames = frames * 10 // 11

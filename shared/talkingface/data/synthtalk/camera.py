@@ -115,3 +115,37 @@ def random_head_motion(
     R = euler_to_matrix(euler[:, 0], euler[:, 1], euler[:, 2])
     t = (shift + np.array([0.0, 0.0, DISTANCE])).astype(np.float32)
     return R, t, euler.astype(np.float32)
+
+
+# The torso (neck and shoulders) follows a share of the head's motion plus a slow sway and
+# breathing of its own; it turns about a pivot in the chest (canonical, below the head).
+TORSO_FOLLOW = 0.3  # share of the head's rotation the torso takes
+TORSO_SHIFT_FOLLOW = 0.6  # share of the head's translation the torso takes
+TORSO_SWAY = np.deg2rad([3.0, 1.5, 2.0])  # own yaw, pitch, roll (peak)
+TORSO_BREATH = 0.04  # own vertical rise (canonical units, peak)
+TORSO_PIVOT = np.array([0.0, -2.6, -0.2])
+
+
+def torso_motion(
+    rng: np.random.Generator, euler: np.ndarray, shift: np.ndarray, fps: float = 25
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The torso's pose per frame (same convention as the head's: p_cam = R @ p + t for its
+    points in the canonical frame) for head angles `euler` [T, 3] (radians) and head shifts
+    `shift` [T, 3] (camera space, less the DISTANCE): R [T, 3, 3], t [T, 3], euler [T, 3].
+
+    Its angles are TORSO_FOLLOW of the head's plus a sway of its own (sinusoids of 0.05-0.45 Hz
+    up to TORSO_SWAY), turning about TORSO_PIVOT; its shift is TORSO_SHIFT_FOLLOW of the head's
+    plus a breathing rise (0.2-0.3 Hz, up to TORSO_BREATH). So the torso moves with the head
+    but not rigidly, and not as any fixed function of the head pose."""
+    frames = len(euler)
+    own = np.stack([_smooth_signal(rng, frames, fps, a) for a in TORSO_SWAY], -1)
+    angles = TORSO_FOLLOW * np.asarray(euler, np.float64) + own
+    time = np.arange(frames) / fps
+    breath = TORSO_BREATH * np.sin(2 * np.pi * rng.uniform(0.2, 0.3) * time + rng.uniform(0, 6.3))
+    move = TORSO_SHIFT_FOLLOW * np.asarray(shift, np.float64)
+    move[:, 1] -= breath  # camera y points down: breathing in lifts the shoulders
+    R = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]).astype(np.float64)
+    # Turning about the pivot: p_cam = R (p - c) + FACING c + DISTANCE z + move.
+    pivot = FACING.astype(np.float64) @ TORSO_PIVOT
+    t = pivot + move + np.array([0.0, 0.0, DISTANCE]) - R @ TORSO_PIVOT
+    return R.astype(np.float32), t.astype(np.float32), angles.astype(np.float32)

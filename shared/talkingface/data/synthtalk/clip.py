@@ -103,6 +103,8 @@ def build_clip(
     speaker, appearance = avatar_person(avatar)
     with np.load(avatar_dir / "poses.npz") as poses:
         track_R, track_t = poses["R"], poses["t"]
+        # The torso replays the avatar's own torso track (avatars of before it: rigid).
+        torso_track = (poses["torso_R"], poses["torso_t"]) if "torso_R" in poses else None
     avatar_script = json.loads((avatar_dir / "script.json").read_text())
     avoid = {s["text"] for s in avatar_script["sentences"]}
 
@@ -118,8 +120,9 @@ def build_clip(
     size = int(avatar["size"])
     renderer = PersonRenderer(speaker.neutral_landmarks(), appearance, size=size)
     out.mkdir(parents=True, exist_ok=True)
+    torso = (None, None) if torso_track is None else tuple(a[indices] for a in torso_track)
     lm2d = render_video(
-        out, renderer, track.landmarks, rotations, translations, "synth clip", progress
+        out, renderer, track.landmarks, rotations, translations, "synth clip", progress, *torso
     )
 
     write_wav(out / "audio.wav", audio, ff.SAMPLE_RATE)
@@ -129,6 +132,7 @@ def build_clip(
         R=rotations.astype(np.float32),
         t=translations.astype(np.float32),
         K=renderer.K.astype(np.float32),
+        **({} if torso[0] is None else {"torso_R": torso[0], "torso_t": torso[1]}),
     )
     np.save(out / "pose_indices.npy", indices.astype(np.int64))
     (out / "script.json").write_text(script_json(sentences, phonemes))

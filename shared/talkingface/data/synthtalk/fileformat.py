@@ -92,6 +92,8 @@ def read_avatar(root: Path | str, mmap: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"manifest": manifest}
     out["frames"] = np.load(root / "frames.npy", mmap_mode=mode)
     out["masks"] = np.load(root / "masks.npy", mmap_mode=mode)
+    if (root / "torso_masks.npy").is_file():  # neck and shoulders (older avatars: none)
+        out["torso_masks"] = np.load(root / "torso_masks.npy", mmap_mode=mode)
     out["background"] = np.load(root / "background.npy")
     for name in ("landmarks.npz", "poses.npz"):
         with np.load(root / name) as data:
@@ -108,6 +110,8 @@ def read_clip(root: Path | str, mmap: bool = True) -> dict[str, Any]:
     mode = "r" if mmap else None
     out["frames"] = np.load(root / "frames.npy", mmap_mode=mode)
     out["masks"] = np.load(root / "masks.npy", mmap_mode=mode)
+    if (root / "torso_masks.npy").is_file():
+        out["torso_masks"] = np.load(root / "torso_masks.npy", mmap_mode=mode)
     out["pose_indices"] = np.load(root / "pose_indices.npy")
     for name in ("landmarks.npz", "poses.npz"):
         with np.load(root / name) as data:

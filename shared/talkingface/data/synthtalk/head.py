@@ -14,8 +14,10 @@ The head is one fixed triangle mesh per speaker, in the canonical head frame of
   theirs. The six middle inner-lip landmarks (upper and lower coincide when the mouth is
   closed) take no part: the skin between the outer lips stretches as they part, sinks in
   by the lip gap (a cavity, not a decal) and is where the shader paints the mouth;
-- neck: an elliptic tube under the skull, rigid in the head frame (it follows the head pose
-  but not the jaw), flaring toward the shoulders below the frame;
+- neck: an elliptic tube under the skull flaring into shoulders at the bottom of the frame;
+  it does not follow the jaw, and its vertices carry a torso weight (`torso_weight`: 0 up
+  to the jaw, rising to 1 at the shoulders), so that a torso pose of its own bends the neck
+  between the head and the shoulders (`video.PersonRenderer.render`);
 - ears: two flattened ellipsoids, rigid.
 
 All parts keep their rest-space vertices (`rest`, the neutral face) and unit-sphere
@@ -39,6 +41,16 @@ HEAD, NECK, EAR = 0, 1, 2  # part ids per face
 INNER_LIP_MIDS = np.array([61, 62, 63, 65, 66, 67])
 CAVITY_DEPTH = 0.5  # the stretched band sinks by this times the lip gap: a mouth, not a decal
 SIGMAS = ((0.30, 0.02), (0.075, 1e-3))  # (width, ridge) for the coarse and the fine RBF
+SHOULDER_TOP = -1.2  # canonical y where the neck starts widening into the shoulders
+# The neck follows the head above TORSO_BEND[0] and the torso below TORSO_BEND[1] (canonical
+# y), blending smoothly in between.
+TORSO_BEND = (-0.8, -1.5)
+
+
+def torso_weights(y: np.ndarray) -> np.ndarray:
+    """How much a neck vertex at canonical height y follows the torso pose (0 head, 1 torso)."""
+    s = np.clip((TORSO_BEND[0] - np.asarray(y, np.float64)) / (TORSO_BEND[0] - TORSO_BEND[1]), 0, 1)
+    return s * s * (3 - 2 * s)
 
 
 def _warped(n: int, lo: float, hi: float, centre: float, width: float, gain: float) -> np.ndarray:
@@ -114,11 +126,12 @@ def _skull(appearance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _neck() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Elliptic tube from inside the skull down past the bottom of the frame."""
-    y = np.concatenate([np.linspace(-0.3, -1.9, 12), [-2.3, -2.8, -3.5]])
+    """Elliptic tube from inside the skull down past the bottom of the frame, widening into
+    shoulders from y = SHOULDER_TOP."""
+    y = np.concatenate([np.linspace(-0.3, -1.9, 17), [-2.3, -2.8, -3.5]])
     phi = np.linspace(-np.pi, np.pi, 48, endpoint=False)
-    flare = np.clip((-1.3 - y) / 1.6, 0, 1) ** 2  # widen toward the shoulders
-    rx, rz = 0.62 + 1.4 * flare, 0.54 + 0.2 * flare
+    flare = np.clip((SHOULDER_TOP - y) / 1.0, 0, 1) ** 1.5  # widen toward the shoulders
+    rx, rz = 0.62 + 2.6 * flare, 0.54 + 0.3 * flare
     yy, pp = np.meshgrid(y, phi, indexing="ij")
     verts = np.stack([rx[:, None] * np.sin(pp), yy, -0.18 + rz[:, None] * np.cos(pp)], -1).reshape(
         -1, 3
@@ -202,6 +215,7 @@ class HeadMesh:
     direction: torch.Tensor  # [V, 3] float32, unit directions (skull, neck, ear-local)
     neutral: torch.Tensor  # [68, 3] float32
     cavity: torch.Tensor  # [Vh] float32, how far each skull vertex sinks per unit lip gap
+    torso_weight: torch.Tensor | None = None  # [V] float32, 0 (head pose) .. 1 (torso pose)
 
     def vertices(self, landmarks: torch.Tensor) -> torch.Tensor:
         """Canonical vertices [..., V, 3] for landmarks [..., 68, 3]."""
@@ -247,6 +261,11 @@ def build_head(neutral: np.ndarray, appearance, device: str | torch.device = "cp
         direction=t(np.concatenate([skull_d, neck_d, ear_d])),
         neutral=t(neutral),
         cavity=t(cavity),
+        torso_weight=t(
+            torso_weights(verts[:, 1])
+            * (np.arange(len(verts)) >= n_skull)
+            * (np.arange(len(verts)) < n_skull + n_neck)
+        ),
     )
     mesh.rest = mesh.vertices(mesh.neutral)
     return mesh

@@ -26,7 +26,7 @@ import numpy as np
 
 from talkingface import lm3d as L
 from talkingface.data.synthtalk import appearance as A
-from talkingface.data.synthtalk.head import EAR, HEAD, NECK, hair_line
+from talkingface.data.synthtalk.head import EAR, HEAD, NECK, SHOULDER_TOP, hair_line
 
 KEY_LIGHT = np.array([-0.45, -0.55, -0.70])  # camera space (x right, y down, z away)
 FILL_LIGHT = np.array([0.65, -0.05, -0.76])
@@ -46,6 +46,9 @@ class Pixels:
     canon: np.ndarray  # [P, 3] current canonical position
     normal: np.ndarray  # [P, 3] camera-space unit normal
     position: np.ndarray  # [P, 3] camera-space position
+
+
+SHIRT_NECKLINE = SHOULDER_TOP - 0.1  # canonical y of the shirt's neckline at the sides
 
 
 def _f32(colour) -> np.ndarray:
@@ -257,6 +260,12 @@ def shade(
     # frame, so this darkening is too.
     neck = px.part == NECK
     colour[neck] *= (1 - 0.35 * _smooth(rest[neck, 1], -1.45, -0.95))[:, None]
+    # A shirt below a round neckline (lower in front), its colour derived from the neck's so
+    # that no random draw is added to the appearance.
+    phi = np.arctan2(d[neck, 0], d[neck, 2])
+    neckline = SHIRT_NECKLINE - 0.12 * np.cos(phi) ** 2 * (np.abs(phi) < np.pi / 2)
+    shirt = _smooth(neckline - rest[neck, 1], 0.0, 0.03)[:, None]
+    colour[neck] = colour[neck] * (1 - shirt) + shirt * (0.85 - 0.6 * _f32(app.neck))
     # A little redness on the cheeks; darker in the ear's bowl.
     cheeks = np.exp(
         -(((np.abs(rest[:, 0]) - 0.42) / 0.18) ** 2 + ((rest[:, 1] + 0.15) / 0.22) ** 2)

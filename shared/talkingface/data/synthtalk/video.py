@@ -27,7 +27,7 @@ from talkingface.data.synthtalk.appearance import (
     sample_appearance,
 )
 from talkingface.data.synthtalk.camera import DISTANCE, intrinsics, project
-from talkingface.data.synthtalk.head import build_head
+from talkingface.data.synthtalk.head import NECK, build_head
 from talkingface.data.synthtalk.raster import rasterize
 from talkingface.data.synthtalk.shading import Pixels, shade
 
@@ -41,6 +41,12 @@ class RenderedFrame:
     rgb: np.ndarray  # [H, W, 3] uint8, the head composited over the background
     mask: np.ndarray  # [H, W] bool, head + hair + neck + ear pixels
     lm2d: np.ndarray  # [68, 2] float32 projected landmarks (x, y) in pixels
+    torso: np.ndarray | None = None  # [H, W] bool, the neck and shoulder pixels of `mask`
+
+    @property
+    def head(self) -> np.ndarray:
+        """[H, W] bool: the head pixels (skull, hair, face, ears): `mask` less the torso."""
+        return self.mask if self.torso is None else self.mask & ~self.torso
 
 
 @contextmanager
@@ -93,23 +99,35 @@ class PersonRenderer:
         self._principal = torch.tensor(self.K[:2, 2], device=self.device)
 
     @torch.no_grad()
-    def render(self, landmarks: np.ndarray, R: np.ndarray, t: np.ndarray) -> RenderedFrame:
-        """Render landmarks [68, 3] (canonical) under head pose R [3, 3], t [3]."""
+    def render(
+        self,
+        landmarks: np.ndarray,
+        R: np.ndarray,
+        t: np.ndarray,
+        torso_R: np.ndarray | None = None,
+        torso_t: np.ndarray | None = None,
+    ) -> RenderedFrame:
+        """Render landmarks [68, 3] (canonical) under head pose R [3, 3], t [3]; the neck and
+        shoulders under the torso pose `torso_R`, `torso_t` (`camera.torso_motion`; the
+        neck bends between the two), or rigid with the head when it is not given."""
         landmarks = np.asarray(landmarks, np.float32)
         with _torch_threads(self.threads):
-            pix, pixels, mask = self._rasterize(landmarks, R, t)
+            pix, pixels, mask = self._rasterize(landmarks, R, t, torso_R, torso_t)
         colour = shade(
             pixels, landmarks, self._neutral, self.appearance, self.textures, self._pixel_size
         )
         image = self.background.reshape(-1, 3).copy()
         image[pix] = (colour * 255 + 0.5).astype(np.uint8)
+        torso = np.zeros(self.size * self.size, bool)
+        torso[pix] = pixels.part == NECK
         return RenderedFrame(
             rgb=image.reshape(self.size, self.size, 3),
             mask=mask,
             lm2d=project(landmarks, R, t, self.K),
+            torso=torso.reshape(self.size, self.size),
         )
 
-    def _rasterize(self, landmarks: np.ndarray, R: np.ndarray, t: np.ndarray):
+    def _rasterize(self, landmarks, R, t, torso_R=None, torso_t=None):
         """Pose and rasterise the mesh; interpolate the surface attributes of covered pixels.
         Returns (flat pixel indices [P], Pixels, mask [H, W])."""
         mesh, size, device = self.mesh, self.size, self.device
@@ -117,6 +135,10 @@ class PersonRenderer:
         R = torch.as_tensor(np.asarray(R, np.float32), device=device)
         t = torch.as_tensor(np.asarray(t, np.float32), device=device)
         cam = canon @ R.T + t
+        if torso_R is not None:
+            tR = torch.as_tensor(np.asarray(torso_R, np.float32), device=device)
+            tt = torch.as_tensor(np.asarray(torso_t, np.float32), device=device)
+            cam = torch.lerp(cam, canon @ tR.T + tt, mesh.torso_weight[:, None])
         xy = cam[:, :2] / cam[:, 2:] * float(self.K[0, 0]) + self._principal
         frag = rasterize(xy, cam[:, 2], mesh.faces, size, size)
 
@@ -146,11 +168,18 @@ class PersonRenderer:
         return pix.cpu().numpy(), pixels, (frag.tri_id >= 0).cpu().numpy()
 
     def render_batch(
-        self, landmarks: np.ndarray, R: np.ndarray, t: np.ndarray
+        self, landmarks: np.ndarray, R: np.ndarray, t: np.ndarray, torso_R=None, torso_t=None
     ) -> list[RenderedFrame]:
-        """Render B frames: landmarks [B, 68, 3], R [B, 3, 3], t [B, 3] (a convenience loop:
-        batching does not pay on the CPU, where the per-frame work is already vectorised)."""
-        return [self.render(lm, r, tr) for lm, r, tr in zip(landmarks, R, t, strict=True)]
+        """Render B frames: landmarks [B, 68, 3], R [B, 3, 3], t [B, 3], torso poses [B, 3, 3],
+        [B, 3] or None (a convenience loop: batching does not pay on the CPU, where the
+        per-frame work is already vectorised)."""
+        n = len(landmarks)
+        tR = [None] * n if torso_R is None else torso_R
+        tt = [None] * n if torso_t is None else torso_t
+        return [
+            self.render(lm, r, tr, a, b)
+            for lm, r, tr, a, b in zip(landmarks, R, t, tR, tt, strict=True)
+        ]
 
 
 def render_video(
@@ -161,9 +190,14 @@ def render_video(
     translations: np.ndarray,
     desc: str,
     progress: bool = True,
+    torso_R: np.ndarray | None = None,
+    torso_t: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Render every frame into `out/frames.npy` and `out/masks.npy` (memory-mapped, written as
-    they come, so memory does not grow with the video); returns the 2-D landmarks [T, 68, 2]."""
+    """Render every frame into `out/frames.npy`, `out/masks.npy` (head pixels: skull, hair,
+    face, ears) and `out/torso_masks.npy` (neck and shoulder pixels; the file and format of
+    `avatar ingest`), memory-mapped and written as they come, so memory does not grow with
+    the video. The torso takes the poses `torso_R` [T, 3, 3], `torso_t` [T, 3] when given,
+    else it is rigid with the head. Returns the 2-D landmarks [T, 68, 2]."""
     from tqdm import tqdm
 
     frames, size = len(landmarks), renderer.size
@@ -173,11 +207,16 @@ def render_video(
     masks = np.lib.format.open_memmap(
         out / "masks.npy", mode="w+", dtype=np.bool_, shape=(frames, size, size)
     )
+    torsos = np.lib.format.open_memmap(
+        out / "torso_masks.npy", mode="w+", dtype=np.bool_, shape=(frames, size, size)
+    )
     lm2d = np.zeros((frames, 68, 2), np.float32)
     for i in tqdm(range(frames), desc=desc, unit="frame", disable=not progress):
-        frame = renderer.render(landmarks[i], rotations[i], translations[i])
-        video[i], masks[i], lm2d[i] = frame.rgb, frame.mask, frame.lm2d
+        pose = (None, None) if torso_R is None else (torso_R[i], torso_t[i])
+        frame = renderer.render(landmarks[i], rotations[i], translations[i], *pose)
+        video[i], masks[i], torsos[i], lm2d[i] = frame.rgb, frame.head, frame.torso, frame.lm2d
     video.flush()
     masks.flush()
-    del video, masks
+    torsos.flush()
+    del video, masks, torsos
     return lm2d
