@@ -24,8 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from talkingface.judge.config import OFFSETS, JudgeConfig
 from talkingface.judge.geometry import MOUTH_FEATURES, audio_features, mouth_features
 from talkingface.judge.nets import JudgeNet
+from talkingface.threads import torch_threads
 
 WEIGHTS = "judge.safetensors"
 META = "judge.json"
@@ -71,19 +71,6 @@ def shift_pair(features: np.ndarray, lm3d: np.ndarray, shift: int) -> Item:
     if shift >= 0:
         return f[shift:], lm[: t - shift]
     return f[: t + shift], lm[-shift:]
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with `n` intra-op threads. The judge's layers are so small that thread hand-offs
-    dominate: one thread is ~3x faster than two on an idle 2-core machine and ~100x faster
-    when other processes keep those cores busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class Judge:

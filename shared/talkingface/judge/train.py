@@ -28,10 +28,11 @@ from tqdm import tqdm
 
 from talkingface.judge.config import JudgeConfig
 from talkingface.judge.geometry import MOUTH_FEATURES, audio_features, mouth_features
-from talkingface.judge.model import Judge, file_sha256, torch_threads
+from talkingface.judge.model import Judge, file_sha256
 from talkingface.judge.nets import JudgeNet
 from talkingface.judge.provenance import corpus_identity
 from talkingface.motion.data import Utterance
+from talkingface.threads import torch_threads
 
 log = logging.getLogger(__name__)
 VAL_WINDOWS = 1024  # fixed validation examples

@@ -22,29 +22,34 @@ SSIM_SIGMA = 1.5
 PATCH_JITTER = 0.15  # of the patch side: the window's centre moves around the mouth centre
 
 
-def _window(channels: int, dtype, device) -> torch.Tensor:
-    coords = torch.arange(SSIM_TAPS, dtype=dtype, device=device) - (SSIM_TAPS - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * SSIM_SIGMA**2))
+def gaussian_window(channels: int, taps: int, sigma: float, dtype, device) -> torch.Tensor:
+    """A normalised 2-D Gaussian [channels, 1, taps, taps] for a depthwise conv2d."""
+    coords = torch.arange(taps, dtype=dtype, device=device) - (taps - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
     g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, SSIM_TAPS, SSIM_TAPS).contiguous()
+    return (g[:, None] * g[None, :]).expand(channels, 1, taps, taps).contiguous()
 
 
-def ssim_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """1 - mean SSIM of image batches [B, H, W, 3] in [0, 1] (H, W >= 7): 0 for identical
-    patches, up to 2; differentiable in both."""
-    x, y = a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2)
-    window = _window(x.shape[1], x.dtype, x.device)
+def ssim_map(x: torch.Tensor, y: torch.Tensor, taps: int = SSIM_TAPS, sigma: float = SSIM_SIGMA,
+             padding: int = 0) -> torch.Tensor:  # fmt: skip
+    """Per-position SSIM of image batches [B, C, H, W] (Gaussian window; C1, C2 for [0, 1])."""
+    window = gaussian_window(x.shape[1], taps, sigma, x.dtype, x.device)
 
     def blur(z: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(z, window, groups=x.shape[1])
+        return F.conv2d(z, window, padding=padding, groups=x.shape[1])
 
     mx, my = blur(x), blur(y)
     vx = blur(x * x) - mx * mx
     vy = blur(y * y) - my * my
     cxy = blur(x * y) - mx * my
     c1, c2 = 0.01**2, 0.03**2
-    value = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return 1.0 - value.mean()
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
+def ssim_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - mean SSIM of image batches [B, H, W, 3] in [0, 1] (H, W >= 7): 0 for identical
+    patches, up to 2; differentiable in both."""
+    return 1.0 - ssim_map(a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2)).mean()
 
 
 class LipPatches:

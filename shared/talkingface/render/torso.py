@@ -25,8 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from talkingface.render.config import TorsoConfig
+from talkingface.threads import torch_threads
 
 log = logging.getLogger(__name__)
 POSE_DIM = 12  # R (9) and t (3) of the head pose
@@ -42,23 +41,6 @@ CODE_PENALTY = 1e-3
 MASK_WEIGHT = 0.02
 TORSO_SHARE = 0.7  # of the training pixels, drawn from the dilated torso masks
 DILATE = 3  # pixels
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with `threads` torch intra-op threads, restoring the caller's setting after. The
-    torso's operations are small (thousands of rows, 64 wide): a second thread barely helps
-    them, and a thread pool waiting for a core another process holds stalls every one of
-    them (measured here: 60 tiny steps took 0.9 s on one thread, 18 s on two, with the
-    2-core machine busy)."""
-    before = torch.get_num_threads()
-    if threads is not None and threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:

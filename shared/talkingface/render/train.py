@@ -26,7 +26,7 @@ from talkingface.render.config import RenderConfig
 from talkingface.render.data import AvatarVideo, camera_rays, landmark_stats
 from talkingface.render.field import LandmarkField
 from talkingface.render.march import march_rays
-from talkingface.render.patches import LipPatches, ssim_loss
+from talkingface.render.patches import LipPatches, ssim_loss, ssim_map
 from talkingface.render.regions import draw_in_boxes, landmark_boxes
 from talkingface.render.superres import SRTraining, SuperResolution, check_plate
 from talkingface.render.torso import TorsoField, new_torso, train_torso
@@ -228,21 +228,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean SSIM of images [B, H, W, 3] in [0, 1] (11-pixel Gaussian window, sigma 1.5)."""
     x = a.permute(0, 3, 1, 2).double()
     y = b.permute(0, 3, 1, 2).double()
-    coords = torch.arange(11, dtype=torch.float64) - 5
-    g = torch.exp(-(coords**2) / (2 * 1.5**2))
-    g = g / g.sum()
-    window = (g[:, None] * g[None, :]).expand(3, 1, 11, 11).contiguous()
-
-    def blur(z):
-        return F.conv2d(z, window, padding=5, groups=3)
-
-    mx, my = blur(x), blur(y)
-    vx = blur(x * x) - mx * mx
-    vy = blur(y * y) - my * my
-    cxy = blur(x * y) - mx * my
-    c1, c2 = 0.01**2, 0.03**2
-    value = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return float(value[..., 5:-5, 5:-5].mean())
+    return float(ssim_map(x, y, taps=11, sigma=1.5, padding=5)[..., 5:-5, 5:-5].mean())
 
 
 @dataclass

@@ -12,8 +12,6 @@ default, `device` otherwise); the shader runs in numpy. About 20 frames/s at 256
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from talkingface.data.synthtalk.camera import DISTANCE, intrinsics, project
 from talkingface.data.synthtalk.head import NECK, build_head
 from talkingface.data.synthtalk.raster import rasterize
 from talkingface.data.synthtalk.shading import Pixels, shade
+from talkingface.threads import torch_threads as _torch_threads
 
 __all__ = ["Appearance", "PersonRenderer", "RenderedFrame", "render_video", "sample_appearance"]
 
@@ -47,19 +46,6 @@ class RenderedFrame:
     def head(self) -> np.ndarray:
         """[H, W] bool: the head pixels (skull, hair, face, ears): `mask` less the torso."""
         return self.mask if self.torso is None else self.mask & ~self.torso
-
-
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with `threads` torch intra-op threads, restoring the caller's setting after."""
-    before = torch.get_num_threads()
-    if threads is not None and threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 class PersonRenderer:
