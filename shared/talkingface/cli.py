@@ -247,7 +247,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         help="api: measure this broker (default: start a private one)",
     )
     bench.add_argument(
-        "--clients", type=int, default=200, help="api: concurrent clients (threads; default 200)"
+        "--clients", type=int, default=200, help="api: concurrent clients (coroutines; default 200)"
     )
     bench.add_argument(
         "--avatar", default="", help="api with --broker: a READY avatar of TALKINGFACE_TENANT"
