@@ -18,6 +18,14 @@ from talkingface.render.encoding import GridConfig
 PRESETS = ("tiny", "cpu", "full")
 
 
+def _strict(cls, data: dict[str, Any], what: str):
+    """`cls(**data)`, refusing fields `cls` does not have (a config.json from elsewhere)."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} fields: {unknown}")
+    return cls(**data)
+
+
 @dataclass
 class TorsoConfig:
     """The torso layer (`talkingface.render.torso`): sizes and its training plan."""
@@ -42,11 +50,7 @@ class TorsoConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TorsoConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown torso config fields: {unknown}")
-        return cls(**data)
+        return _strict(cls, data, "torso config")
 
 
 @dataclass
@@ -149,11 +153,7 @@ class RenderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RenderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown renderer config fields: {unknown}")
-        return cls(**data)
+        return _strict(cls, data, "renderer config")
 
     def with_backend(self, implementation: str, strict: bool = False) -> RenderConfig:
         """The same configuration with both grids on `implementation` (auto, torch, tcnn)."""

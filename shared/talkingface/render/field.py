@@ -26,7 +26,8 @@ from talkingface.render.regions import eye_ratios
 DENSITY_CLAMP = 15.0  # exp(15) ~ 3e6: opaque within any sample spacing, finite gradients
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers of `sizes` with ReLU between them (none after the last)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
@@ -63,11 +64,11 @@ class LandmarkField(nn.Module):
         self.spatial = make_encoder(config.spatial)
         self.landmark_grid = make_encoder(config.landmark_grid)
         fx, fl, h = self.spatial.output_dim, self.landmark_grid.output_dim, config.hidden
-        self.condition = _mlp([self.lm_mean.numel(), h, config.cond_dim])
-        self.ambient = _mlp([fx + config.cond_dim, h, config.ambient_dim])
+        self.condition = mlp([self.lm_mean.numel(), h, config.cond_dim])
+        self.ambient = mlp([fx + config.cond_dim, h, config.ambient_dim])
         self.eye_dim = 2 if config.eye_condition else 0
-        self.sigma_net = _mlp([fx + fl + self.eye_dim, h, 1 + config.geo_features])
-        self.color_net = _mlp([config.geo_features + 9, h, 3])
+        self.sigma_net = mlp([fx + fl + self.eye_dim, h, 1 + config.geo_features])
+        self.color_net = mlp([config.geo_features + 9, h, 3])
 
     @property
     def backend(self) -> str:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from talkingface.render.config import TorsoConfig
+from talkingface.render.field import mlp
 from talkingface.threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,6 @@ CODE_PENALTY = 1e-3
 MASK_WEIGHT = 0.02
 TORSO_SHARE = 0.7  # of the training pixels, drawn from the dilated torso masks
 DILATE = 3  # pixels
-
-
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
 
 
 def pose_vector(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -79,10 +71,10 @@ class TorsoField(nn.Module):
             [nn.Parameter(torch.randn(1, c.features, int(r), int(r)) * 1e-2) for r in resolutions]
         )
         self.codes = nn.Parameter(torch.zeros(max(1, frames), c.code_dim))
-        self.pose_net = _mlp([POSE_DIM, c.hidden, c.pose_dim])
-        self.deform_net = _mlp([2 + 4 * c.frequencies + c.pose_dim + c.code_dim, c.hidden,
+        self.pose_net = mlp([POSE_DIM, c.hidden, c.pose_dim])
+        self.deform_net = mlp([2 + 4 * c.frequencies + c.pose_dim + c.code_dim, c.hidden,
                                 c.hidden, 2])  # fmt: skip
-        self.color_net = _mlp([c.levels * c.features + c.pose_dim + c.code_dim, c.hidden, 4])
+        self.color_net = mlp([c.levels * c.features + c.pose_dim + c.code_dim, c.hidden, 4])
         with torch.no_grad():  # start without deformation and transparent
             self.deform_net[-1].weight.mul_(0.01)
             self.deform_net[-1].bias.zero_()
