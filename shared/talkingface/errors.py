@@ -8,7 +8,7 @@ under `talkingface-error-code`; clients turn an RpcError back into a TalkingFace
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 
@@ -132,12 +132,23 @@ class NotAvailableYet(TalkingFaceError):
 def abort(context: grpc.ServicerContext, error: TalkingFaceError) -> NoReturn:
     """End the current RPC with the error's status, details and code metadata (and
     `retry-after-ms` when the error says when to retry, as RATE_LIMITED does)."""
+    context.set_trailing_metadata(_trailing(error))
+    context.abort(error.status, f"{error.code}: {error.message}")
+    raise AssertionError("context.abort returned")  # abort always raises
+
+
+async def abort_async(context: Any, error: TalkingFaceError) -> NoReturn:
+    """`abort` for a method served as a coroutine (a grpc.aio context, whose abort is one)."""
+    context.set_trailing_metadata(_trailing(error))
+    await context.abort(error.status, f"{error.code}: {error.message}")
+    raise AssertionError("context.abort returned")  # abort always raises
+
+
+def _trailing(error: TalkingFaceError) -> tuple[tuple[str, str], ...]:
     trailing = [(ERROR_CODE_METADATA_KEY, error.code)]
     if RETRY_AFTER_METADATA_KEY in error.metadata:
         trailing.append((RETRY_AFTER_METADATA_KEY, error.metadata[RETRY_AFTER_METADATA_KEY]))
-    context.set_trailing_metadata(tuple(trailing))
-    context.abort(error.status, f"{error.code}: {error.message}")
-    raise AssertionError("context.abort returned")  # abort always raises
+    return tuple(trailing)
 
 
 def own_error_from_rpc(exc: grpc.RpcError) -> TalkingFaceError | None:

@@ -1,8 +1,8 @@
 """A plumbing-only talkingface server for tests: Info + health + reflection + metrics.
 
 Run as a subprocess by test_server.py. Its warm-up waits until the file named by argv[1]
-exists, so the test controls when the server becomes ready; settings come from the
-environment exactly as in a service.
+exists, so the test controls when the server becomes ready; argv[2] is the server kind
+(`threads` or `asyncio`); settings come from the environment exactly as in a service.
 """
 
 import sys
@@ -23,7 +23,9 @@ def main() -> None:
         while not ready_file.exists():
             time.sleep(0.05)
 
-    ServiceServer("plumbing", [], settings, warmup=warmup).serve_forever()
+    kind = sys.argv[2] if len(sys.argv) > 2 else "threads"
+    ServiceServer("plumbing", [], settings, warmup=warmup,
+                  asyncio=kind == "asyncio").serve_forever()  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -38,8 +38,13 @@ def _read_listening_line(proc: subprocess.Popen, deadline: float) -> dict:
     raise AssertionError(f"server never announced its ports; output: {''.join(seen)}")
 
 
-@pytest.fixture
-def plumbing_server(tmp_path):
+# Both gRPC servers a ServiceServer runs: grpcio's thread pool (the stages) and grpc.aio
+# (the broker, serving/aio.py).
+SERVER_KINDS = ["threads", "asyncio"]
+
+
+@pytest.fixture(params=SERVER_KINDS)
+def plumbing_server(tmp_path, request):
     ready_file = tmp_path / "ready"
     env = {
         **os.environ,
@@ -52,7 +57,7 @@ def plumbing_server(tmp_path):
         "PYTHONUNBUFFERED": "1",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.serving.plumbing_server", str(ready_file)],
+        [sys.executable, "-m", "tests.serving.plumbing_server", str(ready_file), request.param],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -172,7 +177,8 @@ def test_health_metrics_and_graceful_sigterm(plumbing_server):
     assert "signal received" in messages and messages[-1] == "stopped"
 
 
-def test_stop_runs_the_hook_while_rpcs_drain_so_it_takes_one_grace(tmp_path):
+@pytest.mark.parametrize("kind", SERVER_KINDS)
+def test_stop_runs_the_hook_while_rpcs_drain_so_it_takes_one_grace(tmp_path, kind):
     """The broker's stop: its in-process workers (the hook) finish or hand back their jobs
     while in-flight RPCs drain. Before, the hook ran first and the RPCs got their grace after
     it: twice the grace (40 s by default, over Kubernetes' 30 s)."""
@@ -189,7 +195,7 @@ def test_stop_runs_the_hook_while_rpcs_drain_so_it_takes_one_grace(tmp_path):
         time.sleep(grace)
         hook_ran.set()
 
-    server = ServiceServer("plumbing", [], settings, on_stop=slow_hook)
+    server = ServiceServer("plumbing", [], settings, on_stop=slow_hook, asyncio=kind == "asyncio")
     port = server.start()
     server.set_serving()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")

@@ -24,10 +24,12 @@ service stay open.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import dataclasses
 import hashlib
 import hmac
+import inspect
 import re
 import secrets
 import threading
@@ -41,7 +43,7 @@ import redis
 
 from talkingface.broker.jobs import check_tenant
 from talkingface.broker.limits import KEY_LIMITS, parse_key_limits
-from talkingface.errors import TalkingFaceError, abort
+from talkingface.errors import TalkingFaceError, abort, abort_async
 from talkingface.serving.interceptors import Rewrapper
 
 KEY_PREFIX = "tfk_"
@@ -300,13 +302,15 @@ class Authenticator:
         self._cache: dict[str, tuple[float, dict[Any, Any]]] = {}
         self._lock = threading.Lock()
 
-    def _record(self, key_id: str) -> dict[Any, Any]:
+    def _record(self, key_id: str, lookup: bool = True) -> dict[Any, Any]:
         now = time.monotonic()
         if self.cache_s > 0:
             with self._lock:
                 hit = self._cache.get(key_id)
             if hit is not None and now - hit[0] < self.cache_s:
                 return hit[1]
+        if not lookup:
+            raise NeedsLookup(key_id)
         try:
             record = self.redis.hgetall(api_key_key(key_id))
         except redis.RedisError as exc:
@@ -318,7 +322,12 @@ class Authenticator:
                 self._cache[key_id] = (now, record)
         return record
 
-    def authenticate(self, metadata: Iterable[tuple[str, Any]] | None) -> Principal:
+    def authenticate(
+        self, metadata: Iterable[tuple[str, Any]] | None, *, lookup: bool = True
+    ) -> Principal:
+        """The caller's Principal, or TalkingFaceError(UNAUTHENTICATED). With `lookup=False`
+        (on an event loop, which must not wait on Redis) a key not in the cache raises
+        NeedsLookup instead of reading Redis."""
         values = [_text(v) for k, v in (metadata or ()) if k == AUTH_METADATA]
         if not values:
             raise TalkingFaceError(
@@ -333,7 +342,7 @@ class Authenticator:
                 "UNAUTHENTICATED", "malformed authorization: expected `Bearer tfk_<id>_<secret>`"
             )
         key_id, secret = match.groups()
-        record = {_text(k): _text(v) for k, v in self._record(key_id).items()}
+        record = {_text(k): _text(v) for k, v in self._record(key_id, lookup).items()}
         info = _key_info(key_id, record)
         stored = record.get("secret_sha256", "")
         if info is None or not hmac.compare_digest(secret_hash(secret), stored):
@@ -342,6 +351,10 @@ class Authenticator:
         if status != "active":
             raise TalkingFaceError("UNAUTHENTICATED", f"API key {key_id} is {status}")
         return Principal(key_id, info.tenant, frozenset(info.scopes), info.limits)
+
+
+class NeedsLookup(Exception):
+    """The key's record is not cached: authenticate again where Redis may be waited on."""
 
 
 _PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
@@ -376,21 +389,40 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     def _check(self, method: str, context) -> contextvars.Context:
         try:
-            principal = self.authenticator.authenticate(context.invocation_metadata())
-            if not principal.allows(method):
-                need = " or ".join(sorted(METHOD_SCOPES.get(method, ()))) or "admin"
-                raise TalkingFaceError(
-                    "PERMISSION_DENIED",
-                    f"API key {principal.key_id} lacks the scope for {method}: needs {need} "
-                    f"(it has {', '.join(sorted(principal.scopes))})",
-                )
+            principal = _allowed(self.authenticator.authenticate(context.invocation_metadata()),
+                                 method)  # fmt: skip
         except TalkingFaceError as error:
             abort(context, error)
         ctx = contextvars.copy_context()
         ctx.run(_PRINCIPAL.set, principal)
         return ctx
 
+    async def _check_async(self, method: str, context) -> Principal:
+        metadata = context.invocation_metadata()
+        try:
+            try:
+                principal = self.authenticator.authenticate(metadata, lookup=False)
+            except NeedsLookup:  # read Redis off the event loop
+                principal = await asyncio.get_running_loop().run_in_executor(
+                    None, self.authenticator.authenticate, metadata
+                )
+            return _allowed(principal, method)
+        except TalkingFaceError as error:
+            await abort_async(context, error)
+
     def _wrap(self, method: str, behaviour: Callable, streaming: bool) -> Callable:
+        if inspect.iscoroutinefunction(behaviour):  # served on the asyncio server's loop
+
+            async def unary_async(request, context):
+                # Each call of the asyncio server is a task of its own: the principal set
+                # here is seen by this call only.
+                token = _PRINCIPAL.set(await self._check_async(method, context))
+                try:
+                    return await behaviour(request, context)
+                finally:
+                    _PRINCIPAL.reset(token)
+
+            return unary_async
         if streaming:
 
             def stream(request, context):
@@ -408,6 +440,17 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return self._check(method, context).run(behaviour, request, context)
 
         return unary
+
+
+def _allowed(principal: Principal, method: str) -> Principal:
+    if not principal.allows(method):
+        need = " or ".join(sorted(METHOD_SCOPES.get(method, ()))) or "admin"
+        raise TalkingFaceError(
+            "PERMISSION_DENIED",
+            f"API key {principal.key_id} lacks the scope for {method}: needs {need} "
+            f"(it has {', '.join(sorted(principal.scopes))})",
+        )
+    return principal
 
 
 def auth_interceptors(settings, client: redis.Redis) -> list[grpc.ServerInterceptor]:

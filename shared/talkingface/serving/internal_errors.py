@@ -13,6 +13,7 @@ client's own retries) is no bug: it answers UNAVAILABLE, which clients retry.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from talkingface.errors import TalkingFaceError, abort
+from talkingface.errors import TalkingFaceError, abort, abort_async
 from talkingface.serving.interceptors import Rewrapper
 
 log = logging.getLogger(__name__)
@@ -40,18 +41,19 @@ def _unreachable(exc: BaseException) -> bool:
     return isinstance(exc, redis.ConnectionError | redis.TimeoutError)
 
 
-def _internal(method: str, context: grpc.ServicerContext, exc: BaseException):
+def _internal(method: str, exc: BaseException) -> TalkingFaceError:
+    """What the client is told of an unexpected exception (logged here)."""
     if _unreachable(exc):  # e.g. Redis restarting: the client should retry, not report a bug
         log.warning("%s: a backing service is unreachable: %r", method, exc)
-        abort(context, TalkingFaceError(
-            "UNAVAILABLE", "the broker's database is unreachable for a moment; retry"))  # fmt: skip
+        return TalkingFaceError(
+            "UNAVAILABLE", "the broker's database is unreachable for a moment; retry")  # fmt: skip
     correlation_id = uuid.uuid4().hex
     log.error(
         "unexpected exception in %s, correlation id %s", method, correlation_id,
         exc_info=(type(exc), exc, exc.__traceback__),
         extra={"correlation_id": correlation_id, "method": method},
     )  # fmt: skip
-    abort(context, TalkingFaceError("INTERNAL", f"internal error, correlation id {correlation_id}"))
+    return TalkingFaceError("INTERNAL", f"internal error, correlation id {correlation_id}")
 
 
 class InternalErrorInterceptor(grpc.ServerInterceptor):
@@ -83,9 +85,21 @@ def _wrap(method: str, behaviour: Callable, streaming: bool) -> Callable:
             except Exception as exc:
                 if _ended_on_purpose(context):
                     raise
-                _internal(method, context, exc)
+                abort(context, _internal(method, exc))
 
         return stream
+
+    if inspect.iscoroutinefunction(behaviour):  # served on the asyncio server's loop
+
+        async def unary_async(request: Any, context: Any) -> Any:
+            try:
+                return await behaviour(request, context)
+            except Exception as exc:
+                if _ended_on_purpose(context):
+                    raise
+                await abort_async(context, _internal(method, exc))
+
+        return unary_async
 
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
         try:
@@ -93,6 +107,6 @@ def _wrap(method: str, behaviour: Callable, streaming: bool) -> Callable:
         except Exception as exc:
             if _ended_on_purpose(context):
                 raise
-            _internal(method, context, exc)
+            abort(context, _internal(method, exc))
 
     return unary

@@ -41,6 +41,7 @@ Series (labels), and the process that exports them:
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -184,6 +185,20 @@ class MetricsInterceptor(grpc.ServerInterceptor):
     @staticmethod
     def _wrap_unary(service: str, method: str, rpc_type: str) -> Callable:
         def decorate(behaviour: Callable) -> Callable:
+            if inspect.iscoroutinefunction(behaviour):  # served on the asyncio server's loop
+
+                async def observed_async(request: Any, context: Any) -> Any:
+                    observation = Observation(service, method, rpc_type)
+                    failed = True
+                    try:
+                        response = await behaviour(request, context)
+                        failed = False
+                        return response
+                    finally:
+                        observation.finish(code_name(context, failed))
+
+                return observed_async
+
             def observed(request: Any, context: grpc.ServicerContext) -> Any:
                 observation = Observation(service, method, rpc_type)
                 failed = True

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import start_http_server
 
 from talkingface import __version__
@@ -72,10 +72,12 @@ class ServiceServer:
         credentials: grpc.ServerCredentials | None = None,
         reflection: bool = True,
         max_workers: int | None = None,
+        asyncio: bool = False,
     ) -> None:
         self.name = name
         self.max_workers = max_workers or settings.grpc_workers  # the broker adds its streams
         self.reflection = reflection
+        self.asyncio = asyncio  # grpc.aio with coroutine methods on its loop (serving/aio.py)
         self._interceptors = list(interceptors)  # after the metrics one (refusals are counted)
         self._credentials = credentials  # TLS on the gRPC port when given
         self._on_stop = on_stop
@@ -93,7 +95,7 @@ class ServiceServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._metrics_server: Any = None
-        self._server: grpc.Server | None = None
+        self._server: Any = None  # grpc.Server, or serving.aio.AioServer
         self._health_server: grpc.Server | None = None
         self.health_port: int | None = None
         SERVICE_INFO.labels(name, __version__, device).set(1)
@@ -105,22 +107,35 @@ class ServiceServer:
     def start(self) -> int:
         """Bind and start serving (health NOT_SERVING); returns the bound gRPC port."""
         s = self.settings
-        server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=self.max_workers, thread_name_prefix=f"{self.name}-rpc"
-            ),
-            interceptors=[MetricsInterceptor(), *self._interceptors],
-            options=grpc_message_options(s.grpc_max_message_mb),
-        )
+        interceptors = [MetricsInterceptor(), *self._interceptors]
+        options = grpc_message_options(s.grpc_max_message_mb)
+        if self.asyncio:
+            from talkingface.serving.aio import AioServer
+
+            server: Any = AioServer(self.name, pool_size=self.max_workers,
+                                    interceptors=interceptors, options=options)  # fmt: skip
+            add = server.add
+        else:
+            server = grpc.server(
+                futures.ThreadPoolExecutor(
+                    max_workers=self.max_workers, thread_name_prefix=f"{self.name}-rpc"
+                ),
+                interceptors=interceptors,
+                options=options,
+            )
+
+            def add(add_to_server: Callable, servicer: Any) -> None:
+                add_to_server(servicer, server)
+
         for binding in self.bindings:
-            binding.add_to_server(binding.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            add(binding.add_to_server, binding.servicer)
+        add(health_pb2_grpc.add_HealthServicer_to_server, self.health)
         for service in ["", *self.service_names]:
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self.reflection:
-            reflection.enable_server_reflection(
-                [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-            )
+        if self.reflection:  # the blocking servicer under either server
+            names = [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+            add(reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+                reflection.ReflectionServicer(names))  # fmt: skip
         address = f"{s.grpc_host}:{s.grpc_port}"
         if self._credentials is not None:
             self.port = server.add_secure_port(address, self._credentials)

@@ -1,0 +1,159 @@
+"""The asyncio gRPC server (serving/aio.py): blocking methods bridged to its thread pool and
+coroutine methods on its loop, behind our own interceptors, over real gRPC on loopback."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from talkingface.errors import ERROR_CODE_METADATA_KEY, TalkingFaceError, abort, abort_async
+from talkingface.serving.aio import AioServer, bridged
+from talkingface.serving.internal_errors import InternalErrorInterceptor
+from talkingface.serving.metrics import MetricsInterceptor
+from talkingface.v1 import broker_pb2 as pb
+from talkingface.v1 import broker_pb2_grpc, common_pb2
+
+TIMEOUT = 10
+
+
+class Probe(broker_pb2_grpc.BrokerServicer):
+    """One method of each kind, blocking or not; each says which thread served it."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[str] = queue.Queue()
+
+    def CancelJob(self, request, context):  # blocking, unary
+        _misbehave(request.job_id)
+        if request.job_id == "abort":
+            abort(context, TalkingFaceError("JOB_NOT_FOUND", "no such job"))
+        return pb.Job(job_id=threading.current_thread().name)
+
+    async def GetJob(self, request, context):  # a coroutine, unary
+        _misbehave(request.job_id)
+        if request.job_id == "abort":
+            await abort_async(context, TalkingFaceError("JOB_NOT_FOUND", "no such job"))
+        return pb.Job(job_id=threading.current_thread().name)
+
+    def WatchJob(self, request, context):  # blocking, a response stream
+        context.add_callback(lambda: self.events.put("callback"))
+        try:
+            sent = 0
+            while context.is_active():
+                yield pb.Job(job_id=str(sent))
+                sent += 1
+                time.sleep(0.01)
+        finally:
+            self.events.put("closed")
+
+    def Upload(self, requests, context):  # blocking, a request stream
+        try:
+            size = sum(len(r.chunk.data) for r in requests)
+        except grpc.RpcError:  # as the thread-pool server's request iterator raises
+            self.events.put("broken off")
+            raise
+        return pb.UploadResponse(upload_id=f"{size}:{threading.current_thread().name}")
+
+
+def _misbehave(job_id: str) -> None:
+    if job_id == "boom":
+        raise RuntimeError("secret internals")
+
+
+@pytest.fixture
+def probe() -> Iterator[tuple[Probe, broker_pb2_grpc.BrokerStub, AioServer]]:
+    servicer = Probe()
+    server = AioServer(f"probe{uuid.uuid4().hex[:6]}", pool_size=4,
+                       interceptors=[MetricsInterceptor(), InternalErrorInterceptor()])  # fmt: skip
+    server.add(broker_pb2_grpc.add_BrokerServicer_to_server, servicer)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield servicer, broker_pb2_grpc.BrokerStub(channel), server
+    finally:
+        channel.close()
+        assert server.stop(0).wait(TIMEOUT)
+
+
+def _handled(method: str, code: str) -> float:
+    return REGISTRY.get_sample_value("talkingface_grpc_server_handled_total", {
+        "grpc_service": "talkingface.v1.Broker", "grpc_method": method, "grpc_type": "unary",
+        "grpc_code": code,
+    }) or 0.0  # fmt: skip
+
+
+def test_blocking_methods_run_in_the_pool_and_coroutines_on_the_loop(probe):
+    _, stub, _ = probe
+    blocking = stub.CancelJob(pb.CancelJobRequest(job_id="x"), timeout=TIMEOUT)
+    coroutine = stub.GetJob(pb.GetJobRequest(job_id="x"), timeout=TIMEOUT)
+    assert "-rpc" in blocking.job_id  # a thread of the server's pool
+    assert coroutine.job_id.endswith("-aio")  # the loop's own thread
+    assert coroutine.job_id != blocking.job_id
+
+
+@pytest.mark.parametrize("method", ["CancelJob", "GetJob"])
+def test_aborts_and_unexpected_errors_keep_their_codes_and_are_counted(probe, method):
+    _, stub, _ = probe
+    request = pb.CancelJobRequest if method == "CancelJob" else pb.GetJobRequest
+    call = getattr(stub, method)
+    before = _handled(method, "NOT_FOUND"), _handled(method, "INTERNAL")
+    with pytest.raises(grpc.RpcError) as info:
+        call(request(job_id="abort"), timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details() == "JOB_NOT_FOUND: no such job"
+    assert (ERROR_CODE_METADATA_KEY, "JOB_NOT_FOUND") in info.value.trailing_metadata()
+    with pytest.raises(grpc.RpcError) as info:
+        call(request(job_id="boom"), timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in info.value.details()
+    assert info.value.details().startswith("INTERNAL: internal error, correlation id ")
+    # The metrics interceptor saw each call end with its code.
+    assert (_handled(method, "NOT_FOUND"), _handled(method, "INTERNAL")) == (
+        before[0] + 1, before[1] + 1)  # fmt: skip
+
+
+def test_a_stream_the_client_drops_is_closed_and_its_callback_runs(probe):
+    servicer, stub, _ = probe
+    call = stub.WatchJob(pb.WatchJobRequest(job_id="x"), timeout=TIMEOUT)
+    assert [next(call).job_id for _ in range(3)] == ["0", "1", "2"]
+    call.cancel()
+    seen = {servicer.events.get(timeout=TIMEOUT), servicer.events.get(timeout=TIMEOUT)}
+    assert seen == {"callback", "closed"}  # the slot a stream holds is given back
+
+
+def test_a_request_stream_is_read_by_a_blocking_method(probe):
+    _, stub, _ = probe
+    chunks = [pb.UploadRequest(chunk=common_pb2.ByteChunk(data=b"x" * n)) for n in (3, 5, 7)]
+    size, thread = stub.Upload(iter(chunks), timeout=TIMEOUT).upload_id.split(":")
+    assert size == "15" and "-rpc" in thread
+
+
+def test_a_request_stream_that_breaks_off_ends_the_blocking_read(probe):
+    servicer, stub, _ = probe
+    more = threading.Event()
+
+    def chunks():
+        yield pb.UploadRequest(chunk=common_pb2.ByteChunk(data=b"x"))
+        more.wait(TIMEOUT)  # the client hangs, then goes away
+
+    future = stub.Upload.future(chunks(), timeout=TIMEOUT)
+    time.sleep(0.3)
+    future.cancel()
+    more.set()
+    assert servicer.events.get(timeout=TIMEOUT) == "broken off"  # not a pool thread stuck
+
+
+def test_a_coroutine_stream_is_refused():
+    async def stream(request, context):
+        yield request
+
+    handler = grpc.unary_stream_rpc_method_handler(stream)
+    with pytest.raises(TypeError, match="unary-unary"):
+        bridged(handler, pool=None)
