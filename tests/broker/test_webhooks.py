@@ -411,7 +411,10 @@ def test_unexpected_exception_answers_internal_with_a_correlation_id(
     def broken(*args, **kwargs):
         raise RuntimeError(secret_text)
 
-    monkeypatch.setattr(default_broker.servicer.jobs, "get", broken)
+    async def broken_async(*args, **kwargs):
+        raise RuntimeError(secret_text)
+
+    monkeypatch.setattr(default_broker.servicer.jobs, "get_async", broken_async)  # GetJob
     monkeypatch.setattr(default_broker.servicer.jobs, "watch", broken)
     tenant = new_tenant()
     caplog.set_level(logging.ERROR, logger="talkingface.serving.internal_errors")

@@ -496,6 +496,11 @@ class JobStore:
         fields = self.redis.hgetall(job_key(job_id)) if job_id else {}
         return self._visible(job_id, fields, tenant)
 
+    async def get_async(self, reads: Any, job_id: str, tenant: str | None = None) -> Job:
+        """`get` on an event loop: `reads` is a broker.reads.CoalescedReads of the same Redis."""
+        fields = await reads.hgetall(job_key(job_id)) if job_id else {}
+        return self._visible(job_id, fields, tenant)
+
     def update(self, job_id: str, *, lease: Lease | None = None, **fields: Any) -> Job:
         """Change fields of a job that has not finished, checking the state transition.
 

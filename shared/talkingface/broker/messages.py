@@ -78,6 +78,11 @@ def render_options(options: pb.RenderOptions) -> dict[str, Any]:
     return out
 
 
+def mints_url(job: Job) -> bool:
+    """Whether `job_message` signs a download URL for the job (a finished render)."""
+    return job.state == "SUCCEEDED" and bool(job.result) and job.kind == "render"
+
+
 def job_message(job: Job, store: ObjectStore, url_seconds: int) -> pb.Job:
     """The API's view of a job record (a render result with a fresh download URL valid
     `url_seconds`, or none when it is 0)."""
@@ -110,7 +115,7 @@ def job_message(job: Job, store: ObjectStore, url_seconds: int) -> pb.Job:
             )
         )
     if job.state == "SUCCEEDED" and job.result:
-        if job.kind == "render":
+        if mints_url(job):
             out.render.CopyFrom(render_result(job.result, store, url_seconds))
         else:
             out.avatar.CopyFrom(

@@ -57,6 +57,31 @@ def redis_client(settings: Settings) -> redis.Redis:
     write whose first try did reach Redis can apply twice: the queues and job records are
     built for that (delivery is at least once, final states are final).
     """
+    options, errors = _redis_options(settings)
+    return redis.Redis.from_url(
+        settings.redis_url, **options, retry=Retry(_backoff(), settings.redis_retries,
+                                                   supported_errors=tuple(errors)),
+    )  # fmt: skip
+
+
+def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
+    """`redis_client` for coroutines (the broker's reads served on its event loop): the same
+    server, deadlines and retries."""
+    import redis.asyncio
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    options, errors = _redis_options(settings)
+    return redis.asyncio.Redis.from_url(
+        settings.redis_url, **options, retry=AsyncRetry(_backoff(), settings.redis_retries,
+                                                        supported_errors=tuple(errors)),
+    )  # fmt: skip
+
+
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=REDIS_BACKOFF_CAP_S, base=REDIS_BACKOFF_BASE_S)
+
+
+def _redis_options(settings: Settings) -> tuple[dict[str, Any], list[type[Exception]]]:
     settings.require("redis_url", by="the broker")
     problems = [
         f"{env_name(name)} must be more than 0"
@@ -67,20 +92,15 @@ def redis_client(settings: Settings) -> redis.Redis:
         problems.append(f"{env_name('redis_retries')} must be 0 or more")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-    errors = [redis.ConnectionError, redis.TimeoutError]
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_socket_timeout_seconds,
-        socket_connect_timeout=settings.redis_connect_timeout_seconds,
-        socket_keepalive=True,
-        health_check_interval=30,
-        retry=Retry(
-            ExponentialBackoff(cap=REDIS_BACKOFF_CAP_S, base=REDIS_BACKOFF_BASE_S),
-            settings.redis_retries,
-            supported_errors=tuple(errors),
-        ),
-        retry_on_error=errors,
-    )
+    errors: list[type[Exception]] = [redis.ConnectionError, redis.TimeoutError]
+    options = {
+        "socket_timeout": settings.redis_socket_timeout_seconds,
+        "socket_connect_timeout": settings.redis_connect_timeout_seconds,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "retry_on_error": errors,
+    }
+    return options, errors
 
 
 def check_redis_persistence(
@@ -368,5 +388,6 @@ def broker_server(settings: Settings, *, store: Any = None):
         interceptors=interceptors,
         credentials=server_credentials(settings),
         reflection=settings.broker_reflection,
-        max_workers=pool_size(settings),
-    )  # streams + unary (broker.streams)
+        max_workers=pool_size(settings),  # streams + unary (broker.streams)
+        asyncio=True,  # GetJob on the event loop (serving/aio.py)
+    )

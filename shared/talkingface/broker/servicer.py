@@ -28,6 +28,7 @@ tenant's uploads, jobs or avatars: they read as not found.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -43,12 +44,20 @@ from talkingface.broker.avatars import (
 )
 from talkingface.broker.jobs import KIND_WORK, Job, JobStore, check_tenant
 from talkingface.broker.limits import SUBMIT, UPLOAD, Limits, how_to_raise
-from talkingface.broker.messages import JOB_STATES, avatar_message, job_message, render_options
+from talkingface.broker.messages import (
+    JOB_STATES,
+    avatar_message,
+    job_message,
+    mints_url,
+    render_options,
+)
 from talkingface.broker.queue import WorkQueue
+from talkingface.broker.reads import CoalescedReads
+from talkingface.broker.service import async_redis_client
 from talkingface.broker.streams import StreamGates, idle_limited
 from talkingface.broker.uploads import find_upload, receive_upload, upload_key
 from talkingface.config import Settings, env_name
-from talkingface.errors import TalkingFaceError, abort
+from talkingface.errors import TalkingFaceError, abort, abort_async
 from talkingface.storage import ObjectStore, StoreError
 from talkingface.storage.errors import as_talkingface_error
 from talkingface.v1 import broker_pb2 as pb
@@ -74,6 +83,8 @@ class BrokerServicer:
     def __init__(self, settings: Settings, client: redis.Redis, store: ObjectStore) -> None:
         self.settings = settings
         self.jobs = JobStore.from_settings(client, settings)
+        # Reads of the methods served as coroutines (GetJob), pipelined per loop turn.
+        self.reads = CoalescedReads(async_redis_client(settings))
         self.queues = {
             name: WorkQueue.from_settings(client, name, settings)
             for name in (RENDER_QUEUE, TRAIN_QUEUE)
@@ -162,11 +173,20 @@ class BrokerServicer:
         except TalkingFaceError as error:
             abort(context, error)
 
-    def GetJob(self, request: pb.GetJobRequest, context) -> pb.Job:
+    async def GetJob(self, request: pb.GetJobRequest, context) -> pb.Job:
+        """Served on the broker's event loop (serving/aio.py): clients poll it most, and a
+        coroutine costs a fraction of a pool thread's hand-offs. Nothing here may block:
+        the record is read with the asyncio Redis client, and a finished render's URL (an
+        S3 signing, which may look the bucket's region up) is minted in a thread."""
         try:
-            return self._message(self.jobs.get(request.job_id, self._tenant(context)))
+            job = await self.jobs.get_async(self.reads, request.job_id,
+                                            self._tenant(context))  # fmt: skip
+            if mints_url(job):
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(None, self._message, job)
+            return self._message(job)
         except TalkingFaceError as error:
-            abort(context, error)
+            await abort_async(context, error)
 
     def WatchJob(self, request: pb.WatchJobRequest, context) -> Iterator[pb.Job]:
         try:

@@ -1,8 +1,9 @@
 """Long-lived broker streams (WatchJob, Upload) kept from starving the short calls.
 
-The broker API is a synchronous gRPC server: every RPC in progress holds one thread of its
-pool until it returns, and a stream can last minutes. The pool is therefore sized as
-TALKINGFACE_GRPC_WORKERS (the unary calls' share: GetJob, SubmitRender, ...) plus one thread
+The broker API's blocking methods run in its server's thread pool (serving/aio.py; GetJob
+is a coroutine and needs no thread): every such RPC in progress holds one thread until it
+returns, and a stream can last minutes. The pool is therefore sized as
+TALKINGFACE_GRPC_WORKERS (the unary calls' share: SubmitRender, CancelJob, ...) plus one thread
 for each stream the broker admits (`pool_size`), and `StreamGate` admits at most
 TALKINGFACE_BROKER_MAX_WATCH_STREAMS WatchJob and TALKINGFACE_BROKER_MAX_UPLOAD_STREAMS Upload
 streams at once: one over its cap is refused at once with OVERLOADED (RESOURCE_EXHAUSTED), so
