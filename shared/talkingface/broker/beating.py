@@ -12,7 +12,9 @@ thread: it only records them); the next beat carries them. When a beat raises (C
 LeaseLost, or what an `on_beat` hook raises) the step is told to stop (`stopping` is set and
 its next `report` raises Cancelled), given up to one beat to end, and then abandoned: `run`
 re-raises the beat's exception at once, so the handler stops within one beat whether or not
-the step looks at the flag.
+the step looks at the flag. With `settle=True` the step is waited for to its end instead (what
+it writes is then there for the handler to clean up). `stopping` tells afterwards whether a
+beat ended the wait (the step's own exception leaves it clear).
 """
 
 from __future__ import annotations
@@ -62,11 +64,16 @@ class Beating:
         stage: str,
         progress: float | None = None,
         on_beat: Callable[[], None] | None = None,
+        *,
+        settle: bool = False,
+        beat_first: bool = True,
     ) -> T:
         """`step()` run in a thread while this thread beats every `beat_s`; its result, or the
-        exception it raised. A beat that raises stops the wait (see the module docstring)."""
+        exception it raised. A beat that raises stops the wait (see the module docstring).
+        `beat_first=False` leaves out the beat before the step (the caller has just beaten)."""
         self.report(stage, progress)
-        self.beat(on_beat)
+        if beat_first:
+            self.beat(on_beat)
         done = threading.Event()
         outcome: list = [None, None]  # result, exception
 
@@ -85,7 +92,8 @@ class Beating:
                 self.beat(on_beat)
             except BaseException:
                 self.stopping.set()
-                done.wait(self.beat_s)  # a step that looks at the flag ends; others are left
+                # A step that looks at the flag ends; others are left (or, settling, waited for).
+                done.wait(None if settle else self.beat_s)
                 raise
         if outcome[1] is not None:
             raise outcome[1]

@@ -39,10 +39,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, TypeVar
 
+from talkingface.broker.beating import Beating
 from talkingface.broker.jobs import Job
 from talkingface.broker.queue import Delivery
 from talkingface.broker.stages import Scratch, StageClients, job_issuer
@@ -396,37 +396,21 @@ class RenderHandler:
     def _await(
         self, fn: Callable[[], T], heartbeat: Heartbeat, stage: str, settle: bool = False
     ) -> T:
-        """Run `fn` in a thread, beating every `beat_s` until it returns. When a beat raises
-        (cancelled, lease lost) the call is abandoned to finish on its own, or, with
-        `settle`, waited for first (so what it writes is there to clean up). The call's time
-        goes to talkingface_stage_seconds with outcome ok or error (an abandoned call: none)."""
+        """Run `fn` in a thread, beating every `beat_s` until it returns (broker.beating). When
+        a beat raises (cancelled, lease lost) the call is abandoned to finish on its own, or,
+        with `settle`, waited for first (so what it writes is there to clean up). The call's
+        time goes to talkingface_stage_seconds with outcome ok or error (an abandoned call:
+        none)."""
         started = time.perf_counter()
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{stage.lower()}")
+        beating = Beating(heartbeat, self.beat_s)
         try:
-            future = pool.submit(fn)
-            while True:
-                try:
-                    result = future.result(timeout=self.beat_s)
-                except FutureTimeout:
-                    if future.done():  # finished meanwhile, or the call raised a TimeoutError
-                        if future.exception() is None:
-                            continue
-                        _observe(stage.lower(), time.perf_counter() - started, "error")
-                        raise future.exception() from None
-                    try:
-                        heartbeat(stage=stage)
-                    except BaseException:
-                        if settle:
-                            wait([future])
-                        raise
-                    continue
-                except Exception:
-                    _observe(stage.lower(), time.perf_counter() - started, "error")
-                    raise
-                _observe(stage.lower(), time.perf_counter() - started, "ok")
-                return result
-        finally:
-            pool.shutdown(wait=False)
+            result = beating.run(fn, stage, settle=settle, beat_first=False)
+        except Exception:
+            if not beating.stopping.is_set():  # the call failed (not a beat)
+                _observe(stage.lower(), time.perf_counter() - started, "error")
+            raise
+        _observe(stage.lower(), time.perf_counter() - started, "ok")
+        return result
 
 
 def _observe(stage: str, seconds: float, outcome: str) -> None:

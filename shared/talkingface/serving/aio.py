@@ -215,11 +215,7 @@ def bridged(handler: grpc.RpcMethodHandler, pool: futures.Executor) -> grpc.RpcM
 
         make = grpc.stream_unary_rpc_method_handler if request_streaming else (
             grpc.unary_unary_rpc_method_handler)  # fmt: skip
-        return make(
-            unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return make(unary, handler.request_deserializer, handler.response_serializer)
 
     async def stream(request: Any, context: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -239,11 +235,7 @@ def bridged(handler: grpc.RpcMethodHandler, pool: futures.Executor) -> grpc.RpcM
 
     make = grpc.stream_stream_rpc_method_handler if request_streaming else (
         grpc.unary_stream_rpc_method_handler)  # fmt: skip
-    return make(
-        stream,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return make(stream, handler.request_deserializer, handler.response_serializer)
 
 
 def _close_later(responses: Any, pending: asyncio.Future | None, pool: futures.Executor) -> None:
