@@ -169,15 +169,12 @@ def deploy_fleet(
 ) -> list[str]:
     """Start Serve with the config's gRPC options (unless `start` is False: Serve already
     runs) and run the applications (`names`, default all); the names deployed."""
-    from talkingface.serving.ray_app import deploy, start_local_serve
+    from talkingface.serving.ray_app import deploy_many, start_local_serve
 
     if start:
         start_local_serve(config.grpc_port, config.servicer_functions, num_cpus=num_cpus,
                           ray_address=(settings.ray_address if settings else ""))  # fmt: skip
-    deployed = []
-    for app in config.applications:
-        if names is not None and app["name"] not in names:
-            continue
-        deploy(build_application(app, settings), app["name"])
-        deployed.append(app["name"])
-    return deployed
+    apps = [(build_application(app, settings), app["name"]) for app in config.applications
+            if names is None or app["name"] in names]  # fmt: skip
+    deploy_many(apps)
+    return [name for _, name in apps]

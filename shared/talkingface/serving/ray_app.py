@@ -353,3 +353,12 @@ def deploy(app: Any, name: str) -> None:
     from ray import serve
 
     serve.run(app, name=name, route_prefix=f"/{name}")
+
+
+def deploy_many(apps: list[tuple[Any, str]]) -> None:
+    """`deploy` each (app, name) at once, returning when all run: their replicas start side
+    by side instead of one application after the other."""
+    from ray import serve
+
+    serve.run_many([serve.RunTarget(app, name=name, route_prefix=f"/{name}")
+                    for app, name in apps])  # fmt: skip
