@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from typing import Any, NamedTuple
 
 import grpc
-
-log = logging.getLogger(__name__)
 
 _END = object()
 # How often a blocked read of a client stream looks whether the call has ended.
