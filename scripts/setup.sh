@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-DEB_PACKAGES=(espeak-ng libespeak-ng1 ffmpeg redis-server prometheus)
+DEB_PACKAGES=(espeak-ng libespeak-ng1 ffmpeg redis-server prometheus g++)
 
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
@@ -50,5 +50,8 @@ fi
 # The face models (three Apache-2.0 .tflite files out of the pinned mediapipe wheel, checked by
 # sha256) into the cache; a no-op when they are there. docs/ingest.md, "Face models".
 .venv/bin/python -m talkingface.face.models
+# The renderer's CPU hash-grid kernel, compiled once into torch's extension cache (about a
+# minute the first time; the renderer falls back to pure PyTorch where it cannot build).
+.venv/bin/python -m talkingface.render.kernels
 
 echo "setup: ok ($(.venv/bin/python --version), talkingface $(.venv/bin/python -c 'import talkingface; print(talkingface.__version__)'))"

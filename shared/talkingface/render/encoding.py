@@ -23,7 +23,10 @@ a dense level and T for a hashed one; level l owns rows [offset_l, offset_l + R_
 in tiny-cuda-nn, so coarse levels do not waste T rows each. Initialised uniform(-1e-4, 1e-4)
 as in instant-NGP. A lookup runs level by level, each vectorised over all points and the 2^D
 corners: a few integer passes give the corner rows, one index_select on the flat table
-gathers them; `_HashGridLookup` has a hand-written backward (see there).
+gathers them; `_HashGridLookup` has a hand-written backward (see there). On the CPU the same
+maths runs as one compiled pass per level (`_FusedLookup`, `csrc/hashgrid.cpp`, built on first
+use by `talkingface.render.kernels`) where that kernel builds; `_HashGridLookup` stays the
+reference it is tested against and the fallback (`TALKINGFACE_CPU_KERNELS=0` forces it).
 
 Backends. `GridConfig.implementation` chooses "torch" (this module: CPU or CUDA, any float
 dtype) or "tcnn" (tiny-cuda-nn's fused CUDA kernel, configured from the same GridConfig via
@@ -48,7 +51,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from talkingface.render import dense_lookup
+from talkingface.render import dense_lookup, kernels
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +260,14 @@ class HashGridEncoder(nn.Module):
         # Non-persistent: follows .to(device) but stays out of checkpoints.
         multipliers = torch.tensor([level.multipliers for level in self.levels])
         self.register_buffer("_multipliers", multipliers, persistent=False)
+        # The level layout as the compiled CPU kernel reads it (render.kernels).
+        layout = (
+            torch.tensor([level.resolution for level in self.levels], dtype=torch.int64),
+            torch.tensor([level.offset for level in self.levels], dtype=torch.int64),
+            torch.tensor([level.hashed for level in self.levels], dtype=torch.bool),
+        )
+        for name, value in zip(("_resolution", "_offset", "_hashed"), layout, strict=True):
+            self.register_buffer(name, value, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = self.config.input_dim
@@ -269,11 +280,27 @@ class HashGridEncoder(nn.Module):
             out = self.tcnn(flat.float().contiguous()).float()
         else:
             flat = flat.to(self.table.dtype).clamp(0.0, 1.0)  # zero gradient outside [0, 1]
-            if dense_lookup.usable(self, flat):  # inference inside dense_lookups()
+            if self._kernel_usable(flat):  # the compiled kernel, faster than both below
+                out = _FusedLookup.apply(flat.contiguous(), self.table, self)
+            elif dense_lookup.usable(self, flat):  # inference inside dense_lookups()
                 out = dense_lookup.lookup(self, flat)
             else:
                 out = _HashGridLookup.apply(flat, self.table, self)
         return out.reshape(*lead, self.output_dim)
+
+    def _kernel_usable(self, x: torch.Tensor) -> bool:
+        """Whether the compiled CPU kernel (render.kernels) serves this lookup: float32 on
+        the CPU, the kernel built, and not switched off for this encoder (`use_kernel`)."""
+        return (
+            self.use_kernel
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.table.dtype == torch.float32
+            and kernels.hashgrid() is not None
+        )
+
+    use_kernel: bool = True
+    """False: always the pure-PyTorch lookup (the reference the kernel is tested against)."""
 
     def _locate(self, x: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows [2^D, B] of the corners of each point's cell at level `index`, and the points'
@@ -383,6 +410,33 @@ class _HashGridLookup(torch.autograd.Function):
                 grad_xt = step if grad_xt is None else grad_xt.add_(step)
         grad_x = None if grad_xt is None else grad_xt.t().contiguous()
         return grad_x, grad_table, None
+
+
+class _FusedLookup(torch.autograd.Function):
+    """`_HashGridLookup`'s maths in one compiled pass per call (csrc/hashgrid.cpp): the
+    lookup, and a backward that adds into the table gradient and applies the chain rule to
+    x as `_HashGridLookup.backward` does."""
+
+    @staticmethod
+    def forward(ctx, x, table, grid):
+        kernel = kernels.hashgrid()
+        layout = (grid._resolution, grid._offset, grid._hashed, grid._multipliers)
+        out = kernel.forward(x, table, *layout, grid._hash_mask)
+        ctx.save_for_backward(x, table)
+        ctx.grid = grid
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, table = ctx.saved_tensors
+        grid = ctx.grid
+        need_x, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        layout = (grid._resolution, grid._offset, grid._hashed, grid._multipliers)
+        grad_x, grad_table = kernels.hashgrid().backward(
+            grad_out.contiguous(), x, table, *layout, grid._hash_mask, need_x, need_table
+        )
+        return (grad_x if need_x else None), (grad_table if need_table else None), None
 
 
 def _gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

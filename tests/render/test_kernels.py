@@ -1,0 +1,130 @@
+"""The compiled CPU hash-grid kernel (render.kernels, csrc/hashgrid.cpp) against the
+pure-PyTorch lookup it replaces: the same features and the same gradients (to the table and
+to the points) for dense and hashed levels, 2-, 3- and 4-D inputs, points on the cube's faces,
+one thread and several."""
+
+import pytest
+import torch
+
+from talkingface.render import kernels
+from talkingface.render.config import preset
+from talkingface.render.encoding import GridConfig, HashGridEncoder, _FusedLookup, _HashGridLookup
+
+
+@pytest.fixture(scope="module")
+def built():
+    module = kernels.hashgrid()
+    assert module is not None, (
+        "the CPU hash-grid kernel did not build (see the warning logged by "
+        "talkingface.render.kernels); this machine kind has g++ and ninja, so it must"
+    )
+    return module
+
+
+def _encoder(config: GridConfig) -> HashGridEncoder:
+    encoder = HashGridEncoder(config)
+    with torch.no_grad():  # values far from the tiny initial range, so errors would show
+        encoder.table.uniform_(-1.0, 1.0)
+    return encoder
+
+
+def _points(n: int, dims: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, dims, generator=g)
+    x[:8] = 1.0  # the far faces fall in the last cell
+    x[8:16] = 0.0
+    x[16:24, 0] = 1.0
+    return x
+
+
+def _both(encoder, x, grad):
+    """(out, grad_x, grad_table) of the reference and of the kernel."""
+    results = []
+    for lookup in (_HashGridLookup, _FusedLookup):
+        xs = x.clone().requires_grad_()
+        out = lookup.apply(xs, encoder.table, encoder)
+        gx, gt = torch.autograd.grad(out, [xs, encoder.table], grad)
+        results.append((out.detach(), gx, gt))
+    return results
+
+
+CONFIGS = {
+    "spatial cpu (dense and hashed levels)": GridConfig.from_finest(
+        512, num_levels=12, log2_hashmap_size=16
+    ),
+    "landmark 2-D": GridConfig.from_finest(
+        64, input_dim=2, num_levels=4, log2_hashmap_size=10, base_resolution=4
+    ),
+    "landmark 4-D": GridConfig.from_finest(
+        64, input_dim=4, num_levels=4, log2_hashmap_size=12, base_resolution=4
+    ),
+    "four features": GridConfig.from_finest(
+        32, num_levels=3, log2_hashmap_size=10, features_per_level=4
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_the_kernel_matches_the_reference_lookup(built, name):
+    config = CONFIGS[name]
+    encoder = _encoder(config)
+    assert any(level.hashed for level in encoder.levels)
+    x = _points(3000, config.input_dim, seed=1)
+    grad = torch.randn(3000, config.output_dim, generator=torch.Generator().manual_seed(2))
+    (ref, ref_gx, ref_gt), (out, gx, gt) = _both(encoder, x, grad)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(gt, ref_gt, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(gx, ref_gx, atol=1e-3, rtol=1e-4)
+    assert ref_gt.abs().max() > 1.0 and ref_gx.abs().max() > 1.0  # not trivially zero
+
+
+def test_several_threads_add_the_same_table_gradient(built):
+    config = CONFIGS["landmark 2-D"]  # few rows: many points add into each one
+    encoder = _encoder(config)
+    x = _points(20000, 2, seed=3)
+    grad = torch.randn(20000, config.output_dim, generator=torch.Generator().manual_seed(4))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _, (_, _, one) = _both(encoder, x, grad)
+        torch.set_num_threads(4)
+        (_, _, ref), (_, _, four) = _both(encoder, x, grad)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(four, one, atol=1e-3, rtol=1e-4)
+    assert torch.allclose(four, ref, atol=1e-3, rtol=1e-4)
+
+
+def test_encoders_use_the_kernel_unless_switched_off(built, monkeypatch):
+    encoder = _encoder(CONFIGS["landmark 2-D"])
+    x = _points(10, 2, seed=5)
+    assert encoder._kernel_usable(x)
+    assert not encoder._kernel_usable(x.double())
+    encoder.use_kernel = False
+    assert not encoder._kernel_usable(x)
+    encoder.use_kernel = True
+    monkeypatch.setenv(kernels.ENV, "0")
+    assert kernels.hashgrid() is None and not encoder._kernel_usable(x)
+
+
+def test_a_field_trains_the_same_with_and_without_the_kernel(built):
+    """One forward and backward of the `tiny` field: the same loss and parameter gradients."""
+    from talkingface.render.field import LandmarkField
+
+    config = preset("tiny")
+    torch.manual_seed(0)
+    field = LandmarkField(config, torch.zeros(204), torch.ones(204))
+    x = (torch.rand(500, 3) - 0.5) * 3.0
+    cond = field.encode_landmarks(torch.randn(500, 68, 3))
+    dirs = torch.nn.functional.normalize(torch.randn(500, 3), dim=-1)
+    grads = []
+    for use in (False, True):
+        field.spatial.use_kernel = field.landmark_grid.use_kernel = use
+        field.zero_grad()
+        sigma, rgb = field(x, cond.detach(), dirs)
+        (sigma.mean() + rgb.square().mean()).backward()
+        grads.append({n: p.grad.clone() for n, p in field.named_parameters()
+                      if p.grad is not None})  # fmt: skip
+    assert grads[0].keys() == grads[1].keys() and "spatial.table" in grads[0]
+    for name, ref in grads[0].items():
+        assert torch.allclose(grads[1][name], ref, atol=1e-5, rtol=1e-4), name
