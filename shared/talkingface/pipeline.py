@@ -93,6 +93,7 @@ def render_file(
     from talkingface.audio import decode_audio_file
     from talkingface.media import write_mp4
     from talkingface.render.checkpoint import load_renderer, pose_indices
+    from talkingface.render.condition import smooth_landmarks
 
     started = time.perf_counter()
     bundle = Path(bundle_dir)
@@ -106,7 +107,7 @@ def render_file(
     if not 0 <= pose_start < len(track["R"]):
         raise ValueError(f"pose_start must lie in 0..{len(track['R']) - 1} (the avatar's track)")
     poses = pose_indices(len(projected.lm3d), len(track["R"]), pose_mode, start=pose_start)
-    frames_lm = projected.lm3d
+    frames_lm = smooth_landmarks(projected.lm3d, renderer.config.lm_smooth)
     render_started = time.perf_counter()
 
     def frames() -> Iterator[np.ndarray]:

@@ -69,7 +69,7 @@ def test_sampler_puts_the_region_share_in_the_eye_and_lip_boxes(video):
     for share in (0.0, 0.4):
         sampler = RaySampler(video, frames, seed=3, region_share=share)
         n = 4000
-        frame, xy, target, _ = sampler.sample(n)
+        frame, xy, target, _, _ = sampler.sample(n)
         pixel = (xy[:, 1] - 0.5).long() * video.size + (xy[:, 0] - 0.5).long()
         drawn = frame * video.size**2 + pixel
         assert torch.equal(target, sampler.pixels[drawn].float() / 255)

@@ -3,6 +3,8 @@ module and published to a local store: ranges that concatenate byte for byte, po
 resizing, PNG/JPEG frames, an H.264 segment in the store, stable error codes; plus the
 bundle loader in-process."""
 
+import copy
+import dataclasses
 import io
 
 import av
@@ -16,6 +18,7 @@ from talkingface.errors import TalkingFaceError, error_from_rpc
 from talkingface.landmarks.bundle import avatar_index, projection_files
 from talkingface.render import checkpoint as rck
 from talkingface.render.bundle import RENDERER_FILES, load_renderer_bundle
+from talkingface.render.condition import smooth_landmarks
 from talkingface.render.config import preset
 from talkingface.render.data import load_avatar
 from talkingface.render.servicer import app
@@ -50,7 +53,28 @@ def avatar(tiny_avatar, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(serve_grpc_port, avatar, tmp_path_factory):
+def smoothing(avatar, tmp_path_factory):
+    """(bundle files, renderer) of the same renderer with its landmark smoothing on
+    (lm_smooth 1.5 frames) and its landmarks made louder (the condition x30, the landmark
+    grid x1000): ten training steps leave a field that hardly sees its landmarks, and the
+    test must see what smoothing does."""
+    video, renderer, files = avatar
+    field = copy.deepcopy(renderer.field)
+    with torch.no_grad():
+        field.condition[-1].weight.mul_(30.0)
+        field.landmark_grid.table.mul_(1000.0)
+    smoothed = dataclasses.replace(
+        renderer, field=field, config=dataclasses.replace(renderer.config, lm_smooth=1.5)
+    )
+    directory = tmp_path_factory.mktemp("smoothed") / rck.RENDERER_DIR
+    rck.save_renderer(directory, smoothed, video.R, video.t, video.background)
+    out = {k: v for k, v in files.items() if not k.startswith(f"{rck.RENDERER_DIR}/")}
+    out.update({f"{rck.RENDERER_DIR}/{name}": directory / name for name in rck.FILES})
+    return out, smoothed
+
+
+@pytest.fixture(scope="module")
+def service(serve_grpc_port, avatar, smoothing, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("render-service")
     settings = Settings.from_env(
         {
@@ -63,6 +87,7 @@ def service(serve_grpc_port, avatar, tmp_path_factory):
     store = LocalStore(settings.store_dir)
     _, _, files = avatar
     store.publish_version("avatars/ann", files)
+    store.publish_version("avatars/cy", smoothing[0])
     # A version without a renderer: only the projection index.
     store.publish_version("avatars/bo", {k: v for k, v in files.items() if "projection/" in k})
     deploy(app(settings), APP)
@@ -137,6 +162,30 @@ def test_summary_and_frames_match_a_local_render(avatar, sequence, full):
     local = (local * 255).round().to(torch.uint8).numpy()
     assert np.abs(local.astype(int) - whole).max() <= 1
     assert whole.std() > 5  # a picture, not a flat colour
+
+
+def test_a_smoothing_avatar_smooths_the_whole_sequence_before_its_batches(
+    service, avatar, smoothing, sequence
+):
+    """An avatar with `lm_smooth` renders the request's landmarks smoothed over the whole
+    sequence: frames equal a local render of the smoothed sequence, whatever range asks for
+    them (batches of 4 cut the sequence; a frame's neighbours lie in the next batch)."""
+    stub, _ = service
+    video, _, _ = avatar
+    _, renderer = smoothing
+    _, frames = _render(stub, _request(sequence, avatar="cy"))
+    whole = _rgb(frames)
+    poses = rck.pose_indices(FRAMES, len(video.R), "pingpong")
+
+    def local(lm3d):
+        out, _ = renderer.render(lm3d, video.R[poses], video.t[poses], video.background)
+        return (out * 255).round().to(torch.uint8).numpy().astype(int)
+
+    assert np.abs(local(smooth_landmarks(sequence, 1.5)) - whole).max() <= 1
+    assert np.abs(local(sequence) - whole).max() > 1  # smoothing changed something
+    parts = [_rgb(_render(stub, _request(sequence, avatar="cy", start=a, end=b))[1])
+             for a, b in ((0, 3), (3, 9), (9, 12))]  # fmt: skip
+    assert np.concatenate(parts).tobytes() == whole.tobytes()
 
 
 def test_pose_modes_replay_the_track_from_frame_zero(service, avatar, sequence):

@@ -69,7 +69,7 @@ def test_the_torso_layer_follows_the_head_pose(video):
 def test_head_training_sees_the_true_torso_as_background(video):
     frames = _train_frames(video)
     sampler = RaySampler(video, frames, seed=0, with_torso=True)
-    frame, xy, target, background = sampler.sample(4096)
+    frame, xy, target, background, inside = sampler.sample(4096)
     i = (xy[:, 1] - 0.5).long()
     j = (xy[:, 0] - 0.5).long()
     torso = torch.from_numpy(video.torso[frames])[frame, i, j]
@@ -77,6 +77,8 @@ def test_head_training_sees_the_true_torso_as_background(video):
     assert torch.equal(background[torso], target[torso])
     plate = torch.from_numpy(video.background)[i, j]
     assert torch.equal(background[~torso], plate[~torso])
+    head = torch.from_numpy(video.masks[frames])[frame, i, j]
+    assert torch.equal(inside, head.float()) and not inside[torso].any()
 
 
 def _renderer_with_torso(video):

@@ -122,7 +122,12 @@ def load_renderer(
     field_state = {k[6:]: v for k, v in tensors.items() if k.startswith("field.")}
     occ_state = {k[10:]: v for k, v in tensors.items() if k.startswith("occupancy.")}
     sr_state = {k[3:]: v for k, v in tensors.items() if k.startswith("sr.")}
-    field = LandmarkField(config, field_state["lm_mean"], field_state["lm_std"])
+    mean = field_state["lm_mean"]
+    unbounded = torch.full_like(mean, torch.inf)  # bundles written before the bounds: no clamp
+    field_state.setdefault("lm_lo", -unbounded)
+    field_state.setdefault("lm_hi", unbounded)
+    field = LandmarkField(config, mean, field_state["lm_std"], field_state["lm_lo"],
+                          field_state["lm_hi"])  # fmt: skip
     if field.backend != trained_on:
         raise ValueError(
             f"{directory}: trained with the {trained_on} grid backend, which cannot load "

@@ -105,6 +105,11 @@ class RenderConfig:
     """Fraction of `steps` after which the super-resolution network trains (NeRF warm-up)."""
     sr_lr: float = 1e-3
 
+    alpha_weight: float = 0.0
+    """Weight of the silhouette loss: the squared difference between each training ray's
+    accumulated head opacity and the head mask at its pixel, added to the colour MSE (an
+    opaque head lets rays stop at its surface and the plate not show through it)."""
+
     eye_condition: bool = False
     """Feed the eyes' opening ratios from the landmarks to the density MLP (blinks render)."""
     region_share: float = 0.0
@@ -115,6 +120,14 @@ class RenderConfig:
     loss (`render.patches`); 0: none."""
     lip_patch_weight: float = 0.0
     """Weight of the lip patch loss (1 - SSIM) added to the pixel MSE."""
+
+    lm_clamp: float = 3.0
+    """At inference, each landmark coordinate is clamped to the training frames' [lm_clamp,
+    100 - lm_clamp] percentiles (the official code's 3rd-97th): predicted landmarks outside
+    what the field was trained on are pulled back to its edge. 0: off."""
+    lm_smooth: float = 0.0
+    """At inference, the landmark sequence of a request is smoothed over time by a Gaussian of
+    this standard deviation, in frames (`render.condition.smooth_landmarks`). 0: off."""
 
     torso: bool = False
     """Model the neck and shoulders with their own layer (`render.torso`), trained after the
@@ -140,6 +153,10 @@ class RenderConfig:
                              "set torso false or sr_scale 1")  # fmt: skip
         if not 0.0 <= self.region_share < 1.0:
             raise ValueError(f"region_share must be in [0, 1), got {self.region_share}")
+        if not 0.0 <= self.lm_clamp < 50.0:
+            raise ValueError(f"lm_clamp must be a percentile in [0, 50), got {self.lm_clamp}")
+        if not 0.0 <= self.lm_smooth <= 10.0:
+            raise ValueError(f"lm_smooth must be in [0, 10] frames, got {self.lm_smooth}")
         if self.lip_patch < 0 or (0 < self.lip_patch < 8):
             raise ValueError(f"lip_patch must be 0 (off) or >= 8 pixels, got {self.lip_patch}")
 

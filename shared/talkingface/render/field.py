@@ -56,11 +56,25 @@ def sh_degree2(dirs: torch.Tensor) -> torch.Tensor:
 
 
 class LandmarkField(nn.Module):
-    def __init__(self, config: RenderConfig, lm_mean: torch.Tensor, lm_std: torch.Tensor):
+    def __init__(
+        self,
+        config: RenderConfig,
+        lm_mean: torch.Tensor,
+        lm_std: torch.Tensor,
+        lm_lo: torch.Tensor | None = None,
+        lm_hi: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.config = config
         self.register_buffer("lm_mean", lm_mean.reshape(-1).float().clone())
         self.register_buffer("lm_std", lm_std.reshape(-1).float().clone())
+        # The bounds of `clamp_landmarks` (render.condition; +-inf: none, as in bundles
+        # written before them).
+        inf = torch.full_like(self.lm_mean, torch.inf)
+        lo = -inf if lm_lo is None else lm_lo.reshape(-1).float().clone()
+        hi = inf if lm_hi is None else lm_hi.reshape(-1).float().clone()
+        self.register_buffer("lm_lo", lo)
+        self.register_buffer("lm_hi", hi)
         self.spatial = make_encoder(config.spatial)
         self.landmark_grid = make_encoder(config.landmark_grid)
         fx, fl, h = self.spatial.output_dim, self.landmark_grid.output_dim, config.hidden
@@ -73,6 +87,12 @@ class LandmarkField(nn.Module):
     @property
     def backend(self) -> str:
         return self.spatial.backend
+
+    def clamp_landmarks(self, lm3d: torch.Tensor) -> torch.Tensor:
+        """Landmark frames [B, 68, 3] with every value clamped to the training frames'
+        percentile bounds (`RenderConfig.lm_clamp`); rendering does this, training does not."""
+        flat = lm3d.reshape(lm3d.shape[0], -1).to(self.lm_mean.dtype)
+        return torch.maximum(torch.minimum(flat, self.lm_hi), self.lm_lo).reshape(lm3d.shape)
 
     def encode_landmarks(self, lm3d: torch.Tensor) -> torch.Tensor:
         """Conditions [B, cond_dim (+ 2)] of landmark frames [B, 68, 3] (or [B, 204]); with

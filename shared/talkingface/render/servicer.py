@@ -44,6 +44,7 @@ import torch
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError, abort
 from talkingface.render.checkpoint import pose_indices
+from talkingface.render.condition import smooth_landmarks
 from talkingface.render.requests import (  # noqa: F401 (MAX_RESOLUTION: the stage's limit)
     ENCODINGS,
     MAX_RESOLUTION,
@@ -216,6 +217,8 @@ class RendererServicer:
         """(absolute index, uint8 [size, size, 3]) of every frame of the plan, in order, one
         batch (one forward pass) at a time; the module docstring says where batches start."""
         b = self.batch_frames
+        # The whole sequence, smoothed before it is cut into batches (render.condition).
+        lm3d = smooth_landmarks(plan.lm3d, avatar.renderer.config.lm_smooth)
         # Frames a batch may hold: the whole sequence when every frame's pose is known.
         lo_limit, hi_limit = (
             (plan.start, plan.end) if plan.poses is not None else (0, len(plan.lm3d))
@@ -227,7 +230,7 @@ class RendererServicer:
             else:
                 track = pose_indices(hi - lo, avatar.track_length, plan.mode,
                                      start=lo + plan.pose_start)  # fmt: skip
-            pixels = self._run(avatar, plan.lm3d[lo:hi], track, plan.size)
+            pixels = self._run(avatar, lm3d[lo:hi], track, plan.size)
             for i in range(max(lo, plan.start), min(hi, plan.end)):
                 yield i, pixels[i - lo]
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from talkingface.render.condition import landmark_bounds
 from talkingface.render.config import RenderConfig
 from talkingface.render.data import AvatarVideo, camera_rays, landmark_stats
 from talkingface.render.field import LandmarkField
@@ -79,7 +80,7 @@ class Renderer:
             plate = check_plate(bg, size, self.config.sr_scale)
             bg = torch.zeros(size, size, 3, device=dev)  # the head layer, premultiplied
         b = lm3d.shape[0]
-        cond = self.field.encode_landmarks(lm3d)
+        cond = self.field.encode_landmarks(self.field.clamp_landmarks(lm3d))
         ii, jj = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
         xy = torch.stack([jj.reshape(-1) + 0.5, ii.reshape(-1) + 0.5], -1).float().to(dev)
         frame = torch.arange(b, device=dev).repeat_interleave(size * size)
@@ -122,7 +123,9 @@ class Renderer:
 def new_renderer(config: RenderConfig, video: AvatarVideo, device: str = "cpu") -> Renderer:
     lo, hi = video.train
     mean, std = landmark_stats(video.lm3d[lo:hi])
-    field_ = LandmarkField(config, torch.from_numpy(mean), torch.from_numpy(std))
+    bounds = landmark_bounds(video.lm3d[lo:hi], config.lm_clamp)
+    field_ = LandmarkField(config, torch.from_numpy(mean), torch.from_numpy(std),
+                           *(torch.from_numpy(b) for b in bounds))  # fmt: skip
     occupancy = OccupancyGrid(config.occupancy_res, config.bound)
     sr = SuperResolution.from_config(config) if config.sr_scale > 1 else None
     renderer = Renderer(config, field_, occupancy, torch.from_numpy(video.K), sr=sr)
@@ -175,6 +178,7 @@ class RaySampler:
             np.ascontiguousarray(video.frames[self.frames]).reshape(-1, 3)
         )
         masks = torch.from_numpy(video.masks[self.frames]).float()[:, None]
+        self.inside = masks.reshape(-1) > 0  # the head layer's silhouette, per pixel
         k = 2 * CARVE_DILATE + 1
         core = F.max_pool2d(masks, k, stride=1, padding=CARVE_DILATE)[:, 0] > 0
         self.core = core.reshape(-1).nonzero()[:, 0].to(torch.int64)
@@ -201,7 +205,8 @@ class RaySampler:
         return self.gather(torch.cat(parts))
 
     def gather(self, flat: torch.Tensor):
-        """(frame row, pixel centre xy, colour, background) of flat pixel indices."""
+        """(frame row, pixel centre xy, colour, background, inside the head mask) of flat
+        pixel indices."""
         size = self.video.size
         frame, pixel = flat // (size * size), flat % (size * size)
         i, j = pixel // size, pixel % size
@@ -216,6 +221,7 @@ class RaySampler:
             xy.to(dev),
             target.to(dev),
             background.to(dev),
+            self.inside[flat].float().to(dev),
         )
 
 
@@ -402,11 +408,11 @@ def train(
             group["lr"] = lr * scale
         if refinement is not None and step < config.pose_start:
             optimiser.param_groups[-1]["lr"] = 0.0
-        frame, xy, target, bg = sampler.sample(config.batch_rays)
+        frame, xy, target, bg, inside = sampler.sample(config.batch_rays)
         if patches is not None:  # a window of rays around the mouth, last in the batch
             extra = sampler.gather(patches.sample())
-            batch = zip((frame, xy, target, bg), extra, strict=True)
-            frame, xy, target, bg = (torch.cat(p) for p in batch)
+            batch = zip((frame, xy, target, bg, inside), extra, strict=True)
+            frame, xy, target, bg, inside = (torch.cat(p) for p in batch)
         R, t = sampler.R[frame.cpu()].to(dev), sampler.t[frame.cpu()].to(dev)
         if refinement is not None:
             R, t = refinement.apply(frame, video_index[frame], R, t)
@@ -417,6 +423,8 @@ def train(
             config.chunks, config.stop_transmittance, jitter=True,
         )  # fmt: skip
         loss = F.mse_loss(result.rgb, target)
+        if config.alpha_weight:  # the head's silhouette: opaque inside its mask, clear outside
+            loss = loss + config.alpha_weight * F.mse_loss(result.alpha, inside)
         if patches is not None:
             window = (1, side, side, 3)
             loss = loss + config.lip_patch_weight * ssim_loss(
