@@ -210,3 +210,26 @@ def test_refining_poses_with_the_field_undoes_a_pose_error(tiny_avatar):
     left = np.linalg.norm((report.t - video.t)[lo:hi, :2], axis=1)
     before = np.linalg.norm(error[lo:hi, :2], axis=1)
     assert np.median(left) < 0.6 * np.median(before), (np.median(left), np.median(before))
+
+
+def test_the_silhouette_loss_makes_the_head_opaque_in_its_mask_and_clear_outside(video):
+    """`alpha_weight`: the head's accumulated opacity on training rays moves towards the head
+    mask (1 inside, 0 outside, the torso included) compared with colour alone."""
+    from talkingface.render.train import RaySampler
+
+    lo, hi = video.train
+    errors = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        renderer = new_renderer(preset("tiny", alpha_weight=weight), video)
+        train(renderer, video)
+        sampler = RaySampler(video, np.arange(lo, hi), seed=5, with_torso=True)
+        frame, xy, _, bg, inside = sampler.sample(4096)
+        origins, dirs = camera_rays(renderer.K, sampler.R[frame], sampler.t[frame], xy)
+        with torch.no_grad():
+            cond = renderer.field.encode_landmarks(sampler.lm3d[frame])
+            out = render_rays(renderer.field, RayBatch(origins, dirs, cond, bg),
+                              renderer.occupancy, renderer.config.samples)  # fmt: skip
+        assert inside.any() and not inside.all()
+        errors[weight] = float((out.alpha - inside).abs().mean())
+    assert errors[1.0] < 0.7 * errors[0.0], errors

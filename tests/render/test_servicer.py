@@ -87,7 +87,7 @@ def service(serve_grpc_port, avatar, smoothing, tmp_path_factory):
     store = LocalStore(settings.store_dir)
     _, _, files = avatar
     store.publish_version("avatars/ann", files)
-    store.publish_version("avatars/cy", smoothing[0])
+    store.publish_version("avatars/smooth", smoothing[0])
     # A version without a renderer: only the projection index.
     store.publish_version("avatars/bo", {k: v for k, v in files.items() if "projection/" in k})
     deploy(app(settings), APP)
@@ -173,7 +173,7 @@ def test_a_smoothing_avatar_smooths_the_whole_sequence_before_its_batches(
     stub, _ = service
     video, _, _ = avatar
     _, renderer = smoothing
-    _, frames = _render(stub, _request(sequence, avatar="cy"))
+    _, frames = _render(stub, _request(sequence, avatar="smooth"))
     whole = _rgb(frames)
     poses = rck.pose_indices(FRAMES, len(video.R), "pingpong")
 
@@ -183,7 +183,7 @@ def test_a_smoothing_avatar_smooths_the_whole_sequence_before_its_batches(
 
     assert np.abs(local(smooth_landmarks(sequence, 1.5)) - whole).max() <= 1
     assert np.abs(local(sequence) - whole).max() > 1  # smoothing changed something
-    parts = [_rgb(_render(stub, _request(sequence, avatar="cy", start=a, end=b))[1])
+    parts = [_rgb(_render(stub, _request(sequence, avatar="smooth", start=a, end=b))[1])
              for a, b in ((0, 3), (3, 9), (9, 12))]  # fmt: skip
     assert np.concatenate(parts).tobytes() == whole.tobytes()
 

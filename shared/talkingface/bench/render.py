@@ -18,8 +18,9 @@ here; compare it with `samples_per_ray` in a trained avatar's renderer/config.js
 
 Two paths are timed, alternating call by call so that they share the machine's load:
 `Renderer.render`'s inference march (`talkingface.render.march`: per-ray compaction, early
-termination after every step, cheaper field evaluations) gives each entry's figures, and the
-training path's march (`volume.render_rays`, the renderer's only path up to cff8805) gives
+termination after every step, cheaper field evaluations, the compiled CPU hash-grid kernel
+of `talkingface.render.kernels` where it builds) gives each entry's figures, and cff8805's
+path (the training march `volume.render_rays` with the pure-PyTorch hash-grid lookup) gives
 `reference`; `speedup` is their frames/s ratio and `max_pixel_difference` the largest change
 of a pixel between them (each path is within the stop transmittance, 1e-3, of the
 never-stopped march). With random weights the two spend the same samples (nothing turns
@@ -65,7 +66,8 @@ NOTE = (
     "after a few samples) renders faster; samples_per_ray = field evaluations per ray. "
     "Each entry is Renderer.render's inference march (render.march); `reference` is the "
     "training path's march (render_rays, the renderer's only path up to cff8805) timed "
-    "alternately in the same run, `speedup` their frames/s ratio."
+    "alternately in the same run, with the pure-PyTorch hash-grid lookup (cff8805's path; the "
+    "march uses the compiled CPU kernel where it builds), `speedup` their frames/s ratio."
 )
 NOTE_BUNDLE = (
     "A trained bundle on `frames` evenly spaced held-out frames of its avatar (their own "
@@ -120,20 +122,28 @@ def _time(renderer: Renderer, video: AvatarVideo, frames: np.ndarray, batch: int
     f = frames[:batch]
     results: Timed = {}
     for path in PATHS:  # warm-up (the march builds its dense grid volumes here)
-        renderer.fast = path == "march"
+        _take(renderer, path)
         renderer.render(video.lm3d[f], R[f], t[f], video.background)
         results[path] = ([], 0, np.empty(0))
     for _ in range(repeats):
         for path in PATHS:
-            renderer.fast = path == "march"
+            _take(renderer, path)
             sync(device)
             started = time.perf_counter()
             spent, images = once()
             sync(device)
             results[path][0].append(time.perf_counter() - started)
             results[path] = (results[path][0], spent, images)
-    renderer.fast = True
+    _take(renderer, "march")
     return results
+
+
+def _take(renderer: Renderer, path: str) -> None:
+    """Set `renderer` on `path`: the march with the compiled CPU hash-grid kernel where it
+    builds (render.kernels), or cff8805's path: render_rays and the pure-PyTorch lookup."""
+    renderer.fast = path == "march"
+    for grid in (renderer.field.spatial, renderer.field.landmark_grid):
+        grid.use_kernel = renderer.fast
 
 
 def run(

@@ -22,9 +22,10 @@ empty ones. What changes is the order of work and where a ray stops:
   condition's share of the hyper-space MLP's first layer) or only on a ray (the view
   direction's spherical harmonics) is computed once per frame or ray and gathered; the
   first layers multiply their inputs' parts separately instead of concatenating them for
-  every sample; the hash grids look up their coarse levels through dense volumes
-  (`talkingface.render.dense_lookup`). The arithmetic is the field's own, regrouped: equal
-  up to float rounding.
+  every sample; the hash grids run the compiled CPU kernel (`talkingface.render.kernels`)
+  or, where it is not built (and on CUDA without tiny-cuda-nn), look up their coarse levels
+  through dense volumes (`talkingface.render.dense_lookup`). The arithmetic is the field's
+  own, regrouped: equal up to float rounding.
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ class FieldEvaluator:
         (self.sig_fx, self.sig_fl, sig_cond), sig_bias = _split_first(field.sigma_net,
                                                                       (fx, fl, extra))  # fmt: skip
         self.frame_sigma = torch.addmm(sig_bias, cond[:, c:], sig_cond)  # [F, h]
-        (self.col_geo, self.col_sh), self.col_bias = _split_first(field.color_net, (geo, 9))
-        self.ray_sh = sh_degree2(dirs)  # [R, 9]
+        (self.col_geo, col_sh), col_bias = _split_first(field.color_net, (geo, 9))
+        # The view direction's share of the colour MLP's first layer, once per ray.
+        self.ray_colour = torch.addmm(col_bias, sh_degree2(dirs), col_sh)  # [R, h]
 
     def __call__(self, x: torch.Tensor, frame: torch.Tensor,
                  ray: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -82,15 +84,16 @@ class FieldEvaluator:
         `ray` [S]."""
         field = self.field
         fx = field.spatial((x / field.config.bound + 1.0) * 0.5)
-        hidden = torch.addmm(self.frame_ambient.index_select(0, frame), fx, self.amb_fx)
+        # Each first layer starts from its gathered per-frame or per-ray share and adds the
+        # per-sample parts in place (addmm into a fresh tensor would copy the share first).
+        hidden = self.frame_ambient.index_select(0, frame).addmm_(fx, self.amb_fx)
         ambient = torch.tanh(field.ambient[1:](hidden))
         fl = field.landmark_grid((ambient + 1.0) * 0.5)
-        hidden = torch.addmm(self.frame_sigma.index_select(0, frame), fx, self.sig_fx)
+        hidden = self.frame_sigma.index_select(0, frame).addmm_(fx, self.sig_fx)
         hidden.addmm_(fl, self.sig_fl)
         h = field.sigma_net[1:](hidden)
         sigma = torch.exp(h[:, 0].clamp(max=DENSITY_CLAMP))
-        hidden = torch.addmm(self.col_bias, h[:, 1:], self.col_geo)
-        hidden.addmm_(self.ray_sh.index_select(0, ray), self.col_sh)
+        hidden = self.ray_colour.index_select(0, ray).addmm_(h[:, 1:], self.col_geo)
         rgb = torch.sigmoid(field.color_net[1:](hidden))
         return sigma, rgb
 

@@ -467,7 +467,12 @@ def train(
         report.R, report.t, report.pose_refinement = corrected_track(video, train_frames,
                                                                      refinement)  # fmt: skip
     if config.torso and full_video.torso is not None:
-        renderer.torso = new_torso(config.torso_model, report.R, report.t, train_frames, dev)
+        # Its initial weights from the renderer's seed, not from whatever the head's training
+        # left in the global generator: the layer's quality varies by ~1 dB with them.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            renderer.torso = new_torso(config.torso_model, report.R, report.t, train_frames,
+                                       dev)  # fmt: skip
         report.torso = train_torso(renderer.torso, full_video, train_frames, report.R, report.t,
                                    config.seed).__dict__  # fmt: skip
     if refinement is not None or steps < 1 or renderer.torso is not None:
