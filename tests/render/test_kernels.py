@@ -128,3 +128,14 @@ def test_a_field_trains_the_same_with_and_without_the_kernel(built):
     assert grads[0].keys() == grads[1].keys() and "spatial.table" in grads[0]
     for name, ref in grads[0].items():
         assert torch.allclose(grads[1][name], ref, atol=1e-5, rtol=1e-4), name
+
+
+def test_points_off_the_grid_never_read_outside_the_table(built):
+    """NaN (a diverged field) and points below the cube (the encoder clamps them first, the
+    kernel does not rely on it) give numbers or NaN, never a read outside the table."""
+    encoder = _encoder(CONFIGS["spatial cpu (dense and hashed levels)"])
+    x = torch.tensor([[float("nan"), 0.5, 0.5], [-3.0, -1e9, 0.2], [0.5, 0.5, 0.5]])
+    out = _FusedLookup.apply(x, encoder.table.detach(), encoder)
+    assert out.shape == (3, encoder.output_dim)
+    assert torch.isfinite(out[1:]).all()
+    assert torch.isnan(encoder(x[:1])).any()  # NaN in, NaN out, through the encoder too

@@ -64,6 +64,7 @@ inline void locate(const float* x, const Level& level, int dims, int64_t mask, C
     const float pos = x[d] * n;
     float c = std::floor(pos);
     if (c > n - 1.0f) c = n - 1.0f;
+    if (!(c >= 0.0f)) c = 0.0f;  // below the cube, or NaN: never a row outside the table
     cell.t[d] = pos - c;
     const int64_t ci = static_cast<int64_t>(c);
     int64_t lo = ci * level.mult[d], hi = lo + level.mult[d];
