@@ -6,8 +6,10 @@ landmarks of one video, renders such frames badly (a mouth wider than it ever sa
 flickering. Two guards, both from the official GeneFace++ code, both behind `RenderConfig`
 fields and applied only when rendering, never in training:
 
-- `lm_clamp`: every coordinate is clamped to the training frames' [p, 100 - p] percentiles
-  (the official code's 3rd-97th), stored with the field (`lm_lo`, `lm_hi`);
+- `lm_clamp`: every coordinate is clamped to the training frames' [p, 100 - p] percentiles,
+  stored with the field (`lm_lo`, `lm_hi`); 0.5 by default, not the official code's 3: a
+  blink closes the eyes in fewer than 3 % of frames, and a 3rd-97th clamp never lets them
+  close;
 - `lm_smooth`: the sequence of one request is smoothed over time by a Gaussian of that many
   frames (the official code smooths its condition by attention over 3 frames). The render
   service smooths the whole sequence before cutting it into batches, so a frame's condition

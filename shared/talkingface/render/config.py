@@ -121,10 +121,12 @@ class RenderConfig:
     lip_patch_weight: float = 0.0
     """Weight of the lip patch loss (1 - SSIM) added to the pixel MSE."""
 
-    lm_clamp: float = 3.0
+    lm_clamp: float = 0.5
     """At inference, each landmark coordinate is clamped to the training frames' [lm_clamp,
-    100 - lm_clamp] percentiles (the official code's 3rd-97th): predicted landmarks outside
-    what the field was trained on are pulled back to its edge. 0: off."""
+    100 - lm_clamp] percentiles: predicted landmarks outside what the field was trained on
+    are pulled back to its edge. The official code's 3rd-97th clamps every blink away (closed
+    eyes are rarer than 3 % of frames: eye-open r 0.66 instead of 0.82, docs/renderer.md).
+    0: off."""
     lm_smooth: float = 0.0
     """At inference, the landmark sequence of a request is smoothed over time by a Gaussian of
     this standard deviation, in frames (`render.condition.smooth_landmarks`). 0: off."""
