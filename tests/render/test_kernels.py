@@ -3,6 +3,9 @@ pure-PyTorch lookup it replaces: the same features and the same gradients (to th
 to the points) for dense and hashed levels, 2-, 3- and 4-D inputs, points on the cube's faces,
 one thread and several."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -139,3 +142,23 @@ def test_points_off_the_grid_never_read_outside_the_table(built):
     assert out.shape == (3, encoder.output_dim)
     assert torch.isfinite(out[1:]).all()
     assert torch.isnan(encoder(x[:1])).any()  # NaN in, NaN out, through the encoder too
+
+
+def test_a_built_kernel_loads_past_a_lock_left_by_a_killed_build(built, tmp_path, monkeypatch):
+    """torch's loader takes its build lock even when nothing is to be built, and waits for
+    ever on a lock whose holder was killed: a built, stamped library is imported without it."""
+    import shutil
+    import subprocess
+    import sys
+
+    from torch.utils.cpp_extension import _get_build_directory
+
+    source = Path(_get_build_directory(kernels.NAME, verbose=False))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    target = Path(_get_build_directory(kernels.NAME, verbose=False))
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    (target / "lock").touch()  # as a build killed midway leaves it
+    done = subprocess.run([sys.executable, "-m", "talkingface.render.kernels"], env=os.environ,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and "hash grid ready" in done.stdout, done.stdout + done.stderr
+    assert str(target) in done.stdout

@@ -13,9 +13,12 @@ weights files, the same numbers to float rounding.
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -31,17 +34,48 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1").strip() not in ("0", "false", "no", "off")
 
 
+NAME = "talkingface_hashgrid"
+CFLAGS = ["-O3", "-std=c++20"]
+STALE_LOCK_S = 600.0
+"""A build lock older than this is left by a process killed while building (a build takes
+one or two minutes): removed, or every later process would wait on it for ever."""
+
+
+def _stamp() -> str:
+    """What the built library must have been built from: the source, torch, the flags."""
+    import torch
+
+    digest = hashlib.sha256((SOURCES / "hashgrid.cpp").read_bytes())
+    digest.update(f"{torch.__version__}|{' '.join(CFLAGS)}".encode())
+    return digest.hexdigest()
+
+
+def _import(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(NAME, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @functools.cache
 def _build_hashgrid() -> ModuleType | None:
     try:
-        from torch.utils.cpp_extension import load
+        from torch.utils.cpp_extension import _get_build_directory, load
 
-        return load(
-            name="talkingface_hashgrid",
-            sources=[str(SOURCES / "hashgrid.cpp")],
-            extra_cflags=["-O3", "-std=c++20"],
-            verbose=False,
-        )
+        build = Path(_get_build_directory(NAME, verbose=False))
+        library, stamp, want = build / f"{NAME}.so", build / "talkingface.stamp", _stamp()
+        # Built before from the same source: import it as is, with no lock, compiler or ninja
+        # (torch's loader takes its build lock and runs ninja even when nothing changed).
+        if library.is_file() and stamp.is_file() and stamp.read_text() == want:
+            return _import(library)
+        lock = build / "lock"
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            logger.warning("removing a stale build lock %s (a build was killed midway)", lock)
+            lock.unlink(missing_ok=True)
+        module = load(name=NAME, sources=[str(SOURCES / "hashgrid.cpp")], extra_cflags=CFLAGS,
+                      verbose=False)  # fmt: skip
+        stamp.write_text(want)
+        return module
     except Exception as exc:  # no compiler, no ninja, a failed build: the torch path serves
         logger.warning(
             "the CPU hash-grid kernel could not be built (%s: %s); using the pure-PyTorch "
