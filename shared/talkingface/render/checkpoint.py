@@ -126,8 +126,10 @@ def load_renderer(
     unbounded = torch.full_like(mean, torch.inf)  # bundles written before the bounds: no clamp
     field_state.setdefault("lm_lo", -unbounded)
     field_state.setdefault("lm_hi", unbounded)
+    codes = field_state.get("appearance.weight")  # with appearance_dim: one per frame
+    frames = 0 if codes is None else len(codes)
     field = LandmarkField(config, mean, field_state["lm_std"], field_state["lm_lo"],
-                          field_state["lm_hi"])  # fmt: skip
+                          field_state["lm_hi"], frames=frames)  # fmt: skip
     if field.backend != trained_on:
         raise ValueError(
             f"{directory}: trained with the {trained_on} grid backend, which cannot load "

@@ -105,6 +105,11 @@ class RenderConfig:
     """Fraction of `steps` after which the super-resolution network trains (NeRF warm-up)."""
     sr_lr: float = 1e-3
 
+    appearance_dim: int = 0
+    """Width of a per-training-frame appearance code fed to the colour MLP (GeneFace++'s 4-d
+    latent): it absorbs what changes from frame to frame and the landmarks do not explain
+    (exposure, white balance, light); rendering uses the neutral code, zero, which training
+    keeps at the codes' mean. 0: none."""
     alpha_weight: float = 0.0
     """Weight of the silhouette loss: the squared difference between each training ray's
     accumulated head opacity and the head mask at its pixel, added to the colour MSE (an
@@ -155,6 +160,8 @@ class RenderConfig:
                              "set torso false or sr_scale 1")  # fmt: skip
         if not 0.0 <= self.region_share < 1.0:
             raise ValueError(f"region_share must be in [0, 1), got {self.region_share}")
+        if self.appearance_dim < 0:
+            raise ValueError(f"appearance_dim must be >= 0, got {self.appearance_dim}")
         if not 0.0 <= self.lm_clamp < 50.0:
             raise ValueError(f"lm_clamp must be a percentile in [0, 50), got {self.lm_clamp}")
         if not 0.0 <= self.lm_smooth <= 10.0:

@@ -63,7 +63,9 @@ class LandmarkField(nn.Module):
         lm_std: torch.Tensor,
         lm_lo: torch.Tensor | None = None,
         lm_hi: torch.Tensor | None = None,
+        frames: int = 0,
     ):
+        """`frames`: training frames, one appearance code each (with `appearance_dim`)."""
         super().__init__()
         self.config = config
         self.register_buffer("lm_mean", lm_mean.reshape(-1).float().clone())
@@ -82,7 +84,13 @@ class LandmarkField(nn.Module):
         self.ambient = mlp([fx + config.cond_dim, h, config.ambient_dim])
         self.eye_dim = 2 if config.eye_condition else 0
         self.sigma_net = mlp([fx + fl + self.eye_dim, h, 1 + config.geo_features])
-        self.color_net = mlp([config.geo_features + 9, h, 3])
+        self.code_dim = config.appearance_dim
+        self.color_net = mlp([config.geo_features + 9 + self.code_dim, h, 3])
+        if self.code_dim:
+            if frames < 1:
+                raise ValueError("appearance codes need the number of training frames")
+            self.appearance = nn.Embedding(frames, self.code_dim)
+            nn.init.zeros_(self.appearance.weight)  # every frame starts at the neutral code
 
     @property
     def backend(self) -> str:
@@ -107,13 +115,27 @@ class LandmarkField(nn.Module):
         eyes = eye_ratios(flat.reshape(flat.shape[0], -1, 3)) / usual - 1.0
         return torch.cat([cond, eyes], dim=-1)
 
+    def with_codes(self, cond: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Conditions [B, C] with the appearance codes of training rows `rows` [B] appended
+        (training); without them (`encode_landmarks` alone) the field uses the neutral code."""
+        if not self.code_dim:
+            return cond
+        return torch.cat([cond, self.appearance(rows)], dim=-1)
+
     def _features(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         bound = self.config.bound
         fx = self.spatial((x / bound + 1.0) * 0.5)
         c = self.config.cond_dim
         ambient = torch.tanh(self.ambient(torch.cat([fx, cond[:, :c]], dim=-1)))
         fl = self.landmark_grid((ambient + 1.0) * 0.5)
-        return self.sigma_net(torch.cat([fx, fl, cond[:, c:]], dim=-1))
+        return self.sigma_net(torch.cat([fx, fl, cond[:, c : c + self.eye_dim]], dim=-1))
+
+    def _codes(self, cond: torch.Tensor) -> torch.Tensor:
+        """The appearance codes [S, code_dim] carried by `cond`, or the neutral code."""
+        start = self.config.cond_dim + self.eye_dim
+        if cond.shape[1] > start:
+            return cond[:, start:]
+        return cond.new_zeros(cond.shape[0], self.code_dim)
 
     def density(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self._features(x, cond)
@@ -126,5 +148,8 @@ class LandmarkField(nn.Module):
         unit directions [S, 3]."""
         h = self._features(x, cond)
         sigma = torch.exp(h[:, 0].clamp(max=DENSITY_CLAMP))
-        rgb = torch.sigmoid(self.color_net(torch.cat([h[:, 1:], sh_degree2(dirs)], dim=-1)))
+        parts = [h[:, 1:], sh_degree2(dirs)]
+        if self.code_dim:
+            parts.append(self._codes(cond))
+        rgb = torch.sigmoid(self.color_net(torch.cat(parts, dim=-1)))
         return sigma, rgb

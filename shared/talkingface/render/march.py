@@ -70,11 +70,13 @@ class FieldEvaluator:
         (self.amb_fx, amb_cond), amb_bias = _split_first(field.ambient, (fx, c))
         self.frame_ambient = torch.addmm(amb_bias, cond[:, :c], amb_cond)  # [F, h]
         # The density MLP's own per-frame input (the eyes' opening, with eye_condition).
-        extra = cond.shape[1] - c
+        extra = field.eye_dim
         (self.sig_fx, self.sig_fl, sig_cond), sig_bias = _split_first(field.sigma_net,
                                                                       (fx, fl, extra))  # fmt: skip
-        self.frame_sigma = torch.addmm(sig_bias, cond[:, c:], sig_cond)  # [F, h]
-        (self.col_geo, col_sh), col_bias = _split_first(field.color_net, (geo, 9))
+        self.frame_sigma = torch.addmm(sig_bias, cond[:, c : c + extra], sig_cond)  # [F, h]
+        # Rendering draws the neutral appearance code (zero): its columns add nothing.
+        (self.col_geo, col_sh, _), col_bias = _split_first(field.color_net,
+                                                           (geo, 9, field.code_dim))  # fmt: skip
         # The view direction's share of the colour MLP's first layer, once per ray.
         self.ray_colour = torch.addmm(col_bias, sh_degree2(dirs), col_sh)  # [R, h]
 

@@ -125,7 +125,7 @@ def new_renderer(config: RenderConfig, video: AvatarVideo, device: str = "cpu") 
     mean, std = landmark_stats(video.lm3d[lo:hi])
     bounds = landmark_bounds(video.lm3d[lo:hi], config.lm_clamp)
     field_ = LandmarkField(config, torch.from_numpy(mean), torch.from_numpy(std),
-                           *(torch.from_numpy(b) for b in bounds))  # fmt: skip
+                           *(torch.from_numpy(b) for b in bounds), frames=hi - lo)  # fmt: skip
     occupancy = OccupancyGrid(config.occupancy_res, config.bound)
     sr = SuperResolution.from_config(config) if config.sr_scale > 1 else None
     renderer = Renderer(config, field_, occupancy, torch.from_numpy(video.K), sr=sr)
@@ -417,7 +417,7 @@ def train(
         if refinement is not None:
             R, t = refinement.apply(frame, video_index[frame], R, t)
         origins, dirs = camera_rays(renderer.K, R, t, xy)
-        cond = fld.encode_landmarks(sampler.lm3d[frame.cpu()].to(dev))
+        cond = fld.with_codes(fld.encode_landmarks(sampler.lm3d[frame.cpu()].to(dev)), frame)
         result = render_rays(
             fld, RayBatch(origins, dirs, cond, bg), renderer.occupancy, config.samples,
             config.chunks, config.stop_transmittance, jitter=True,
@@ -433,6 +433,9 @@ def train(
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+        if fld.code_dim:  # the neutral code, which rendering uses, is the codes' mean
+            with torch.no_grad():
+                fld.appearance.weight.sub_(fld.appearance.weight.mean(0))
         if refinement is not None:
             refinement.recentre()
         if sr_training is not None:
