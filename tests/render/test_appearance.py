@@ -9,14 +9,8 @@ import torch
 
 from talkingface.render import checkpoint as rck
 from talkingface.render.config import preset
-from talkingface.render.data import load_avatar
 from talkingface.render.march import FieldEvaluator
 from talkingface.render.train import new_renderer, train
-
-
-@pytest.fixture(scope="module")
-def video(tiny_avatar):
-    return load_avatar(tiny_avatar, 32)
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,10 @@ import pytest
 import torch
 
 from talkingface.render.config import preset
-from talkingface.render.data import camera_rays, load_avatar
+from talkingface.render.data import camera_rays
 from talkingface.render.march import FieldEvaluator, march_rays
 from talkingface.render.train import carve, new_renderer
 from talkingface.render.volume import RayBatch, render_rays
-
-
-@pytest.fixture(scope="module")
-def video(tiny_avatar):
-    return load_avatar(tiny_avatar, 32)
 
 
 @pytest.fixture(scope="module")

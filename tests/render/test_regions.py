@@ -9,7 +9,6 @@ import torch
 
 from talkingface.render import checkpoint as rck
 from talkingface.render.config import preset
-from talkingface.render.data import load_avatar
 from talkingface.render.regions import draw_in_boxes, eye_ratio, eye_ratios, landmark_boxes
 from talkingface.render.train import RaySampler, new_renderer, train
 
@@ -24,11 +23,6 @@ def eye_shape(points: np.ndarray, lid: float) -> np.ndarray:
         points[list(up)] = [(x0 + 1.0, lid), (x0 + 3.0, lid)]
         points[list(low)] = [(x0 + 1.0, -lid), (x0 + 3.0, -lid)]
     return points
-
-
-@pytest.fixture(scope="module")
-def video(tiny_avatar):
-    return load_avatar(tiny_avatar, 32)
 
 
 def test_eye_ratio_of_known_shapes():

@@ -14,11 +14,6 @@ MOUTH = slice(48, 68)
 
 
 @pytest.fixture(scope="module")
-def video(tiny_avatar):
-    return load_avatar(tiny_avatar, 32)
-
-
-@pytest.fixture(scope="module")
 def trained(video):
     torch.manual_seed(0)
     renderer = new_renderer(preset("tiny"), video)

@@ -4,21 +4,14 @@ without it, on the tiny SynthTalk avatar (whose neck and shoulders move on their
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from talkingface.render import checkpoint as rck
 from talkingface.render.config import RenderConfig, preset
-from talkingface.render.data import load_avatar
 from talkingface.render.evaluate import evaluate_renderer
 from talkingface.render.files import CONFIG
 from talkingface.render.torso import new_torso, train_torso
 from talkingface.render.train import RaySampler, new_renderer
-
-
-@pytest.fixture(scope="module")
-def video(tiny_avatar):
-    return load_avatar(tiny_avatar, 32)
 
 
 def _train_frames(video):
