@@ -35,7 +35,10 @@ def enabled() -> bool:
 
 
 NAME = "talkingface_hashgrid"
-CFLAGS = ["-O3", "-std=c++20"]
+CFLAGS = ["-O3", "-std=c++20", "-fopenmp"]
+"""-fopenmp: `at::parallel_for` in the kernel is ATen's OpenMP template, compiled into the
+kernel itself; without the flag it runs its tasks one after another on the calling thread."""
+LDFLAGS = ["-fopenmp"]
 STALE_LOCK_S = 600.0
 """A build lock older than this is left by a process killed while building (a build takes
 one or two minutes): removed, or every later process would wait on it for ever."""
@@ -46,7 +49,7 @@ def _stamp() -> str:
     import torch
 
     digest = hashlib.sha256((SOURCES / "hashgrid.cpp").read_bytes())
-    digest.update(f"{torch.__version__}|{' '.join(CFLAGS)}".encode())
+    digest.update(f"{torch.__version__}|{' '.join(CFLAGS)}|{' '.join(LDFLAGS)}".encode())
     return digest.hexdigest()
 
 
@@ -73,7 +76,7 @@ def _build_hashgrid() -> ModuleType | None:
             logger.warning("removing a stale build lock %s (a build was killed midway)", lock)
             lock.unlink(missing_ok=True)
         module = load(name=NAME, sources=[str(SOURCES / "hashgrid.cpp")], extra_cflags=CFLAGS,
-                      verbose=False)  # fmt: skip
+                      extra_ldflags=LDFLAGS, verbose=False)  # fmt: skip
         stamp.write_text(want)
         return module
     except Exception as exc:  # no compiler, no ninja, a failed build: the torch path serves
