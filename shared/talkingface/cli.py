@@ -126,8 +126,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                             workers=args.workers)  # fmt: skip
         _print_result(result, args.json)
         return 0 if module.passed(result) else 1
-    elif args.stage == "render" and (args.bundle or args.data):  # a trained avatar
-        result = module.run(bundle=args.bundle, data=args.data)
+    elif args.stage == "render":  # random weights, or a trained avatar (against another)
+        options = {"frames": args.frames} if args.frames else {}
+        try:
+            result = module.run(bundle=args.bundle, data=args.data, against=args.against,
+                                threads=args.threads, **options)  # fmt: skip
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"talkingface bench render: {exc}", file=sys.stderr)
+            return 2
     else:
         result = module.run()
     _print_result(result, args.json)
@@ -260,6 +266,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--workers", type=int, default=2, help="chaos: worker processes (2)")
     bench.add_argument("--bundle", help="render: time this trained avatar bundle (with --data)")
     bench.add_argument("--data", help="render with --bundle: the bundle's avatar directory")
+    bench.add_argument(
+        "--against",
+        help="render with --bundle: another bundle of that avatar (e.g. trained by an older "
+        "version) timed on cff8805's path as the reference",
+    )
+    bench.add_argument("--frames", type=int, help="render: distinct frames timed (default 8)")
+    bench.add_argument("--threads", type=int, help="render: torch CPU threads (default: torch's)")
     bench.set_defaults(func=_cmd_bench)
 
 

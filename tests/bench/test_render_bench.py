@@ -57,3 +57,33 @@ def test_bundle_needs_its_avatar(tiny_bundle):
 
     with pytest.raises(ValueError, match="--data"):
         render.run(bundle=tiny_bundle)
+
+
+def test_against_another_bundle_of_the_avatar(tiny_bundle, tiny_avatar):
+    # The reference path on the --against bundle: here the same weights, so its figures are
+    # those of the bundle's own reference path, and the two renderers still alternate.
+    report = render.run(batch=1, frames=2, repeats=1, threads=1, bundle=tiny_bundle,
+                        data=tiny_avatar, against=tiny_bundle)  # fmt: skip
+    json.dumps(report)
+    assert report["against"] == str(tiny_bundle) and report["against_preset"] == "tiny"
+    entry = report["cpu"]["32"]["batch_1"]
+    assert "max_pixel_difference" not in entry  # two models: no pixel difference reported
+    own = render.run(batch=1, frames=2, repeats=1, threads=1, bundle=tiny_bundle,
+                     data=tiny_avatar)["cpu"]["32"]["batch_1"]  # fmt: skip
+    assert entry["reference"]["psnr_head"] == own["reference"]["psnr_head"]
+    assert entry["reference"]["samples_per_ray"] == own["reference"]["samples_per_ray"]
+    assert entry["psnr_head"] == own["psnr_head"]
+
+
+def test_against_needs_a_bundle(tiny_bundle, tiny_avatar):
+    import pytest
+
+    with pytest.raises(ValueError, match="--against needs --bundle"):
+        render.run(against=tiny_bundle)
+
+
+def test_cli_reports_a_bad_pairing(capsys):
+    from talkingface.cli import main
+
+    assert main(["bench", "render", "--bundle", "x"]) == 2
+    assert "--data" in capsys.readouterr().err

@@ -31,6 +31,12 @@ spaced held-out frames of its avatar (their own landmarks and poses, as `eval av
 them), and reports each path's head PSNR beside its speed: where early termination pays, at
 equal quality.
 
+`--against OLD_DIR` (with `--bundle`) makes `reference` another bundle of the same avatar,
+rendered on cff8805's path: the comparison the renderer's speed goal names, each version's
+own trained model at its own quality (a bundle trained by cff8805's code, for instance, whose
+semi-transparent head stops rays later). The two renderers alternate call by call as above;
+`max_pixel_difference` is left out (different models), each path's head PSNR stays.
+
 frames_per_second = frames / median wall seconds of rendering them (after one warm-up call).
 """
 
@@ -41,7 +47,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -68,6 +74,10 @@ NOTE = (
     "training path's march (render_rays, the renderer's only path up to cff8805) timed "
     "alternately in the same run, with the pure-PyTorch hash-grid lookup (cff8805's path; the "
     "march uses the compiled CPU kernel where it builds), `speedup` their frames/s ratio."
+)
+NOTE_AGAINST = (
+    " `reference` is the --against bundle (another model of the same avatar) on cff8805's "
+    "path, the two renderers alternating: each version's own model at its own head PSNR."
 )
 NOTE_BUNDLE = (
     "A trained bundle on `frames` evenly spaced held-out frames of its avatar (their own "
@@ -102,19 +112,25 @@ def _renderer(video: AvatarVideo, device: str) -> Renderer:
 Timed = dict[str, tuple[list[float], int, np.ndarray]]
 
 
-def _time(renderer: Renderer, video: AvatarVideo, frames: np.ndarray, batch: int, device: str,
-          repeats: int, R: np.ndarray | None = None,
-          t: np.ndarray | None = None) -> Timed:  # fmt: skip
+class Job(NamedTuple):
+    """What one path renders: a renderer (put on the path by `_take`) and the poses it uses."""
+
+    renderer: Renderer
+    R: np.ndarray
+    t: np.ndarray
+
+
+def _time(jobs: dict[str, Job], video: AvatarVideo, frames: np.ndarray, batch: int,
+          device: str, repeats: int) -> Timed:  # fmt: skip
     """Per path (PATHS): wall seconds of rendering `frames` in calls of `batch`, per repeat
     (the paths alternate, so they share the machine's load), samples spent, the images."""
-    R = video.R if R is None else R
-    t = video.t if t is None else t
 
-    def once() -> tuple[int, np.ndarray]:
+    def once(job: Job) -> tuple[int, np.ndarray]:
         spent, images = 0, []
         for lo in range(0, len(frames), batch):
             f = frames[lo : lo + batch]
-            out, samples = renderer.render(video.lm3d[f], R[f], t[f], video.background)
+            out, samples = job.renderer.render(video.lm3d[f], job.R[f], job.t[f],
+                                               video.background)  # fmt: skip
             spent += samples
             images.append(out.cpu().numpy())
         return spent, np.concatenate(images)
@@ -122,19 +138,21 @@ def _time(renderer: Renderer, video: AvatarVideo, frames: np.ndarray, batch: int
     f = frames[:batch]
     results: Timed = {}
     for path in PATHS:  # warm-up (the march builds its dense grid volumes here)
-        _take(renderer, path)
-        renderer.render(video.lm3d[f], R[f], t[f], video.background)
+        job = jobs[path]
+        _take(job.renderer, path)
+        job.renderer.render(video.lm3d[f], job.R[f], job.t[f], video.background)
         results[path] = ([], 0, np.empty(0))
     for _ in range(repeats):
         for path in PATHS:
-            _take(renderer, path)
+            _take(jobs[path].renderer, path)
             sync(device)
             started = time.perf_counter()
-            spent, images = once()
+            spent, images = once(jobs[path])
             sync(device)
             results[path][0].append(time.perf_counter() - started)
             results[path] = (results[path][0], spent, images)
-    _take(renderer, "march")
+    for job in jobs.values():
+        _take(job.renderer, "march")
     return results
 
 
@@ -155,6 +173,7 @@ def run(
     threads: int | None = None,
     bundle: str | Path | None = None,
     data: str | Path | None = None,
+    against: str | Path | None = None,
 ) -> dict[str, Any]:
     """Entries per device ("cpu", "cuda") x size x batch_1 / batch_<batch>.
 
@@ -162,41 +181,69 @@ def run(
     for the run (default: leave torch's setting). Sizes must suit SynthTalk (even, >= 32).
     With `bundle` (a trained avatar bundle or its renderer/ directory) and `data` (its avatar
     directory) it times that renderer on the avatar's held-out frames instead, on CPU, and
-    reports each path's head PSNR beside its speed.
+    reports each path's head PSNR beside its speed; `against` (another bundle of that avatar)
+    is then the reference path's model instead of `bundle` itself.
     """
     if (bundle is None) != (data is None):
         raise ValueError("--bundle and --data go together (the avatar the bundle was trained on)")
+    if against is not None and bundle is None:
+        raise ValueError("--against needs --bundle and --data (the two bundles' avatar)")
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         if bundle is not None:
-            return _run_bundle(Path(bundle), Path(data), batch, frames, repeats)
+            other = None if against is None else Path(against)
+            return _run_bundle(Path(bundle), Path(data), batch, frames, repeats, other)
         return _run(sizes, batch, frames, repeats, devices)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run_bundle(bundle: Path, data: Path, batch: int, frames: int, repeats: int):
+def _load_bundle(bundle: Path) -> tuple[Renderer, dict[str, np.ndarray]]:
+    """A bundle's (or its renderer/ directory's) renderer and saved pose track."""
+    from talkingface.render.checkpoint import load_renderer
+
+    return load_renderer(bundle / "renderer" if (bundle / "renderer").is_dir() else bundle)
+
+
+def _job(loaded: tuple[Renderer, dict[str, np.ndarray]], video: AvatarVideo) -> Job:
+    """The renderer with the poses `eval avatar` renders its avatar's frames with: its saved
+    track where that covers the video, else the avatar's own."""
+    renderer, track = loaded
+    if len(track["R"]) == len(video):
+        return Job(renderer, track["R"], track["t"])
+    return Job(renderer, video.R, video.t)
+
+
+def _run_bundle(bundle: Path, data: Path, batch: int, frames: int, repeats: int,
+                against: Path | None = None):  # fmt: skip
     """A trained avatar bundle's renderer on `frames` evenly spaced held-out frames of its
     avatar (their own landmarks and poses, as `eval avatar` renders them), on CPU: both
-    paths' frames/s and samples per ray, and each path's head PSNR (head-mask pixels)."""
-    from talkingface.render.checkpoint import load_renderer
+    paths' frames/s and samples per ray, and each path's head PSNR (head-mask pixels);
+    with `against`, that bundle's renderer takes the reference path."""
     from talkingface.render.evaluate import psnr_where
 
     load_before = load_average()
-    renderer, track = load_renderer(bundle / "renderer" if (bundle / "renderer").is_dir()
-                                    else bundle)  # fmt: skip
-    video = load_avatar(data, renderer.config.size)
+    loaded = _load_bundle(bundle)
+    size = loaded[0].config.size
+    video = load_avatar(data, size)
+    jobs = {"march": _job(loaded, video)}
+    jobs["reference"] = jobs["march"] if against is None else _job(_load_bundle(against), video)
+    other = jobs["reference"].renderer.config.size
+    if other != size:
+        raise ValueError(f"--against renders {other}x{other}, --bundle {size}x{size}: "
+                         "compare bundles of one size")  # fmt: skip
+    renderer = jobs["march"].renderer
+    other_preset = jobs["reference"].renderer.config.preset
     lo, hi = video.val
     picked = np.unique(np.linspace(lo, hi - 1, frames).round().astype(int))
     truth = np.asarray(video.frames[picked], np.float32) / 255.0
     heads = np.asarray(video.masks[picked]) > 0
-    R, t = (track["R"], track["t"]) if len(track["R"]) == len(video) else (video.R, video.t)
     entries = {}
     for b in sorted({1, max(1, int(batch))}):
-        timed = _time(renderer, video, picked, b, "cpu", repeats, R, t)
-        entry = _entry(timed, len(picked), renderer.config.size)
+        timed = _time(jobs, video, picked, b, "cpu", repeats)
+        entry = _entry(timed, len(picked), size, same_model=against is None)
         entry["psnr_head"] = round(psnr_where(timed["march"][2], truth, heads), 3)
         entry["reference"]["psnr_head"] = round(psnr_where(timed["reference"][2], truth,
                                                            heads), 3)  # fmt: skip
@@ -207,16 +254,18 @@ def _run_bundle(bundle: Path, data: Path, batch: int, frames: int, repeats: int)
         "bench": "render",
         **environment(["cpu"], load_before),
         "weights": str(bundle),
+        **({} if against is None else {"against": str(against), "against_preset": other_preset}),
         "avatar": str(data),
         "preset": renderer.config.preset,
-        "note": NOTE_BUNDLE,
+        "note": NOTE_BUNDLE + ("" if against is None else NOTE_AGAINST),
         "cpu": {str(renderer.config.size): entries},
     }
 
 
-def _entry(timed: Timed, frames: int, size: int) -> dict[str, Any]:
+def _entry(timed: Timed, frames: int, size: int, same_model: bool = True) -> dict[str, Any]:
     """The march's figures, with the reference path's beside them (`reference`), the ratio
-    of their frames/s (`speedup`) and the largest pixel difference between their images."""
+    of their frames/s (`speedup`) and, when both rendered one model, the largest pixel
+    difference between their images."""
 
     def figures(path: str) -> dict[str, Any]:
         times, spent, _ = timed[path]
@@ -230,8 +279,9 @@ def _entry(timed: Timed, frames: int, size: int) -> dict[str, Any]:
     entry = {"path": "march", **figures("march"), "reference": figures("reference")}
     entry["speedup"] = round(entry["frames_per_second"]
                              / entry["reference"]["frames_per_second"], 2)  # fmt: skip
-    diff = np.abs(timed["march"][2] - timed["reference"][2]).max()
-    entry["max_pixel_difference"] = round(float(diff), 5)
+    if same_model:
+        diff = np.abs(timed["march"][2] - timed["reference"][2]).max()
+        entry["max_pixel_difference"] = round(float(diff), 5)
     return entry
 
 
@@ -256,7 +306,9 @@ def _run(sizes, batch, frames, repeats, devices) -> dict[str, Any]:
                 for b in batches:
                     if device.startswith("cuda"):
                         torch.cuda.reset_peak_memory_stats(torch.device(device))
-                    timed = _time(renderer, video, picked, b, device, repeats)
+                    job = Job(renderer, video.R, video.t)
+                    timed = _time({path: job for path in PATHS}, video, picked, b, device,
+                                  repeats)  # fmt: skip
                     entry = _entry(timed, len(picked), size)
                     entry.update(backend=renderer.field.backend, device=device, batch=b,
                                  frames=len(picked),
