@@ -11,7 +11,8 @@ import torch
 
 from talkingface.render import kernels
 from talkingface.render.config import preset
-from talkingface.render.encoding import GridConfig, HashGridEncoder, _FusedLookup, _HashGridLookup
+from talkingface.render.encoding import GridConfig, HashGridEncoder
+from talkingface.render.grid_lookup import FusedLookup, HashGridLookup
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def _points(n: int, dims: int, seed: int) -> torch.Tensor:
 def _both(encoder, x, grad):
     """(out, grad_x, grad_table) of the reference and of the kernel."""
     results = []
-    for lookup in (_HashGridLookup, _FusedLookup):
+    for lookup in (HashGridLookup, FusedLookup):
         xs = x.clone().requires_grad_()
         out = lookup.apply(xs, encoder.table, encoder)
         gx, gt = torch.autograd.grad(out, [xs, encoder.table], grad)
@@ -138,7 +139,7 @@ def test_points_off_the_grid_never_read_outside_the_table(built):
     kernel does not rely on it) give numbers or NaN, never a read outside the table."""
     encoder = _encoder(CONFIGS["spatial cpu (dense and hashed levels)"])
     x = torch.tensor([[float("nan"), 0.5, 0.5], [-3.0, -1e9, 0.2], [0.5, 0.5, 0.5]])
-    out = _FusedLookup.apply(x, encoder.table.detach(), encoder)
+    out = FusedLookup.apply(x, encoder.table.detach(), encoder)
     assert out.shape == (3, encoder.output_dim)
     assert torch.isfinite(out[1:]).all()
     assert torch.isnan(encoder(x[:1])).any()  # NaN in, NaN out, through the encoder too

@@ -178,7 +178,7 @@ def _hash_levels(encoder, x: torch.Tensor, params: tuple) -> torch.Tensor:
     """[H, B, F] features of H levels with the same indexing rule (hashed or dense-indexed),
     computed for all of them at once: HashGridEncoder._locate's arithmetic with a level
     axis, so each step is one tensor operation rather than one per level."""
-    from talkingface.render.encoding import _gather_rows
+    from talkingface.render.grid_lookup import gather_rows
 
     table = encoder.table.detach()
     dims, batch, features = x.shape[1], x.shape[0], table.shape[1]
@@ -197,7 +197,7 @@ def _hash_levels(encoder, x: torch.Tensor, params: tuple) -> torch.Tensor:
         pair = torch.stack((lower[:, d], upper[:, d]), 1)  # [H, 2, B]
         rows = combine(rows.unsqueeze(2), pair.unsqueeze(1)).flatten(1, 2)
     rows += offset.view(-1, 1, 1)
-    corners = _gather_rows(table, rows.view(-1)).view(-1, *([2] * dims), batch, features)
+    corners = gather_rows(table, rows.view(-1)).view(-1, *([2] * dims), batch, features)
     for d in reversed(range(dims)):  # interpolate the last axis first
         t = frac[:, d].view(-1, *([1] * d), batch, 1)
         corners = torch.lerp(corners.select(d + 1, 0), corners.select(d + 1, 1), t)

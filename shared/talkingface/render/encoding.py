@@ -23,10 +23,11 @@ a dense level and T for a hashed one; level l owns rows [offset_l, offset_l + R_
 in tiny-cuda-nn, so coarse levels do not waste T rows each. Initialised uniform(-1e-4, 1e-4)
 as in instant-NGP. A lookup runs level by level, each vectorised over all points and the 2^D
 corners: a few integer passes give the corner rows, one index_select on the flat table
-gathers them; `_HashGridLookup` has a hand-written backward (see there). On the CPU the same
-maths runs as one compiled pass per level (`_FusedLookup`, `csrc/hashgrid.cpp`, built on first
-use by `talkingface.render.kernels`) where that kernel builds; `_HashGridLookup` stays the
-reference it is tested against and the fallback (`TALKINGFACE_CPU_KERNELS=0` forces it).
+gathers them; `grid_lookup.HashGridLookup` has a hand-written backward (see there). On the
+CPU the same maths runs as one compiled pass per level (`grid_lookup.FusedLookup`,
+`csrc/hashgrid.cpp`, built on first use by `talkingface.render.kernels`) where that kernel
+builds; `HashGridLookup` stays the reference it is tested against and the fallback
+(`TALKINGFACE_CPU_KERNELS=0` forces it).
 
 Backends. `GridConfig.implementation` chooses "torch" (this module: CPU or CUDA, any float
 dtype) or "tcnn" (tiny-cuda-nn's fused CUDA kernel, configured from the same GridConfig via
@@ -43,15 +44,15 @@ import dataclasses
 import functools
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from talkingface.render import dense_lookup, kernels
+from talkingface.render.grid_lookup import FusedLookup, HashGridLookup, outer
 
 logger = logging.getLogger(__name__)
 
@@ -281,11 +282,11 @@ class HashGridEncoder(nn.Module):
         else:
             flat = flat.to(self.table.dtype).clamp(0.0, 1.0)  # zero gradient outside [0, 1]
             if self._kernel_usable(flat):  # the compiled kernel, faster than both below
-                out = _FusedLookup.apply(flat.contiguous(), self.table, self)
+                out = FusedLookup.apply(flat.contiguous(), self.table, self)
             elif dense_lookup.usable(self, flat):  # inference inside dense_lookups()
                 out = dense_lookup.lookup(self, flat)
             else:
-                out = _HashGridLookup.apply(flat, self.table, self)
+                out = HashGridLookup.apply(flat, self.table, self)
         return out.reshape(*lead, self.output_dim)
 
     def _kernel_usable(self, x: torch.Tensor) -> bool:
@@ -316,136 +317,15 @@ class HashGridEncoder(nn.Module):
         torch.mul(cell.long(), multipliers, out=term[:, 0])
         torch.add(term[:, 0], multipliers, out=term[:, 1])
         if level.hashed:  # masking each term keeps the xor < T: mod T, T a power of two
-            rows = _outer(term.bitwise_and_(self._hash_mask), torch.bitwise_xor)
+            rows = outer(term.bitwise_and_(self._hash_mask), torch.bitwise_xor)
         else:  # sum < (N + 1)^D
-            rows = _outer(term, torch.add)
+            rows = outer(term, torch.add)
         return rows.add_(level.offset), frac
 
 
 def make_encoder(config: GridConfig) -> HashGridEncoder:
     """The hash-grid encoder for `config`, on the backend `config.implementation` resolves to."""
     return HashGridEncoder(config)
-
-
-def _outer(parts: torch.Tensor, op: Callable[..., torch.Tensor]) -> torch.Tensor:
-    """[D, 2, B] -> [2^D, B]: for every corner o in {0, 1}^D (axis 0 most significant),
-    op-reduce parts[d, o_d] over the axes d."""
-    acc = parts[0]
-    for d in range(1, parts.shape[0]):
-        acc = op(acc.unsqueeze(1), parts[d].unsqueeze(0)).flatten(0, 1)
-    return acc
-
-
-def _corner_weights(frac: torch.Tensor) -> torch.Tensor:
-    """D-linear weights [2^D, B] of the corners, from the in-cell positions t [D, B]."""
-    return _outer(torch.stack((1 - frac, frac), dim=1), torch.mul)
-
-
-def _in_cell_grad(dout_dw: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
-    """Chain rule through the weights: dL/dt [D, B] from dL/dw [2^D, B].
-
-    dw_o/dt_d = (1 if o_d else -1) * prod_{e != d} (t_e if o_e else 1 - t_e), so dL/dt_d is
-    the upper-minus-lower difference along axis d, weighted (D-1)-linearly over the others.
-    """
-    dims, batch = frac.shape
-    per_axis = dout_dw.view(*([2] * dims), batch)
-    pairs = torch.stack((1 - frac, frac), dim=1)  # [D, 2, B]
-    grad = torch.empty_like(frac)
-    for d in range(dims):
-        diff = (per_axis.select(d, 1) - per_axis.select(d, 0)).reshape(-1, batch)
-        others = pairs[[e for e in range(dims) if e != d]]
-        torch.sum(diff * _outer(others, torch.mul), dim=0, out=grad[d])
-    return grad
-
-
-class _HashGridLookup(torch.autograd.Function):
-    """out[b, l] = sum_o w_o(t_l(x_b)) * table[row_l,o(x_b)], one level at a time.
-
-    A loop over levels rather than one [L, 2^D, B] pass: each level's gather and gradient
-    scatter then stay inside its own few-MB slice of the table, and every temporary is a few
-    MB that the allocator reuses; on CPU that roughly halves the time. Hand-written
-    rather than autograd over index_select + mul + sum, which would keep [2^D, B, F] tensors
-    per level alive and pass over them three more times: the backward scatters into the
-    table gradient with one index_add_ per level, and for x applies the chain rule through
-    the weights analytically (`_in_cell_grad`). Only once differentiable.
-    """
-
-    @staticmethod
-    def forward(ctx, x, table, grid):
-        batch, features, levels = x.shape[0], table.shape[1], len(grid.levels)
-        out = table.new_empty(levels, batch, features)
-        located = []
-        for index in range(levels):
-            rows, frac = grid._locate(x, index)
-            corners = _gather_rows(table, rows.view(-1)).view(*rows.shape, features)
-            weights = _corner_weights(frac)
-            for f in range(features):  # per feature: broadcasting over F = 2 is slow on CPU
-                torch.sum(corners[..., f] * weights, dim=0, out=out[index, :, f])
-            located += (rows, frac)
-        ctx.save_for_backward(table, *located)
-        ctx.resolutions = [level.resolution for level in grid.levels]
-        return out.transpose(0, 1).reshape(batch, levels * features)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        table, *located = ctx.saved_tensors
-        need_x, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        batch, features = grad_out.shape[0], table.shape[1]
-        grad_out = grad_out.reshape(batch, -1, features)
-        grad_table = torch.zeros_like(table) if need_table else None
-        grad_xt = None
-        for index, (rows, frac) in enumerate(zip(located[::2], located[1::2], strict=True)):
-            grad = grad_out[:, index].unsqueeze(0)  # [1, B, F]
-            if need_table:
-                per_corner = _corner_weights(frac).unsqueeze(-1) * grad  # [2^D, B, F]
-                grad_table.index_add_(0, rows.view(-1), per_corner.view(-1, features))
-            if need_x:
-                corners = _gather_rows(table, rows.view(-1)).view(*rows.shape, features)
-                dout_dw = corners[..., 0] * grad[..., 0]  # [2^D, B]
-                for f in range(1, features):
-                    dout_dw.addcmul_(corners[..., f], grad[..., f])
-                dout_dt = _in_cell_grad(dout_dw, frac)  # [D, B]
-                step = dout_dt * ctx.resolutions[index]  # dt/dx = N_l
-                grad_xt = step if grad_xt is None else grad_xt.add_(step)
-        grad_x = None if grad_xt is None else grad_xt.t().contiguous()
-        return grad_x, grad_table, None
-
-
-class _FusedLookup(torch.autograd.Function):
-    """`_HashGridLookup`'s maths in one compiled pass per call (csrc/hashgrid.cpp): the
-    lookup, and a backward that adds into the table gradient and applies the chain rule to
-    x as `_HashGridLookup.backward` does."""
-
-    @staticmethod
-    def forward(ctx, x, table, grid):
-        kernel = kernels.hashgrid()
-        layout = (grid._resolution, grid._offset, grid._hashed, grid._multipliers)
-        out = kernel.forward(x, table, *layout, grid._hash_mask)
-        ctx.save_for_backward(x, table)
-        ctx.grid = grid
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        x, table = ctx.saved_tensors
-        grid = ctx.grid
-        need_x, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        layout = (grid._resolution, grid._offset, grid._hashed, grid._multipliers)
-        grad_x, grad_table = kernels.hashgrid().backward(
-            grad_out.contiguous(), x, table, *layout, grid._hash_mask, need_x, need_table
-        )
-        return (grad_x if need_x else None), (grad_table if need_table else None), None
-
-
-def _gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """table[index] for a [R, F] table; an 8-byte row (2 float32 features) is gathered as one
-    int64, which makes the gather about 1.5x faster on CPU."""
-    if table.shape[1] * table.element_size() == 8 and table.is_contiguous():
-        as_words = table.view(torch.int64).view(-1)
-        return as_words.index_select(0, index).view(table.dtype).view(-1, table.shape[1])
-    return table.index_select(0, index)
 
 
 def _make_tcnn_encoding(config: GridConfig) -> nn.Module:
