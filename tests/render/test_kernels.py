@@ -17,7 +17,7 @@ from talkingface.render.grid_lookup import FusedLookup, HashGridLookup
 
 @pytest.fixture(scope="module")
 def built():
-    module = kernels.hashgrid()
+    module = kernels.compiled()
     assert module is not None, (
         "the CPU hash-grid kernel did not build (see the warning logged by "
         "talkingface.render.kernels); this machine kind has g++ and ninja, so it must"
@@ -108,7 +108,7 @@ def test_encoders_use_the_kernel_unless_switched_off(built, monkeypatch):
     assert not encoder._kernel_usable(x)
     encoder.use_kernel = True
     monkeypatch.setenv(kernels.ENV, "0")
-    assert kernels.hashgrid() is None and not encoder._kernel_usable(x)
+    assert kernels.compiled() is None and not encoder._kernel_usable(x)
 
 
 def test_a_field_trains_the_same_with_and_without_the_kernel(built):
@@ -161,5 +161,41 @@ def test_a_built_kernel_loads_past_a_lock_left_by_a_killed_build(built, tmp_path
     (target / "lock").touch()  # as a build killed midway leaves it
     done = subprocess.run([sys.executable, "-m", "talkingface.render.kernels"], env=os.environ,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 0 and "hash grid ready" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and "CPU kernels ready" in done.stdout, done.stdout + done.stderr
     assert str(target) in done.stdout
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_occupied_samples_are_the_torch_lookups(built, threads):
+    """csrc/march.cpp keeps exactly the samples that the points built in torch and looked up in
+    the occupancy grid keep (same float operations): random rays from outside the cube, some
+    grazing its faces and edges, through a random grid, at the cube's size and the cpu grid's."""
+    from talkingface.render.data import ray_box
+    from talkingface.render.march import _occupied
+    from talkingface.render.volume import OccupancyGrid
+
+    g = torch.Generator().manual_seed(5)
+    grid = OccupancyGrid(64, 2.0)
+    grid.carve.copy_(torch.rand(64, 64, 64, generator=g) < 0.5)
+    grid.density.copy_(torch.rand(64, 64, 64, generator=g))
+    grid.threshold.fill_(0.3)
+    origins = torch.randn(4000, 3, generator=g) * 0.5 + torch.tensor([0.0, 0.0, -6.0])
+    targets = (torch.rand(4000, 3, generator=g) * 2 - 1) * 2.2
+    targets[:500, 0] = 2.0  # on a face
+    targets[500:1000, :2] = -2.0  # on an edge
+    dirs = torch.nn.functional.normalize(targets - origins, dim=-1)
+    near, far, hit = ray_box(origins, dirs, grid.bound)
+    o, d, start = origins[hit], dirs[hit], near[hit]
+    delta = (far[hit] - start) / 48
+    mid = torch.arange(48, dtype=torch.float32) + 0.5
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        compiled = _occupied(grid, o, d, start, delta, mid)
+    finally:
+        torch.set_num_threads(before)
+    t = start[:, None] + mid[None] * delta[:, None]
+    reference = grid.lookup(o[:, None] + t[..., None] * d[:, None])
+    assert compiled.dtype == torch.bool and compiled.shape == (len(o), 48)
+    assert 0.1 < reference.float().mean() < 0.9  # both kinds of sample are there
+    assert torch.equal(compiled, reference)

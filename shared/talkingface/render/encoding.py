@@ -297,7 +297,7 @@ class HashGridEncoder(nn.Module):
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and self.table.dtype == torch.float32
-            and kernels.hashgrid() is not None
+            and kernels.compiled() is not None
         )
 
     use_kernel: bool = True

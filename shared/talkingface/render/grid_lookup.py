@@ -108,7 +108,7 @@ class FusedLookup(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, table, grid):
-        kernel = kernels.hashgrid()
+        kernel = kernels.compiled()
         layout = (grid._resolution, grid._offset, grid._hashed, grid._multipliers)
         out = kernel.forward(x, table, *layout, grid._hash_mask)
         ctx.save_for_backward(x, table)
@@ -122,7 +122,7 @@ class FusedLookup(torch.autograd.Function):
         grid = ctx.grid
         need_x, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         layout = (grid._resolution, grid._offset, grid._hashed, grid._multipliers)
-        grad_x, grad_table = kernels.hashgrid().backward(
+        grad_x, grad_table = kernels.compiled().backward(
             grad_out.contiguous(), x, table, *layout, grid._hash_mask, need_x, need_table
         )
         return (grad_x if need_x else None), (grad_table if need_table else None), None

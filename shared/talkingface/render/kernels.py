@@ -1,6 +1,8 @@
 """The renderer's compiled CPU kernels (`csrc/`), built on first use and cached.
 
-`hashgrid()` is the fused CPU hash-grid lookup and backward (`csrc/hashgrid.cpp`), compiled
+`compiled()` is one module holding the fused CPU hash-grid lookup and backward
+(`csrc/hashgrid.cpp`: `forward`, `backward`) and the inference march's sample selection
+(`csrc/march.cpp`: `occupied_samples`), compiled
 with `torch.utils.cpp_extension` into the user's torch extension cache
 (`$TORCH_EXTENSIONS_DIR`, by default `~/.cache/torch_extensions`) the first time a process
 asks for it — about a minute once per machine and torch version, then a load of the cached
@@ -35,20 +37,28 @@ def enabled() -> bool:
 
 
 NAME = "talkingface_hashgrid"
-CFLAGS = ["-O3", "-std=c++20", "-fopenmp"]
+CFLAGS = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=off"]
 """-fopenmp: `at::parallel_for` in the kernel is ATen's OpenMP template, compiled into the
-kernel itself; without the flag it runs its tasks one after another on the calling thread."""
+kernel itself; without the flag it runs its tasks one after another on the calling thread.
+-ffp-contract=off: no fused multiply-adds, so the march's float expressions round as torch's
+do (the same samples are kept)."""
 LDFLAGS = ["-fopenmp"]
 STALE_LOCK_S = 600.0
 """A build lock older than this is left by a process killed while building (a build takes
 one or two minutes): removed, or every later process would wait on it for ever."""
 
 
+def _sources() -> list[Path]:
+    return sorted(SOURCES.glob("*.cpp"))
+
+
 def _stamp() -> str:
-    """What the built library must have been built from: the source, torch, the flags."""
+    """What the built library must have been built from: the sources, torch, the flags."""
     import torch
 
-    digest = hashlib.sha256((SOURCES / "hashgrid.cpp").read_bytes())
+    digest = hashlib.sha256()
+    for source in _sources():
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
     digest.update(f"{torch.__version__}|{' '.join(CFLAGS)}|{' '.join(LDFLAGS)}".encode())
     return digest.hexdigest()
 
@@ -61,7 +71,7 @@ def _import(path: Path) -> ModuleType:
 
 
 @functools.cache
-def _build_hashgrid() -> ModuleType | None:
+def _build() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import _get_build_directory, load
 
@@ -75,25 +85,28 @@ def _build_hashgrid() -> ModuleType | None:
         if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
             logger.warning("removing a stale build lock %s (a build was killed midway)", lock)
             lock.unlink(missing_ok=True)
-        module = load(name=NAME, sources=[str(SOURCES / "hashgrid.cpp")], extra_cflags=CFLAGS,
+        module = load(name=NAME, sources=[str(path) for path in _sources()], extra_cflags=CFLAGS,
                       extra_ldflags=LDFLAGS, verbose=False)  # fmt: skip
         stamp.write_text(want)
         return module
     except Exception as exc:  # no compiler, no ninja, a failed build: the torch path serves
+        why = str(exc).splitlines()[0] if str(exc) else ""
         logger.warning(
-            "the CPU hash-grid kernel could not be built (%s: %s); using the pure-PyTorch "
-            "lookup (slower, same results)", type(exc).__name__, str(exc).splitlines()[0]
-            if str(exc) else "")  # fmt: skip
+            "the CPU kernels could not be built (%s: %s); using the pure-PyTorch hash-grid "
+            "lookup and sample selection (slower, same results)",
+            type(exc).__name__,
+            why,
+        )
         return None
 
 
-def hashgrid() -> ModuleType | None:
-    """The compiled hash-grid module (`forward`, `backward`), or None where it cannot be
-    used (see the module docstring)."""
+def compiled() -> ModuleType | None:
+    """The compiled module (`forward`, `backward`, `occupied_samples`), or None where it
+    cannot be used (see the module docstring)."""
     if not enabled():
         return None
     with _lock:  # one build per process, whichever thread asks first
-        return _build_hashgrid()
+        return _build()
 
 
 def main() -> int:
@@ -102,13 +115,13 @@ def main() -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     started = time.perf_counter()
-    module = hashgrid()
+    module = compiled()
     seconds = time.perf_counter() - started
     if module is None:
         why = "switched off" if not enabled() else "not buildable here"
-        print(f"kernels: hash grid {why}; the renderer uses pure PyTorch")
+        print(f"kernels: CPU kernels {why}; the renderer uses pure PyTorch")
     else:
-        print(f"kernels: hash grid ready ({seconds:.1f} s, {module.__file__})")
+        print(f"kernels: CPU kernels ready ({seconds:.1f} s, {module.__file__})")
     return 0
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from talkingface.render import kernels
 from talkingface.render.data import ray_box
 from talkingface.render.dense_lookup import dense_lookups
 from talkingface.render.field import DENSITY_CLAMP, LandmarkField, sh_degree2
@@ -124,11 +125,10 @@ def march_rays(
     rays = hit.nonzero()[:, 0]  # only rays that cross the cube have samples
     evaluated = 0
     if rays.numel():
-        delta = (far[rays] - near[rays]) / samples  # [H]
+        o, d, start = origins[rays], dirs[rays], near[rays]  # [H, 3], [H, 3], [H]
+        delta = (far[rays] - start) / samples  # [H]
         mid = torch.arange(samples, device=device, dtype=torch.float32) + 0.5
-        t = near[rays, None] + mid[None] * delta[:, None]  # [H, S]
-        pts = origins[rays, None] + t[..., None] * dirs[rays, None]  # [H, S, 3]
-        occ = occupancy.lookup(pts)
+        occ = _occupied(occupancy, o, d, start, delta, mid)  # [H, S]
         local, sample = occ.nonzero(as_tuple=True)  # ray-major, front to back within a ray
         if local.numel():
             per_ray = occ.sum(1)
@@ -153,7 +153,9 @@ def march_rays(
                     if keep.numel() == 0:
                         continue
                     r, at = r[keep], (local[lo:hi][keep], sample[lo:hi][keep])
-                    x = pts.view(-1, 3).index_select(0, at[0] * samples + at[1])
+                    # The sample's point, by the same float operations as _occupied's.
+                    t = start[at[0]] + mid[at[1]] * delta[at[0]]
+                    x = o[at[0]] + t[:, None] * d[at[0]]
                     sigma, rgb = evaluate(x, frame.index_select(0, r), r)
                     evaluated += int(r.numel())
                     alpha = 1.0 - torch.exp(-sigma * delta[at[0]])
@@ -171,3 +173,18 @@ def march_rays(
                     trans[live] = t_live * through[:, -1]
     colour += trans[:, None] * background
     return Rendered(colour, 1.0 - trans, evaluated)
+
+
+def _occupied(occupancy: OccupancyGrid, o: torch.Tensor, d: torch.Tensor, start: torch.Tensor,
+              delta: torch.Tensor, mid: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Which samples [H, S] of rays (o, d [H, 3]) at start + mid * delta lie in occupied cells:
+    the compiled CPU kernel (`render.kernels`) where it builds, else the points [H, S, 3]
+    built and looked up in torch. The same float operations either way: the same samples."""
+    kernel = kernels.compiled() if o.device.type == "cpu" else None
+    if kernel is not None:
+        return kernel.occupied_samples(o.contiguous(), d.contiguous(), start.contiguous(),
+                                       delta.contiguous(), mid.numel(),
+                                       occupancy.occupied().reshape(-1).contiguous(),
+                                       occupancy.res, float(occupancy.bound))  # fmt: skip
+    t = start[:, None] + mid[None] * delta[:, None]  # [H, S]
+    return occupancy.lookup(o[:, None] + t[..., None] * d[:, None])

@@ -316,7 +316,13 @@ std::vector<torch::Tensor> hashgrid_backward(torch::Tensor grad_out, torch::Tens
   return {grad_x, grad_table};
 }
 
+// csrc/march.cpp, built into the same module.
+torch::Tensor occupied_samples(torch::Tensor origins, torch::Tensor dirs, torch::Tensor near,
+                               torch::Tensor delta, int64_t samples, torch::Tensor occupied,
+                               int64_t res, double bound);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &hashgrid_forward, "hash grid lookup (CPU)");
   m.def("backward", &hashgrid_backward, "hash grid lookup backward (CPU)");
+  m.def("occupied_samples", &occupied_samples, "the march's occupied samples (CPU)");
 }
