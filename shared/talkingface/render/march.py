@@ -4,7 +4,9 @@ occupancy refresh keep `render_rays` and the field's own forward).
 
 Same samples. Each ray takes the same `samples` points as `render_rays` without jitter (the
 centres of equal steps across the bounding cube), and the occupancy grid drops the same
-empty ones. What changes is the order of work and where a ray stops:
+empty ones (on the CPU the compiled `occupied_samples` of `csrc/march.cpp` picks them from each
+ray, never building the [rays, samples, 3] points; `_occupied`). What changes is the order of
+work and where a ray stops:
 
 - Per-ray compaction. A ray's occupied samples are numbered front to back (their rank);
   the march takes, in each step, the next `step` ranks of every ray still alive, so a step
