@@ -82,3 +82,29 @@ def test_a_refused_outcome_deletes_only_its_own_result(tmp_path):
     assert [i.key for i in store.list("results/acme/j1")] == [keys[0]]
     assert store.get(keys[0]) == keys[0].encode()
     handler.cleanup("j1")  # nothing under work/: fine
+
+
+def test_settling_a_final_job_keeps_only_its_recorded_result(tmp_path):
+    """An attempt killed after storing its mp4 and before recording it never reached its
+    `discard`: once another attempt's outcome is recorded, `settle` removes every result
+    object of the job but the recorded one (all of them when the job did not succeed), and
+    nothing of another job or tenant."""
+    import dataclasses
+
+    from talkingface.broker.jobs import Job
+    from talkingface.broker.render_job import RenderHandler, result_key
+    from talkingface.config import Settings
+
+    store = LocalStore(tmp_path)
+    killed, winner = result_key("acme", "j1", "a1-1-0"), result_key("acme", "j1", "a2-1-0")
+    others = [result_key("acme", "j2", "a1-1-0"), result_key("globex", "j1", "a1-1-0")]
+    for key in (killed, winner, *others):
+        store.put(key, key.encode())
+    handler = RenderHandler(None, store, Settings())  # type: ignore[arg-type]
+    job = Job("j1", "acme", "render", "SUCCEEDED", "MUX", 1.0, 2, "", "", 0, 0, "", "", {},
+              {"video": {"key": winner}}, False)  # fmt: skip
+    handler.settle(job)
+    assert [i.key for i in store.list("results/acme/j1")] == [winner]
+    handler.settle(dataclasses.replace(job, state="FAILED", result=None))
+    assert store.list("results/acme/j1") == []
+    assert sorted(i.key for i in store.list("results")) == sorted(others)

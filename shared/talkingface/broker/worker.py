@@ -215,8 +215,9 @@ def _run(
         return True
     except Cancelled:
         log.info("job cancelled while running", extra=context)
-        if _finish(jobs, job.job_id, lease, state=CANCELLED) is not None:
-            _cleanup(handler, job.job_id, context)
+        cancelled = _finish(jobs, job.job_id, lease, state=CANCELLED)
+        if cancelled is not None:
+            _cleanup(handler, cancelled, context)
         queue.ack(delivery)
         return True
     except Exception as exc:
@@ -237,7 +238,7 @@ def _run(
         log.info("job finished elsewhere first; this outcome is dropped", extra=context)
         _discard(handler, result, context)
     else:
-        _cleanup(handler, job.job_id, context)
+        _cleanup(handler, stored, context)
     queue.ack(delivery)
     return True
 
@@ -255,20 +256,23 @@ def _fail(
     failed = _finish(jobs, delivery.job_id, delivery.lease, state=FAILED, error_code=code,
                      error_message=message[:MAX_ERROR_MESSAGE])  # fmt: skip
     if failed is not None:
-        _cleanup(handler, delivery.job_id, context or {"job_id": delivery.job_id})
+        _cleanup(handler, failed, context or {"job_id": delivery.job_id})
 
 
-def _cleanup(handler: Handler | None, job_id: str, context: dict) -> None:
+def _cleanup(handler: Handler | None, final: Job, context: dict) -> None:
     """The job is final, recorded by this worker while it held the lease: let the handler
     remove what every attempt of the job left (`handler.cleanup(job_id)`, e.g. scratch
-    space kept for resuming)."""
-    cleanup = getattr(handler, "cleanup", None)
-    if cleanup is None:
-        return
-    try:
-        cleanup(job_id)
-    except Exception:
-        log.exception("could not clean up after the job", extra=context)
+    space kept for resuming) and what other attempts made that the record does not name
+    (`handler.settle(job)`, e.g. the result of an attempt killed between storing it and
+    recording it, which no `discard` ever reached)."""
+    for hook, argument in (("cleanup", final.job_id), ("settle", final)):
+        call = getattr(handler, hook, None)
+        if call is None:
+            continue
+        try:
+            call(argument)
+        except Exception:
+            log.exception("could not clean up after the job (%s)", hook, extra=context)
 
 
 def _discard(handler: Handler, result: dict[str, Any] | None, context: dict) -> None:
