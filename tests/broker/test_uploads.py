@@ -81,17 +81,17 @@ def test_a_refused_outcome_deletes_only_its_own_result(tmp_path):
     handler.discard({"video": {"key": keys[1]}})
     assert [i.key for i in store.list("results/acme/j1")] == [keys[0]]
     assert store.get(keys[0]) == keys[0].encode()
-    handler.cleanup("j1")  # nothing under work/: fine
+    handler.cleanup(_final("j1", "acme", keys[0]))  # nothing under work/: fine
+    assert [i.key for i in store.list("results/acme/j1")] == [keys[0]]  # the recorded one stays
 
 
-def test_settling_a_final_job_keeps_only_its_recorded_result(tmp_path):
+def test_cleaning_up_a_final_job_keeps_only_its_recorded_result(tmp_path):
     """An attempt killed after storing its mp4 and before recording it never reached its
-    `discard`: once another attempt's outcome is recorded, `settle` removes every result
+    `discard`: once another attempt's outcome is recorded, `cleanup` removes every result
     object of the job but the recorded one (all of them when the job did not succeed), and
     nothing of another job or tenant."""
     import dataclasses
 
-    from talkingface.broker.jobs import Job
     from talkingface.broker.render_job import RenderHandler, result_key
     from talkingface.config import Settings
 
@@ -101,10 +101,17 @@ def test_settling_a_final_job_keeps_only_its_recorded_result(tmp_path):
     for key in (killed, winner, *others):
         store.put(key, key.encode())
     handler = RenderHandler(None, store, Settings())  # type: ignore[arg-type]
-    job = Job("j1", "acme", "render", "SUCCEEDED", "MUX", 1.0, 2, "", "", 0, 0, "", "", {},
-              {"video": {"key": winner}}, False)  # fmt: skip
-    handler.settle(job)
+    job = _final("j1", "acme", winner)
+    handler.cleanup(job)
     assert [i.key for i in store.list("results/acme/j1")] == [winner]
-    handler.settle(dataclasses.replace(job, state="FAILED", result=None))
+    handler.cleanup(dataclasses.replace(job, state="FAILED", result=None))
     assert store.list("results/acme/j1") == []
     assert sorted(i.key for i in store.list("results")) == sorted(others)
+
+
+def _final(job_id: str, tenant: str, video_key: str):
+    """A SUCCEEDED render job record whose result names `video_key`."""
+    from talkingface.broker.jobs import Job
+
+    return Job(job_id, tenant, "render", "SUCCEEDED", "MUX", 1.0, 2, "", "", 0, 0, "", "", {},
+               {"video": {"key": video_key}}, False)  # fmt: skip

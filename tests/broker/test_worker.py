@@ -514,9 +514,9 @@ def test_a_fenced_read_publishes_nothing(jobs, make_queue, redis_client):
     queue.ack(delivery)
 
 
-def test_the_final_record_is_handed_to_settle(jobs, make_queue):
-    """After recording a job final, the worker hands the record to the handler's `settle`
-    (which removes what other attempts left that the record does not name), once."""
+def test_the_final_record_is_handed_to_cleanup(jobs, make_queue):
+    """After recording a job final, the worker hands the record to the handler's `cleanup`
+    (which removes what the job's attempts left that the record does not name), once."""
     queue = make_queue()
     job = submit(jobs, queue)
     settled: list[Job] = []
@@ -524,7 +524,7 @@ def test_the_final_record_is_handed_to_settle(jobs, make_queue):
     def handler(job, delivery, heartbeat):
         return {"video": {"key": f"results/acme/{job.job_id}/a1/video.mp4"}}
 
-    handler.settle = settled.append  # type: ignore[attr-defined]
+    handler.cleanup = settled.append  # type: ignore[attr-defined]
     done = drive(queue, jobs, job.job_id, handler)
     assert done.state == "SUCCEEDED"
     assert [(j.job_id, j.state, j.result) for j in settled] == [

@@ -259,15 +259,12 @@ class RenderHandler:
         checkpoint["segments"] = kept
         return lm3d, checkpoint
 
-    def cleanup(self, job_id: str) -> None:
-        """The job is final (recorded by the lease holder): remove every attempt's scratch."""
-        Scratch(job_id).clear(self.store)
-
-    def settle(self, job: Job) -> None:
-        """The job is final (recorded by the lease holder): remove every result object under
-        `results/<tenant>/<job_id>/` but the one its record names (none for a job that did
-        not succeed). An attempt killed after storing its mp4 and before recording it leaves
-        one that its own `discard` never reached."""
+    def cleanup(self, job: Job) -> None:
+        """The job is final (recorded by the lease holder): remove every attempt's scratch, and
+        every result object under `results/<tenant>/<job_id>/` but the one its record names
+        (none for a job that did not succeed): an attempt killed after storing its mp4 and
+        before recording it leaves one that its own `discard` never reached."""
+        Scratch(job.job_id).clear(self.store)
         keep = ((job.result or {}).get("video") or {}).get("key")
         for info in self.store.list(f"results/{job.tenant}/{job.job_id}"):
             if info.key != keep:

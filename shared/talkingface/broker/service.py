@@ -261,9 +261,9 @@ def instrumented(kind: str, handler: Handler) -> Handler:
             JOB_ATTEMPTS.labels(kind, outcome).inc()
             JOB_SECONDS.labels(kind, outcome).observe(time.perf_counter() - started)
 
-    # The worker's hooks (a dropped outcome's objects, a final job's scratch and other
-    # attempts' results) stay reachable.
-    for hook in ("discard", "cleanup", "settle"):
+    # The worker's hooks (a dropped outcome's objects, what a final job's attempts left) stay
+    # reachable.
+    for hook in ("discard", "cleanup"):
         if hasattr(handler, hook):
             setattr(run, hook, getattr(handler, hook))
     return run

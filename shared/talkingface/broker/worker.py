@@ -260,19 +260,17 @@ def _fail(
 
 
 def _cleanup(handler: Handler | None, final: Job, context: dict) -> None:
-    """The job is final, recorded by this worker while it held the lease: let the handler
-    remove what every attempt of the job left (`handler.cleanup(job_id)`, e.g. scratch
-    space kept for resuming) and what other attempts made that the record does not name
-    (`handler.settle(job)`, e.g. the result of an attempt killed between storing it and
-    recording it, which no `discard` ever reached)."""
-    for hook, argument in (("cleanup", final.job_id), ("settle", final)):
-        call = getattr(handler, hook, None)
-        if call is None:
-            continue
-        try:
-            call(argument)
-        except Exception:
-            log.exception("could not clean up after the job (%s)", hook, extra=context)
+    """The job is final, recorded by this worker while it held the lease: hand the record to
+    the handler's `cleanup`, which removes what every attempt of the job left and the record
+    does not name (e.g. scratch space kept for resuming, and the result of an attempt killed
+    between storing it and recording it, which no `discard` ever reached)."""
+    cleanup = getattr(handler, "cleanup", None)
+    if cleanup is None:
+        return
+    try:
+        cleanup(final)
+    except Exception:
+        log.exception("could not clean up after the job", extra=context)
 
 
 def _discard(handler: Handler, result: dict[str, Any] | None, context: dict) -> None:
