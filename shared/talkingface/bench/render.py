@@ -208,12 +208,11 @@ def _load_bundle(bundle: Path) -> tuple[Renderer, dict[str, np.ndarray]]:
 
 
 def _job(loaded: tuple[Renderer, dict[str, np.ndarray]], video: AvatarVideo) -> Job:
-    """The renderer with the poses `eval avatar` renders its avatar's frames with: its saved
-    track where that covers the video, else the avatar's own."""
+    """The renderer with the poses `eval avatar` renders its avatar's frames with."""
+    from talkingface.render.checkpoint import track_poses
+
     renderer, track = loaded
-    if len(track["R"]) == len(video):
-        return Job(renderer, track["R"], track["t"])
-    return Job(renderer, video.R, video.t)
+    return Job(renderer, *track_poses(track, video))
 
 
 def _run_bundle(bundle: Path, data: Path, batch: int, frames: int, repeats: int,

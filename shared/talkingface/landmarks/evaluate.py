@@ -182,15 +182,14 @@ class _Failures:
 
     def __init__(self, avatar_dir, bundle_dir, frames: int, device: str) -> None:
         from talkingface.motion.infer import resolve_device
-        from talkingface.render.checkpoint import load_renderer
+        from talkingface.render.checkpoint import load_renderer, track_poses
         from talkingface.render.data import load_avatar
         from talkingface.render.failures import MouthCheck
 
         device = str(resolve_device(device))
         self.renderer, track = load_renderer(Path(bundle_dir) / "renderer", device)
         self.video = load_avatar(avatar_dir, self.renderer.config.output_size)
-        if len(track["R"]) == len(self.video):  # the renderer's own (possibly refined) track
-            self.video.R, self.video.t = np.asarray(track["R"]), np.asarray(track["t"])
+        self.video.R, self.video.t = track_poses(track, self.video)
         self.background = np.asarray(track["background"], np.float32)
         self.check = MouthCheck.fit(self.video)
         self.frames = max(1, frames)

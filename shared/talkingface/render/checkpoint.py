@@ -159,6 +159,15 @@ def load_renderer(
     return renderer, track
 
 
+def track_poses(track: dict[str, np.ndarray], video: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The poses (R, t) to render `video`'s frames with: the renderer's saved track where it
+    covers the video (the avatar's poses, or, refined with the field, the training frames'
+    own and the held-out frames' predicted from them), else the avatar's."""
+    if len(track["R"]) == len(video):
+        return np.asarray(track["R"]), np.asarray(track["t"])
+    return np.asarray(video.R), np.asarray(video.t)
+
+
 def pose_indices(
     frames: int, track_length: int, mode: str = "pingpong", start: int = 0
 ) -> np.ndarray:

@@ -149,16 +149,13 @@ def evaluate(
     max_frames: int | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    from talkingface.render.checkpoint import load_renderer, read_meta
+    from talkingface.render.checkpoint import load_renderer, read_meta, track_poses
     from talkingface.render.data import load_avatar
 
     renderer_dir = Path(bundle_dir) / "renderer"
     renderer, track = load_renderer(renderer_dir, device)
     video = load_avatar(avatar_dir, renderer.config.output_size)
-    if len(track["R"]) == len(video):
-        # The track the renderer saved: the avatar's poses, or, refined with the field, the
-        # training frames' own and the held-out frames' predicted from the training frames.
-        video.R, video.t = np.asarray(track["R"]), np.asarray(track["t"])
+    video.R, video.t = track_poses(track, video)
     result = evaluate_renderer(renderer, video, max_frames)
     meta = read_meta(renderer_dir)
     result.update(
