@@ -10,7 +10,8 @@ import torch
 from talkingface.render import checkpoint as rck
 from talkingface.render.config import preset
 from talkingface.render.march import FieldEvaluator
-from talkingface.render.train import new_renderer, train
+from talkingface.render.renderer import new_renderer
+from talkingface.render.train import train
 
 
 @pytest.fixture(scope="module")

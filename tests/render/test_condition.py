@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from talkingface.render import checkpoint as rck
 from talkingface.render.condition import landmark_bounds, smooth_landmarks
 from talkingface.render.config import preset
-from talkingface.render.train import new_renderer
+from talkingface.render.renderer import new_renderer
 
 
 def test_bounds_leave_the_chosen_share_of_training_values_outside():

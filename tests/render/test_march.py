@@ -9,7 +9,8 @@ import torch
 from talkingface.render.config import preset
 from talkingface.render.data import camera_rays
 from talkingface.render.march import FieldEvaluator, march_rays
-from talkingface.render.train import carve, new_renderer
+from talkingface.render.renderer import new_renderer
+from talkingface.render.train import carve
 from talkingface.render.volume import RayBatch, render_rays
 
 

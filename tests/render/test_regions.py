@@ -10,7 +10,8 @@ import torch
 from talkingface.render import checkpoint as rck
 from talkingface.render.config import preset
 from talkingface.render.regions import draw_in_boxes, eye_ratio, eye_ratios, landmark_boxes
-from talkingface.render.train import RaySampler, new_renderer, train
+from talkingface.render.renderer import new_renderer
+from talkingface.render.train import RaySampler, train
 
 
 def eye_shape(points: np.ndarray, lid: float) -> np.ndarray:

@@ -7,7 +7,8 @@ import torch
 from talkingface.render import checkpoint as rck
 from talkingface.render.config import preset
 from talkingface.render.data import camera_rays, load_avatar, ray_box
-from talkingface.render.train import new_renderer, psnr, ssim, train
+from talkingface.render.renderer import new_renderer, psnr, ssim
+from talkingface.render.train import train
 from talkingface.render.volume import RayBatch, render_rays
 
 MOUTH = slice(48, 68)
@@ -148,7 +149,7 @@ def test_image_metrics():
 def test_so3_exp_is_rodrigues():
     from scipy.spatial.transform import Rotation
 
-    from talkingface.render.train import so3_exp
+    from talkingface.render.poses import so3_exp
 
     w = np.concatenate([np.zeros((1, 3)), 1e-5 * np.ones((1, 3)),
                         np.random.default_rng(0).normal(0, 0.7, (20, 3))])  # fmt: skip
@@ -164,7 +165,7 @@ def test_held_out_poses_get_the_correction_their_pose_predicts(video):
     training frames) corrects held-out frames; the training frames add their own residual."""
     from scipy.spatial.transform import Rotation
 
-    from talkingface.render.train import PoseRefinement, corrected_track, pose_features
+    from talkingface.render.poses import PoseRefinement, corrected_track, pose_features
 
     train_frames = np.arange(*video.train)
     features = pose_features(video.R, video.t, train_frames)

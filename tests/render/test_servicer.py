@@ -21,8 +21,9 @@ from talkingface.render.bundle import RENDERER_FILES, load_renderer_bundle
 from talkingface.render.condition import smooth_landmarks
 from talkingface.render.config import preset
 from talkingface.render.data import load_avatar
+from talkingface.render.renderer import new_renderer
 from talkingface.render.servicer import app
-from talkingface.render.train import new_renderer, train
+from talkingface.render.train import train
 from talkingface.serving.ray_app import deploy
 from talkingface.storage import LocalStore
 from talkingface.tensors import to_tensor

@@ -14,9 +14,10 @@ from talkingface.landmarks.bundle import avatar_index, projection_files
 from talkingface.render import checkpoint as rck
 from talkingface.render.config import preset
 from talkingface.render.data import load_avatar
+from talkingface.render.renderer import new_renderer
 from talkingface.render.servicer import RendererServicer
 from talkingface.render.superres import SRTraining, SuperResolution
-from talkingface.render.train import new_renderer, train
+from talkingface.render.train import train
 from talkingface.storage import LocalStore
 from talkingface.tensors import to_tensor
 from talkingface.v1 import common_pb2

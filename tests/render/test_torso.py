@@ -10,8 +10,9 @@ from talkingface.render import checkpoint as rck
 from talkingface.render.config import RenderConfig, preset
 from talkingface.render.evaluate import evaluate_renderer
 from talkingface.render.files import CONFIG
+from talkingface.render.renderer import new_renderer
 from talkingface.render.torso import new_torso, train_torso
-from talkingface.render.train import RaySampler, new_renderer
+from talkingface.render.train import RaySampler
 
 
 def _train_frames(video):

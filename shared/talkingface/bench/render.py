@@ -55,7 +55,8 @@ import torch
 from talkingface.bench.machine import environment, load_average, sync
 from talkingface.render.config import preset
 from talkingface.render.data import AvatarVideo, load_avatar
-from talkingface.render.train import Renderer, carve, new_renderer
+from talkingface.render.renderer import Renderer, new_renderer
+from talkingface.render.train import carve
 from talkingface.render.volume import update_occupancy
 
 PRESET = "cpu"

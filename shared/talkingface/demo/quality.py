@@ -93,7 +93,7 @@ def measure(clip_dir: Path, video_path: Path, bundle_dir: Path, ckpt_dir: Path,
     from talkingface.pipeline import predict_landmarks
     from talkingface.render.checkpoint import pose_indices
     from talkingface.render.evaluate import mouth_boxes, psnr_where
-    from talkingface.render.train import psnr, ssim
+    from talkingface.render.renderer import psnr, ssim
 
     clip, video, truth = _frame_pairs(clip_dir, video_path)
     n, size = len(video), video.shape[1]

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from talkingface.render.train import Renderer
+    from talkingface.render.renderer import Renderer
     from talkingface.storage.base import ObjectStore
 
 TRACK_KEYS = ("R", "t", "K", "background")

@@ -28,9 +28,9 @@ from talkingface.render.field import LandmarkField
 from talkingface.render.files import CONFIG, TRACK, WEIGHTS
 from talkingface.render.files import FILES as FILES  # re-exported: rck.FILES
 from talkingface.render.files import RENDERER_DIR as RENDERER_DIR
+from talkingface.render.renderer import Renderer
 from talkingface.render.superres import SuperResolution
 from talkingface.render.torso import TorsoField
-from talkingface.render.train import Renderer
 from talkingface.render.volume import OccupancyGrid
 from talkingface.storage.fetch import write_file_atomic
 

@@ -36,7 +36,8 @@ def train_avatar(
     from talkingface.render import checkpoint as rck
     from talkingface.render.config import preset
     from talkingface.render.data import load_avatar
-    from talkingface.render.train import evaluate_frames, new_renderer, train, val_frames
+    from talkingface.render.renderer import new_renderer
+    from talkingface.render.train import evaluate_frames, train, val_frames
 
     if args.publish:
         from talkingface.bundle import avatar_prefix

@@ -95,7 +95,7 @@ def _torso_psnr(out: np.ndarray, truth: np.ndarray, video, frames: np.ndarray) -
 
 
 def evaluate_renderer(renderer, video, max_frames: int | None = None) -> dict[str, Any]:
-    from talkingface.render.train import psnr, ssim
+    from talkingface.render.renderer import psnr, ssim
 
     lo, hi = video.val
     frames = np.arange(lo, hi)
@@ -180,7 +180,8 @@ def ablation(
 
     from talkingface.render.config import preset
     from talkingface.render.data import load_avatar
-    from talkingface.render.train import new_renderer, train
+    from talkingface.render.renderer import new_renderer
+    from talkingface.render.train import train
 
     rows = []
     for n in dims:

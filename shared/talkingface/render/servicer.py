@@ -45,6 +45,7 @@ from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError, abort
 from talkingface.render.checkpoint import pose_indices
 from talkingface.render.condition import smooth_landmarks
+from talkingface.render.renderer import Renderer
 from talkingface.render.requests import (  # noqa: F401 (MAX_RESOLUTION: the stage's limit)
     ENCODINGS,
     MAX_RESOLUTION,
@@ -54,7 +55,6 @@ from talkingface.render.requests import (  # noqa: F401 (MAX_RESOLUTION: the sta
     resolution,
     segment_prefix,
 )
-from talkingface.render.train import Renderer
 from talkingface.serving.cache import ByteLRU
 from talkingface.serving.capability import StageGuard
 from talkingface.serving.payloads import read_lm3d

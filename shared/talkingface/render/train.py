@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,119 +21,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from talkingface.render.condition import landmark_bounds
-from talkingface.render.config import RenderConfig
-from talkingface.render.data import AvatarVideo, camera_rays, landmark_stats
-from talkingface.render.field import LandmarkField
-from talkingface.render.march import march_rays
-from talkingface.render.patches import LipPatches, ssim_loss, ssim_map
+from talkingface.render.data import AvatarVideo, camera_rays
+from talkingface.render.patches import LipPatches, ssim_loss
+from talkingface.render.poses import PoseRefinement, corrected_track, pose_features
 from talkingface.render.regions import draw_in_boxes, landmark_boxes
-from talkingface.render.superres import SRTraining, SuperResolution, check_plate
-from talkingface.render.torso import TorsoField, new_torso, train_torso
+from talkingface.render.renderer import Renderer, psnr, ssim
+from talkingface.render.superres import SRTraining
+from talkingface.render.torso import new_torso, train_torso
 from talkingface.render.volume import OccupancyGrid, RayBatch, render_rays, update_occupancy
 
 log = logging.getLogger(__name__)
 CORE_SHARE = 0.85
 CARVE_AGREE = 0.95
 CARVE_DILATE = 2  # pixels
-
-
-@dataclass
-class Renderer:
-    """A trained (or training) avatar renderer: the field, its occupancy grid, the camera."""
-
-    config: RenderConfig
-    field: LandmarkField
-    occupancy: OccupancyGrid
-    K: torch.Tensor  # [3, 3] at config.size
-    sr: SuperResolution | None = None  # config.sr_scale > 1: the NeRF's frames -> output size
-    fast: bool = True
-    """Render with `march.march_rays` (inference-only, per-ray compaction); False: with
-    `volume.render_rays`, the training path (the reference the fast path is tested against)."""
-    torso: TorsoField | None = None  # the torso layer under the head (config.torso, trained)
-
-    @property
-    def device(self) -> torch.device:
-        return self.field.lm_mean.device
-
-    @torch.no_grad()
-    def render(
-        self,
-        lm3d: np.ndarray | torch.Tensor,
-        R: np.ndarray | torch.Tensor,
-        t: np.ndarray | torch.Tensor,
-        background: np.ndarray | torch.Tensor,
-        rays_per_batch: int = 1 << 15,
-    ) -> tuple[torch.Tensor, int]:
-        """Frames [B, H, W, 3] in [0, 1] for landmarks [B, 68, 3] and poses R [B, 3, 3],
-        t [B, 3] over the plate [H, W, 3]; also the network evaluations spent. H is
-        `config.output_size`: with super-resolution the NeRF renders the head at
-        `config.size` over black and `sr` takes it up over the plate (render.superres)."""
-        dev = self.device
-        lm3d = torch.as_tensor(np.asarray(lm3d), dtype=torch.float32, device=dev)
-        R = torch.as_tensor(np.asarray(R), dtype=torch.float32, device=dev)
-        t = torch.as_tensor(np.asarray(t), dtype=torch.float32, device=dev)
-        bg = torch.as_tensor(np.asarray(background), dtype=torch.float32, device=dev)
-        size = self.config.size
-        if self.sr is not None:
-            plate = check_plate(bg, size, self.config.sr_scale)
-            bg = torch.zeros(size, size, 3, device=dev)  # the head layer, premultiplied
-        b = lm3d.shape[0]
-        cond = self.field.encode_landmarks(self.field.clamp_landmarks(lm3d))
-        ii, jj = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-        xy = torch.stack([jj.reshape(-1) + 0.5, ii.reshape(-1) + 0.5], -1).float().to(dev)
-        frame = torch.arange(b, device=dev).repeat_interleave(size * size)
-        xy_all = xy.repeat(b, 1)
-        if self.torso is not None:  # the head composites over the torso over the plate
-            bg_all = self.torso.layer(R, t, bg).reshape(-1, 3)
-        else:
-            bg_all = bg.reshape(-1, 3).repeat(b, 1)
-        out = torch.empty(b * size * size, 3, device=dev)
-        alpha = torch.empty(b * size * size, device=dev)
-        spent = 0
-        for lo in range(0, out.shape[0], rays_per_batch):
-            sl = slice(lo, lo + rays_per_batch)
-            f = frame[sl]
-            origins, dirs = camera_rays(self.K, R[f], t[f], xy_all[sl])
-            if self.fast:
-                result = march_rays(self.field, origins, dirs, f, cond, bg_all[sl],
-                                    self.occupancy, self.config.samples,
-                                    self.config.stop_transmittance)  # fmt: skip
-                out[sl], alpha[sl] = result.rgb, result.alpha
-                spent += result.samples
-                continue
-            result = render_rays(
-                self.field,
-                RayBatch(origins, dirs, cond[f], bg_all[sl]),
-                self.occupancy,
-                self.config.samples,
-                self.config.chunks,
-                self.config.stop_transmittance,
-            )
-            out[sl], alpha[sl] = result.rgb, result.alpha
-            spent += result.samples
-        out = out.reshape(b, size, size, 3).clamp(0, 1)  # with sr: <= alpha, as premultiplied
-        if self.sr is not None:
-            out = torch.cat([self.sr(out[i : i + 1], alpha.reshape(b, size, size)[i : i + 1],
-                                     plate[None]) for i in range(b)])  # fmt: skip
-        return out, spent
-
-
-def new_renderer(config: RenderConfig, video: AvatarVideo, device: str = "cpu") -> Renderer:
-    lo, hi = video.train
-    mean, std = landmark_stats(video.lm3d[lo:hi])
-    bounds = landmark_bounds(video.lm3d[lo:hi], config.lm_clamp)
-    field_ = LandmarkField(config, torch.from_numpy(mean), torch.from_numpy(std),
-                           *(torch.from_numpy(b) for b in bounds), frames=hi - lo)  # fmt: skip
-    occupancy = OccupancyGrid(config.occupancy_res, config.bound)
-    sr = SuperResolution.from_config(config) if config.sr_scale > 1 else None
-    renderer = Renderer(config, field_, occupancy, torch.from_numpy(video.K), sr=sr)
-    renderer.field.to(device)
-    if sr is not None:
-        sr.to(device)
-    renderer.occupancy.to(device)
-    renderer.K = renderer.K.to(device)
-    return renderer
 
 
 @torch.no_grad()
@@ -225,18 +124,6 @@ class RaySampler:
         )
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())
-    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean SSIM of images [B, H, W, 3] in [0, 1] (11-pixel Gaussian window, sigma 1.5)."""
-    x = a.permute(0, 3, 1, 2).double()
-    y = b.permute(0, 3, 1, 2).double()
-    return float(ssim_map(x, y, taps=11, sigma=1.5, padding=5)[..., 5:-5, 5:-5].mean())
-
-
 @dataclass
 class TrainReport:
     steps: int
@@ -266,84 +153,6 @@ def evaluate_frames(renderer: Renderer, video: AvatarVideo, frames: np.ndarray,
     rendered, spent = renderer.render(video.lm3d[frames], R[frames], t[frames], video.background)
     truth = torch.from_numpy(np.asarray(video.frames[frames])).float().to(rendered.device) / 255
     return rendered, truth, spent
-
-
-def so3_exp(w: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices [N, 3, 3] of axis-angle vectors [N, 3] (Rodrigues, exact at 0)."""
-    theta2 = (w * w).sum(dim=1)[:, None, None]
-    small = theta2 < 1e-8
-    theta = theta2.clamp(min=1e-8).sqrt()
-    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
-    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2.clamp(min=1e-8))
-    zero = torch.zeros_like(w[:, 0])
-    k = torch.stack([zero, -w[:, 2], w[:, 1], w[:, 2], zero, -w[:, 0], -w[:, 1], w[:, 0], zero],
-                    dim=1).reshape(-1, 3, 3)  # fmt: skip
-    eye = torch.eye(3, dtype=w.dtype, device=w.device).expand_as(k)
-    return eye + a * k + b * (k @ k)
-
-
-def pose_features(R: np.ndarray, t: np.ndarray, frames: np.ndarray) -> np.ndarray:
-    """[T, 6]: each frame's estimated rotation (axis-angle, radians) and translation, less
-    their means over `frames` (the training frames)."""
-    from scipy.spatial.transform import Rotation
-
-    rotvec = Rotation.from_matrix(np.asarray(R, np.float64)).as_rotvec()
-    x = np.concatenate([rotvec, np.asarray(t, np.float64)], axis=1)
-    return (x - x[frames].mean(axis=0)).astype(np.float32)
-
-
-class PoseRefinement(torch.nn.Module):
-    """Corrections of estimated head poses, learned with the field: R' = R exp([omega]x) (a
-    turn of the head about its own centre) and t' = t + delta, where (omega, delta) is a
-    linear function of the estimated pose (a pose estimator's bias grows with the pose: a
-    pitch read 0.8x, say), learned from every ray and predicted for any frame, plus a
-    per-frame residual for the training frames (mean held at zero: the field and all poses
-    could otherwise turn together)."""
-
-    def __init__(self, features: np.ndarray, frames: int) -> None:
-        super().__init__()
-        self.register_buffer("features", torch.from_numpy(np.asarray(features, np.float32)))
-        self.linear = torch.nn.Parameter(torch.zeros(features.shape[1], 6))
-        self.residual = torch.nn.Parameter(torch.zeros(frames, 6))
-
-    def correction(self, index: torch.Tensor | None = None, frames: torch.Tensor | None = None):
-        """[N, 6] (omega, delta) for video frames `frames`; `index` their training-frame
-        rows when they are training frames (their residuals are added)."""
-        out = self.features[frames] @ self.linear
-        return out if index is None else out + self.residual[index]
-
-    def apply(self, index, frames, R: torch.Tensor, t: torch.Tensor):
-        c = self.correction(index, frames)
-        return R @ so3_exp(c[:, :3]), t + c[:, 3:]
-
-    @torch.no_grad()
-    def recentre(self) -> None:
-        self.residual -= self.residual.mean(dim=0)
-
-
-def corrected_track(video: AvatarVideo, frames: np.ndarray,
-                    refinement: PoseRefinement) -> tuple[np.ndarray, np.ndarray, dict]:  # fmt: skip
-    """The whole pose track with the refinement applied: the training frames with their own
-    residuals, every other frame (held-out ones) with the linear part alone, which no
-    held-out pixel has seen."""
-    with torch.no_grad():
-        every = torch.arange(len(video), device=refinement.linear.device)
-        linear = refinement.correction(None, every).cpu().double()
-        c = linear.clone()
-        rows = torch.from_numpy(np.asarray(frames))
-        c[rows] += refinement.residual.detach().cpu().double()
-        R = (torch.from_numpy(np.asarray(video.R, np.float64)) @ so3_exp(c[:, :3])).numpy()
-    t = np.asarray(video.t, np.float64) + c[:, 3:].numpy()
-    linear = linear.numpy()[frames]
-    own = c.numpy()[frames]
-    stats = {
-        "rotation_deg_median": round(
-            float(np.rad2deg(np.median(np.linalg.norm(own[:, :3], axis=1)))), 3
-        ),
-        "shift_median": round(float(np.median(np.linalg.norm(own[:, 3:], axis=1))), 4),
-        "linear_share": round(float((linear**2).sum() / max((own**2).sum(), 1e-12)), 3),
-    }
-    return R.astype(np.float32), t.astype(np.float32), stats
 
 
 def train(
