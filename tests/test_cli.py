@@ -7,14 +7,8 @@ import sys
 
 import pytest
 
-from talkingface.cli import (
-    BENCH_ISSUES,
-    BUILT_BENCHES,
-    BUILT_SERVICES,
-    PLANNED,
-    SERVICES,
-    main,
-)
+from talkingface.bench.commands import BUILT_BENCHES
+from talkingface.cli import BUILT_SERVICES, PLANNED, SERVICES, main
 
 
 def test_console_script_is_installed():
@@ -69,7 +63,6 @@ def test_config_reports_bad_settings(capsys, monkeypatch):
 def test_every_stage_benchmark_is_built():
     import importlib
 
-    assert not BENCH_ISSUES
     for stage in BUILT_BENCHES:
         assert callable(importlib.import_module(f"talkingface.bench.{stage}").run), stage
 

@@ -51,19 +51,6 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-BUILT_BENCHES = (
-    "synth",
-    "features",
-    "motion",
-    "projection",
-    "render",
-    "ingest",
-    "api",
-    "chaos",
-)  # talkingface.bench
-BENCH_ISSUES: dict[str, int] = {}  # stage -> issue that builds its benchmark
-
-
 def _print_result(result: dict, as_json: bool) -> None:
     """Human summary, or with --json one JSON object as the last line."""
     if as_json:
@@ -109,33 +96,6 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         print(f"talkingface synth: {exc}", file=sys.stderr)
         return 2
     result["out"] = str(args.out)
-    _print_result(result, args.json)
-    return 0
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.stage not in BUILT_BENCHES:
-        return _not_available(f"`talkingface bench {args.stage}`", BENCH_ISSUES[args.stage])
-    import importlib
-
-    module = importlib.import_module(f"talkingface.bench.{args.stage}")
-    if args.stage == "api":  # the broker API's benchmark takes its broker and load
-        result = module.run(broker=args.broker, clients=args.clients, avatar=args.avatar)
-    elif args.stage == "chaos":  # a fleet broken on a schedule while it renders
-        result = module.run(args.jobs, seed=args.seed, s3_outage_s=args.s3_outage_s,
-                            workers=args.workers)  # fmt: skip
-        _print_result(result, args.json)
-        return 0 if module.passed(result) else 1
-    elif args.stage == "render":  # random weights, or a trained avatar (against another)
-        options = {"frames": args.frames} if args.frames else {}
-        try:
-            result = module.run(bundle=args.bundle, data=args.data, against=args.against,
-                                threads=args.threads, **options)  # fmt: skip
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"talkingface bench render: {exc}", file=sys.stderr)
-            return 2
-    else:
-        result = module.run()
     _print_result(result, args.json)
     return 0
 
@@ -241,39 +201,6 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
     )
     render.add_argument("--json", action="store_true", help="one JSON object as the last line")
     render.set_defaults(func=_cmd_render)
-
-
-def _add_bench(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmark a stage (--json)")
-    bench.add_argument("stage", choices=[*BUILT_BENCHES, *BENCH_ISSUES])
-    bench.add_argument("--json", action="store_true", help="one JSON object as the last line")
-    bench.add_argument(
-        "--broker",
-        metavar="ADDRESS",
-        help="api: measure this broker (default: start a private one)",
-    )
-    bench.add_argument(
-        "--clients", type=int, default=200, help="api: concurrent clients (coroutines; default 200)"
-    )
-    bench.add_argument(
-        "--avatar", default="", help="api with --broker: a READY avatar of TALKINGFACE_TENANT"
-    )
-    bench.add_argument("--jobs", type=int, default=200, help="chaos: jobs to submit (200)")
-    bench.add_argument("--seed", type=int, default=0, help="chaos: picks the victims (0)")
-    bench.add_argument(
-        "--s3-outage-s", type=float, default=60.0, help="chaos: S3 outage, seconds (60)"
-    )
-    bench.add_argument("--workers", type=int, default=2, help="chaos: worker processes (2)")
-    bench.add_argument("--bundle", help="render: time this trained avatar bundle (with --data)")
-    bench.add_argument("--data", help="render with --bundle: the bundle's avatar directory")
-    bench.add_argument(
-        "--against",
-        help="render with --bundle: another bundle of that avatar (e.g. trained by an older "
-        "version) timed on cff8805's path as the reference",
-    )
-    bench.add_argument("--frames", type=int, help="render: distinct frames timed (default 8)")
-    bench.add_argument("--threads", type=int, help="render: torch CPU threads (default: torch's)")
-    bench.set_defaults(func=_cmd_bench)
 
 
 # Built services: name -> (module with `standalone(settings)` and `app(settings)`, pb2_grpc
@@ -438,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     config.set_defaults(func=_cmd_config)
 
     _add_synth(sub)
-    _add_bench(sub)
+    from talkingface.bench.commands import add_bench
+
+    add_bench(sub)
 
     serve = sub.add_parser("serve", help="run one fleet service as a standalone gRPC server")
     serve.add_argument("service", choices=SERVICES)
