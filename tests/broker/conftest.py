@@ -5,6 +5,7 @@ broker's API, its store and Redis) and workers for the length of a test."""
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
@@ -15,9 +16,10 @@ import redis
 
 from talkingface.broker.avatars import AvatarRegistry
 from talkingface.broker.client import BrokerClient
-from talkingface.broker.jobs import JobStore
+from talkingface.broker.jobs import Job, JobStore
 from talkingface.broker.queue import WorkQueue
 from talkingface.broker.service import broker_server, worker_pool
+from talkingface.broker.worker import run_once
 from talkingface.config import Settings
 from talkingface.serving.fleet import deploy_fleet, load_serve_config
 from talkingface.storage import MinioStore
@@ -69,6 +71,23 @@ def make_queue(redis_client: redis.Redis) -> Callable[..., WorkQueue]:
         return WorkQueue(redis_client, name, **options)
 
     return make
+
+
+def submit(jobs: JobStore, queue: WorkQueue, tenant: str = "acme") -> Job:
+    job, _ = jobs.create(tenant, "render", {"upload_id": "u1"})
+    queue.enqueue(job.job_id, {"upload_id": "u1"})
+    return job
+
+
+def drive(queue, jobs, job_id, handler, consumer="w1", limit_s=15.0) -> Job:
+    """Run the worker until the job is final and its queue is empty."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        run_once(queue, jobs, consumer, handler, block_ms=50)
+        job = jobs.get(job_id)
+        if job.terminal and queue.depth() == 0:
+            return job
+    raise AssertionError(f"job {job_id} did not finish: {jobs.get(job_id)}")
 
 
 def assert_drained(queue: WorkQueue) -> None:
