@@ -164,3 +164,50 @@ def test_a_coroutine_stream_is_refused():
     handler = grpc.unary_stream_rpc_method_handler(stream)
     with pytest.raises(TypeError, match="unary-unary"):
         bridged(handler, pool=None)
+
+
+class _CallContext:
+    """The two things SyncContext asks of the asyncio server's context in this test."""
+
+    def add_done_callback(self, callback) -> None:
+        pass
+
+    async def abort(self, code, details):
+        raise AssertionError("a stopped loop never runs this")
+
+
+def test_an_abort_that_a_stopping_loop_never_runs_is_closed_not_left_unawaited():
+    """The server's loop stops after an abort was handed to it and before it ran: the call
+    ends with "the server has stopped", and the coroutine is closed, not garbage-collected
+    with "coroutine ... was never awaited" (a warning CI runs printed at random)."""
+    import asyncio
+    import gc
+    import warnings
+
+    from talkingface.serving.aio import SyncContext
+
+    loop = asyncio.new_event_loop()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_then_stop():  # the loop is busy while the abort is submitted, then stops
+        holding.set()
+        release.wait(5)
+        loop.stop()
+
+    runner = threading.Thread(target=loop.run_forever)
+    runner.start()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            loop.call_soon_threadsafe(hold_then_stop)
+            assert holding.wait(5)
+            context = SyncContext(_CallContext(), loop)
+            threading.Timer(0.2, release.set).start()
+            with pytest.raises(RuntimeError, match="the server has stopped"):
+                context.abort(grpc.StatusCode.INTERNAL, "x")
+        finally:
+            release.set()
+            runner.join(5)
+            loop.close()  # drops the callback that would have run the abort
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]

@@ -56,26 +56,30 @@ class SyncContext:
             raise RuntimeError("the server has stopped")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
-    def _wait(self, future: futures.Future) -> BaseException | None:
-        """The exception `future` ended with (None when it returned), waiting while the loop
-        runs: a loop stopped meanwhile never runs it."""
+    def _wait(self, coroutine: Any) -> BaseException | None:
+        """Run `coroutine` on the server's loop; the exception it ended with (None when it
+        returned), waiting while the loop runs. A loop stopped meanwhile never runs it: it is
+        closed then, not left to be collected unawaited."""
+        future = self._submit(coroutine)
         while True:
             try:
                 return future.exception(timeout=_READ_POLL_S)
             except futures.TimeoutError:
                 if not self._loop.is_running():
                     future.cancel()
+                    if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
+                        coroutine.close()
                     return RuntimeError("the server has stopped")
 
     def _run(self, coroutine: Any) -> None:
-        error = self._wait(self._submit(coroutine))
+        error = self._wait(coroutine)
         if error is not None:
             raise error
 
     def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         # The asyncio context sends the status, then raises AbortError: raised here too, it
         # ends the method as the thread-pool server's abort does.
-        error = self._wait(self._submit(self._context.abort(code, details)))
+        error = self._wait(self._context.abort(code, details))
         raise error if error is not None else RuntimeError("abort did not end the call")
 
     def abort_with_status(self, status: Any) -> None:
