@@ -170,6 +170,29 @@ def test_a_result_whose_record_is_gone_is_deleted_at_once(broker):
     assert broker.store.exists(f"results/{tenant}/{kept}/video.mp4")
 
 
+def test_objects_that_a_final_record_does_not_name_are_deleted(broker):
+    """A killed attempt's video (stored, never recorded) goes once the job is final; what the
+    record names stays, and nothing of a running job is touched."""
+    tenant = new_tenant()
+    succeeded = finished_job(broker, tenant)
+    stray = f"results/{tenant}/{succeeded}/a1/video.mp4"
+    broker.store.put(stray, b"mp4 of a killed attempt")
+    failed, _ = broker.jobs.create(tenant, "render", {"audio_key": "x"})
+    broker.store.put(f"results/{tenant}/{failed.job_id}/a1/video.mp4", b"mp4")
+    broker.jobs.update(failed.job_id, state="FAILED")
+    running, _ = broker.jobs.create(tenant, "render", {"audio_key": "x"})
+    broker.jobs.update(running.job_id, state="RUNNING")
+    in_flight = f"results/{tenant}/{running.job_id}/a1/video.mp4"
+    broker.store.put(in_flight, b"mp4")
+    report = janitor(broker).sweep()
+    assert keys_under(broker.store, f"results/{tenant}") == sorted(
+        [f"results/{tenant}/{succeeded}/video.mp4", in_flight]
+    )
+    assert sorted(report.strays) == sorted(
+        [stray, f"results/{tenant}/{failed.job_id}/a1/video.mp4"]
+    )
+
+
 def test_the_dead_letter_stream_stays_at_its_cap(broker):
     queue = WorkQueue(broker.redis, f"ret-{uuid.uuid4().hex[:8]}", lease_ms=200)
     queue.ensure_group()

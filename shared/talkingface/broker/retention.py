@@ -25,7 +25,10 @@ A result never outlives its job record unseen: the sweep lists `results/` and de
 result whose record is gone (expired, deleted, or another tenant's id), whatever its age,
 and deleting a record for retention (or DeleteJob) deletes its result in the same call. So a
 result is reachable through its job for as long as it exists, apart from at most one sweep
-interval after Redis expired the record.
+interval after Redis expired the record. Under a final job's results the sweep also deletes
+every object its record does not name (all of them for a job that did not succeed): the
+worker's cleanup does that when the job ends, and the sweep catches what an outage of the
+store kept it from deleting (a killed attempt's video, stored but never recorded).
 
 `delete_job` (the DeleteJob RPC) cancels a job that has not ended (a QUEUED one is CANCELLED
 at once; a RUNNING one is flagged and its worker stops at its next heartbeat, when it finds
@@ -44,6 +47,7 @@ again and finds what is left.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -138,6 +142,7 @@ class SweepReport:
 
     uploads: list[str] = field(default_factory=list)  # upload prefixes
     results: list[str] = field(default_factory=list)  # result prefixes
+    strays: list[str] = field(default_factory=list)  # result objects no final record names
     jobs: list[str] = field(default_factory=list)  # job ids whose records were deleted
     dead_letters: int = 0  # entries trimmed
 
@@ -238,10 +243,10 @@ class Retention:
             report.dead_letters = self.trim_dead_letters()
         except redis.RedisError as exc:
             log.warning("cannot trim the dead-letter streams: %r", exc)
-        if report.uploads or report.results or report.jobs or report.dead_letters:
-            log.info("retention removed %d uploads, %d results, %d job records, %d dead letters",
-                     len(report.uploads), len(report.results), len(report.jobs),
-                     report.dead_letters)  # fmt: skip
+        if report.uploads or report.results or report.strays or report.jobs or report.dead_letters:
+            log.info("retention removed %d uploads, %d results, %d stray result objects, %d job "
+                     "records, %d dead letters", len(report.uploads), len(report.results),
+                     len(report.strays), len(report.jobs), report.dead_letters)  # fmt: skip
         return report
 
     def _tenants_with_jobs(self) -> list[str]:
@@ -278,25 +283,29 @@ class Retention:
                         self.redis.zrem(index, member)
 
     def _sweep_results(self, now: float, ttl, report: SweepReport) -> None:
-        """Results whose record is gone, or older than the tenant's result retention."""
-        groups: dict[tuple[str, str], float | None] = {}
+        """Results whose record is gone, or older than the tenant's result retention; and
+        the strays of ended jobs: objects under a final job's results that its record does
+        not name (an attempt killed between storing its video and recording it, when the
+        cleanup that follows the job's end could not reach the store)."""
+        groups: dict[tuple[str, str], tuple[float | None, list[str]]] = {}
         for info in self.store.list(RESULTS):
             parts = info.key.split("/")
             if len(parts) < 4:
                 continue
             group = (parts[1], parts[2])
-            modified = info.modified
-            if group in groups and groups[group] is not None and modified is not None:
-                modified = max(modified, groups[group])  # the newest object dates the result
-            groups[group] = modified
+            modified, keys = groups.get(group, (None, []))
+            if info.modified is not None:  # the newest object dates the result
+                modified = info.modified if modified is None else max(modified, info.modified)
+            groups[group] = (modified, [*keys, info.key])
         items = sorted(groups.items())
         for start in range(0, len(items), BATCH):
             batch = items[start : start + BATCH]
             with self.redis.pipeline(transaction=False) as pipe:
                 for (_, job_id), _ in batch:
-                    pipe.hmget(job_key(job_id), "tenant", "updated_at")
+                    pipe.hmget(job_key(job_id), "tenant", "updated_at", "state", "result")
                 records = pipe.execute()
-            for ((tenant, job_id), modified), (owner, updated) in zip(batch, records, strict=True):
+            for ((tenant, job_id), (modified, keys)), record in zip(batch, records, strict=True):
+                owner, updated, state, result = record
                 seconds = ttl(tenant, "result_retention_seconds")
                 if modified is None and updated is not None:
                     modified = int(_text(updated)) / 1000
@@ -306,6 +315,12 @@ class Retention:
                     prefix = f"{RESULTS}/{tenant}/{job_id}"
                     self.store.delete_prefix(prefix)
                     report.results.append(prefix)
+                elif state is not None and _text(state) in TERMINAL_STATES:
+                    named = _named_keys(json.loads(_text(result)) if result else None)
+                    for key in keys:
+                        if key not in named:
+                            self.store.delete(key)
+                            report.strays.append(key)
 
     def _sweep_uploads(self, now: float, ttl, report: SweepReport) -> None:
         """Uploads older than the tenant's upload retention that no active job reads."""
@@ -436,6 +451,17 @@ class Retention:
         except redis.ResponseError:
             return "?"
         return None if owner is None else _text(owner)
+
+
+def _named_keys(value: Any) -> set[str]:
+    """Every object key under `results/` that a job's result (parsed JSON) names."""
+    if isinstance(value, str):
+        return {value} if value.startswith(f"{RESULTS}/") else set()
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return set().union(*(_named_keys(v) for v in value))
+    return set()
 
 
 def _segment(value: str) -> bool:
