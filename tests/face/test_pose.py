@@ -14,6 +14,7 @@ from talkingface.face.pose import (
     euler_degrees,
     frame_poses,
     rotation_angle_degrees,
+    smooth_poses,
     umeyama,
 )
 from talkingface.face.track import FaceTracker
@@ -65,3 +66,37 @@ def test_poses_recovered_from_meshes_under_known_motion(head):
     errors = rotation_angle_degrees(rel_est, rel_true)
     assert np.median(errors) < 0.5 and errors.max() < 1.5, errors.round(2)
     assert residual.max() < 1.5
+
+
+def test_pose_smoothing_takes_out_frame_noise_without_lagging_the_motion():
+    """A head turning and nodding at speech rates (0.3 and 0.5 Hz) read with the face mesh's
+    kind of noise (0.7 degrees, 2 % of scale and 0.5 px a frame): the smoothed track is
+    nearer the motion, and on the clean track the smoothing moves nothing by more than a
+    third of a degree (zero phase: no lag; the Gaussian only rounds the peaks of the 0.5 Hz
+    nod off, by 3 %), except within 8 frames of the ends, where a head turning at 28 degrees
+    a second when the video starts is held back by at most a degree."""
+    rng = np.random.default_rng(5)
+    time_s = np.arange(250) / 25
+    angles = np.stack([15 * np.sin(2 * np.pi * 0.3 * time_s), 8 * np.sin(2 * np.pi * 0.5 * time_s),
+                       np.zeros_like(time_s)], 1)  # fmt: skip
+    clean = Rotation.from_euler("yxz", angles, degrees=True).as_matrix()
+    scale = 1 + 0.05 * np.sin(2 * np.pi * 0.2 * time_s)
+    shift = np.stack([100 + 20 * np.sin(2 * np.pi * 0.25 * time_s), 120 + 0 * time_s,
+                      0 * time_s], 1)  # fmt: skip
+    noisy = Rotation.from_rotvec(np.deg2rad(rng.normal(0, 0.7, (250, 3)))).as_matrix() @ clean
+    noisy_scale = scale * (1 + rng.normal(0, 0.02, 250))
+    noisy_shift = shift + rng.normal(0, 0.5, (250, 3))
+
+    s, rot, t = smooth_poses(noisy_scale, noisy, noisy_shift, 2.0)
+    before = np.median(rotation_angle_degrees(noisy, clean))
+    after = np.median(rotation_angle_degrees(rot, clean))
+    assert after < 0.6 * before, (before, after)
+    assert np.median(abs(s / scale - 1)) < 0.6 * np.median(abs(noisy_scale / scale - 1))
+    assert np.median(abs(t - shift)) < 0.6 * np.median(abs(noisy_shift - shift))
+
+    s, rot, t = smooth_poses(scale, clean, shift, 2.0)
+    error = rotation_angle_degrees(rot, clean)
+    assert error[8:-8].max() < 0.35 and error.max() < 1.0
+    assert abs(s / scale - 1).max() < 0.002
+    assert abs(t - shift)[8:-8].max() < 0.25 and abs(t - shift).max() < 1.0
+    assert smooth_poses(noisy_scale, noisy, noisy_shift, 0.0)[1] is noisy

@@ -42,6 +42,8 @@ from talkingface.face.pose import (
     canonical_shape,
     euler_degrees,
     frame_poses,
+    rotation_angle_degrees,
+    smooth_poses,
     umeyama,
 )
 from talkingface.face.track import COUNT_MIN_SCORE, FaceTracker, PersonSegmenter, jitter, smooth
@@ -60,6 +62,7 @@ MIN_FACE_PX = 40  # median inter-ocular distance below this: VIDEO_FACE_TOO_SMAL
 EXTREME_YAW, EXTREME_PITCH = 45.0, 35.0  # VIDEO_EXTREME_POSE when most frames pass these
 MIN_MOUTH_MOTION = 0.01  # std of the mouth opening (canonical units) below this: VIDEO_FROZEN
 SMOOTH_MIN_CUTOFF, SMOOTH_BETA = 3.0, 1.0  # One-Euro: Hz, and Hz per (pixel / s)
+POSE_SMOOTH_FRAMES = 2.0  # the head poses' Gaussian smoothing (sigma, frames): docs/ingest.md
 STILL_IMAGE_CODECS = {"png", "mjpeg", "jpegls", "bmp", "gif", "webp", "tiff", "jpeg2000"}
 D = np.diag([1.0, -1.0, -1.0])  # image axes (x right, y down, z away) <-> contract axes
 
@@ -280,7 +283,8 @@ def _geometry(track: dict[str, Any], frame_hw: tuple[int, int], fov_deg: float) 
     mesh = track["mesh"].astype(np.float64)
     step = max(1, len(mesh) // 300)  # the shape from at most ~300 frames
     shape = canonical_shape(mesh[::step])
-    s, rot, shift, residual = frame_poses(mesh, shape)
+    s, raw_rot, shift, residual = frame_poses(mesh, shape)
+    s, rot, shift = smooth_poses(s, raw_rot, shift, POSE_SMOOTH_FRAMES)
     # The shape in the contract's frame: P = sigma Q D C + o.
     sigma, q, o = umeyama(shape[IBUG68] @ D.T, _contract_template())
     # Expression in canonical space: each frame's mesh brought back through its own pose.
@@ -301,7 +305,13 @@ def _geometry(track: dict[str, Any], frame_hw: tuple[int, int], fov_deg: float) 
     return {
         "lm3d": lm3d, "R": r_cam.astype(np.float32), "t": t_cam.astype(np.float32),
         "focal": focal, "k": k, "origin_px": origin_px, "residual": residual, "euler": euler,
+        "turn_deg": {"raw": _turns(raw_rot), "smoothed": _turns(rot)},
     }  # fmt: skip
+
+
+def _turns(rot: np.ndarray) -> float:
+    """Median frame-to-frame turn of the head, in degrees."""
+    return float(np.median(rotation_angle_degrees(rot[1:], rot[:-1]))) if len(rot) > 1 else 0.0
 
 
 def _check_geometry(geometry: dict) -> None:
@@ -405,6 +415,8 @@ def _write(out, frames, count, frame_hw, track, geometry, audio, size, say) -> d
                                 _r(np.max(geometry["euler"][:, j]))]
                          for j, name in enumerate(("yaw", "pitch", "roll"))},
         "pose_residual_px": _r(np.median(geometry["residual"])),
+        "pose_turn_per_frame_deg": {k: _r(v) for k, v in geometry["turn_deg"].items()},
+        "pose_smoothing_frames": POSE_SMOOTH_FRAMES,
         "crop": {"x0": _r(x0), "y0": _r(y0), "side": _r(side), "size": size},
         "mask_coverage": {"person": _r(np.mean(coverage)), "head": _r(heads.mean()),
                           "torso": _r(torsos.mean()), "plate_unseen": _r(unseen)},

@@ -6,8 +6,9 @@ estimated from the video itself (`canonical_shape`): start from the most frontal
 align every frame to the current estimate with a similarity transform (Umeyama's
 least-squares rotation, scale and translation, weighted towards the points that move least
 with expression), average the aligned shapes, and repeat. Each frame's pose is then the
-similarity that carries the canonical shape onto it (`frame_poses`), and yaw, pitch and roll
-follow from its rotation (`euler_degrees`).
+similarity that carries the canonical shape onto it (`frame_poses`), smoothed along time
+(`smooth_poses`: the mesh's frame-to-frame noise is not the head's motion), and yaw, pitch and
+roll follow from its rotation (`euler_degrees`).
 
 Umeyama, "Least-squares estimation of transformation parameters between two point
 patterns", IEEE TPAMI 13(4), 1991.
@@ -103,6 +104,38 @@ def frame_poses(meshes: np.ndarray, canonical: np.ndarray):
         diff = apply(s, rot, t, canonical[RIGID]) - mesh[RIGID]
         residual.append(float(np.sqrt((diff**2).sum(axis=1).mean())))
     return np.array(scales), np.stack(rots), np.stack(shifts), np.array(residual)
+
+
+def smooth_poses(scale: np.ndarray, rot: np.ndarray, shift: np.ndarray, sigma: float):
+    """Per-frame similarities (s [T], R [T, 3, 3], t [T, 3]) smoothed along time by a Gaussian
+    of `sigma` frames, zero-phase (no lag): the rotations as axis-angle vectors about their
+    mean, the scales in log, the translations as they are. The face mesh reads a rigid head
+    with frame-to-frame noise of about half a degree and a few per cent of scale that the
+    head itself does not have."""
+    from scipy.spatial.transform import Rotation
+
+    if sigma <= 0 or len(rot) < 2:
+        return scale, rot, shift
+    mean = Rotation.from_matrix(rot).mean()
+    turns = _smooth_track((mean.inv() * Rotation.from_matrix(rot)).as_rotvec(), sigma)
+    rot = (mean * Rotation.from_rotvec(turns)).as_matrix()
+    scale = np.exp(_smooth_track(np.log(scale)[:, None], sigma)[:, 0])
+    return scale, rot, _smooth_track(np.asarray(shift, np.float64), sigma)
+
+
+def _smooth_track(x: np.ndarray, sigma: float) -> np.ndarray:
+    """[T, D] smoothed along T by a Gaussian. Beyond each end the track is extended by point
+    reflection about the end's smoothed value (the Gaussian over the track held still past
+    the end), so a track still moving at its first or last frame keeps most of its course
+    and an end frame's own noise is averaged out as any other frame's."""
+    from scipy.ndimage import gaussian_filter1d
+
+    pad = min(len(x) - 1, int(np.ceil(4 * sigma)))
+    held = gaussian_filter1d(x, sigma, axis=0, mode="nearest")
+    head = 2 * held[:1] - x[1 : pad + 1][::-1]
+    tail = 2 * held[-1:] - x[-pad - 1 : -1][::-1]
+    padded = np.concatenate([head, x, tail])
+    return gaussian_filter1d(padded, sigma, axis=0, mode="nearest")[pad : pad + len(x)]
 
 
 def euler_degrees(rot: np.ndarray) -> np.ndarray:
