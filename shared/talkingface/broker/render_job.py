@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 from talkingface.broker.beating import Beating
 from talkingface.broker.jobs import Job
 from talkingface.broker.queue import Delivery
+from talkingface.broker.retention import unnamed_results
 from talkingface.broker.stages import Scratch, StageClients, job_issuer
 from talkingface.broker.worker import Cancelled, HandBack, Heartbeat, LeaseLost
 from talkingface.config import Settings
@@ -265,11 +266,10 @@ class RenderHandler:
         (none for a job that did not succeed): an attempt killed after storing its mp4 and
         before recording it leaves one that its own `discard` never reached."""
         Scratch(job.job_id).clear(self.store)
-        keep = ((job.result or {}).get("video") or {}).get("key")
-        for info in self.store.list(f"results/{job.tenant}/{job.job_id}"):
-            if info.key != keep:
-                with contextlib.suppress(StoreError):
-                    self.store.delete(info.key)
+        left = (info.key for info in self.store.list(f"results/{job.tenant}/{job.job_id}"))
+        for key in unnamed_results(job.result, left):
+            with contextlib.suppress(StoreError):
+                self.store.delete(key)
 
     # --- render shards ---------------------------------------------------------------------
 

@@ -316,11 +316,10 @@ class Retention:
                     self.store.delete_prefix(prefix)
                     report.results.append(prefix)
                 elif state is not None and _text(state) in TERMINAL_STATES:
-                    named = _named_keys(json.loads(_text(result)) if result else None)
-                    for key in keys:
-                        if key not in named:
-                            self.store.delete(key)
-                            report.strays.append(key)
+                    recorded = json.loads(_text(result)) if result else None
+                    for key in unnamed_results(recorded, keys):
+                        self.store.delete(key)
+                        report.strays.append(key)
 
     def _sweep_uploads(self, now: float, ttl, report: SweepReport) -> None:
         """Uploads older than the tenant's upload retention that no active job reads."""
@@ -451,6 +450,14 @@ class Retention:
         except redis.ResponseError:
             return "?"
         return None if owner is None else _text(owner)
+
+
+def unnamed_results(result: dict | None, keys: Iterable[str]) -> list[str]:
+    """The result objects among `keys` that a final job's `result` (its record's, parsed)
+    does not name: what its attempts left besides the result that counts (all of `keys` for
+    a job without a result). The worker's cleanup and the retention sweep both go by it."""
+    named = _named_keys(result)
+    return [key for key in keys if key not in named]
 
 
 def _named_keys(value: Any) -> set[str]:
