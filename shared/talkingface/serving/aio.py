@@ -34,9 +34,8 @@ import grpc
 _END = object()
 # How often a blocked read of a client stream looks whether the call has ended.
 _READ_POLL_S = 1.0
-_SETTLE_TURNS = 3
 # How long a client stream's end waits for its call's end, which a client that went away
-# brings (seen: within 6 ms of it, 1 read in 40 later than _SETTLE_TURNS turns of the loop).
+# brings (seen: within 6 ms of it; 1 read in 40 later than three turns of the loop).
 _SETTLE_S, _SETTLE_POLL_S = 0.1, 0.005
 
 
@@ -164,8 +163,6 @@ class SyncRequests:
             # A client that went away reads as the end of its stream too. Its call ends in the
             # same batch of events or soon after: wait up to _SETTLE_S for that to land (a
             # stream that really ended waits it all out, its call staying active).
-            for _ in range(_SETTLE_TURNS):
-                await asyncio.sleep(0)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + _SETTLE_S
             while self._context.is_active() and loop.time() < deadline:
