@@ -130,10 +130,13 @@ def _smooth_track(x: np.ndarray, sigma: float) -> np.ndarray:
     and an end frame's own noise is averaged out as any other frame's."""
     from scipy.ndimage import gaussian_filter1d
 
-    pad = min(len(x) - 1, int(np.ceil(4 * sigma)))
-    held = gaussian_filter1d(x, sigma, axis=0, mode="nearest")
-    head = 2 * held[:1] - x[1 : pad + 1][::-1]
-    tail = 2 * held[-1:] - x[-pad - 1 : -1][::-1]
+    pad = min(len(x) - 1, int(np.ceil(4 * sigma)))  # the Gaussian's reach (4 sigma)
+
+    def held(end: np.ndarray) -> np.ndarray:  # the smoothed value at end[0], held past it
+        return gaussian_filter1d(end, sigma, axis=0, mode="nearest")[:1]
+
+    head = 2 * held(x[: pad + 1]) - x[1 : pad + 1][::-1]
+    tail = 2 * held(x[::-1][: pad + 1]) - x[-pad - 1 : -1][::-1]
     padded = np.concatenate([head, x, tail])
     return gaussian_filter1d(padded, sigma, axis=0, mode="nearest")[pad : pad + len(x)]
 
