@@ -51,7 +51,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_result(result: dict, as_json: bool) -> None:
+def print_result(result: dict, as_json: bool) -> None:
     """Human summary, or with --json one JSON object as the last line."""
     if as_json:
         print(json.dumps(result, sort_keys=True))
@@ -96,7 +96,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         print(f"talkingface synth: {exc}", file=sys.stderr)
         return 2
     result["out"] = str(args.out)
-    _print_result(result, args.json)
+    print_result(result, args.json)
     return 0
 
 
@@ -172,7 +172,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"talkingface render: {exc}", file=sys.stderr)
         return 2
-    _print_result(result, args.json)
+    print_result(result, args.json)
     return 0
 
 
@@ -299,7 +299,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
         print(f"talkingface features: {exc.code}: {exc.message}", file=sys.stderr)
         return 2
     np.savez_compressed(args.out, **result.arrays())
-    _print_result(
+    print_result(
         {
             "frames": result.frames(),
             "fps": 25,

@@ -21,7 +21,7 @@ BUILT_BENCHES = (
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
-    from talkingface.cli import _print_result
+    from talkingface.cli import print_result
 
     module = importlib.import_module(f"talkingface.bench.{args.stage}")
     if args.stage == "api":  # the broker API's benchmark takes its broker and load
@@ -29,7 +29,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.stage == "chaos":  # a fleet broken on a schedule while it renders
         result = module.run(args.jobs, seed=args.seed, s3_outage_s=args.s3_outage_s,
                             workers=args.workers)  # fmt: skip
-        _print_result(result, args.json)
+        print_result(result, args.json)
         return 0 if module.passed(result) else 1
     elif args.stage == "render":  # random weights, or a trained avatar (against another)
         options = {"frames": args.frames} if args.frames else {}
@@ -41,7 +41,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             return 2
     else:
         result = module.run()
-    _print_result(result, args.json)
+    print_result(result, args.json)
     return 0
 
 
