@@ -35,17 +35,9 @@ from PIL import Image
 
 from talkingface import __version__
 from talkingface.errors import TalkingFaceError
+from talkingface.face.geometry import POSE_SMOOTH_FRAMES, check_geometry, head_geometry
 from talkingface.face.ibug68 import IBUG68, REGIONS, interocular
 from talkingface.face.masks import background_plate, neck_cut
-from talkingface.face.pose import (
-    apply,
-    canonical_shape,
-    euler_degrees,
-    frame_poses,
-    rotation_angle_degrees,
-    smooth_poses,
-    umeyama,
-)
 from talkingface.face.track import COUNT_MIN_SCORE, FaceTracker, PersonSegmenter, jitter, smooth
 from talkingface.face.video import iter_frames, probe
 
@@ -59,18 +51,8 @@ MAX_TRACK_SIDE = 1280  # frames are tracked at most this large (long side)
 MAX_NO_FACE = 0.2  # more frames than this without a face: VIDEO_NO_FACE
 MAX_MULTI_FACE_COUNTS = 3  # more face counts than this seeing two faces: VIDEO_MULTIPLE_FACES
 MIN_FACE_PX = 40  # median inter-ocular distance below this: VIDEO_FACE_TOO_SMALL
-EXTREME_YAW, EXTREME_PITCH = 45.0, 35.0  # VIDEO_EXTREME_POSE when most frames pass these
-MIN_MOUTH_MOTION = 0.01  # std of the mouth opening (canonical units) below this: VIDEO_FROZEN
 SMOOTH_MIN_CUTOFF, SMOOTH_BETA = 3.0, 1.0  # One-Euro: Hz, and Hz per (pixel / s)
-POSE_SMOOTH_FRAMES = 2.0  # the head poses' Gaussian smoothing (sigma, frames): docs/ingest.md
 STILL_IMAGE_CODECS = {"png", "mjpeg", "jpegls", "bmp", "gif", "webp", "tiff", "jpeg2000"}
-D = np.diag([1.0, -1.0, -1.0])  # image axes (x right, y down, z away) <-> contract axes
-
-
-def _contract_template() -> np.ndarray:
-    from talkingface.data.synthtalk.face import MEAN_SHAPE
-
-    return np.asarray(MEAN_SHAPE, np.float64)
 
 
 def ingest(
@@ -133,8 +115,8 @@ def ingest(
     audio = audio[lo * SAMPLES_PER_FRAME : hi * SAMPLES_PER_FRAME]
     seconds = (hi - lo) / FPS
     _check_length(seconds, min_seconds, cut=total - (hi - lo))
-    geometry = _geometry(track, frame_hw, fov_deg)
-    _check_geometry(geometry)
+    geometry = head_geometry(track["mesh"], frame_hw, fov_deg)
+    check_geometry(geometry)
     say("crop", 0.6)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -274,60 +256,6 @@ def _interpolate(meshes: np.ndarray, found: np.ndarray) -> np.ndarray:
     for j in range(flat.shape[1]):
         out[:, j] = np.interp(index, index[found], flat[found, j])
     return out.reshape(meshes.shape)
-
-
-# --- geometry ----------------------------------------------------------------------------------
-
-
-def _geometry(track: dict[str, Any], frame_hw: tuple[int, int], fov_deg: float) -> dict:
-    mesh = track["mesh"].astype(np.float64)
-    step = max(1, len(mesh) // 300)  # the shape from at most ~300 frames
-    shape = canonical_shape(mesh[::step])
-    s, raw_rot, shift, residual = frame_poses(mesh, shape)
-    s, rot, shift = smooth_poses(s, raw_rot, shift, POSE_SMOOTH_FRAMES)
-    # The shape in the contract's frame: P = sigma Q D C + o.
-    sigma, q, o = umeyama(shape[IBUG68] @ D.T, _contract_template())
-    # Expression in canonical space: each frame's mesh brought back through its own pose.
-    local = np.einsum("tij,tnj->tni", np.swapaxes(rot, 1, 2), mesh - shift[:, None, :])
-    local /= s[:, None, None]
-    lm3d = apply(sigma, q, o, local[:, IBUG68] @ D.T).astype(np.float32)
-    r_cam = rot @ D @ q.T  # contract -> camera rotation (OpenCV axes)
-    k = s / sigma  # pixels per canonical unit
-    h, w = frame_hw
-    focal = 0.5 * h / np.tan(np.deg2rad(fov_deg) / 2)
-    z = focal / k
-    # Mesh points are pixel-centre coordinates; the camera's are pixel-corner ones (+0.5).
-    origin_px = -k[:, None] * np.einsum("tij,j->ti", r_cam, o) + shift + [0.5, 0.5, 0.0]
-    t_cam = np.stack([(origin_px[:, 0] - w / 2) * z / focal,
-                      (origin_px[:, 1] - h / 2) * z / focal, z], axis=1)  # fmt: skip
-    # R = FACING @ Ry(yaw) Rx(pitch) Rz(roll), FACING = D, as SynthTalk's camera writes it.
-    euler = euler_degrees(np.einsum("ij,tjk->tik", D, r_cam))
-    return {
-        "lm3d": lm3d, "R": r_cam.astype(np.float32), "t": t_cam.astype(np.float32),
-        "focal": focal, "k": k, "origin_px": origin_px, "residual": residual, "euler": euler,
-        "turn_deg": {"raw": _turns(raw_rot), "smoothed": _turns(rot)},
-    }  # fmt: skip
-
-
-def _turns(rot: np.ndarray) -> float:
-    """Median frame-to-frame turn of the head, in degrees."""
-    return float(np.median(rotation_angle_degrees(rot[1:], rot[:-1]))) if len(rot) > 1 else 0.0
-
-
-def _check_geometry(geometry: dict) -> None:
-    from talkingface.lm3d import mouth_opening
-
-    # The pose first: turned away, the mouth cannot be read either.
-    yaw, pitch = np.abs(geometry["euler"][:, 0]), np.abs(geometry["euler"][:, 1])
-    extreme = float(np.mean((yaw > EXTREME_YAW) | (pitch > EXTREME_PITCH)))
-    if extreme > 0.5:
-        raise TalkingFaceError("VIDEO_EXTREME_POSE", f"the head is turned away (yaw over "
-                               f"{EXTREME_YAW:g} or pitch over {EXTREME_PITCH:g} degrees) in "
-                               f"{100 * extreme:.0f} % of the frames: look towards the "
-                               "camera")  # fmt: skip
-    if float(np.std(mouth_opening(geometry["lm3d"]))) < MIN_MOUTH_MOTION:
-        raise TalkingFaceError("VIDEO_FROZEN", "the mouth does not move: the video must show "
-                               "the person speaking")  # fmt: skip
 
 
 # --- writing the avatar ---------------------------------------------------------------------
