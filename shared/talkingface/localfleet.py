@@ -26,8 +26,10 @@ first (broker, Serve and Ray, then Redis).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -77,12 +79,60 @@ def stop_child(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
         proc.wait(10)
 
 
+# Ports handed out here come from below the kernel's ephemeral range and above Ray's worker
+# ports (10002-19999 by default). A port the kernel picked (bind to 0) is free only until
+# the next outgoing connection or port-0 listener takes it: starting Ray opens hundreds of
+# those, and CI once saw the Serve gRPC proxy fail to bind a port picked a moment before.
+_PORT_FLOOR = 20000
+_RESERVED_PORTS = {6379}  # never the default Redis port: a system Redis may listen there
+_handed_out: set[int] = set()
+_port_random = random.Random()  # seeded from the OS, so forked processes differ too
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(port: int) -> bool:
+    """Whether `port` is free on every interface, IPv4 and (where there is one) IPv6: what
+    a server binding 0.0.0.0 or [::] needs."""
+    families = [(socket.AF_INET, "")]
+    if socket.has_ipv6:
+        families.append((socket.AF_INET6, "::"))
+    for family, host in families:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.bind((host, port))
+        except OSError as exc:
+            if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
+                continue  # IPv6 compiled in but not configured on this machine
+            return False
+    return True
+
+
 def free_port() -> int:
-    while True:
+    """A TCP port free on all interfaces right now, outside the kernel's ephemeral range
+    (so no outgoing connection or port-0 listener can take it before its server binds),
+    never 6379, and not handed out before by this process."""
+    low, high = _ephemeral_range()
+    candidates = range(_PORT_FLOOR, low) if low - _PORT_FLOOR >= 1000 else range(high + 1, 65536)
+    if len(candidates) >= 1000:
+        for _ in range(200):
+            port = _port_random.choice(candidates)
+            if port in _RESERVED_PORTS or port in _handed_out or not _bindable(port):
+                continue
+            _handed_out.add(port)
+            return port
+    while True:  # an unusual port layout: whatever the kernel picks
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port != 6379:  # never the default: a system Redis may listen there
+        if port not in _RESERVED_PORTS and port not in _handed_out:
+            _handed_out.add(port)
             return port
 
 

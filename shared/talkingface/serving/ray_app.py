@@ -288,14 +288,6 @@ PROXY_CHECK_TIMEOUT_S = 60
 ray_metrics_port: int | None = None
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_local_serve(
     grpc_port: int,
     servicer_functions: Sequence[str],
@@ -323,7 +315,9 @@ def start_local_serve(
     if not ray.is_initialized():
         # A Ray started here exports its own metrics (ray_serve_*, ray_node_*) on a known
         # free port, so a local Prometheus can scrape them too.
-        metrics_port = None if ray_address else _free_port()
+        from talkingface.localfleet import free_port
+
+        metrics_port = None if ray_address else free_port()
         ray.init(
             address=ray_address or None,
             num_cpus=num_cpus,
