@@ -71,9 +71,9 @@ def test_synthtalk_from_pixels_matches_its_ground_truth(synthtalk, ingested):
     width = np.ptp(got["lm3d"][:, :17, 0], axis=1).mean()
     assert 1.0 < width < 1.8 and abs(got["lm3d"][:, 30, 0].mean()) < 0.1
     report_file = json.loads((out / "ingest.json").read_text())
-    assert (
-        report_file["landmark_jitter_iod"]["smoothed"] < report_file["landmark_jitter_iod"]["raw"]
-    )
+    jitter = report_file["landmark_jitter_iod"]
+    # Ten views of each crop are steadier than one, and the smoothing steadier still.
+    assert jitter["smoothed"] < jitter["raw"] < 0.8 * jitter["one_view"], jitter
     assert np.load(out / "torso_masks.npy").shape == (frames, 128, 128)
 
 
