@@ -8,7 +8,16 @@ import pytest
 from skimage import data
 
 from talkingface.face.ibug68 import interocular, to_ibug68
-from talkingface.face.track import FaceTracker, OneEuro, PersonSegmenter, jitter, smooth
+from talkingface.face.mesh import SINGLE_VIEW, FaceMesh, Roi
+from talkingface.face.track import (
+    FaceTracker,
+    OneEuro,
+    PersonSegmenter,
+    StreamTooShort,
+    jitter,
+    read_in_views,
+    smooth,
+)
 from tests.face.test_face import _move
 
 
@@ -54,6 +63,30 @@ def test_a_lost_face_is_found_again_and_a_second_face_is_counted(photo):
     pair = np.ascontiguousarray(np.concatenate([head, head[:, ::-1]], axis=1))
     tracker.reset()
     assert tracker.track(pair).faces == 2 and tracker.track(pair).faces == 2
+
+
+def test_faces_read_again_in_views_on_threads(photo):
+    """Each found frame's face read in ten views of the crop around its tracked mesh: the
+    same points whichever thread read it, found frames only, and a short stream refused."""
+    frames, _ = _video(photo, n=8)
+    tracker = FaceTracker(views=SINGLE_VIEW)
+    meshes = np.stack([tracker.track(f).points for f in frames])
+    found = np.ones(len(frames), bool)
+    found[3] = False  # as if interpolated: kept as it is
+    progress = []
+    two = read_in_views(iter(frames), meshes, found, workers=2, progress=progress.append)
+    one = read_in_views(iter(frames), meshes, found, workers=1)
+    assert np.array_equal(two, one) and progress == [0]
+    assert np.array_equal(two[3], meshes[3])
+    model = FaceMesh()
+    for i in (0, 5, 7):
+        assert np.array_equal(two[i], model.run(frames[i], Roi.from_landmarks(meshes[i])).points)
+    # The views moved the points (a little: well under 2 % of the eye distance).
+    iod = interocular(to_ibug68(meshes[0])[None])[0]
+    moved = np.linalg.norm(two[found] - meshes[found], axis=-1).mean() / iod
+    assert 0 < moved < 0.02, moved
+    with pytest.raises(StreamTooShort):
+        read_in_views(iter(frames[:5]), meshes, found)
 
 
 def test_one_euro_smooths_rest_and_follows_motion():

@@ -41,8 +41,16 @@ from talkingface.errors import TalkingFaceError
 from talkingface.face.geometry import POSE_SMOOTH_FRAMES, check_geometry, head_geometry
 from talkingface.face.ibug68 import IBUG68, REGIONS, interocular
 from talkingface.face.masks import background_plate, neck_cut
-from talkingface.face.mesh import SINGLE_VIEW, FaceMesh, Roi
-from talkingface.face.track import COUNT_MIN_SCORE, FaceTracker, PersonSegmenter, jitter, smooth
+from talkingface.face.mesh import SINGLE_VIEW
+from talkingface.face.track import (
+    COUNT_MIN_SCORE,
+    FaceTracker,
+    PersonSegmenter,
+    StreamTooShort,
+    jitter,
+    read_in_views,
+    smooth,
+)
 from talkingface.face.video import iter_frames, probe
 
 FPS = 25
@@ -253,22 +261,16 @@ def _checked(raw: dict[str, Any]) -> dict[str, Any]:
 def _refined(frames: Iterator[np.ndarray], track: dict[str, Any], say) -> dict[str, Any]:
     """Each kept frame's face read again in the mesh model's ten views of the crop around
     its one-view mesh (gaps interpolated again), then smoothed: {"raw", "mesh"}."""
-    mesh_model = FaceMesh()
-    found, one_view = track["found"], track["one_view"]
-    meshes = one_view.copy()
-    count = 0
-    for i, frame in enumerate(frames):
-        if i >= len(found):
-            break
-        count += 1
-        if found[i]:
-            roi = Roi.from_landmarks(one_view[i])
-            meshes[i] = mesh_model.run(np.ascontiguousarray(frame), roi).points
-        if i % 50 == 0:
-            say("refine", 0.4 + 0.2 * i / len(found))
-    if count != len(found):
-        raise TalkingFaceError("VIDEO_CORRUPT", f"the video gave {count} frames on a second "
-                               f"reading, {len(found)} on the first")  # fmt: skip
+    found = track["found"]
+
+    def progress(i: int) -> None:
+        say("refine", 0.4 + 0.2 * i / len(found))
+
+    try:
+        meshes = read_in_views(frames, track["one_view"], found, progress=progress)
+    except StreamTooShort as exc:
+        raise TalkingFaceError("VIDEO_CORRUPT", f"the video gave fewer frames on a second "
+                               f"reading than on the first ({exc})") from None  # fmt: skip
     filled = _interpolate(meshes, found)
     # Light smoothing: lips move at up to ~8 Hz, so the cut-off must rise fast with speed
     # (on SynthTalk, one view: jitter -25 %, lip-opening correlation 0.937 -> 0.934; 1.5 Hz
