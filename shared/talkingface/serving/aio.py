@@ -52,11 +52,16 @@ class SyncContext:
         context.add_done_callback(lambda _context: self.ended.set())
 
     def _submit(self, coroutine: Any) -> futures.Future:
-        """`coroutine` run on the server's loop (an error when the loop has stopped)."""
-        if self._loop.is_closed() or not self._loop.is_running():
+        """`coroutine` run on the server's loop (an error when the loop has stopped, the
+        coroutine closed: also when the loop closes between the look and the hand-over,
+        as the server's stop can while a pool thread aborts its call)."""
+        try:
+            if self._loop.is_closed() or not self._loop.is_running():
+                raise RuntimeError("the loop has stopped")
+            return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        except RuntimeError:  # the loop's own "Event loop is closed" included
             coroutine.close()
-            raise RuntimeError("the server has stopped")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+            raise RuntimeError("the server has stopped") from None
 
     def _wait(self, coroutine: Any) -> BaseException | None:
         """Run `coroutine` on the server's loop; the exception it ended with (None when it
@@ -66,6 +71,10 @@ class SyncContext:
         while True:
             try:
                 return future.exception(timeout=_READ_POLL_S)
+            except futures.CancelledError:
+                if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
+                    coroutine.close()
+                return RuntimeError("the server has stopped")
             except futures.TimeoutError:
                 if not self._loop.is_running():
                     future.cancel()
