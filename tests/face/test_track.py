@@ -8,7 +8,7 @@ import pytest
 from skimage import data
 
 from talkingface.face.ibug68 import interocular, to_ibug68
-from talkingface.face.mesh import SINGLE_VIEW, FaceMesh, Roi
+from talkingface.face.mesh import FaceMesh, Roi
 from talkingface.face.track import (
     FaceTracker,
     OneEuro,
@@ -69,7 +69,7 @@ def test_faces_read_again_in_views_on_threads(photo):
     """Each found frame's face read in ten views of the crop around its tracked mesh: the
     same points whichever thread read it, found frames only, and a short stream refused."""
     frames, _ = _video(photo, n=8)
-    tracker = FaceTracker(views=SINGLE_VIEW)
+    tracker = FaceTracker()  # one view each
     meshes = np.stack([tracker.track(f).points for f in frames])
     found = np.ones(len(frames), bool)
     found[3] = False  # as if interpolated: kept as it is

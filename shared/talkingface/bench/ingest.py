@@ -46,7 +46,7 @@ def _video(root: Path, seconds: float) -> Path:
 
 def run(seconds: float = 20.0, track_frames: int = 250) -> dict[str, Any]:
     from talkingface.face.ingest import ingest
-    from talkingface.face.mesh import SINGLE_VIEW, VIEWS
+    from talkingface.face.mesh import VIEWS
     from talkingface.face.track import FaceTracker, read_in_views
     from talkingface.face.video import read_frames
 
@@ -60,16 +60,15 @@ def run(seconds: float = 20.0, track_frames: int = 250) -> dict[str, Any]:
         count = min(track_frames, len(frames))
         # What the ingest does per frame: one-view tracking (its first pass), then each face
         # read again in ten views of the crop around its tracked mesh (its second pass).
-        tracker = FaceTracker(views=SINGLE_VIEW)
+        tracker = FaceTracker()
         tracker.track(np.ascontiguousarray(frames[0]))  # warm-up
         started = time.perf_counter()
         tracked = [tracker.track(np.ascontiguousarray(f)).points for f in frames[:count]]
         track_wall = time.perf_counter() - started
-        found = sum(points is not None for points in tracked)
-        found_mask = np.array([points is not None for points in tracked])
+        found = np.array([points is not None for points in tracked])
         meshes = np.stack([np.zeros((468, 3)) if p is None else p for p in tracked])
         started = time.perf_counter()
-        read_in_views(frames[:count], meshes, found_mask)  # as the ingest does: on threads
+        read_in_views(frames[:count], meshes, found)  # as the ingest does: on threads
         views_wall = time.perf_counter() - started
         started = time.perf_counter()
         report = ingest(video, root / "avatar", size=256, min_seconds=min(20.0, seconds / 2))
@@ -93,7 +92,7 @@ def run(seconds: float = 20.0, track_frames: int = 250) -> dict[str, Any]:
         "decode_fps": round(total / decode_wall, 1),
         "tracking": {
             "frames": count,
-            "face_found": int(found),
+            "face_found": int(found.sum()),
             "frames_per_second": round(tracking_fps, 1),
             "frames_per_second_one_view": round(count / track_wall, 1),
             "frames_per_second_ten_views": round(count / views_wall, 1),

@@ -41,7 +41,6 @@ from talkingface.errors import TalkingFaceError
 from talkingface.face.geometry import POSE_SMOOTH_FRAMES, check_geometry, head_geometry
 from talkingface.face.ibug68 import IBUG68, REGIONS, interocular
 from talkingface.face.masks import background_plate, neck_cut
-from talkingface.face.mesh import SINGLE_VIEW
 from talkingface.face.track import (
     COUNT_MIN_SCORE,
     FaceTracker,
@@ -205,7 +204,7 @@ def _span(frames: Iterator[np.ndarray], lo: int, hi: int) -> Iterator[np.ndarray
 def _track(frames: Iterator[np.ndarray], expected: int, say) -> dict[str, Any]:
     """Meshes of a stream of frames (NaN where no face), the face counts and the detection
     scores; `expected` (frames, from the container's duration) only paces the progress."""
-    tracker = FaceTracker(views=SINGLE_VIEW)  # MediaPipe's own reading; ten views later
+    tracker = FaceTracker()  # MediaPipe's own one reading; ten views in the second pass
     meshes, counts, scores = [], [], []
     frame_hw = None
     missing = np.full((468, 3), np.nan, np.float32)

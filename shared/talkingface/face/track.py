@@ -7,8 +7,9 @@ count the faces in view, so that a second person who walks in is noticed althoug
 tracker never needs the detector for the tracked face. Faces are counted from a detection
 score of 0.75 (weaker detections are mostly clutter: a fold of clothing scored 0.55 on the
 test portrait). The caller decides what too many faces means (`talkingface avatar ingest`:
-an error when it lasts more than a few frames). Each mesh is the mean of the mesh model's
-`views` of its crop (`face.mesh.VIEWS`: ten, shifted and mirrored).
+an error when it lasts more than a few frames). Each mesh is the model's one reading of its
+crop, as MediaPipe's; `read_in_views` reads tracked faces again as the mean of ten views
+(`face.mesh.VIEWS`, shifted and mirrored).
 
 `OneEuro` is the One-Euro filter (Casiez, Roussel and Vogel, CHI 2012) over any array of
 coordinates: a low-pass filter whose cut-off rises with speed, so slow motion is smoothed
@@ -31,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from talkingface.face.detect import FaceDetector, letterbox
-from talkingface.face.mesh import MIN_PRESENCE, VIEWS, FaceMesh, Roi
+from talkingface.face.mesh import MIN_PRESENCE, SINGLE_VIEW, VIEWS, FaceMesh, Roi
 from talkingface.face.models import TFLiteModel
 
 COUNT_MIN_SCORE = 0.75
@@ -54,10 +55,9 @@ class Tracked:
 class FaceTracker:
     """Tracks the most prominent face of a video, frame by frame (not thread-safe)."""
 
-    def __init__(self, cache_dir=None, count_every: int = 5, refine: int = 1,
-                 views=VIEWS) -> None:  # fmt: skip
+    def __init__(self, cache_dir=None, count_every: int = 5, refine: int = 1) -> None:
         self.detector = FaceDetector(cache_dir)
-        self.mesh = FaceMesh(cache_dir, views)
+        self.mesh = FaceMesh(cache_dir, SINGLE_VIEW)
         self.count_every = max(1, count_every)
         self.refine = refine
         self.previous: np.ndarray | None = None

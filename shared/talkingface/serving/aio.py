@@ -71,16 +71,16 @@ class SyncContext:
         while True:
             try:
                 return future.exception(timeout=_READ_POLL_S)
-            except futures.CancelledError:
-                if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
-                    coroutine.close()
-                return RuntimeError("the server has stopped")
             except futures.TimeoutError:
-                if not self._loop.is_running():
-                    future.cancel()
-                    if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
-                        coroutine.close()
-                    return RuntimeError("the server has stopped")
+                if self._loop.is_running():
+                    continue
+                future.cancel()
+            except futures.CancelledError:
+                pass
+            # Cancelled, or the loop stopped: a coroutine it never started is closed.
+            if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
+                coroutine.close()
+            return RuntimeError("the server has stopped")
 
     def _run(self, coroutine: Any) -> None:
         error = self._wait(coroutine)
