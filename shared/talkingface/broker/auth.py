@@ -43,6 +43,7 @@ import redis
 
 from talkingface.broker.jobs import check_tenant
 from talkingface.broker.limits import KEY_LIMITS, parse_key_limits
+from talkingface.broker.values import as_str
 from talkingface.errors import TalkingFaceError, abort, abort_async
 from talkingface.serving.interceptors import Rewrapper
 
@@ -145,10 +146,6 @@ def parse_scopes(text: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(scopes)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class KeyStore:
     """Tenants and API keys in Redis (see the module docstring)."""
 
@@ -172,11 +169,11 @@ class KeyStore:
         return bool(self.redis.sismember(TENANTS_KEY, tenant))
 
     def list_tenants(self) -> list[dict[str, Any]]:
-        names = sorted(_text(n) for n in self.redis.smembers(TENANTS_KEY))
+        names = sorted(as_str(n) for n in self.redis.smembers(TENANTS_KEY))
         out = []
         for name in names:
             record = self.redis.hgetall(tenant_key(name))
-            created = float(_text(record.get(b"created_at", b"0")) or 0)
+            created = float(as_str(record.get(b"created_at", b"0")) or 0)
             keys = self.redis.scard(tenant_keys_key(name))
             out.append({"tenant": name, "created_at": created, "keys": int(keys)})
         return out
@@ -188,7 +185,7 @@ class KeyStore:
         check_tenant(tenant)
         if not self.tenant_exists(tenant):
             raise TalkingFaceError("NOT_FOUND", f"no tenant {tenant!r} (see `tenant list`)")
-        key_ids = [_text(k) for k in self.redis.smembers(tenant_keys_key(tenant))]
+        key_ids = [as_str(k) for k in self.redis.smembers(tenant_keys_key(tenant))]
         pipe = self.redis.pipeline(transaction=True)
         for key_id in key_ids:
             pipe.delete(api_key_key(key_id))
@@ -244,10 +241,10 @@ class KeyStore:
         return _key_info(key_id, self.redis.hgetall(api_key_key(key_id)))
 
     def list_keys(self, tenant: str | None = None) -> list[KeyInfo]:
-        tenants = [tenant] if tenant else [_text(t) for t in self.redis.smembers(TENANTS_KEY)]
+        tenants = [tenant] if tenant else [as_str(t) for t in self.redis.smembers(TENANTS_KEY)]
         out = []
         for name in tenants:
-            for key_id in sorted(_text(k) for k in self.redis.smembers(tenant_keys_key(name))):
+            for key_id in sorted(as_str(k) for k in self.redis.smembers(tenant_keys_key(name))):
                 info = self.get_key(key_id)
                 if info is not None:
                     out.append(info)
@@ -285,7 +282,7 @@ class KeyStore:
 def _key_info(key_id: str, record: dict[Any, Any]) -> KeyInfo | None:
     if not record:
         return None
-    r = {_text(k): _text(v) for k, v in record.items()}
+    r = {as_str(k): as_str(v) for k, v in record.items()}
     scopes = tuple(s for s in r.get("scopes", "").split(",") if s)
     limits = tuple(sorted((k, v) for k, v in r.items() if k in KEY_LIMITS))
     return KeyInfo(key_id, r.get("tenant", ""), scopes, r.get("name", ""),
@@ -328,7 +325,7 @@ class Authenticator:
         """The caller's Principal, or TalkingFaceError(UNAUTHENTICATED). With `lookup=False`
         (on an event loop, which must not wait on Redis) a key not in the cache raises
         NeedsLookup instead of reading Redis."""
-        values = [_text(v) for k, v in (metadata or ()) if k == AUTH_METADATA]
+        values = [as_str(v) for k, v in (metadata or ()) if k == AUTH_METADATA]
         if not values:
             raise TalkingFaceError(
                 "UNAUTHENTICATED",
@@ -342,7 +339,7 @@ class Authenticator:
                 "UNAUTHENTICATED", "malformed authorization: expected `Bearer tfk_<id>_<secret>`"
             )
         key_id, secret = match.groups()
-        record = {_text(k): _text(v) for k, v in self._record(key_id, lookup).items()}
+        record = {as_str(k): as_str(v) for k, v in self._record(key_id, lookup).items()}
         info = _key_info(key_id, record)
         stored = record.get("secret_sha256", "")
         if info is None or not hmac.compare_digest(secret_hash(secret), stored):

@@ -33,6 +33,7 @@ from typing import Any
 
 import redis
 
+from talkingface.broker.values import as_str
 from talkingface.bundle import AVATARS, avatar_prefix
 from talkingface.errors import TalkingFaceError
 
@@ -88,10 +89,6 @@ class AvatarRecord:
     job_id: str
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class AvatarRegistry:
     """Avatar ownership records of every tenant in one Redis database."""
 
@@ -127,7 +124,7 @@ class AvatarRegistry:
 
     def get(self, tenant: str, avatar_id: str) -> AvatarRecord:
         fields = self.redis.hgetall(record_key(avatar_id)) if avatar_id else {}
-        f = {_text(k): _text(v) for k, v in fields.items()}
+        f = {as_str(k): as_str(v) for k, v in fields.items()}
         if not f or f.get("tenant") != tenant:
             raise TalkingFaceError("AVATAR_NOT_FOUND", f"avatar {avatar_id!r} not found")
         return AvatarRecord(
@@ -150,8 +147,8 @@ class AvatarRegistry:
             raise TalkingFaceError("INVALID_REQUEST", "page_size must be 0 or more")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         start = _decode_offset(page_token)
-        ids = [_text(i) for i in self.redis.zrevrange(tenant_avatars_key(tenant), start,
-                                                       start + size)]  # fmt: skip
+        ids = [as_str(i) for i in self.redis.zrevrange(tenant_avatars_key(tenant), start,
+                                                        start + size)]  # fmt: skip
         records = []
         for avatar_id in ids[:size]:
             try:

@@ -58,6 +58,7 @@ from typing import Any
 import redis
 
 from talkingface.broker.queue import FAIR_PUSH_LUA, Lease, LeaseLost
+from talkingface.broker.values import as_str
 from talkingface.config import Settings
 from talkingface.errors import GRPC_STATUS, TalkingFaceError
 
@@ -133,12 +134,8 @@ def idempotency_key_name(tenant: str, key: str) -> str:
     return f"tf:idem:{tenant}:{key}"
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _pairs(flat: list[Any]) -> dict[str, str]:
-    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return {as_str(flat[i]): as_str(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 @dataclass(frozen=True)
@@ -176,7 +173,7 @@ class Job:
 
     @classmethod
     def from_fields(cls, fields: Mapping[Any, Any]) -> Job:
-        f = {_text(k): _text(v) for k, v in fields.items()}
+        f = {as_str(k): as_str(v) for k, v in fields.items()}
         return cls(
             job_id=f["job_id"],
             tenant=f["tenant"],
@@ -482,7 +479,7 @@ class JobStore:
                 f"active_jobs limit is {active_limit}"
                 + (f"; {active_hint}" if active_hint else ""),
             )
-        existing = _text(reply[1])
+        existing = as_str(reply[1])
         try:
             return self.get(existing, tenant), False
         except TalkingFaceError:
@@ -541,7 +538,7 @@ class JobStore:
         found: list[tuple[str, Job]] = []
         while len(found) <= page_size:
             upper = "(" + cursor if cursor else "+"
-            members = [_text(m) for m in self.redis.zrevrangebylex(index, upper, "-", 0, 100)]
+            members = [as_str(m) for m in self.redis.zrevrangebylex(index, upper, "-", 0, 100)]
             if not members:
                 break
             cursor = members[-1]
@@ -582,7 +579,7 @@ class JobStore:
         job = self._visible(job_id, fields, tenant)
         request = {"request": json.dumps(job.request)}
         yield job
-        cursor = _text(newest[0][0]) if newest else "0-0"
+        cursor = as_str(newest[0][0]) if newest else "0-0"
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not job.terminal:
             wait = block_ms
@@ -595,7 +592,7 @@ class JobStore:
             if not entries and not self.redis.exists(job_key(job_id)):
                 return
             for entry_id, entry in entries:
-                cursor = _text(entry_id)
+                cursor = as_str(entry_id)
                 job = Job.from_fields({**entry, **request})
                 yield job
                 if job.terminal:
@@ -621,7 +618,7 @@ class JobStore:
             fence = [lease.group, lease.message_id, lease.consumer]
         reply = self._update(keys=keys, args=[self.ttl_s, EVENTS_MAXLEN, tenant, mode, *fence,
                                               *flat])  # fmt: skip
-        status = _text(reply[0])
+        status = as_str(reply[0])
         if status == "LEASE_LOST" and lease is not None:
             raise LeaseLost(
                 f"the delivery {lease.message_id} of job {job_id} is no longer {lease.consumer}'s"
@@ -636,12 +633,12 @@ class JobStore:
         if status == "JOB_ALREADY_FINISHED":
             raise TalkingFaceError(
                 "JOB_ALREADY_FINISHED",
-                f"job {job_id!r} has already finished ({_text(reply[1])})",
+                f"job {job_id!r} has already finished ({as_str(reply[1])})",
                 job_id=job_id,
             )
         raise TalkingFaceError(
             "INTERNAL",
-            f"job {job_id!r} cannot go from {_text(reply[1])} to {_text(reply[2])}",
+            f"job {job_id!r} cannot go from {as_str(reply[1])} to {as_str(reply[2])}",
             job_id=job_id,
         )
 

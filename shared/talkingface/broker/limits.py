@@ -46,6 +46,7 @@ from typing import Any
 
 import redis
 
+from talkingface.broker.values import as_str
 from talkingface.config import Settings, env_name
 from talkingface.errors import RETRY_AFTER_METADATA_KEY, TalkingFaceError
 
@@ -222,10 +223,7 @@ class Limits:
     # --- configuration ---------------------------------------------------------------------
 
     def for_tenant(self, tenant: str) -> TenantLimits:
-        raw = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in self.redis.hgetall(overrides_key(tenant)).items()
-        }
+        raw = {as_str(k): as_str(v) for k, v in self.redis.hgetall(overrides_key(tenant)).items()}
         values: dict[str, Any] = {}
         overridden = set()
         for name, (setting, parse) in LIMITS.items():

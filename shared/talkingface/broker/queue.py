@@ -64,6 +64,7 @@ from typing import Any
 
 import redis
 
+from talkingface.broker.values import as_str
 from talkingface.config import Settings
 
 log = logging.getLogger(__name__)
@@ -81,10 +82,6 @@ DEFAULT_TENANT = ""  # the sub-queue of messages enqueued without a tenant
 _ALL = 2**31 - 1  # XPENDING's COUNT for "the whole PEL" (Redis allocates nothing for it)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _id_ms(message_id: str) -> int:
     """The Redis-clock millisecond of a stream id ("1718000000000-0")."""
     return int(message_id.partition("-")[0])
@@ -98,7 +95,7 @@ def _redis_now_ms(client: redis.Redis) -> int:
 def _job_id(fields: dict[Any, Any] | None) -> str:
     """The `job_id` field of a stream entry (bytes or str keys, as the client decodes)."""
     fields = fields or {}
-    return _text(fields.get(b"job_id", fields.get("job_id", "")))
+    return as_str(fields.get(b"job_id", fields.get("job_id", "")))
 
 
 @dataclass(frozen=True)
@@ -432,7 +429,7 @@ class WorkQueue:
 
     def backlog_by_tenant(self) -> dict[str, int]:
         """Waiting messages per tenant that has any, in the ring's order (next served first)."""
-        tenants = [_text(t) for t in self.redis.lrange(self.ring_key, 0, -1)]
+        tenants = [as_str(t) for t in self.redis.lrange(self.ring_key, 0, -1)]
         with self.redis.pipeline(transaction=False) as pipe:
             for tenant in tenants:
                 pipe.llen(self.tenant_key(tenant))
@@ -584,12 +581,12 @@ class WorkQueue:
             if not isinstance(pel, redis.ResponseError) or "NOGROUP" not in str(pel):
                 raise pel
             pel = []  # no group (or no stream): nothing was ever claimed
-        claimed = {_text(entry["message_id"]) for entry in pel}
+        claimed = {as_str(entry["message_id"]) for entry in pel}
         counts = dict.fromkeys(("queued", "pending", "delayed", "dead"), 0)
-        counts["queued"] = sum(_text(m) == job_id for m in waiting)
+        counts["queued"] = sum(as_str(m) == job_id for m in waiting)
         for message_id, fields in in_stream:
             if _job_id(fields) == job_id:
-                counts["pending" if _text(message_id) in claimed else "queued"] += 1
+                counts["pending" if as_str(message_id) in claimed else "queued"] += 1
         counts["delayed"] = sum(json.loads(m).get("job_id") == job_id for m in delayed)
         counts["dead"] = sum(_job_id(fields) == job_id for _, fields in dead)
         return counts
@@ -597,7 +594,7 @@ class WorkQueue:
     def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         """The oldest `count` dead-letter entries (each with its `id`), for operators."""
         rows = self.redis.xrange(self.dead_key, count=count)
-        return [{"id": _text(i), **{_text(k): _text(v) for k, v in f.items()}} for i, f in rows]
+        return [{"id": as_str(i), **{as_str(k): as_str(v) for k, v in f.items()}} for i, f in rows]
 
     def _promote_due(self) -> tuple[int, int]:
         moved, wait = self._promote(keys=[self.stream, self.delayed_key],
@@ -610,8 +607,8 @@ class WorkQueue:
             taken = self._claim_expired(keys=[self.stream], args=[GROUP, consumer, self.lease_ms])
             if taken:
                 message_id, flat, delivered = taken
-                fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-                delivery = self._delivery(consumer, _text(message_id), fields, int(delivered))
+                fields = {as_str(flat[i]): as_str(flat[i + 1]) for i in range(0, len(flat), 2)}
+                delivery = self._delivery(consumer, as_str(message_id), fields, int(delivered))
             else:
                 delivery = self._read_new(consumer)
             if delivery is not None and delivery is not False:
@@ -636,8 +633,8 @@ class WorkQueue:
         if not reply:
             return None
         message_id, flat = reply
-        fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-        return self._delivery(consumer, _text(message_id), fields, 1)
+        fields = {as_str(flat[i]): as_str(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return self._delivery(consumer, as_str(message_id), fields, 1)
 
     def _delivery(
         self, consumer: str, message_id: str, fields: dict[str, str], delivered: int

@@ -33,6 +33,7 @@ import redis
 
 from talkingface.broker.jobs import KIND_WORK, QUEUED, RUNNING, JobStore, job_key
 from talkingface.broker.queue import WorkQueue
+from talkingface.broker.values import as_str
 from talkingface.errors import TalkingFaceError
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,6 @@ return 0
 """
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def queued_job_ids(queue: WorkQueue) -> set[str]:
     """The ids of the jobs that have a message in `queue`: waiting (the backlog mirrors the
     tenants' lists), in the stream (claimed, or added there directly) or delayed. One MULTI,
@@ -59,10 +56,10 @@ def queued_job_ids(queue: WorkQueue) -> set[str]:
         pipe.xrange(queue.stream)
         pipe.zrange(queue.delayed_key, 0, -1)
         waiting, in_stream, delayed = pipe.execute()
-    ids = {_text(job_id) for job_id in waiting}
+    ids = {as_str(job_id) for job_id in waiting}
     for _, fields in in_stream:
         fields = fields or {}
-        ids.add(_text(fields.get(b"job_id", fields.get("job_id", ""))))
+        ids.add(as_str(fields.get(b"job_id", fields.get("job_id", ""))))
     for member in delayed:
         try:
             ids.add(str(json.loads(member).get("job_id", "")))
@@ -130,7 +127,7 @@ class Reconciler:
     def _active_records(self) -> Iterable[tuple[str, dict[str, str]]]:
         """(job id, state/kind/tenant of its record) of every job in a tenant's active set."""
         for key in self.redis.scan_iter(match=ACTIVE_PATTERN, count=SCAN_COUNT):
-            ids = sorted(_text(m) for m in self.redis.smembers(key))
+            ids = sorted(as_str(m) for m in self.redis.smembers(key))
             if not ids:
                 continue
             with self.redis.pipeline(transaction=False) as pipe:
@@ -139,8 +136,8 @@ class Reconciler:
                 rows = pipe.execute()
             for job_id, (state, kind, tenant) in zip(ids, rows, strict=True):
                 if state is not None:
-                    yield job_id, {"state": _text(state), "kind": _text(kind or ""),
-                                   "tenant": _text(tenant or "")}  # fmt: skip
+                    yield job_id, {"state": as_str(state), "kind": as_str(kind or ""),
+                                   "tenant": as_str(tenant or "")}  # fmt: skip
 
     def _requeue(self, job_id: str, record: Mapping[str, str]) -> bool:
         from talkingface.serving.metrics import JOB_REQUEUED

@@ -26,6 +26,7 @@ from redis.retry import Retry
 
 from talkingface.broker.jobs import JobStore
 from talkingface.broker.queue import WorkQueue
+from talkingface.broker.values import as_str
 from talkingface.broker.worker import (
     Cancelled,
     HandBack,
@@ -123,7 +124,7 @@ def check_redis_persistence(
             exc,
         )
         return
-    found = {_text(name): _text(value) for name, value in config.items()}
+    found = {as_str(name): as_str(value) for name, value in config.items()}
     problems = []
     if found.get("appendonly") != "yes":
         problems.append(
@@ -145,10 +146,6 @@ def check_redis_persistence(
     if strict and not settings.redis_allow_volatile:
         raise ConfigError(text)
     log.warning("%s", text)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass

@@ -50,6 +50,7 @@ import redis
 
 from talkingface import __version__
 from talkingface.broker.jobs import WEBHOOKS_DUE_KEY, JobStore, check_tenant, job_key
+from talkingface.broker.values import as_str
 from talkingface.config import Settings, env_name
 from talkingface.errors import TalkingFaceError
 
@@ -76,8 +77,7 @@ def tenant_secret(client: redis.Redis, tenant: str, *, rotate: bool = False) -> 
         client.set(secret_key(tenant), fresh)
         return fresh
     client.set(secret_key(tenant), fresh, nx=True)
-    value = client.get(secret_key(tenant))
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return as_str(client.get(secret_key(tenant)))
 
 
 def check_callback_url(
@@ -357,10 +357,7 @@ class WebhookDeliverer:
 
     def run_once(self) -> int:
         """Claim the due deliveries (at most BATCH) and make one attempt at each."""
-        ids = [
-            i.decode() if isinstance(i, bytes) else str(i)
-            for i in self._claim(keys=[WEBHOOKS_DUE_KEY], args=[BATCH, self.lease_ms])
-        ]
+        ids = [as_str(i) for i in self._claim(keys=[WEBHOOKS_DUE_KEY], args=[BATCH, self.lease_ms])]
         if not ids:
             return 0
         if self._pool is None:
@@ -407,7 +404,7 @@ class WebhookDeliverer:
                   int(s.webhook_retry_base_seconds * 1000),
                   int(s.webhook_retry_max_seconds * 1000), random.uniform(0, 0.1)],
         )  # fmt: skip
-        state = state.decode() if isinstance(state, bytes) else str(state)
+        state = as_str(state)
         log.info("webhook attempt", extra={"job_id": job_id, "tenant": job.tenant,
                                            "status": status, "attempts": int(attempts),
                                            "webhook_state": state})  # fmt: skip
