@@ -27,7 +27,7 @@ import pytest
 from talkingface.broker.auth import KeyStore, api_key_key
 from talkingface.broker.avatars import AvatarRegistry
 from talkingface.broker.jobs import JobStore
-from talkingface.broker.retention import Retention
+from talkingface.broker.purge import TenantPurge
 from talkingface.broker.servicer import TENANT_METADATA
 from talkingface.broker.uploads import upload_key
 from talkingface.config import Settings
@@ -113,12 +113,12 @@ def world(redis_server, s3_server):
         )  # fmt: skip
         w.a, w.b = make_tenant(w, "acl-a"), make_tenant(w, "acl-b")
         yield w
-        retention = Retention(client, store, settings, jobs=jobs)
+        purge = TenantPurge(client, store)
         for tenant in (w.a, w.b):  # nothing of theirs left for other modules' workers
             for job in all_jobs(w, tenant.name):
                 if job.state in ("QUEUED", "RUNNING"):
                     jobs.request_cancel(job.job_id, tenant.name)
-            retention.purge_tenant(tenant.name)
+            purge.purge(tenant.name)
 
 
 def make_tenant(w, prefix: str) -> Tenant:

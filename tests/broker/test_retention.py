@@ -1,8 +1,8 @@
-"""Retention (broker/retention.py): TTLs enforced by the janitor's sweep, DeleteJob and the
-tenant purge, on the session Redis and a moto S3 bucket of this module's own, through a real
-broker over loopback. TTLs are 2 s (per-tenant overrides) instead of the issue's 60 s to keep
-the tests short. Every test uses tenants of its own and asserts only on their keys and
-objects (other modules' tenants share the Redis)."""
+"""Retention (broker/retention.py): TTLs enforced by the janitor's sweep and DeleteJob, and the
+tenant purge (broker/purge.py), on the session Redis and a moto S3 bucket of this module's own,
+through a real broker over loopback. TTLs are 2 s (per-tenant overrides) instead of the issue's
+60 s to keep the tests short. Every test uses tenants of its own and asserts only on their keys
+and objects (other modules' tenants share the Redis)."""
 
 from __future__ import annotations
 

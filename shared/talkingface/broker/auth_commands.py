@@ -80,8 +80,8 @@ def cmd_tenant(args: argparse.Namespace) -> int:
 
 def cmd_tenant_purge(args: argparse.Namespace) -> int:
     """`tenant purge --tenant T [--yes]`: without --yes a dry run (counts, exit 2)."""
+    from talkingface.broker.purge import TenantPurge
     from talkingface.broker.queue import WorkQueue
-    from talkingface.broker.retention import Retention
     from talkingface.broker.service import QUEUES
     from talkingface.config import Settings
     from talkingface.errors import TalkingFaceError
@@ -93,8 +93,8 @@ def cmd_tenant_purge(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
         queues = [WorkQueue.from_settings(keys.redis, name, settings) for name in QUEUES]
-        retention = Retention(keys.redis, store_from_settings(settings), settings, queues=queues)
-        counts = retention.purge_tenant(args.tenant, dry_run=not args.yes)
+        purge = TenantPurge(keys.redis, store_from_settings(settings), queues)
+        counts = purge.purge(args.tenant, dry_run=not args.yes)
     except TalkingFaceError as exc:
         print(f"talkingface tenant purge: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,5 +1,4 @@
-"""Retention: how long uploads, results, job records and dead letters are kept; DeleteJob; the
-tenant purge.
+"""Retention: how long uploads, results, job records and dead letters are kept; DeleteJob.
 
 TTLs have defaults in the settings and may be overridden for one tenant in the same Redis hash
 as its limits, `tf:limits:<tenant>` (broker/limits.py), e.g.
@@ -37,12 +36,7 @@ with its event stream, idempotency key and index entries. A straggler object the
 worker writes after that has no record and goes at the next sweep. Uploads stay: they are the
 tenant's, possibly shared by several jobs, and go by their own TTL or the purge.
 
-`purge_tenant` deletes every Redis key of a tenant (job records and their event streams,
-idempotency keys, the job index and active set, avatar records and index, limit overrides,
-token buckets, upload counters, the tenant record, its API keys) and every object under its
-prefixes (`uploads/<tenant>/`, `results/<tenant>/`, `avatars/<avatar_id>/` of its avatars,
-`work/<job_id>/` of its jobs). Objects go first, then keys, so an interrupted purge can be run
-again and finds what is left.
+The tenant purge, which deletes everything of one tenant, is broker/purge.py.
 """
 
 from __future__ import annotations
@@ -56,27 +50,20 @@ from typing import Any
 
 import redis
 
-from talkingface.broker.auth import TENANTS_KEY, api_key_key, tenant_key, tenant_keys_key
-from talkingface.broker.avatars import record_key, tenant_avatars_key
 from talkingface.broker.jobs import (
     TERMINAL_STATES,
     Job,
     JobStore,
     active_jobs_key,
     check_tenant,
-    events_key,
     job_key,
     tenant_index_key,
 )
 from talkingface.broker.limits import (
-    SUBMIT,
-    UPLOAD,
-    bucket_key,
-    key_bucket_key,
     overrides_key,
-    uploads_key,
 )
 from talkingface.broker.queue import WorkQueue
+from talkingface.broker.values import as_str
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError
 from talkingface.storage import ObjectStore, StoreError
@@ -125,10 +112,6 @@ return 1
 """
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _parse_ttl(raw: Any) -> int:
     value = int(raw)
     if value < 0:
@@ -148,7 +131,7 @@ class SweepReport:
 
 
 class Retention:
-    """TTLs per tenant, the retention sweep, DeleteJob and the tenant purge."""
+    """TTLs per tenant, the retention sweep and DeleteJob."""
 
     def __init__(
         self,
@@ -170,7 +153,7 @@ class Retention:
 
     def ttls(self, tenant: str) -> dict[str, int]:
         """The tenant's TTLs in seconds (0 = forever): defaults with its overrides."""
-        raw = {_text(k): _text(v) for k, v in self.redis.hgetall(overrides_key(tenant)).items()}
+        raw = {as_str(k): as_str(v) for k, v in self.redis.hgetall(overrides_key(tenant)).items()}
         out = {}
         for name, setting in RETENTION.items():
             out[name] = int(getattr(self.settings, setting))
@@ -203,22 +186,14 @@ class Retention:
                 if exc.code != "JOB_ALREADY_FINISHED":
                     raise
         try:
-            objects = self._delete_objects([f"{RESULTS}/{tenant}/{job_id}", f"{SCRATCH}/{job_id}"])
+            prefixes = [f"{RESULTS}/{tenant}/{job_id}", f"{SCRATCH}/{job_id}"]
+            objects = delete_objects(self.store, prefixes)
         except StoreError as exc:
             raise as_talkingface_error(exc) from None
         if int(self._delete(keys=[job_key(job_id)], args=[job_id, tenant, 0, "0"])) != 1:
             raise TalkingFaceError("JOB_NOT_FOUND", f"job {job_id!r} not found", job_id=job_id)
         log.info("job deleted", extra={"tenant": tenant, "job_id": job_id, "objects": objects})
         return job, cancelled, objects
-
-    def _delete_objects(self, prefixes: Iterable[str]) -> int:
-        count = 0
-        for prefix in prefixes:
-            found = self.store.list(prefix)
-            if found:
-                self.store.delete_prefix(prefix)
-                count += len(found)
-        return count
 
     # --- the sweep -------------------------------------------------------------------------
 
@@ -251,7 +226,7 @@ class Retention:
 
     def _tenants_with_jobs(self) -> list[str]:
         prefix = tenant_index_key("")
-        return sorted({_text(k)[len(prefix) :] for k in self.redis.scan_iter(f"{prefix}*", 1000)})
+        return sorted({as_str(k)[len(prefix) :] for k in self.redis.scan_iter(f"{prefix}*", 1000)})
 
     def _sweep_jobs(self, now: float, ttl, report: SweepReport) -> None:
         """Final records older than the tenant's job retention, oldest first by creation (a
@@ -265,7 +240,8 @@ class Retention:
             upper = "(" + f"{cutoff_ms:015d}"
             cursor = "-"
             while True:
-                members = [_text(m) for m in self.redis.zrangebylex(index, cursor, upper, 0, BATCH)]
+                found = self.redis.zrangebylex(index, cursor, upper, 0, BATCH)
+                members = [as_str(m) for m in found]
                 if not members:
                     break
                 cursor = "(" + members[-1]
@@ -276,8 +252,8 @@ class Retention:
                     )
                     if int(gone) == 1:
                         report.jobs.append(job_id)
-                        self._delete_objects(
-                            [f"{RESULTS}/{tenant}/{job_id}", f"{SCRATCH}/{job_id}"]
+                        delete_objects(
+                            self.store, [f"{RESULTS}/{tenant}/{job_id}", f"{SCRATCH}/{job_id}"]
                         )
                     elif int(gone) == 0:  # expired already: drop its index entry
                         self.redis.zrem(index, member)
@@ -308,15 +284,15 @@ class Retention:
                 owner, updated, state, result = record
                 seconds = ttl(tenant, "result_retention_seconds")
                 if modified is None and updated is not None:
-                    modified = int(_text(updated)) / 1000
-                orphan = owner is None or _text(owner) != tenant
+                    modified = int(as_str(updated)) / 1000
+                orphan = owner is None or as_str(owner) != tenant
                 expired = seconds > 0 and modified is not None and now - modified >= seconds
                 if orphan or expired:
                     prefix = f"{RESULTS}/{tenant}/{job_id}"
                     self.store.delete_prefix(prefix)
                     report.results.append(prefix)
-                elif state is not None and _text(state) in TERMINAL_STATES:
-                    recorded = json.loads(_text(result)) if result else None
+                elif state is not None and as_str(state) in TERMINAL_STATES:
+                    recorded = json.loads(as_str(result)) if result else None
                     for key in unnamed_results(recorded, keys):
                         self.store.delete(key)
                         report.strays.append(key)
@@ -341,7 +317,7 @@ class Retention:
 
     def _active_inputs(self, tenant: str) -> set[str]:
         """The store keys the tenant's QUEUED or RUNNING jobs read."""
-        ids = [_text(i) for i in self.redis.smembers(active_jobs_key(tenant))]
+        ids = [as_str(i) for i in self.redis.smembers(active_jobs_key(tenant))]
         keys: set[str] = set()
         for job_id in ids:
             try:
@@ -370,86 +346,16 @@ class Retention:
                                                 approximate=False))  # fmt: skip
         return trimmed
 
-    # --- the tenant purge ------------------------------------------------------------------
 
-    def purge_tenant(self, tenant: str, *, dry_run: bool = False) -> dict[str, int]:
-        """Delete every key and object of `tenant` (or only count them with `dry_run`):
-        counts of jobs, avatars, API keys, Redis keys and objects."""
-        check_tenant(tenant)
-        job_ids = self._tenant_records("tf:job:*", tenant, job_key(""))
-        job_ids |= {_text(m).rpartition(":")[2]
-                    for m in self.redis.zrange(tenant_index_key(tenant), 0, -1)}  # fmt: skip
-        job_ids |= {_text(m) for m in self.redis.smembers(active_jobs_key(tenant))}
-        avatar_ids = self._tenant_records("tf:avatar:*", tenant, record_key(""))
-        avatar_ids |= {_text(m) for m in self.redis.zrange(tenant_avatars_key(tenant), 0, -1)}
-        key_ids = self._tenant_records("tf:apikey:*", tenant, api_key_key(""))
-        key_ids |= {_text(m) for m in self.redis.smembers(tenant_keys_key(tenant))}
-        # Ids from the indexes whose records name another tenant are not this tenant's.
-        job_ids = {i for i in job_ids if self._owner(job_key(i)) in (None, tenant)}
-        avatar_ids = {i for i in avatar_ids if self._owner(record_key(i)) in (None, tenant)}
-        key_ids = {i for i in key_ids if self._owner(api_key_key(i)) in (None, tenant)}
-
-        prefixes = [f"{UPLOADS}/{tenant}", f"{RESULTS}/{tenant}"]
-        prefixes += [f"{AVATARS}/{a}" for a in sorted(avatar_ids) if _segment(a)]
-        prefixes += [f"{SCRATCH}/{j}" for j in sorted(job_ids) if _segment(j)]
-        keys = set(self.tenant_keys(tenant))
-        for job_id in job_ids:
-            keys |= {job_key(job_id), events_key(job_id)}
-        keys |= {record_key(a) for a in avatar_ids} | {api_key_key(k) for k in key_ids}
-        keys |= {queue.tenant_key(tenant) for queue in self.queues}  # its waiting work
-        keys |= {key_bucket_key(k, b) for k in key_ids for b in (SUBMIT, UPLOAD)}
-        keys = {k for k in keys if self.redis.exists(k)}
-        try:
-            if dry_run:
-                objects = sum(len(self.store.list(p)) for p in prefixes)
-            else:
-                objects = self._delete_objects(prefixes)
-        except StoreError as exc:
-            raise as_talkingface_error(exc) from None
-        if not dry_run:
-            for queue in self.queues:  # its waiting work, its backlog and place in the ring
-                queue.drop_tenant(tenant)
-            for start in range(0, len(keys), 500):
-                self.redis.delete(*sorted(keys)[start : start + 500])
-            self.redis.srem(TENANTS_KEY, tenant)
-            log.info("tenant purged", extra={"tenant": tenant, "keys": len(keys),
-                                             "objects": objects})  # fmt: skip
-        return {"jobs": len(job_ids), "avatars": len(avatar_ids), "api_keys": len(key_ids),
-                "redis_keys": len(keys), "objects": objects}  # fmt: skip
-
-    def tenant_keys(self, tenant: str) -> list[str]:
-        """The tenant's keys that carry its name (exact keys and `<prefix>:<tenant>:*`)."""
-        check_tenant(tenant)
-        # The last one is broker/webhooks.py's signing secret.
-        exact = [tenant_index_key(tenant), active_jobs_key(tenant), tenant_avatars_key(tenant),
-                 overrides_key(tenant), tenant_key(tenant), tenant_keys_key(tenant),
-                 f"tf:webhooksecret:{tenant}"]  # fmt: skip
-        patterns = [f"tf:idem:{tenant}:*", bucket_key(tenant, "*"), uploads_key(tenant, "*")]
-        found = [k for k in exact if self.redis.exists(k)]
-        for pattern in patterns:
-            found += [_text(k) for k in self.redis.scan_iter(pattern, 1000)]
-        return sorted(set(found))
-
-    def _tenant_records(self, pattern: str, tenant: str, prefix: str) -> set[str]:
-        """Ids of the hashes matching `pattern` whose `tenant` field is `tenant`."""
-        names = [_text(k) for k in self.redis.scan_iter(pattern, 1000)]
-        found: set[str] = set()
-        for start in range(0, len(names), 500):
-            batch = names[start : start + 500]
-            with self.redis.pipeline(transaction=False) as pipe:
-                for name in batch:
-                    pipe.hget(name, "tenant")
-                owners = pipe.execute(raise_on_error=False)
-            found |= {n[len(prefix):] for n, o in zip(batch, owners, strict=True)
-                      if isinstance(o, bytes | str) and _text(o) == tenant}  # fmt: skip
-        return found
-
-    def _owner(self, key: str) -> str | None:
-        try:
-            owner = self.redis.hget(key, "tenant")
-        except redis.ResponseError:
-            return "?"
-        return None if owner is None else _text(owner)
+def delete_objects(store: ObjectStore, prefixes: Iterable[str]) -> int:
+    """Delete every object under each of `prefixes`: how many there were."""
+    count = 0
+    for prefix in prefixes:
+        found = store.list(prefix)
+        if found:
+            store.delete_prefix(prefix)
+            count += len(found)
+    return count
 
 
 def unnamed_results(result: dict | None, keys: Iterable[str]) -> list[str]:
@@ -469,13 +375,3 @@ def _named_keys(value: Any) -> set[str]:
     if isinstance(value, list):
         return set().union(*(_named_keys(v) for v in value))
     return set()
-
-
-def _segment(value: str) -> bool:
-    from talkingface.storage.keys import validate_segment
-
-    try:
-        validate_segment(value)
-        return True
-    except ValueError:
-        return False
