@@ -63,24 +63,33 @@ class SyncContext:
             coroutine.close()
             raise RuntimeError("the server has stopped") from None
 
-    def _wait(self, coroutine: Any) -> BaseException | None:
-        """Run `coroutine` on the server's loop; the exception it ended with (None when it
-        returned), waiting while the loop runs. A loop stopped meanwhile never runs it: it is
-        closed then, not left to be collected unawaited."""
+    def finished(
+        self, coroutine: Any, keep_waiting: Callable[[], bool] | None = None
+    ) -> futures.Future | None:
+        """Run `coroutine` on the server's loop and wait for it: its future, done; or None when
+        the wait was given up because the loop stopped or `keep_waiting()` turned False
+        (looked at every _READ_POLL_S). A coroutine given up before it started is closed
+        then, not left to be collected unawaited."""
         future = self._submit(coroutine)
         while True:
             try:
-                return future.exception(timeout=_READ_POLL_S)
+                future.exception(timeout=_READ_POLL_S)
+                return future
             except futures.TimeoutError:
-                if self._loop.is_running():
+                if self._loop.is_running() and (keep_waiting is None or keep_waiting()):
                     continue
                 future.cancel()
             except futures.CancelledError:
                 pass
-            # Cancelled, or the loop stopped: a coroutine it never started is closed.
             if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
                 coroutine.close()
-            return RuntimeError("the server has stopped")
+            return None
+
+    def _wait(self, coroutine: Any) -> BaseException | None:
+        """Run `coroutine` on the server's loop; the exception it ended with (None when it
+        returned), waiting while the loop runs."""
+        future = self.finished(coroutine)
+        return RuntimeError("the server has stopped") if future is None else future.exception()
 
     def _run(self, coroutine: Any) -> None:
         error = self._wait(coroutine)
@@ -153,12 +162,10 @@ class SyncRequests:
     """A client stream's messages as a blocking iterator, for a method run in the pool. A call
     that ended (the client went away) raises grpc.RpcError, as the thread-pool server's does."""
 
-    def __init__(self, requests: Any, context: SyncContext,
-                 loop: asyncio.AbstractEventLoop) -> None:  # fmt: skip
+    def __init__(self, requests: Any, context: SyncContext) -> None:
         self._requests = requests
         self._iterator: Any = None  # made on the first read: an unread stream makes none
         self._context = context
-        self._loop = loop
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -179,20 +186,21 @@ class SyncRequests:
             raise
 
     def __next__(self) -> Any:
-        if not (self._context.is_active() and self._loop.is_running()):
+        ended = "the call ended while its messages were read"
+        if not self._context.is_active():
             raise grpc.RpcError("the call has ended")
-        future = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
-        while True:
-            try:
-                return future.result(timeout=_READ_POLL_S)
-            except StopAsyncIteration:
-                if not self._context.is_active():  # the client went away: no end of stream
-                    raise grpc.RpcError("the call ended while its messages were read") from None
-                raise StopIteration from None
-            except futures.TimeoutError:
-                if not (self._context.is_active() and self._loop.is_running()):
-                    future.cancel()
-                    raise grpc.RpcError("the call ended while its messages were read") from None
+        try:
+            future = self._context.finished(self._next(), self._context.is_active)
+        except RuntimeError:  # the server's loop has stopped
+            raise grpc.RpcError("the call has ended") from None
+        if future is None:
+            raise grpc.RpcError(ended)
+        try:
+            return future.result()
+        except StopAsyncIteration:
+            if not self._context.is_active():  # the client went away: no end of stream
+                raise grpc.RpcError(ended) from None
+            raise StopIteration from None
 
 
 def is_coroutine_method(behaviour: Callable) -> bool:
@@ -219,7 +227,7 @@ def bridged(handler: grpc.RpcMethodHandler, pool: futures.Executor) -> grpc.RpcM
     def arguments(request: Any, context: Any, loop: asyncio.AbstractEventLoop) -> tuple:
         sync_context = SyncContext(context, loop)
         if request_streaming:
-            return SyncRequests(request, sync_context, loop), sync_context
+            return SyncRequests(request, sync_context), sync_context
         return request, sync_context
 
     if not response_streaming:
