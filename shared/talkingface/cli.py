@@ -341,9 +341,13 @@ def _add_train_eval(sub: argparse._SubParsersAction) -> None:
     add_train_arguments(train)
     train.set_defaults(func=judge_or(cmd_train, "train"))
     evaluate = sub.add_parser(
-        "eval", help="evaluate motion, projection, avatar or judge, or all of them (--json)"
+        "eval",
+        help="evaluate motion, projection, avatar, judge or an ingest against its truth, or "
+        "all of them (--json)",
     )
-    evaluate.add_argument("what", choices=("motion", "projection", "avatar", "judge", "all"))
+    evaluate.add_argument(
+        "what", choices=("motion", "projection", "avatar", "ingest", "judge", "all")
+    )
     add_eval_arguments(evaluate)
     add_judge_arguments(evaluate)
     evaluate.set_defaults(func=judge_or(cmd_eval, "eval"))

@@ -77,6 +77,67 @@ def test_synthtalk_from_pixels_matches_its_ground_truth(synthtalk, ingested):
     assert np.load(out / "torso_masks.npy").shape == (frames, 128, 128)
 
 
+def _with_poses(ingested_dir, tmp_path, rotations, translations, k):
+    """A copy of the ingested directory with other poses (R, t, K in its crop's pixels)."""
+    import shutil
+
+    out = tmp_path / "posed"
+    shutil.copytree(ingested_dir, out)
+    np.savez_compressed(out / "poses.npz", R=rotations.astype(np.float32),
+                        t=translations.astype(np.float32), K=k.astype(np.float32))  # fmt: skip
+    return out
+
+
+def test_eval_ingest_measures_the_ingest_against_its_truth(synthtalk, ingested, tmp_path,
+                                                            capsys):  # fmt: skip
+    from scipy.spatial.transform import Rotation
+
+    from talkingface.cli import main
+    from talkingface.face.evaluate import evaluate_ingest
+
+    truth_dir, _ = synthtalk
+    out, report = ingested
+    got = evaluate_ingest(out, truth_dir)
+    assert got["frames"]["face_found"] == got["frames"]["kept"] == report["frames"]["kept"]
+    assert got["nme_iod"]["mouth"] <= 0.08 and got["lip_opening_r"] >= 0.9, got
+    assert got["rotation_error_deg"]["after_constant_rotation"] <= 4.0, got
+    assert 0.0 < got["pose_consistency_px"]["train"] < 4.0, got  # crop pixels at 128 x 128
+
+    # The truth's own poses, seen through the crop and in a head frame turned by a constant
+    # rotation and shifted: no error of any kind. Then each frame turned 2 degrees about a
+    # random axis: errors of about that size, and the fixed points no longer fit.
+    truth = read_avatar(truth_dir)
+    crop = report["crop"]
+    scale = crop["size"] / crop["side"]
+    to_crop = np.array([[scale, 0, -crop["x0"] * scale], [0, scale, -crop["y0"] * scale],
+                        [0, 0, 1]])  # fmt: skip
+    k = to_crop @ truth["K"]
+    q = Rotation.from_euler("xyz", [5, -10, 3], degrees=True).as_matrix()
+    shift = np.array([0.1, -0.2, 0.3])  # the new head origin, in the truth's head frame
+    lo = report["frames"]["dropped_why"]["no_face_at_start"]
+    kept = slice(lo, lo + report["frames"]["kept"])
+    rotations = truth["R"][kept].astype(np.float64)
+    r = np.einsum("tij,jk->tik", rotations, q)
+    t = truth["t"][kept] + np.einsum("tij,j->ti", rotations, shift)
+    exact = evaluate_ingest(_with_poses(out, tmp_path / "exact", r, t, k), truth_dir)
+    assert max(exact["rotation_error_deg"].values()) < 0.01, exact
+    assert max(exact["pose_consistency_px"].values()) < 0.01, exact
+    axes = np.random.default_rng(1).normal(size=(len(r), 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    turns = Rotation.from_rotvec(np.deg2rad(2.0) * axes)
+    noisy = evaluate_ingest(_with_poses(out, tmp_path / "noisy", turns.as_matrix() @ r, t, k),
+                            truth_dir)  # fmt: skip
+    assert 1.5 < noisy["rotation_error_deg"]["after_constant_rotation"] < 2.5, noisy
+    assert noisy["pose_consistency_px"]["val"] > 0.5, noisy
+
+    assert main(["eval", "ingest", "--data", str(out), "--truth", str(truth_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == got
+    assert main(["eval", "ingest", "--data", str(out)]) == 2
+    assert "--truth" in capsys.readouterr().err
+    assert main(["eval", "ingest", "--data", str(truth_dir), "--truth", str(truth_dir)]) == 2
+    assert "no ingest.json" in capsys.readouterr().err
+
+
 def test_the_ingested_directory_trains(ingested, tmp_path):
     from talkingface.config import Settings
     from talkingface.render.commands import train_avatar

@@ -69,8 +69,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         type=Path,
-        help="SynthTalk corpus (motion) or avatar directory (projection, avatar); required "
-        "but for `eval all`",
+        help="SynthTalk corpus (motion) or avatar directory (projection, avatar, ingest: the "
+        "ingested one); required but for `eval all`",
+    )
+    parser.add_argument(
+        "--truth",
+        type=Path,
+        help="ingest: the SynthTalk avatar directory whose frames made the ingested video",
     )
     parser.add_argument(
         "--plan",
@@ -289,6 +294,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _fail(f"eval {args.what}", ValueError("--data is required"))
     if args.what == "avatar":
         return _eval_avatar(args)
+    if args.what == "ingest":
+        return _eval_ingest(args)
     if args.ckpt is None:
         return _fail(f"eval {args.what}", ValueError("--ckpt CKPT_DIR is required"))
     try:
@@ -372,6 +379,20 @@ def _eval_all(args: argparse.Namespace) -> int:
         _emit(result, True)
     else:
         print(markdown(result))
+    return 0
+
+
+def _eval_ingest(args: argparse.Namespace) -> int:
+    from talkingface.data.synthtalk.fileformat import FormatError
+    from talkingface.face.evaluate import evaluate_ingest
+
+    if args.truth is None:
+        return _fail("eval ingest", ValueError("--truth SYNTHTALK_AVATAR_DIR is required"))
+    try:
+        result = evaluate_ingest(args.data, args.truth)
+    except (ValueError, KeyError, OSError, FormatError) as exc:
+        return _fail("eval ingest", exc)
+    _emit(result, args.json)
     return 0
 
 
