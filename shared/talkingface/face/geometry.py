@@ -20,6 +20,7 @@ from talkingface.face.pose import (
     frame_poses,
     rotation_angle_degrees,
     smooth_poses,
+    steady_weights,
     umeyama,
 )
 
@@ -41,8 +42,11 @@ def head_geometry(mesh: np.ndarray, frame_hw: tuple[int, int], fov_deg: float) -
     reports of them."""
     mesh = np.asarray(mesh, np.float64)
     step = max(1, len(mesh) // 300)  # the shape from at most ~300 frames
+    # Twice: weighted towards the skull first, then towards the points that stay put on it.
     shape = canonical_shape(mesh[::step])
-    s, raw_rot, shift, residual = frame_poses(mesh, shape)
+    weights = steady_weights(mesh[::step], shape, frame_poses(mesh[::step], shape))
+    shape = canonical_shape(mesh[::step], weights=weights)
+    s, raw_rot, shift, residual = frame_poses(mesh, shape, weights)
     s, rot, shift = smooth_poses(s, raw_rot, shift, POSE_SMOOTH_FRAMES)
     # The shape in the contract's frame: P = sigma Q D C + o.
     sigma, q, o = umeyama(shape[IBUG68] @ D.T, _contract_template())

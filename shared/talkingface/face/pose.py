@@ -5,10 +5,11 @@ on the same scale (a weak-perspective reading of the face). A person's rigid hea
 estimated from the video itself (`canonical_shape`): start from the most frontal frame,
 align every frame to the current estimate with a similarity transform (Umeyama's
 least-squares rotation, scale and translation, weighted towards the points that move least
-with expression), average the aligned shapes, and repeat. Each frame's pose is then the
-similarity that carries the canonical shape onto it (`frame_poses`), smoothed along time
-(`smooth_poses`: the mesh's frame-to-frame noise is not the head's motion), and yaw, pitch and
-roll follow from its rotation (`euler_degrees`).
+with expression), average the aligned shapes, and repeat; then again with each point
+weighted by how steadily it sits on that shape in this video (`steady_weights`). Each
+frame's pose is then the similarity that carries the canonical shape onto it
+(`frame_poses`), smoothed along time (`smooth_poses`: the mesh's frame-to-frame noise is not
+the head's motion), and yaw, pitch and roll follow from its rotation (`euler_degrees`).
 
 Umeyama, "Least-squares estimation of transformation parameters between two point
 patterns", IEEE TPAMI 13(4), 1991.
@@ -70,11 +71,13 @@ def frontality(mesh: np.ndarray) -> float:
     return float(abs(np.dot(p[30, :2] - eyes, axis)) / max(iod, 1e-9))
 
 
-def canonical_shape(meshes: np.ndarray, iterations: int = 3) -> np.ndarray:
+def canonical_shape(meshes: np.ndarray, iterations: int = 3,
+                    weights: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """The person's rigid shape [468, 3] from their meshes [T, 468, 3]: centred, unit RMS
-    radius, oriented as the most frontal frame (x right, y down, z away from the camera)."""
+    radius, oriented as the most frontal frame (x right, y down, z away from the camera).
+    `weights` [468]: the points' weights in the alignments (default `rigid_weights`)."""
     meshes = np.asarray(meshes, np.float64)
-    w = rigid_weights(meshes.shape[1])
+    w = rigid_weights(meshes.shape[1]) if weights is None else weights
     start = int(np.argmin([frontality(m) for m in meshes]))
     shape = _normalise(meshes[start])
     for _ in range(iterations):
@@ -91,10 +94,11 @@ def _normalise(shape: np.ndarray) -> np.ndarray:
     return centred / np.sqrt((centred**2).sum(axis=1).mean())
 
 
-def frame_poses(meshes: np.ndarray, canonical: np.ndarray):
+def frame_poses(meshes: np.ndarray, canonical: np.ndarray, weights: np.ndarray | None = None):
     """Per frame (s [T], R [T, 3, 3], t [T, 3]) carrying `canonical` onto the frame's mesh,
-    and the residual RMS of the rigid points in the frame's pixels [T]."""
-    w = rigid_weights(canonical.shape[0])
+    and the residual RMS of the rigid points in the frame's pixels [T]. `weights` [468]:
+    the points' weights in the fit (default `rigid_weights`)."""
+    w = rigid_weights(canonical.shape[0]) if weights is None else weights
     scales, rots, shifts, residual = [], [], [], []
     for mesh in np.asarray(meshes, np.float64):
         s, rot, t = umeyama(canonical, mesh, w)
@@ -104,6 +108,19 @@ def frame_poses(meshes: np.ndarray, canonical: np.ndarray):
         diff = apply(s, rot, t, canonical[RIGID]) - mesh[RIGID]
         residual.append(float(np.sqrt((diff**2).sum(axis=1).mean())))
     return np.array(scales), np.stack(rots), np.stack(shifts), np.array(residual)
+
+
+def steady_weights(meshes: np.ndarray, canonical: np.ndarray, poses) -> np.ndarray:
+    """Weights [468] for the pose fit from the video itself: the inverse of each point's
+    variance about the rigid fit `poses` (s, R, t of `frame_poses`) of `canonical`, its own
+    mean offset removed; the steadiest point weighs 1. Points that move with expression, and
+    points the mesh reads with more noise, weigh less."""
+    s, rot, t = poses[:3]
+    fitted = s[:, None, None] * np.einsum("tij,nj->tni", rot, canonical) + t[:, None, :]
+    off = np.asarray(meshes, np.float64) - fitted
+    variance = ((off - off.mean(axis=0)) ** 2).sum(axis=2).mean(axis=0)
+    weights = 1.0 / np.maximum(variance, 1e-12)
+    return weights / weights.max()
 
 
 def smooth_poses(scale: np.ndarray, rot: np.ndarray, shift: np.ndarray, sigma: float):
