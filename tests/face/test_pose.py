@@ -108,6 +108,13 @@ def test_steady_weights_favour_the_points_that_stay_put(head):
         return float(np.median(rotation_angle_degrees(rel_est, rel_true)))
 
     assert error(weights) < 0.5 * error(rigid_weights()), (error(weights), error(None))
+    # A point that sits exactly on the rigid fit in every frame (no variance at all) does not
+    # take the fit over.
+    poses = frame_poses(meshes, shape)
+    scale, rots, shifts = poses[:3]
+    meshes[:, steady[0]] = scale[:, None] * (rots @ shape[steady[0]]) + shifts
+    pinned = steady_weights(meshes, shape, poses)
+    assert (pinned >= 0.999).sum() >= 9 and np.median(pinned[steady]) > 0.2, np.sort(pinned)[-12:]
 
 
 def test_pose_smoothing_takes_out_frame_noise_without_lagging_the_motion():
