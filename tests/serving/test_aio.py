@@ -3,10 +3,14 @@ coroutine methods on its loop, behind our own interceptors, over real gRPC on lo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import queue
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 
 import grpc
@@ -205,22 +209,18 @@ class _CallContext:
         raise AssertionError("a stopped loop never runs this")
 
 
-def test_an_abort_that_a_stopping_loop_never_runs_is_closed_not_left_unawaited():
-    """The server's loop stops after an abort was handed to it and before it ran: the call
-    ends with "the server has stopped", and the coroutine is closed, not garbage-collected
-    with "coroutine ... was never awaited" (a warning CI runs printed at random)."""
-    import asyncio
-    import gc
-    import warnings
-
-    from talkingface.serving.aio import SyncContext
-
+@contextlib.contextmanager
+def _busy_loop_that_stops():
+    """An event loop running in its own thread, busy in a callback until `release` is set (at
+    the block's end at the latest), then stopped and closed: what was handed to it meanwhile
+    never runs. Yields (loop, release, the warnings caught in the block and by a garbage
+    collection after it)."""
     loop = asyncio.new_event_loop()
     holding, release = threading.Event(), threading.Event()
 
-    def hold_then_stop():  # the loop is busy while the abort is submitted, then stops
+    def hold_then_stop():
         holding.set()
-        release.wait(5)
+        release.wait(10)
         loop.stop()
 
     runner = threading.Thread(target=loop.run_forever)
@@ -230,15 +230,25 @@ def test_an_abort_that_a_stopping_loop_never_runs_is_closed_not_left_unawaited()
         try:
             loop.call_soon_threadsafe(hold_then_stop)
             assert holding.wait(5)
-            context = SyncContext(_CallContext(), loop)
-            threading.Timer(0.2, release.set).start()
-            with pytest.raises(RuntimeError, match="the server has stopped"):
-                context.abort(grpc.StatusCode.INTERNAL, "x")
+            yield loop, release, caught
         finally:
             release.set()
             runner.join(5)
-            loop.close()  # drops the callback that would have run the abort
+            loop.close()  # drops the callbacks that would have run what was handed over
         gc.collect()
+
+
+def test_an_abort_that_a_stopping_loop_never_runs_is_closed_not_left_unawaited():
+    """The server's loop stops after an abort was handed to it and before it ran: the call
+    ends with "the server has stopped", and the coroutine is closed, not garbage-collected
+    with "coroutine ... was never awaited" (a warning CI runs printed at random)."""
+    from talkingface.serving.aio import SyncContext
+
+    with _busy_loop_that_stops() as (loop, release, caught):
+        context = SyncContext(_CallContext(), loop)
+        threading.Timer(0.2, release.set).start()  # the loop stops while the abort waits
+        with pytest.raises(RuntimeError, match="the server has stopped"):
+            context.abort(grpc.StatusCode.INTERNAL, "x")
     # Only this test's own coroutine: a grpc context's abort left unawaited elsewhere would be
     # collected here too (seen 1 run in 4 before the next test's race was closed).
     mine = [w for w in caught if "'_CallContext.abort' was never awaited" in str(w.message)]
@@ -250,8 +260,6 @@ class _ClosingLoop:
     server's stop closing it between the two (the race a pool thread's abort can lose)."""
 
     def __init__(self) -> None:
-        import asyncio
-
         self.loop = asyncio.new_event_loop()
         self.loop.close()
 
@@ -266,9 +274,6 @@ class _ClosingLoop:
 
 
 def test_an_abort_handed_to_a_loop_that_closes_meanwhile_is_closed_not_left_unawaited():
-    import gc
-    import warnings
-
     from talkingface.serving.aio import SyncContext
 
     context = SyncContext(_CallContext(), _ClosingLoop())
@@ -302,42 +307,19 @@ def test_a_stream_read_given_up_when_the_call_ends_is_closed_not_left_unawaited(
     """A blocking method reads the next request while the server's loop is busy, and the
     client goes away before the loop gets to the read: the method gets grpc.RpcError within
     a poll, and the read's coroutine is closed, not collected unawaited."""
-    import asyncio
-    import gc
-    import warnings
-
     from talkingface.serving.aio import SyncContext, SyncRequests
 
     async def messages():
         yield pb.UploadRequest()
 
-    loop = asyncio.new_event_loop()
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_then_stop():  # busy while the read is handed over, then stops: it never runs
-        holding.set()
-        release.wait(10)
-        loop.stop()
-
-    runner = threading.Thread(target=loop.run_forever)
-    runner.start()
     call = _EndingContext()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            loop.call_soon_threadsafe(hold_then_stop)
-            assert holding.wait(5)
-            requests = SyncRequests(messages(), SyncContext(call, loop))
-            threading.Timer(0.2, call.end).start()
-            started = time.monotonic()
-            with pytest.raises(grpc.RpcError, match="ended while its messages were read"):
-                next(requests)
-            assert time.monotonic() - started < 5
-        finally:
-            release.set()
-            runner.join(5)
-            loop.close()  # drops the callback that would have run the read
-        gc.collect()
+    with _busy_loop_that_stops() as (loop, _release, caught):
+        requests = SyncRequests(messages(), SyncContext(call, loop))
+        threading.Timer(0.2, call.end).start()
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError, match="ended while its messages were read"):
+            next(requests)
+        assert time.monotonic() - started < 5
     mine = [w for w in caught if "SyncRequests._next' was never awaited" in str(w.message)]
     assert not mine, [str(w.message) for w in caught]
     with pytest.raises(grpc.RpcError, match="the call has ended"):
