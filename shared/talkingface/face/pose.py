@@ -34,27 +34,28 @@ def rigid_weights(n: int = 468) -> np.ndarray:
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None,
-            scale: bool = True) -> tuple[float, np.ndarray, np.ndarray]:  # fmt: skip
+            scale: bool = True):  # fmt: skip
     """(s, R, t) minimising sum_i w_i |dst_i - (s R src_i + t)|^2 over rotations R (det +1).
 
-    src, dst: [N, D]; weights: [N] (default all 1).
+    src, dst: [N, D], or batches [..., N, D] (either may be one set for the whole batch:
+    then s [...], R [..., D, D], t [..., D]); weights: [N] (default all 1).
     """
     src = np.asarray(src, np.float64)
     dst = np.asarray(dst, np.float64)
-    w = np.ones(len(src)) if weights is None else np.asarray(weights, np.float64)
+    w = np.ones(src.shape[-2]) if weights is None else np.asarray(weights, np.float64)
     w = w / w.sum()
-    mu_s, mu_d = w @ src, w @ dst
-    xs, xd = src - mu_s, dst - mu_d
-    cov = (xd * w[:, None]).T @ xs
+    mu_s, mu_d = np.einsum("n,...nd->...d", w, src), np.einsum("n,...nd->...d", w, dst)
+    xs, xd = src - mu_s[..., None, :], dst - mu_d[..., None, :]
+    cov = np.einsum("...ni,n,...nj->...ij", xd, w, xs)
     u, sigma, vt = np.linalg.svd(cov)
-    d = np.ones(len(sigma))
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[-1] = -1.0
-    rot = u @ np.diag(d) @ vt
-    var_s = float(w @ (xs**2).sum(axis=1))
-    s = float((sigma * d).sum() / var_s) if scale and var_s > 0 else 1.0
-    t = mu_d - s * rot @ mu_s
-    return s, rot, t
+    d = np.ones(sigma.shape)
+    d[..., -1] = np.where(np.linalg.det(u) * np.linalg.det(vt) < 0, -1.0, 1.0)
+    rot = u @ (d[..., :, None] * vt)
+    var_s = np.einsum("n,...n->...", w, (xs**2).sum(axis=-1))
+    s = (sigma * d).sum(axis=-1) / np.where(var_s > 0, var_s, 1.0)
+    s = np.where(scale & (var_s > 0), s, 1.0)
+    t = mu_d - s[..., None] * np.einsum("...ij,...j->...i", rot, mu_s)
+    return (float(s), rot, t) if s.ndim == 0 else (s, rot, t)
 
 
 def apply(s: float, rot: np.ndarray, t: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -81,11 +82,9 @@ def canonical_shape(meshes: np.ndarray, iterations: int = 3,
     start = int(np.argmin([frontality(m) for m in meshes]))
     shape = _normalise(meshes[start])
     for _ in range(iterations):
-        aligned = []
-        for mesh in meshes:
-            s, rot, t = umeyama(mesh, shape, w)
-            aligned.append(apply(s, rot, t, mesh))
-        shape = _normalise(np.mean(aligned, axis=0))
+        s, rot, t = umeyama(meshes, shape, w)  # every frame at once
+        aligned = s[:, None, None] * np.einsum("tij,tnj->tni", rot, meshes) + t[:, None, :]
+        shape = _normalise(aligned.mean(axis=0))
     return shape
 
 
@@ -99,15 +98,11 @@ def frame_poses(meshes: np.ndarray, canonical: np.ndarray, weights: np.ndarray |
     and the residual RMS of the rigid points in the frame's pixels [T]. `weights` [468]:
     the points' weights in the fit (default `rigid_weights`)."""
     w = rigid_weights(canonical.shape[0]) if weights is None else weights
-    scales, rots, shifts, residual = [], [], [], []
-    for mesh in np.asarray(meshes, np.float64):
-        s, rot, t = umeyama(canonical, mesh, w)
-        scales.append(s)
-        rots.append(rot)
-        shifts.append(t)
-        diff = apply(s, rot, t, canonical[RIGID]) - mesh[RIGID]
-        residual.append(float(np.sqrt((diff**2).sum(axis=1).mean())))
-    return np.array(scales), np.stack(rots), np.stack(shifts), np.array(residual)
+    meshes = np.asarray(meshes, np.float64)
+    s, rot, t = umeyama(canonical, meshes, w)  # every frame at once
+    fitted = s[:, None, None] * np.einsum("tij,nj->tni", rot, canonical[RIGID]) + t[:, None, :]
+    residual = np.sqrt(((fitted - meshes[:, RIGID]) ** 2).sum(axis=2).mean(axis=1))
+    return s, rot, t, residual
 
 
 def steady_weights(meshes: np.ndarray, canonical: np.ndarray, poses) -> np.ndarray:
