@@ -106,7 +106,9 @@ def head_points(lm3d: np.ndarray) -> np.ndarray:
 
 
 def project(k: np.ndarray, r: np.ndarray, t: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Pixels [T, N, 2] of `points` [N, 3] under poses r [T, 3, 3], t [T, 3] and K `k`."""
+    """Pixels [T, N, 2] of `points` [N, 3] under poses r [T, 3, 3], t [T, 3] and K `k`, in
+    float64: `data.synthtalk.camera.project` is the same pinhole in float32, too coarse for
+    the finite differences of `fixed_points`."""
     camera = np.einsum("tij,nj->tni", r, points) + t[:, None, :]
     pixels = np.einsum("ij,tnj->tni", k, camera)
     return pixels[..., :2] / pixels[..., 2:3]
