@@ -23,10 +23,10 @@ Key layout (every key expires `ttl_s` after the job's last change; each change r
 
 Guarantees, and what they rest on:
 
-- Every write is one Lua script, so it is atomic: the idempotency check and the job it creates
-  (two concurrent submits with one key get one job), the state-machine check and the write it
-  guards (a terminal state is final even under racing workers and cancels), and the record
-  change with its event-stream entry.
+- Every write is one Lua script (`talkingface.broker.lua`), so it is atomic: the idempotency check
+  and the job it creates (two concurrent submits with one key get one job), the state-machine check
+  and the write it guards (a terminal state is final even under racing workers and cancels), and the
+  record change with its event-stream entry.
 - The state machine: QUEUED -> RUNNING | CANCELLED | FAILED; RUNNING -> SUCCEEDED | FAILED |
   CANCELLED, or back to QUEUED for a retry; SUCCEEDED, FAILED and CANCELLED are final. Staying
   in QUEUED or RUNNING (progress, stage, attempt) is allowed. The process whose write made a
@@ -57,7 +57,8 @@ from typing import Any
 
 import redis
 
-from talkingface.broker.queue import FAIR_PUSH_LUA, Lease, LeaseLost
+from talkingface.broker import lua
+from talkingface.broker.queue import Lease, LeaseLost
 from talkingface.broker.values import as_str
 from talkingface.config import Settings
 from talkingface.errors import GRPC_STATUS, TalkingFaceError
@@ -201,146 +202,6 @@ class Job:
         )
 
 
-# Shared by the scripts below: the Redis clock in ms, and appending the record to its stream.
-_LUA_COMMON = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function publish(job, events, ttl, maxlen)
-  local flat = redis.call('HGETALL', job)
-  local entry = {}
-  for i = 1, #flat, 2 do
-    if flat[i] ~= 'request' then
-      entry[#entry + 1] = flat[i]
-      entry[#entry + 1] = flat[i + 1]
-    end
-  end
-  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(entry))
-  redis.call('EXPIRE', events, ttl)
-  return flat
-end
-"""
-
-# KEYS: job, tenant index, events, sequence, the tenant's active set[, idempotency]; ARGV:
-# ttl, maxlen, job_id, has idempotency key ('1' | '0'), work payload (JSON; '' = none), active
-# limit (0 = none), work queue name ('' = none), tenant, field/value...
-# Returns {1, job_id, record} for a new job, {0, existing_job_id} for a reused key, and
-# {-1, active} when the tenant already has `active limit` jobs QUEUED or RUNNING.
-# With a work queue, the job's first work message is added to the tenant's list of that queue
-# in the same step (talkingface.broker.queue's fair_push and message format), so a job can
-# never be created without its work.
-# The active set holds the ids of the tenant's jobs that may still be active; ended or
-# expired ones are pruned here (all of them when there is a limit, a sample otherwise), by
-# reading `tf:job:<id>` keys the script is not given (one Redis, not Redis Cluster).
-_CREATE = (
-    _LUA_COMMON
-    + FAIR_PUSH_LUA
-    + """
-local ttl = tonumber(ARGV[1])
-local active = KEYS[5]
-local limit = tonumber(ARGV[6])
-local idem = ARGV[4] == '1' and KEYS[6] or nil
-local work = ARGV[7]
-if idem then
-  local existing = redis.call('GET', idem)
-  if existing then return {0, existing} end
-end
-local members
-if limit > 0 then
-  members = redis.call('SMEMBERS', active)
-else
-  members = redis.call('SRANDMEMBER', active, 20)
-end
-local count = #members
-for _, id in ipairs(members) do
-  local s = redis.call('HGET', 'tf:job:' .. id, 'state')
-  if not s or s == 'SUCCEEDED' or s == 'FAILED' or s == 'CANCELLED' then
-    redis.call('SREM', active, id)
-    count = count - 1
-  end
-end
-if limit > 0 and count >= limit then return {-1, count} end
-if idem then redis.call('SET', idem, ARGV[3], 'EX', ttl) end
-redis.call('SADD', active, ARGV[3])
-redis.call('EXPIRE', active, ttl)
-local now = now_ms()
-redis.call('HSET', KEYS[1], 'job_id', ARGV[3], 'created_at', now, 'updated_at', now,
-           unpack(ARGV, 9))
-redis.call('EXPIRE', KEYS[1], ttl)
-local seq = redis.call('INCR', KEYS[4])
-redis.call('ZADD', KEYS[2], 0, string.format('%015.0f:%015.0f:', now, seq) .. ARGV[3])
-redis.call('ZREMRANGEBYLEX', KEYS[2], '-', '(' .. string.format('%015.0f', now - 2 * ttl * 1000))
-redis.call('EXPIRE', KEYS[2], ttl)
-if work ~= '' then
-  local message = cjson.encode({job_id = ARGV[3], payload = ARGV[5], prior = '0',
-                                enqueued = string.format('%d', now)})
-  fair_push(work, ARGV[8], ARGV[3], message, false)
-end
-return {1, ARGV[3], publish(KEYS[1], KEYS[3], ttl, ARGV[2])}
-"""
-)
-
-# KEYS: job, events, webhook due set[, work stream]; ARGV: ttl, maxlen, tenant ('' = any), mode
-# ('update' | 'cancel'), consumer group, message id, consumer ('' = no lease), field/value...
-# (update). Returns {'OK', record} or {ERROR_NAME, detail...}.
-# With a lease (a work stream, its group, the delivery's message id and consumer) the write
-# happens only while that consumer still holds the message in the group's pending list, in
-# the same atomic step (fencing), and renews it: a worker whose lease was taken over changes
-# nothing, one that holds it needs no separate renewal.
-# The write that makes a job with a callback_url final also schedules its webhook (due now).
-_UPDATE = (
-    _LUA_COMMON
-    + """
-local ttl = tonumber(ARGV[1])
-if ARGV[7] ~= '' then
-  local ok, p = pcall(redis.call, 'XPENDING', KEYS[4], ARGV[5], ARGV[6], ARGV[6], 1)
-  if not ok or not p[1] or p[1][2] ~= ARGV[7] then return {'LEASE_LOST'} end
-  -- still ours: the write renews the lease too (idle time reset, delivery count unchanged)
-  redis.call('XCLAIM', KEYS[4], ARGV[5], ARGV[7], 0, ARGV[6], 'JUSTID')
-end
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {'JOB_NOT_FOUND'} end
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[3] then
-  return {'JOB_NOT_FOUND'}
-end
-if state == 'SUCCEEDED' or state == 'FAILED' or state == 'CANCELLED' then
-  return {'JOB_ALREADY_FINISHED', state}
-end
-if ARGV[4] ~= 'cancel' and #ARGV < 8 then  -- no change (a fenced read): nothing published
-  return {'OK', redis.call('HGETALL', KEYS[1])}
-end
-local allowed = {
-  QUEUED = {QUEUED = true, RUNNING = true, CANCELLED = true, FAILED = true},
-  RUNNING = {RUNNING = true, QUEUED = true, SUCCEEDED = true, FAILED = true, CANCELLED = true},
-}
-local changes = {}
-if ARGV[4] == 'cancel' then
-  changes = {'cancel_requested', '1'}
-  if state == 'QUEUED' then changes = {'cancel_requested', '1', 'state', 'CANCELLED'} end
-else
-  for i = 8, #ARGV, 2 do
-    if ARGV[i] == 'state' and not allowed[state][ARGV[i + 1]] then
-      return {'ILLEGAL_TRANSITION', state, ARGV[i + 1]}
-    end
-    changes[#changes + 1] = ARGV[i]
-    changes[#changes + 1] = ARGV[i + 1]
-  end
-end
-local now = now_ms()
-redis.call('HSET', KEYS[1], 'updated_at', now, unpack(changes))
-redis.call('EXPIRE', KEYS[1], ttl)
-local final = redis.call('HGET', KEYS[1], 'state')
-if (final == 'SUCCEEDED' or final == 'FAILED' or final == 'CANCELLED')
-    and (redis.call('HGET', KEYS[1], 'callback_url') or '') ~= '' then
-  redis.call('HSET', KEYS[1], 'webhook_state', 'pending')
-  redis.call('ZADD', KEYS[3], now, redis.call('HGET', KEYS[1], 'job_id'))
-end
-return {'OK', publish(KEYS[1], KEYS[2], ttl, ARGV[2])}
-"""
-)
-
-
 def _not_found(job_id: str) -> TalkingFaceError:
     return TalkingFaceError("JOB_NOT_FOUND", f"job {job_id!r} not found", job_id=job_id)
 
@@ -398,8 +259,8 @@ class JobStore:
             raise ValueError("ttl_s must be 1 or more")
         self.redis = client
         self.ttl_s = int(ttl_s)
-        self._create = client.register_script(_CREATE)
-        self._update = client.register_script(_UPDATE)
+        self._create = client.register_script(lua.JOB_CREATE)
+        self._update = client.register_script(lua.JOB_UPDATE)
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> JobStore:

@@ -38,9 +38,10 @@ Guarantees, and what they rest on:
   counts every delivery of a job: retries and lease takeovers alike.
 - A message delivered more than `max_deliveries` times (a job that kills its workers) is moved
   to the dead-letter stream by `claim` instead of being handed out again.
-- `retry`, `dead_letter` and the promotion of delayed messages are Lua scripts: the new copy
-  is written and the old message acked and deleted in one atomic step, so a crash can neither
-  lose the job nor leave two copies. `retry` and `extend` act only while the caller still owns
+- `retry`, `dead_letter` and the promotion of delayed messages are Lua scripts (all of this
+  queue's scripts are in `talkingface.broker.lua`): the new copy is written and the
+  old message acked and deleted in one atomic step, so a crash can neither lose the job nor
+  leave two copies. `retry` and `extend` act only while the caller still owns
   the message (the PEL names it), so a worker whose lease was taken over cannot disturb the
   new owner.
 - Acked messages are deleted from the stream, so its length is exactly pending + undelivered.
@@ -64,6 +65,7 @@ from typing import Any
 
 import redis
 
+from talkingface.broker import lua
 from talkingface.broker.values import as_str
 from talkingface.config import Settings
 
@@ -76,7 +78,6 @@ DEFAULT_RETRY_BASE_S = 2.0
 DEFAULT_RETRY_MAX_S = 300.0
 PROMOTE_BATCH = 100
 OLDEST_SCAN = 1000  # entries of the stream and of the delayed set `oldest_age_seconds` reads
-WAKE_CAP = 16  # wake-up tokens kept for idle workers (each enqueue adds one)
 WAIT_SLICE_MS = 1000  # longest idle wait between looks at the ring (a lost wake-up costs this)
 DEFAULT_TENANT = ""  # the sub-queue of messages enqueued without a tenant
 _ALL = 2**31 - 1  # XPENDING's COUNT for "the whole PEL" (Redis allocates nothing for it)
@@ -139,196 +140,6 @@ class Delivery:
         return f"a{self.deliveries}-{self.message_id}"
 
 
-_LUA_NOW = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
-
-# fair_push(queue name, tenant, job id, message JSON, at the front?): add a waiting message to
-# the tenant's list, the tenant to the ring if its list was empty, the job to the backlog, and
-# a wake-up token for an idle worker. Shared with the job store's create script.
-FAIR_PUSH_LUA = f"""
-local function fair_push(name, tenant, job_id, message, front)
-  local list = 'tf:fair:' .. name .. ':t:' .. tenant
-  local n = redis.call(front and 'LPUSH' or 'RPUSH', list, message)
-  if n == 1 then redis.call('RPUSH', 'tf:fair:' .. name .. ':ring', tenant) end
-  redis.call('RPUSH', 'tf:backlog:' .. name, job_id)
-  redis.call('RPUSH', 'tf:wake:' .. name, '1')
-  redis.call('LTRIM', 'tf:wake:' .. name, -{WAKE_CAP}, -1)
-end
-"""
-
-# KEYS: stream; ARGV: group, consumer, min idle ms. Takes over the first message whose lease
-# expired, scanning the whole PEL; returns {id, fields, times delivered} or nil.
-_CLAIM_EXPIRED = """
-local cursor = '0-0'
-repeat
-  local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', 1)
-  cursor = r[1]
-  local entry = r[2][1]
-  if entry then
-    local p = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
-    return {entry[1], entry[2], p[1][4]}
-  end
-until cursor == '0-0'
-return false
-"""
-
-# KEYS: stream, delayed; ARGV: max messages, queue name. Moves due retries to the front of
-# their tenant's list. Returns {moved, ms until the next is due or -1}.
-_PROMOTE = (
-    _LUA_NOW
-    + FAIR_PUSH_LUA
-    + """
-local now = now_ms()
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-for _, member in ipairs(due) do
-  local ok, m = pcall(cjson.decode, member)
-  if ok and type(m) == 'table' then
-    local enqueued = m.enqueued or string.match(m['from'] or '', '^(%d+)') or ''
-    local message = cjson.encode({job_id = m.job_id, payload = m.payload, prior = m.prior,
-                                  enqueued = enqueued})
-    fair_push(ARGV[2], m.tenant or '', m.job_id, message, true)
-  else  -- not ours to read: the stream's reader dead-letters it as malformed
-    redis.call('XADD', KEYS[1], '*', 'job_id', '', 'payload', member, 'prior', '0')
-  end
-  redis.call('ZREM', KEYS[2], member)
-end
-local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-local wait = -1
-if next_due[2] then wait = math.max(0, tonumber(next_due[2]) - now) end
-return {#due, wait}
-"""
-)
-
-# KEYS: stream, delayed, ring; ARGV: max entries of each to read, queue name. Returns the age
-# in ms of the oldest job among the stream's first entries (undelivered and pending: acked ones
-# are deleted), the delayed set's and the heads of the tenants' lists, from its first enqueue
-# (`enqueued`, else the id's time).
-_OLDEST_AGE = (
-    _LUA_NOW
-    + """
-local now = now_ms()
-local oldest = now
-local limit = tonumber(ARGV[1])
-for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', limit)) do
-  local ms = tonumber(string.match(entry[1], '^(%d+)'))
-  local fields = entry[2]
-  for i = 1, #fields, 2 do
-    if fields[i] == 'enqueued' then ms = math.min(ms, tonumber(fields[i + 1]) or ms) end
-  end
-  if ms < oldest then oldest = ms end
-end
-for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, limit - 1)) do
-  local ok, m = pcall(cjson.decode, member)
-  if ok and type(m) == 'table' then
-    local ms = tonumber(m.enqueued) or tonumber(string.match(m['from'] or '', '^(%d+)'))
-    if ms and ms < oldest then oldest = ms end
-  end
-end
-for _, tenant in ipairs(redis.call('LRANGE', KEYS[3], 0, limit - 1)) do
-  local head = redis.call('LINDEX', 'tf:fair:' .. ARGV[2] .. ':t:' .. tenant, 0)
-  local ok, m = pcall(cjson.decode, head or '')
-  if ok and type(m) == 'table' then
-    local ms = tonumber(m.enqueued)
-    if ms and ms < oldest then oldest = ms end
-  end
-end
-return now - oldest
-"""
-)
-
-# KEYS: stream, delayed; ARGV: group, consumer, message id, delay ms, delayed member.
-_RETRY = (
-    _LUA_NOW
-    + """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if not p[1] or p[1][2] ~= ARGV[2] then return 0 end
-redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[4]), ARGV[5])
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-redis.call('XDEL', KEYS[1], ARGV[3])
-return 1
-"""
-)
-
-# KEYS: stream, dead; ARGV: group, message id, then the dead-letter entry's field/value pairs.
-_DEAD_LETTER = (
-    _LUA_NOW
-    + """
-redis.call('XADD', KEYS[2], '*', 'dead_at', now_ms(), unpack(ARGV, 3))
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-return 1
-"""
-)
-
-# KEYS: stream, ring, backlog; ARGV: group, consumer, queue name. Reads the oldest undelivered
-# message of the stream (one added directly); else moves the first message of the ring's first
-# tenant into the stream, rotates that tenant to the ring's end (or drops it when its list is
-# empty) and reads the message. Returns {id, fields} or false when no tenant has work.
-_DISPATCH = """
-local function read()
-  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1,
-                       'STREAMS', KEYS[1], '>')
-  if r and r[1] and r[1][2][1] then return r[1][2][1] end
-  return false
-end
-local entry = read()
-if entry then return entry end
-while true do
-  local tenant = redis.call('LPOP', KEYS[2])
-  if not tenant then return false end
-  local list = 'tf:fair:' .. ARGV[3] .. ':t:' .. tenant
-  local raw = redis.call('LPOP', list)
-  if redis.call('LLEN', list) > 0 then redis.call('RPUSH', KEYS[2], tenant) end
-  if raw then
-    local ok, m = pcall(cjson.decode, raw)
-    if ok and type(m) == 'table' and m.job_id then
-      redis.call('LREM', KEYS[3], 1, m.job_id)
-      redis.call('XADD', KEYS[1], '*', 'job_id', m.job_id, 'payload', m.payload or '',
-                 'prior', m.prior or '0', 'enqueued', m.enqueued or '', 'tenant', tenant)
-    else  -- the stream's reader dead-letters it as malformed
-      redis.call('XADD', KEYS[1], '*', 'job_id', '', 'payload', raw, 'prior', '0')
-    end
-    return read()
-  end
-end
-"""
-
-# KEYS: ring, backlog; ARGV: queue name, tenant. Drops the tenant's waiting messages (a
-# tenant purge); returns how many.
-_DROP_TENANT = """
-local list = 'tf:fair:' .. ARGV[1] .. ':t:' .. ARGV[2]
-local messages = redis.call('LRANGE', list, 0, -1)
-for _, raw in ipairs(messages) do
-  local ok, m = pcall(cjson.decode, raw)
-  if ok and type(m) == 'table' and m.job_id then redis.call('LREM', KEYS[2], 1, m.job_id) end
-end
-redis.call('DEL', list)
-redis.call('LREM', KEYS[1], 0, ARGV[2])
-return #messages
-"""
-
-# KEYS: none; ARGV: queue name, tenant, job id, message JSON. `enqueue`.
-_ENQUEUE = (
-    FAIR_PUSH_LUA
-    + """
-fair_push(ARGV[1], ARGV[2], ARGV[3], ARGV[4], false)
-return 1
-"""
-)
-
-# KEYS: stream; ARGV: group, consumer, message id. Resets the idle time if still ours.
-_EXTEND = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if not p[1] or p[1][2] ~= ARGV[2] then return 0 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
-return 1
-"""
-
-
 class WorkQueue:
     """One named work queue: `enqueue` on the API side, `claim` ... `ack` on the worker side."""
 
@@ -364,15 +175,15 @@ class WorkQueue:
         # the longest a job may take from submission (0 = none).
         self.outage_budget_s = float(outage_budget_s)
         self.deadline_s = float(deadline_s)
-        self._claim_expired = client.register_script(_CLAIM_EXPIRED)
-        self._promote = client.register_script(_PROMOTE)
-        self._retry = client.register_script(_RETRY)
-        self._dead_letter = client.register_script(_DEAD_LETTER)
-        self._extend = client.register_script(_EXTEND)
-        self._oldest_age = client.register_script(_OLDEST_AGE)
-        self._dispatch = client.register_script(_DISPATCH)
-        self._drop_tenant = client.register_script(_DROP_TENANT)
-        self._enqueue = client.register_script(_ENQUEUE)
+        self._claim_expired = client.register_script(lua.CLAIM_EXPIRED)
+        self._promote = client.register_script(lua.PROMOTE)
+        self._retry = client.register_script(lua.RETRY)
+        self._dead_letter = client.register_script(lua.DEAD_LETTER)
+        self._extend = client.register_script(lua.EXTEND)
+        self._oldest_age = client.register_script(lua.OLDEST_AGE)
+        self._dispatch = client.register_script(lua.DISPATCH)
+        self._drop_tenant = client.register_script(lua.DROP_TENANT)
+        self._enqueue = client.register_script(lua.ENQUEUE)
         self.ensure_group()
 
     @classmethod
@@ -626,8 +437,8 @@ class WorkQueue:
                 self.redis.blpop([self.wake_key], timeout=block / 1000)
 
     def _read_new(self, consumer: str) -> Delivery | bool | None:
-        """The next message for `consumer` by fair dispatch (see _DISPATCH); None when no
-        tenant has work, False after dead-lettering a malformed one."""
+        """The next message for `consumer` by fair dispatch (lua.DISPATCH); None when
+        no tenant has work, False after dead-lettering a malformed one."""
         reply = self._dispatch(keys=[self.stream, self.ring_key, self.backlog_key],
                                args=[GROUP, consumer, self.name])  # fmt: skip
         if not reply:
