@@ -274,7 +274,7 @@ class LocalFleet:
         return self
 
     def _make_api_key(self) -> None:
-        from talkingface.broker.auth import KeyStore
+        from talkingface.broker.keys import KeyStore
         from talkingface.broker.service import redis_client
 
         keys = KeyStore(redis_client(self.settings))
@@ -291,7 +291,7 @@ class LocalFleet:
             handle.write(self.api_key + "\n")
 
     def _revoke_api_key(self) -> None:
-        from talkingface.broker.auth import KeyStore
+        from talkingface.broker.keys import KeyStore
         from talkingface.broker.service import redis_client
 
         try:

@@ -24,9 +24,9 @@ from typing import Any
 import grpc
 import pytest
 
-from talkingface.broker.auth import KeyStore, api_key_key
 from talkingface.broker.avatars import AvatarRegistry
 from talkingface.broker.jobs import JobStore
+from talkingface.broker.keys import KeyStore, api_key_key
 from talkingface.broker.purge import TenantPurge
 from talkingface.broker.servicer import TENANT_METADATA
 from talkingface.broker.uploads import upload_key

@@ -17,9 +17,10 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from talkingface.broker.auth import Authenticator, KeyStore, api_key_key, tenant_keys_key
+from talkingface.broker.auth import Authenticator
 from talkingface.broker.client import BrokerClient
 from talkingface.broker.jobs import JobStore
+from talkingface.broker.keys import KeyStore, api_key_key, tenant_keys_key
 from talkingface.broker.service import broker_server
 from talkingface.cli import main
 from talkingface.config import ConfigError, Settings

@@ -14,10 +14,11 @@ import uuid
 import grpc
 import pytest
 
-from talkingface.broker.auth import KeyStore, Principal
+from talkingface.broker.auth import Principal
 from talkingface.broker.avatars import AvatarRegistry
 from talkingface.broker.janitor import Janitor
 from talkingface.broker.jobs import JobStore, events_key, idempotency_key_name, job_key
+from talkingface.broker.keys import KeyStore
 from talkingface.broker.limits import SUBMIT, Limits, key_bucket_key
 from talkingface.broker.queue import WorkQueue
 from talkingface.broker.retention import Retention

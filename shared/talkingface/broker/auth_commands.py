@@ -2,7 +2,7 @@
 create|list|revoke|limits`.
 
 They work on the broker's Redis directly (TALKINGFACE_REDIS_URL), like the broker itself; see
-talkingface.broker.auth for what is stored. `key create` prints the new key once: it cannot be
+talkingface.broker.keys for what is stored. `key create` prints the new key once: it cannot be
 shown again. Exit 0 on success, 2 for bad usage or a refused request (the error's code and
 message on stderr).
 """
@@ -21,7 +21,7 @@ EXIT_USAGE = 2
 def _store(command: str):
     import redis
 
-    from talkingface.broker.auth import KeyStore
+    from talkingface.broker.keys import KeyStore
     from talkingface.broker.service import redis_client
     from talkingface.config import ConfigError, Settings
 

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 import redis
 
-from talkingface.broker.auth import TENANTS_KEY, api_key_key, tenant_key, tenant_keys_key
 from talkingface.broker.avatars import record_key, tenant_avatars_key
 from talkingface.broker.jobs import (
     active_jobs_key,
@@ -26,6 +25,7 @@ from talkingface.broker.jobs import (
     job_key,
     tenant_index_key,
 )
+from talkingface.broker.keys import TENANTS_KEY, api_key_key, tenant_key, tenant_keys_key
 from talkingface.broker.limits import (
     SUBMIT,
     UPLOAD,
