@@ -62,14 +62,16 @@ def apply(s: float, rot: np.ndarray, t: np.ndarray, points: np.ndarray) -> np.nd
     return s * np.asarray(points) @ rot.T + t
 
 
-def frontality(mesh: np.ndarray) -> float:
+def frontality(mesh: np.ndarray) -> float | np.ndarray:
     """0 for a frontal face: how far the nose tip sits from the eyes' midpoint (sideways and
-    relative to the eye line), in inter-ocular distances."""
-    p = mesh[IBUG68]
-    eyes = (p[36, :2] + p[45, :2]) / 2
-    iod = np.linalg.norm(p[45, :2] - p[36, :2])
-    axis = (p[45, :2] - p[36, :2]) / max(iod, 1e-9)
-    return float(abs(np.dot(p[30, :2] - eyes, axis)) / max(iod, 1e-9))
+    relative to the eye line), in inter-ocular distances. `mesh` [468, C] (a float), or a
+    batch [..., 468, C] (an array [...])."""
+    p = np.asarray(mesh)[..., IBUG68, :2]
+    eyes = (p[..., 36, :] + p[..., 45, :]) / 2
+    iod = np.maximum(np.linalg.norm(p[..., 45, :] - p[..., 36, :], axis=-1), 1e-9)
+    axis = (p[..., 45, :] - p[..., 36, :]) / iod[..., None]
+    off = np.abs(((p[..., 30, :] - eyes) * axis).sum(axis=-1)) / iod
+    return float(off) if off.ndim == 0 else off
 
 
 def canonical_shape(meshes: np.ndarray, iterations: int = 3,
@@ -79,7 +81,7 @@ def canonical_shape(meshes: np.ndarray, iterations: int = 3,
     `weights` [468]: the points' weights in the alignments (default `rigid_weights`)."""
     meshes = np.asarray(meshes, np.float64)
     w = rigid_weights(meshes.shape[1]) if weights is None else weights
-    start = int(np.argmin([frontality(m) for m in meshes]))
+    start = int(np.argmin(frontality(meshes)))
     shape = _normalise(meshes[start])
     for _ in range(iterations):
         s, rot, t = umeyama(meshes, shape, w)  # every frame at once
