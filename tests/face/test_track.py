@@ -105,6 +105,27 @@ def test_one_euro_smooths_rest_and_follows_motion():
     assert np.array_equal(f(np.ones(3)), np.ones(3))  # the first sample passes unchanged
 
 
+def test_zero_phase_smoothing_does_not_trail_the_motion():
+    # A small 2 Hz motion (1 px) with 0.1 px of noise, smoothed as the ingest does (3 Hz at
+    # rest, beta 1 per px/s): slow enough for the forward filter to trail it by a frame.
+    rng = np.random.default_rng(1)
+    t = np.arange(250) / 25.0
+    path = 1.0 * np.sin(2 * np.pi * 2.0 * t)
+    noisy = path[:, None] + rng.normal(0, 0.1, (250, 4))
+
+    def best_lag(out):  # the shift (frames) that best lines the output up with the path
+        errors = {lag: np.abs(out[5 + lag : 245 + lag] - path[5:245, None]).mean()
+                  for lag in range(-3, 4)}  # fmt: skip
+        return min(errors, key=errors.get), errors[0]
+
+    forward_lag, forward_error = best_lag(smooth(noisy, min_cutoff=3.0, beta=1.0))
+    both_lag, both_error = best_lag(smooth(noisy, min_cutoff=3.0, beta=1.0, zero_phase=True))
+    assert forward_lag >= 1 and both_lag == 0, (forward_lag, both_lag)
+    assert both_error < 0.7 * forward_error
+    still = 100.0 + rng.normal(0, 0.5, (200, 10, 2))  # and it still smooths a still face
+    assert jitter(smooth(still, min_cutoff=1.0, beta=0.05, zero_phase=True)) < 0.25 * jitter(still)
+
+
 def test_person_segmentation_on_a_portrait(photo):
     prob = PersonSegmenter().run(photo)
     assert prob.shape == photo.shape[:2] and prob.dtype == np.float32

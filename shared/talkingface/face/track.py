@@ -177,10 +177,19 @@ class OneEuro:
         self.x = self.dx = None
 
 
-def smooth(track: np.ndarray, rate: float = 25.0, **options: float) -> np.ndarray:
-    """A whole [T, ...] track through a fresh OneEuro filter."""
+def smooth(track: np.ndarray, rate: float = 25.0, zero_phase: bool = False,
+           **options: float) -> np.ndarray:  # fmt: skip
+    """A whole [T, ...] track through a fresh OneEuro filter. `zero_phase`: the mean of a
+    forward and a backward pass, which smooths as much without the filter's lag (a causal
+    filter trails every move; a recorded track can be read both ways)."""
+    track = np.asarray(track)
     f = OneEuro(rate, **options)
-    return np.stack([f(frame) for frame in np.asarray(track)])
+    forward = np.stack([f(frame) for frame in track])
+    if not zero_phase:
+        return forward
+    f = OneEuro(rate, **options)
+    backward = np.stack([f(frame) for frame in track[::-1]])[::-1]
+    return (forward + backward) / 2
 
 
 def jitter(track: np.ndarray) -> float:
