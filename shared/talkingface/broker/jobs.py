@@ -23,10 +23,10 @@ Key layout (every key expires `ttl_s` after the job's last change; each change r
 
 Guarantees, and what they rest on:
 
-- Every write is one Lua script (`talkingface.broker.lua`), so it is atomic: the idempotency check
-  and the job it creates (two concurrent submits with one key get one job), the state-machine check
-  and the write it guards (a terminal state is final even under racing workers and cancels), and the
-  record change with its event-stream entry.
+- Every write is one Lua script (`talkingface.broker.lua`), so it is atomic: the idempotency
+  check and the job it creates (two concurrent submits with one key get one job), the
+  state-machine check and the write it guards (a terminal state is final even under racing
+  workers and cancels), and the record change with its event-stream entry.
 - The state machine: QUEUED -> RUNNING | CANCELLED | FAILED; RUNNING -> SUCCEEDED | FAILED |
   CANCELLED, or back to QUEUED for a retry; SUCCEEDED, FAILED and CANCELLED are final. Staying
   in QUEUED or RUNNING (progress, stage, attempt) is allowed. The process whose write made a

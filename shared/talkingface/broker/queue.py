@@ -39,11 +39,10 @@ Guarantees, and what they rest on:
 - A message delivered more than `max_deliveries` times (a job that kills its workers) is moved
   to the dead-letter stream by `claim` instead of being handed out again.
 - `retry`, `dead_letter` and the promotion of delayed messages are Lua scripts (all of this
-  queue's scripts are in `talkingface.broker.lua`): the new copy is written and the
-  old message acked and deleted in one atomic step, so a crash can neither lose the job nor
-  leave two copies. `retry` and `extend` act only while the caller still owns
-  the message (the PEL names it), so a worker whose lease was taken over cannot disturb the
-  new owner.
+  queue's scripts are in `talkingface.broker.lua`): the new copy is written and the old message
+  acked and deleted in one atomic step, so a crash can neither lose the job nor leave two
+  copies. `retry` and `extend` act only while the caller still owns the message (the PEL names
+  it), so a worker whose lease was taken over cannot disturb the new owner.
 - Acked messages are deleted from the stream, so its length is exactly pending + undelivered.
 - Enqueue, dispatch, promotion and `drop_tenant` keep the ring, the lists and the backlog
   consistent in single Lua steps: a tenant is in the ring exactly while its list is non-empty,
