@@ -229,6 +229,7 @@ class KeyStore:
 
 
 def key_info(key_id: str, record: dict[Any, Any]) -> KeyInfo | None:
+    """The key's `tf:apikey:<key id>` hash as a KeyInfo; None for an empty (absent) one."""
     if not record:
         return None
     r = {as_str(k): as_str(v) for k, v in record.items()}
