@@ -164,3 +164,6 @@ def test_the_demo_on_a_persons_own_video(tmp_path, cache):
     assert metrics["render"]["poses"]["track_start"] == 181
     assert metrics["render"]["poses"]["frames_on_unseen_poses"] == 19
     assert "held-out last" in log and "never trained on" in log
+    # Its lips are judged against the landmarks the ingest tracked, and the log says so.
+    assert "lip sync against the tracked landmarks: mouth LMD" in log
+    assert "(tracked landmarks " in log and "ground truth 0" not in log
