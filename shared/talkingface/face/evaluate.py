@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from talkingface.face.ibug68 import REGIONS, interocular
-from talkingface.face.pose import rotation_angle_degrees
+from talkingface.face.pose import apply, rotation_angle_degrees
 
 PAIRS = 3000  # frame pairs sampled for the pairwise rotation error (seed 0)
 GAUSS_NEWTON_STEPS = 8
@@ -109,8 +109,7 @@ def project(k: np.ndarray, r: np.ndarray, t: np.ndarray, points: np.ndarray) -> 
     """Pixels [T, N, 2] of `points` [N, 3] under poses r [T, 3, 3], t [T, 3] and K `k`, in
     float64: `data.synthtalk.camera.project` is the same pinhole in float32, too coarse for
     the finite differences of `fixed_points`."""
-    camera = np.einsum("tij,nj->tni", r, points) + t[:, None, :]
-    pixels = np.einsum("ij,tnj->tni", k, camera)
+    pixels = np.einsum("ij,tnj->tni", k, apply(1.0, r, t, points))
     return pixels[..., :2] / pixels[..., 2:3]
 
 

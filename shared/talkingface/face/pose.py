@@ -58,8 +58,13 @@ def umeyama(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None,
     return (float(s), rot, t) if s.ndim == 0 else (s, rot, t)
 
 
-def apply(s: float, rot: np.ndarray, t: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return s * np.asarray(points) @ rot.T + t
+def apply(s, rot: np.ndarray, t: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """s R p + t for every point p of `points` [N, D]; with a batch of similarities (s [...],
+    R [..., D, D], t [..., D], as `umeyama` returns them) the points may be one set [N, D] or
+    one per similarity [..., N, D], and the result is [..., N, D]."""
+    s = np.asarray(s, np.float64)
+    moved = np.einsum("...ij,...nj->...ni", rot, np.asarray(points))
+    return s[..., None, None] * moved + np.asarray(t)[..., None, :]
 
 
 def frontality(mesh: np.ndarray) -> float | np.ndarray:
@@ -84,8 +89,7 @@ def canonical_shape(meshes: np.ndarray, iterations: int = 3,
     start = int(np.argmin(frontality(meshes)))
     shape = _normalise(meshes[start])
     for _ in range(iterations):
-        s, rot, t = umeyama(meshes, shape, w)  # every frame at once
-        aligned = s[:, None, None] * np.einsum("tij,tnj->tni", rot, meshes) + t[:, None, :]
+        aligned = apply(*umeyama(meshes, shape, w), meshes)  # every frame at once
         shape = _normalise(aligned.mean(axis=0))
     return shape
 
@@ -102,7 +106,7 @@ def frame_poses(meshes: np.ndarray, canonical: np.ndarray, weights: np.ndarray |
     w = rigid_weights(canonical.shape[0]) if weights is None else weights
     meshes = np.asarray(meshes, np.float64)
     s, rot, t = umeyama(canonical, meshes, w)  # every frame at once
-    fitted = s[:, None, None] * np.einsum("tij,nj->tni", rot, canonical[RIGID]) + t[:, None, :]
+    fitted = apply(s, rot, t, canonical[RIGID])
     residual = np.sqrt(((fitted - meshes[:, RIGID]) ** 2).sum(axis=2).mean(axis=1))
     return s, rot, t, residual
 
@@ -114,9 +118,7 @@ def steady_weights(meshes: np.ndarray, canonical: np.ndarray, poses) -> np.ndarr
     points the mesh reads with more noise, weigh less. No variance counts as smaller than the
     2nd percentile's, so that a few points can never carry the fit alone (at least 10 of the
     468 weigh 1; on SynthTalk about 270 points' worth of weight is spread over the face)."""
-    s, rot, t = poses[:3]
-    fitted = s[:, None, None] * np.einsum("tij,nj->tni", rot, canonical) + t[:, None, :]
-    off = np.asarray(meshes, np.float64) - fitted
+    off = np.asarray(meshes, np.float64) - apply(*poses[:3], canonical)
     variance = ((off - off.mean(axis=0)) ** 2).sum(axis=2).mean(axis=0)
     weights = 1.0 / np.maximum(variance, max(float(np.percentile(variance, 2)), 1e-12))
     return weights / weights.max()
