@@ -2,6 +2,7 @@
 speaker disjointness and the `train judge` / `eval judge` commands, on a 1-minute SynthTalk
 corpus of its own (seed 5: other speakers than the motion tests' seed-3 corpus)."""
 
+import dataclasses
 import json
 import shutil
 
@@ -10,8 +11,10 @@ import pytest
 
 from talkingface.cli import main
 from talkingface.data.synthtalk.corpus import build_corpus
-from talkingface.judge import Judge, check_disjoint, mouth_features, preset, shift_pair
+from talkingface.judge import Judge, JudgeConfig, check_disjoint, mouth_features, preset, shift_pair
+from talkingface.judge.geometry import FEATURE_NAMES, STILL
 from talkingface.judge.model import META, WEIGHTS
+from talkingface.judge.train import OffsetSampler
 from talkingface.motion.data import load_corpus
 
 JUDGE_SEED = 5
@@ -56,6 +59,76 @@ def test_mouth_features_ignore_face_size_and_place(judge_utts):
     moved = lm * 1.3 + np.array([0.2, -0.1, 0.05], np.float32)
     np.testing.assert_allclose(mouth_features(moved), g, atol=1e-4)
     assert g[:, 1].std() > 0  # the mouth moves
+
+
+def _exaggerated(lm: np.ndarray, factor: float) -> np.ndarray:
+    """The chin and mouth points' motion about their own mean, times `factor` (a tracker that
+    reads the mouth moving further than it does)."""
+    out = np.array(lm, np.float32, copy=True)
+    points = [8, *range(48, 68)]
+    mean = out[:, points].mean(axis=0, keepdims=True)
+    out[:, points] = mean + factor * (out[:, points] - mean)
+    return out
+
+
+# Measurements linear in the points (not the widths, which are lengths).
+LINEAR = [i for i, name in enumerate(FEATURE_NAMES) if "width" not in name]
+
+
+def test_mouth_features_read_timing_not_extent(judge_utts):
+    lm = max(judge_utts, key=lambda u: u.frames).lm3d
+    wide = _exaggerated(lm, 1.5)
+    g, g_wide = mouth_features(lm), mouth_features(wide)
+    np.testing.assert_allclose(g.std(axis=0), 1.0, atol=1e-3)  # every measurement moves
+    np.testing.assert_allclose(g_wide[:, LINEAR], g[:, LINEAR], atol=2e-3)
+    for j in range(g.shape[1]):
+        assert np.corrcoef(g[:, j], g_wide[:, j])[0, 1] > 0.99, FEATURE_NAMES[j]
+    # Without the per-sequence scale (judges from before it) the extent shows.
+    raw, raw_wide = mouth_features(lm, False), mouth_features(wide, False)
+    np.testing.assert_allclose(raw_wide[:, 0].std() / raw[:, 0].std(), 1.5, rtol=1e-3)
+
+
+def test_a_still_mouth_stays_still(judge_utts):
+    lm = np.repeat(judge_utts[0].lm3d[:1], 200, axis=0)
+    iod = float(np.linalg.norm(lm[0, 45] - lm[0, 36]))
+    tremor = np.random.default_rng(0).normal(0.0, 0.05 * STILL * iod, lm.shape)
+    g = mouth_features(lm + tremor.astype(np.float32))
+    assert np.abs(g).max() < 0.5  # not blown up to unit std
+
+
+def test_judge_scores_an_exaggerated_mouth_as_the_truth(trained, judge_utts):
+    judge = Judge.load(trained[0])
+    u = max(judge_utts, key=lambda u: u.frames)
+    truth = judge.offsets(u.features, u.lm3d)
+    wide = judge.offsets(u.features, _exaggerated(u.lm3d, 2.0))
+    assert np.isfinite(truth).all()
+    np.testing.assert_allclose(wide, truth, atol=0.01)
+
+
+def test_judges_from_before_the_sequence_scale_load_without_it(trained):
+    assert JudgeConfig.from_dict({}).sequence_scale is False
+    meta = json.loads((trained[0] / META).read_text())
+    assert meta["config"]["sequence_scale"] is True
+    assert Judge.load(trained[0]).config.sequence_scale is True
+
+
+def test_training_examples_are_augmented_validation_ones_not(judge_utts):
+    config = preset("tiny")
+    rng = np.random.default_rng(1)
+    audio = [rng.normal(size=(120, 4)).astype(np.float32) for _ in range(3)]
+    mouth = [rng.normal(size=(120, 12)).astype(np.float32) for _ in range(3)]
+    a_plain, m_plain = OffsetSampler(audio, mouth, config, 7).sample(1)
+    a_aug, m_aug = OffsetSampler(audio, mouth, config, 7, augment=True).sample(1)
+    # the same example (the same draws up to the augmentation), read differently
+    np.testing.assert_array_equal(a_aug.numpy(), a_plain.numpy())
+    change = (m_aug - m_plain).numpy()
+    assert 0.1 < change.std() < 1.0
+    # the windows of one example share their frames' augmentation: the window at k + 1
+    # is the window at k moved by one frame
+    np.testing.assert_array_equal(m_aug[0, 1:, :-1].numpy(), m_aug[0, :-1, 1:].numpy())
+    off = dataclasses.replace(config, augment_gain=0.0, augment_noise=0.0)
+    _, m_off = OffsetSampler(audio, mouth, off, 7, augment=True).sample(1)
+    np.testing.assert_array_equal(m_off.numpy(), m_plain.numpy())
 
 
 def test_training_loss_falls(trained):

@@ -5,7 +5,8 @@
 - `full`: the same network trained longer on bigger batches.
 
 A judge directory stores the exact configuration it was trained with (`judge.json`), so
-scoring never depends on the preset tables below.
+scoring never depends on the preset tables below. Judges written before `sequence_scale`
+existed read their mouth measurements with the mean removed only; `from_dict` keeps them so.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ class JudgeConfig:
     train_offsets: int = 8  # training softmax over offsets -K..K
     target_width: float = 2.0  # soft target over offsets: exp(-|k| / width) (frames)
     label_smoothing: float = 0.05  # plus this share spread uniformly over all offsets
+    # Each mouth measurement / its own std over the sequence (docs/judge.md, "Read from a
+    # video"): the judge reads timing, not how far a tracker's reading of the mouth moves.
+    sequence_scale: bool = True
+    # Training only: each example's mouth measurements times exp(N(0, gain)) each, plus
+    # N(0, noise) per frame (in units of their training std).
+    augment_gain: float = 0.3
+    augment_noise: float = 0.3
     steps: int = 3000
     batch: int = 64
     lr: float = 2e-3
@@ -45,6 +53,8 @@ class JudgeConfig:
                 raise ValueError(f"{name} must be odd and positive, got {value}")
         if self.train_offsets < OFFSETS:
             raise ValueError(f"train_offsets must be at least {OFFSETS}")
+        if self.augment_gain < 0 or self.augment_noise < 0:
+            raise ValueError("augment_gain and augment_noise must be >= 0")
 
     @property
     def reach(self) -> int:
@@ -57,6 +67,7 @@ class JudgeConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JudgeConfig:
         names = {f.name for f in dataclasses.fields(cls)}
+        data = {"sequence_scale": False, **data}  # a judge from before it existed
         return cls(**{k: v for k, v in data.items() if k in names})
 
 

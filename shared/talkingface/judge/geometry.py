@@ -15,6 +15,10 @@ mean face and shares the motion model's representation. The judge reads nothing 
 Each measurement is divided by the same frame's inter-ocular distance (outer eye corners
 36-45), so face size drops out, and then each has its per-sequence mean removed, so the
 person's resting mouth shape (identity) drops out too. What is left is how the mouth moves.
+With `sequence_scale` each is then divided by its own std over the sequence (at least
+`STILL`, so a still mouth's tremor stays small): what is left is when the mouth moves, not
+how far. A face-mesh tracker reads a drawn SynthTalk mouth's corners moving 6-8 times as
+far as they do, and the openings 1.2-1.3 times (docs/judge.md, "Read from a video").
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ FEATURE_NAMES = (
     "corner_lift",
 )
 MOUTH_FEATURES = len(FEATURE_NAMES)
+STILL = 0.002  # inter-ocular distances: a measurement moving less than this is still
 _INNER = ((61, 67), (62, 66), (63, 65))
 _OUTER = ((50, 58), (51, 57), (52, 56))
 
@@ -63,11 +68,15 @@ def raw_geometry(lm3d: np.ndarray) -> np.ndarray:
     return (np.stack(cols, axis=1) / iod[:, None]).astype(np.float32)
 
 
-def mouth_features(lm3d: np.ndarray) -> np.ndarray:
+def mouth_features(lm3d: np.ndarray, sequence_scale: bool = True) -> np.ndarray:
     """lm3d [T, 68, 3] -> [T, 12]: mouth measurements / inter-ocular distance, each with its
-    per-sequence mean removed (the judge's training std is applied by the judge)."""
+    per-sequence mean removed and, with `sequence_scale`, divided by its per-sequence std
+    (floored at `STILL`). The judge's training std is applied by the judge."""
     g = raw_geometry(lm3d)
-    return (g - g.mean(axis=0, keepdims=True)).astype(np.float32)
+    g = g - g.mean(axis=0, keepdims=True)
+    if sequence_scale:
+        g = g / np.maximum(g.std(axis=0, keepdims=True), STILL)
+    return g.astype(np.float32)
 
 
 def audio_features(features: np.ndarray) -> np.ndarray:

@@ -161,7 +161,7 @@ class Judge:
                 f"features are {f.shape[1]}-wide but this judge reads {self.feature_dim} "
                 f"({self.meta.get('front_end', '?')} front end)"
             )
-        g = mouth_features(lm3d)
+        g = mouth_features(lm3d, self.config.sequence_scale)
         t = min(len(f), len(g))
         return f[:t] / self.audio_std, g[:t] / self.mouth_std
 

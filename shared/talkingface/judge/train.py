@@ -7,8 +7,12 @@ negatives are the same person's mouth at other times, so the network must read t
 who is speaking or how wide they open their mouth.
 
 Normalisation statistics (per-dimension std of the mean-removed audio features and mouth
-geometry) come from the training split and are stored in the weights. Deterministic for a
-seed on the CPU (numpy PCG64 for windows, torch's generator for initialisation).
+geometry) come from the training split and are stored in the weights. Training examples are
+augmented (`JudgeConfig.augment_gain`, `augment_noise`): each example's mouth measurements
+are scaled by a random gain each and take white noise, as a tracker's reading of a real
+mouth would (docs/judge.md, "Read from a video"); validation examples are not. Deterministic
+for a seed on the CPU (numpy PCG64 for windows and augmentation, torch's generator for
+initialisation).
 
 After training, the judge is frozen: `judge.json` records its version (weights digest), the
 corpus provenance and the truth report on the corpus's held-out `test` split.
@@ -40,7 +44,8 @@ VAL_WINDOWS = 1024  # fixed validation examples
 
 class OffsetSampler:
     """Random (audio window, 2K + 1 mouth windows) examples, utterances drawn in proportion
-    to their usable centre frames."""
+    to their usable centre frames; with `augment`, each example's mouth frames are scaled
+    per measurement and take noise (the config's `augment_gain`, `augment_noise`)."""
 
     def __init__(
         self,
@@ -48,7 +53,10 @@ class OffsetSampler:
         mouth: list[np.ndarray],
         config: JudgeConfig,
         seed: int,
+        augment: bool = False,
     ):
+        self.gain = config.augment_gain if augment else 0.0
+        self.noise = config.augment_noise if augment else 0.0
         self.ha, self.hm = config.audio_window // 2, config.mouth_window // 2
         self.k = config.train_offsets
         self.lo = max(self.ha, self.hm + self.k)
@@ -69,27 +77,35 @@ class OffsetSampler:
         da = np.arange(-self.ha, self.ha + 1)
         dm = np.arange(-self.hm, self.hm + 1)
         audio, mouths = [], []
+        reach = self.k + self.hm
         for i in picks:
             t = len(self.audio[i])
             c = int(self.rng.integers(self.lo, t - self.lo))
             audio.append(self.audio[i][c + da])
-            mouths.append(self.mouth[i][c + ks[:, None] + dm[None, :]])  # [2K+1, Wm, F]
+            # The frames every mouth window of the example reads, augmented once.
+            frames = self.mouth[i][c - reach : c + reach + 1]
+            if self.gain or self.noise:
+                gain = np.exp(self.rng.normal(0.0, self.gain, frames.shape[1]))
+                noise = self.rng.normal(0.0, self.noise, frames.shape)
+                frames = (frames * gain + noise).astype(np.float32)
+            mouths.append(frames[reach + ks[:, None] + dm[None, :]])  # [2K+1, Wm, F]
         return torch.from_numpy(np.stack(audio)), torch.from_numpy(np.stack(mouths))
 
 
-def fit_stats(train: list[Utterance]) -> tuple[np.ndarray, np.ndarray]:
+def fit_stats(train: list[Utterance], config: JudgeConfig) -> tuple[np.ndarray, np.ndarray]:
     audio = np.concatenate([audio_features(u.features) for u in train])
-    mouth = np.concatenate([mouth_features(u.lm3d) for u in train])
+    mouth = np.concatenate([mouth_features(u.lm3d, config.sequence_scale) for u in train])
     return (
         np.maximum(audio.std(axis=0), 1e-3).astype(np.float32),
         np.maximum(mouth.std(axis=0), 1e-4).astype(np.float32),
     )
 
 
-def _arrays(utts: list[Utterance], audio_std: np.ndarray, mouth_std: np.ndarray):
+def _arrays(utts: list[Utterance], audio_std: np.ndarray, mouth_std: np.ndarray,
+            config: JudgeConfig):  # fmt: skip
     audio, mouth = [], []
     for u in utts:
-        f, g = audio_features(u.features), mouth_features(u.lm3d)
+        f, g = audio_features(u.features), mouth_features(u.lm3d, config.sequence_scale)
         t = min(len(f), len(g))
         audio.append((f[:t] / audio_std).astype(np.float32))
         mouth.append((g[:t] / mouth_std).astype(np.float32))
@@ -129,13 +145,15 @@ def _train(
         raise ValueError(f"{corpus_dir}: the corpus has no 'train' utterances")
     started = time.perf_counter()
     torch.manual_seed(seed)
-    audio_std, mouth_std = fit_stats(train)
+    audio_std, mouth_std = fit_stats(train, config)
     feature_dim = int(audio_std.shape[0])
     net = JudgeNet(feature_dim, MOUTH_FEATURES, config)
-    sampler = OffsetSampler(*_arrays(train, audio_std, mouth_std), config, seed)
+    sampler = OffsetSampler(*_arrays(train, audio_std, mouth_std, config), config, seed,
+                            augment=True)  # fmt: skip
     val_batch = None
     if val:
-        val_sampler = OffsetSampler(*_arrays(val, audio_std, mouth_std), config, seed + 1)
+        val_sampler = OffsetSampler(*_arrays(val, audio_std, mouth_std, config), config,
+                                    seed + 1)  # fmt: skip
         val_batch = val_sampler.sample(VAL_WINDOWS)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     target = offset_target(config)
