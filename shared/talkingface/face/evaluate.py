@@ -117,14 +117,15 @@ def fixed_points(k: np.ndarray, r: np.ndarray, t: np.ndarray, tracks: np.ndarray
     """The fixed points [N, 3] whose projections under (k, r, t) come nearest `tracks`
     [T, N, 2]: linear triangulation, then Gauss-Newton on the pixel error."""
     cameras = np.einsum("ij,tjk->tik", k, np.concatenate([r, t[:, :, None]], axis=2))
-    points = np.zeros((tracks.shape[1], 3))
-    for i in range(len(points)):
-        u, v = tracks[:, i, 0:1], tracks[:, i, 1:2]
-        rows = np.concatenate(
-            [u * cameras[:, 2] - cameras[:, 0], v * cameras[:, 2] - cameras[:, 1]]
-        )
-        h = np.linalg.svd(rows)[2][-1]
-        points[i] = h[:3] / h[3]
+    u, v = tracks[..., 0:1], tracks[..., 1:2]  # [T, N, 1]
+    rows = np.concatenate(
+        [
+            u * cameras[:, None, 2] - cameras[:, None, 0],
+            v * cameras[:, None, 2] - cameras[:, None, 1],
+        ]
+    )  # [2T, N, 4]
+    h = np.linalg.svd(rows.transpose(1, 0, 2), full_matrices=False)[2][:, -1]  # [N, 4]
+    points = h[:, :3] / h[:, 3:]
     step = 1e-5
     for _ in range(GAUSS_NEWTON_STEPS):
         base = project(k, r, t, points)
