@@ -198,8 +198,9 @@ def print_report(report: dict[str, Any], say=print) -> None:
         p = r["poses"]
         say(f"demo: {p['frames_on_unseen_poses']} of {r['frames']} frames on head poses the "
             f"renderer never trained on (its track from frame {p['track_start']} on)")  # fmt: skip
-    # A video's truth is the landmarks the ingest tracked in that stretch, not exact ones: the
-    # judge and the sync expert, trained on SynthTalk's, score those lower (docs/ingest.md).
+    # A video's truth is the landmarks the ingest tracked in that stretch, not exact ones. The
+    # judge reads them nearly as it reads exact ones; the sync expert, trained on SynthTalk's
+    # exact landmarks, scores them low (docs/ingest.md, docs/judge.md "Read from a video").
     truth = "ground truth" if from_synthtalk else "tracked landmarks"
     judged = (f"judge confidence {lips['judge_conf']} ({truth} {lips['judge_conf_truth']}), "
               if "judge_conf" in lips else "")  # fmt: skip
