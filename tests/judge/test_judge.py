@@ -112,7 +112,7 @@ def test_judges_from_before_the_sequence_scale_load_without_it(trained):
     assert Judge.load(trained[0]).config.sequence_scale is True
 
 
-def test_training_examples_are_augmented_validation_ones_not(judge_utts):
+def test_training_examples_are_augmented_validation_ones_not():
     config = preset("tiny")
     rng = np.random.default_rng(1)
     audio = [rng.normal(size=(120, 4)).astype(np.float32) for _ in range(3)]
