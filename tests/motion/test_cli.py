@@ -110,6 +110,8 @@ def test_train_postnet_on_an_avatar(tiny_ckpt, tiny_avatar, tmp_path, cache, cap
     lo, hi = json.loads((avatar / "synthtalk.json").read_text())["splits"]["train"]
     assert len(index.frames) == hi - lo
     assert "l2_mm" in report["validation_without_postnet"]
+    # the calibration was tried, and its effect on the validation frames reported
+    assert "val_l2_mm" in report["validation"]["calibration"]["before"]
 
 
 def test_bad_training_data_is_a_clear_error(tmp_path, cache, capsys):

@@ -1,5 +1,7 @@
 """The motion networks and inference: shapes, masking, the flow prior, windowing, seeds."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -64,6 +66,96 @@ def test_postnet_changes_the_output_and_supplies_its_mean_face(model, tiny_postn
         np.abs(adapted.mean(axis=0) - pm.mean_face).mean()
         < np.abs(adapted.mean(axis=0) - model.stats.mean_face).mean() + 1e-6
     )
+
+
+def test_a_postnet_carries_its_calibration(model, tiny_postnet, long_input, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from talkingface.motion import checkpoint as ck
+
+    def copy_with(name: str, weight: np.ndarray | None) -> Path:
+        out = tmp_path / name
+        shutil.copytree(tiny_postnet, out)
+        tensors = load_file(str(out / ck.WEIGHTS))
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("calibration.")}
+        if weight is not None:
+            tensors["calibration.weight"] = torch.from_numpy(weight)
+        save_file(tensors, str(out / ck.WEIGHTS))
+        return out
+
+    feats, bins = long_input
+    # A postnet from before calibrations existed loads without one.
+    old = PostnetModel.load(copy_with("old", None))
+    assert old.calibration is None
+    weight = np.eye(204, dtype=np.float32) * np.linspace(0.5, 1.5, 204, dtype=np.float32)
+    pm = PostnetModel.load(copy_with("calibrated", weight))
+    np.testing.assert_array_equal(pm.calibration, weight)
+    assert pm.version != old.version  # the weights' digest covers it
+    # applied after the postnet, wherever the postnet runs
+    np.testing.assert_allclose(
+        model.predict(feats, bins, seed=2, postnet=pm),
+        model.predict(feats, bins, seed=2, postnet=old) @ weight,
+        atol=1e-5,
+    )
+
+
+def test_calibration_recovers_a_linear_reading(model, tiny_postnet, tiny_data):
+    """Landmarks that are a known linear map of the postnet's output, point by point (a
+    tracker that reads the mouth wider, the jaw otherwise): the ridge fit finds the map, and
+    the calibrated postnet reproduces those landmarks."""
+    from talkingface.motion.adapt import fit_calibration
+    from talkingface.motion.data import Utterance
+
+    utts, _ = tiny_data
+    loaded = PostnetModel.load(tiny_postnet)
+    pm = PostnetModel(loaded.net, loaded.stats, loaded.meta, loaded.version)  # uncalibrated
+    rng = np.random.default_rng(0)
+    truth_map = np.zeros((204, 204))
+    for j in range(68):  # each point's motion read through its own 3 x 3 map
+        truth_map[3 * j : 3 * j + 3, 3 * j : 3 * j + 3] = np.diag(
+            rng.uniform(0.6, 1.6, 3)
+        ) + rng.normal(0, 0.1, (3, 3))
+    read = []
+    for u in utts[:6]:
+        x = model.predict(u.features, u.f0_bins, seed=0, postnet=pm)
+        lm = model.stats.lm3d(x @ truth_map, pm.mean_face)
+        read.append(Utterance(u.id, u.speaker, u.split, u.language, u.voice_id, u.features,
+                              u.f0_bins, lm, pm.mean_face))  # fmt: skip
+    fitted = fit_calibration(model, pm, read, pm.mean_face)
+    assert fitted is not None
+    off_block = fitted.copy()
+    for j in range(68):
+        off_block[3 * j : 3 * j + 3, 3 * j : 3 * j + 3] = 0
+    assert not off_block.any()  # one map per point
+    x = np.concatenate([model.predict(u.features, u.f0_bins, seed=0, postnet=pm) for u in read])
+    target = x @ truth_map
+    before = np.abs(x - target).mean()
+    after = np.abs(x @ fitted - target).mean()
+    assert after < 0.05 * before
+    calibrated = PostnetModel(pm.net, pm.stats, pm.meta, pm.version, fitted)
+    u = read[0]
+    np.testing.assert_allclose(
+        model.generate(u.features, u.f0_bins, seed=0, postnet=calibrated), u.lm3d, atol=2e-3
+    )
+
+
+def test_no_calibration_where_none_helps(model, tiny_postnet, tiny_data):
+    """Landmarks that are the postnet's own output: no map beats none, so none is kept."""
+    from talkingface.motion.adapt import fit_calibration
+    from talkingface.motion.data import Utterance
+
+    utts, _ = tiny_data
+    loaded = PostnetModel.load(tiny_postnet)
+    pm = PostnetModel(loaded.net, loaded.stats, loaded.meta, loaded.version)  # uncalibrated
+    same = []
+    for u in utts[:6]:
+        lm = model.generate(u.features, u.f0_bins, seed=0, postnet=pm)
+        same.append(Utterance(u.id, u.speaker, u.split, u.language, u.voice_id, u.features,
+                              u.f0_bins, lm, pm.mean_face))  # fmt: skip
+    assert fit_calibration(model, pm, same, pm.mean_face) is None
+    assert fit_calibration(model, pm, [], pm.mean_face) is None
 
 
 def test_bad_inputs_are_clear_errors(model):

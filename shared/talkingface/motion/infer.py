@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from talkingface.lm3d import NUM_LANDMARKS
 from talkingface.motion import checkpoint as ck
@@ -71,13 +72,17 @@ def postnet_reach(postnet: PostnetModel) -> int:
 
 
 class PostnetModel:
-    """One avatar's domain-adaptive postnet plus that avatar's mean face."""
+    """One avatar's domain-adaptive postnet plus that avatar's mean face, and the linear map
+    of the postnet's output onto that avatar's own landmarks (`calibration`, normalised
+    motion [204, 204]; None for postnets trained before it existed: `motion.adapt`)."""
 
-    def __init__(self, net: Postnet, stats: Stats, meta: dict, version: str):
+    def __init__(self, net: Postnet, stats: Stats, meta: dict, version: str,
+                 calibration: np.ndarray | None = None):  # fmt: skip
         self.net = net.eval()
         self.stats = stats
         self.meta = meta
         self.version = version
+        self.calibration = calibration
 
     @property
     def mean_face(self) -> np.ndarray:
@@ -95,7 +100,18 @@ class PostnetModel:
             own.load_state_dict(groups["own_pitch"])
         net = Postnet(config.postnet, config.vae.cond, own)
         net.load_state_dict(groups["postnet"], strict=True)
-        return cls(net.to(device), stats, meta, _digest(directory / ck.WEIGHTS))
+        calibration = None
+        if "calibration" in groups:
+            calibration = groups["calibration"]["weight"].numpy().astype(np.float32)
+        return cls(net.to(device), stats, meta, _digest(directory / ck.WEIGHTS), calibration)
+
+
+class Calibration(nn.Module):
+    """A postnet's calibration as a module (so it is saved with the postnet's weights)."""
+
+    def __init__(self, weight: np.ndarray):
+        super().__init__()
+        self.register_buffer("weight", torch.as_tensor(np.asarray(weight, np.float32)))
 
 
 class MotionModel:
@@ -190,7 +206,10 @@ class MotionModel:
             lo = s + overlap // 2 if k > 0 else s
             hi = e - overlap // 2 if k < len(starts) - 1 else e
             out[lo:hi] = pred[0, lo - s : hi - s]
-        return out.cpu().numpy()
+        motion = out.cpu().numpy()
+        if postnet is not None and postnet.calibration is not None:
+            motion = (motion @ postnet.calibration).astype(np.float32)
+        return motion
 
     def windows(
         self,
