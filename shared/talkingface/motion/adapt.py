@@ -55,7 +55,7 @@ CALIBRATION_FOLDS = 5
 
 def fit_calibration(model: MotionModel, postnet: PostnetModel, utterances: list[Utterance],
                     mean_face: np.ndarray) -> np.ndarray | None:  # fmt: skip
-    """[204, 204], block-diagonal: for each landmark, the 3 x 3 ridge map W_j minimising
+    """[68, 3, 3]: for each landmark j, the 3 x 3 ridge map W_j minimising
     |X_j W_j - Y_j|^2 + lambda_j |W_j|^2, X_j the postnet's normalised motion of that point
     on the utterances' audio (seed 0), Y_j its true normalised motion around `mean_face`;
     lambda_j = one of CALIBRATION_RIDGES x trace(X_j^T X_j) / 3, chosen by cross-validation
@@ -97,11 +97,7 @@ def fit_calibration(model: MotionModel, postnet: PostnetModel, utterances: list[
     best = min(errors, key=errors.__getitem__)
     if errors[best] >= float(((x - y) ** 2).sum()):
         return None
-    blocks = solve(gram, cross, best)
-    out = np.zeros((3 * NUM_LANDMARKS, 3 * NUM_LANDMARKS), np.float32)
-    for j, block in enumerate(blocks):
-        out[3 * j : 3 * j + 3, 3 * j : 3 * j + 3] = block
-    return out
+    return solve(gram, cross, best).astype(np.float32)
 
 
 def gradient_penalty(disc: FrameDiscriminator, real: torch.Tensor, fake: torch.Tensor, mode: str):
@@ -267,7 +263,8 @@ def train_postnet(
     net.eval()
     validation = last_validation(run)
     if person:
-        uncalibrated = validate()
+        # The loop's last validation was of this very postnet (it validates at the last step).
+        uncalibrated = {k: v for k, v in validation.items() if k != "step"}
         calibration = fit_calibration(model, current(), person, mean_face)
         if calibration is not None:
             validation["calibration"] = {"before": uncalibrated, "after": validate()}

@@ -72,9 +72,10 @@ def postnet_reach(postnet: PostnetModel) -> int:
 
 
 class PostnetModel:
-    """One avatar's domain-adaptive postnet plus that avatar's mean face, and the linear map
-    of the postnet's output onto that avatar's own landmarks (`calibration`, normalised
-    motion [204, 204]; None for postnets trained before it existed: `motion.adapt`)."""
+    """One avatar's domain-adaptive postnet plus that avatar's mean face, and the linear maps
+    of the postnet's output onto that avatar's own landmarks (`calibration`: one 3 x 3 map
+    per landmark of the normalised motion, [68, 3, 3]; None for postnets trained before it
+    existed: `motion.adapt`)."""
 
     def __init__(self, net: Postnet, stats: Stats, meta: dict, version: str,
                  calibration: np.ndarray | None = None):  # fmt: skip
@@ -103,6 +104,10 @@ class PostnetModel:
         calibration = None
         if "calibration" in groups:
             calibration = groups["calibration"]["weight"].numpy().astype(np.float32)
+            if calibration.shape != (NUM_LANDMARKS, 3, 3):
+                shape = list(calibration.shape)
+                raise ValueError(f"{directory}: its calibration is {shape}, not one 3 x 3 map "
+                                 "per landmark; retrain the postnet")  # fmt: skip
         return cls(net.to(device), stats, meta, _digest(directory / ck.WEIGHTS), calibration)
 
 
@@ -208,7 +213,8 @@ class MotionModel:
             out[lo:hi] = pred[0, lo - s : hi - s]
         motion = out.cpu().numpy()
         if postnet is not None and postnet.calibration is not None:
-            motion = (motion @ postnet.calibration).astype(np.float32)
+            points = motion.reshape(t_all, NUM_LANDMARKS, 3)
+            motion = np.einsum("tpi,pij->tpj", points, postnet.calibration).reshape(t_all, -1)
         return motion
 
     def windows(
