@@ -60,9 +60,11 @@ def test_synthtalk_from_pixels_matches_its_ground_truth(synthtalk, ingested):
     err = np.linalg.norm(lm2d - truth["lm2d"], axis=-1) / interocular(truth["lm2d"])[:, None]
     assert np.median(err[:, 48:68]) <= 0.08  # mouth
     assert np.median(err[:, 17:68]) <= 0.08  # brows, nose, eyes, mouth
-    # The lips open and close with the truth's, in the canonical lm3d.
+    # The lips open and close with the truth's, in the canonical lm3d, their gap read from
+    # the pixels (face.lips; r 0.975 when written, 0.954 with the mesh's own inner lips).
+    assert report["inner_lips"]["applied"], report["inner_lips"]
     r = np.corrcoef(mouth_opening(got["lm3d"]), mouth_opening(truth["lm3d"]))[0, 1]
-    assert r >= 0.9, r
+    assert r >= 0.96, r
     # Head rotation relative to the first frame.
     rel = np.einsum("ij,tkj->tik", got["R"][0], got["R"])
     rel_truth = np.einsum("ij,tkj->tik", truth["R"][0], truth["R"])

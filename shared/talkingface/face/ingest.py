@@ -9,6 +9,7 @@ Steps (docs/ingest.md):
 2. Track the face (`face.track.FaceTracker`, one view: MediaPipe's own reading): 468-point
    meshes and the face count, which the checks of step 6 that need them use at once. Then
    each kept face is read again as the mean of ten views of its crop (`face.mesh.VIEWS`),
+   its inner lips' gap read from the pixels where the mouth's inside shows (`face.lips`),
    gaps filled by interpolation; One-Euro smoothing, with the jitter of the one-view, the
    ten-view and the smoothed points.
 3. Pose without a 3DMM (`face.pose`): the person's rigid shape from their own frames, each
@@ -38,6 +39,7 @@ from PIL import Image
 
 from talkingface import __version__
 from talkingface.errors import TalkingFaceError
+from talkingface.face import lips
 from talkingface.face.geometry import POSE_SMOOTH_FRAMES, check_geometry, head_geometry
 from talkingface.face.ibug68 import IBUG68, REGIONS, interocular
 from talkingface.face.masks import background_plate, neck_cut
@@ -259,17 +261,25 @@ def _checked(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _refined(frames: Iterator[np.ndarray], track: dict[str, Any], say) -> dict[str, Any]:
     """Each kept frame's face read again in the mesh model's ten views of the crop around
-    its one-view mesh (gaps interpolated again), then smoothed: {"raw", "mesh"}."""
+    its one-view mesh, the inner lips read from the pixels (face.lips), gaps interpolated
+    again, then smoothed: {"raw", "mesh", "lips" (the lips' report)}."""
     found = track["found"]
+    colours = np.zeros((len(found), 3 * lips.SAMPLES + 2, 3), np.uint8)
 
     def progress(i: int) -> None:
         say("refine", 0.4 + 0.2 * i / len(found))
 
+    def keep_colours(i: int, frame: np.ndarray, points: np.ndarray) -> None:
+        colours[i] = lips.profile(frame, points)
+
     try:
-        meshes = read_in_views(frames, track["one_view"], found, progress=progress)
+        meshes = read_in_views(frames, track["one_view"], found, progress=progress,
+                               also=keep_colours)  # fmt: skip
     except StreamTooShort as exc:
         raise TalkingFaceError("VIDEO_CORRUPT", f"the video gave fewer frames on a second "
                                f"reading than on the first ({exc})") from None  # fmt: skip
+    # The inner lips' gap from the pixels where the mouth's inside shows (face.lips).
+    meshes[found], lip_report = lips.refine(meshes[found], colours[found])
     filled = _interpolate(meshes, found)
     # Light smoothing: lips move at up to ~8 Hz, so the cut-off must rise fast with speed
     # (on SynthTalk, one view: jitter -25 %, lip-opening correlation 0.937 -> 0.934; 1.5 Hz
@@ -278,7 +288,7 @@ def _refined(frames: Iterator[np.ndarray], track: dict[str, Any], say) -> dict[s
     # 0.953/0.957/0.939 forward, 0.957/0.959/0.945 both ways, the same jitter).
     smoothed = smooth(filled, min_cutoff=SMOOTH_MIN_CUTOFF, beta=SMOOTH_BETA, zero_phase=True)
     smoothed = smoothed.astype(np.float32)
-    return {"raw": filled, "mesh": smoothed}
+    return {"raw": filled, "mesh": smoothed, "lips": lip_report}
 
 
 def _interpolate(meshes: np.ndarray, found: np.ndarray) -> np.ndarray:
@@ -387,6 +397,7 @@ def _write(out, frames, count, frame_hw, track, geometry, audio, size, say) -> d
         "crop": {"x0": _r(x0), "y0": _r(y0), "side": _r(side), "size": size},
         "mask_coverage": {"person": _r(np.mean(coverage)), "head": _r(heads.mean()),
                           "torso": _r(torsos.mean()), "plate_unseen": _r(unseen)},
+        "inner_lips": track["lips"],
         "landmark_jitter_iod": {"one_view": _r(jitter_one_view, 5),
                                 "raw": _r(jitter_raw, 5), "smoothed": _r(jitter_smooth, 5)},
         "regions": {name: [sl.start, sl.stop] for name, sl in REGIONS.items()},

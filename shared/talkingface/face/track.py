@@ -105,13 +105,17 @@ class StreamTooShort(ValueError):
 
 def read_in_views(frames: Iterable[np.ndarray], meshes: np.ndarray, found: np.ndarray,
                   views=VIEWS, workers: int | None = None,
-                  progress: Callable[[int], None] | None = None) -> np.ndarray:  # fmt: skip
+                  progress: Callable[[int], None] | None = None,
+                  also: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+                  ) -> np.ndarray:  # fmt: skip
     """Each frame's face where `found`, read again as the mean of `views` of the crop around
     its mesh ([T, 468, 3], one per frame of the stream `frames`); the other frames keep
     theirs. Frames are read on `workers` threads (default: the cores, at most 4), each with
     its own interpreter (LiteRT lets go of the GIL while it runs: 1.9x on 2 cores); at most
-    two frames a worker wait in memory. `progress(i)` is called every 50 frames. Returns the
-    new meshes; StreamTooShort when the stream has fewer frames than `meshes`."""
+    two frames a worker wait in memory. `progress(i)` is called every 50 frames;
+    `also(i, frame, points)`, on the worker, with each face read again (for what else the
+    frame is needed: the ingest's lip colours). Returns the new meshes; StreamTooShort when
+    the stream has fewer frames than `meshes`."""
     out = np.array(meshes, dtype=np.float32, copy=True)
     workers = workers or min(4, len(os.sched_getaffinity(0)))
     local = threading.local()
@@ -119,7 +123,10 @@ def read_in_views(frames: Iterable[np.ndarray], meshes: np.ndarray, found: np.nd
     def read(i: int, frame: np.ndarray) -> tuple[int, np.ndarray]:
         if not hasattr(local, "mesh"):
             local.mesh = FaceMesh(views=views)
-        return i, local.mesh.run(frame, Roi.from_landmarks(meshes[i])).points
+        points = local.mesh.run(frame, Roi.from_landmarks(meshes[i])).points
+        if also is not None:
+            also(i, frame, points)
+        return i, points
 
     pending: collections.deque = collections.deque()
     count = 0
