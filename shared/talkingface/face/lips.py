@@ -41,13 +41,16 @@ from typing import Any
 
 import numpy as np
 
-UPPER = np.array([82, 13, 312])  # iBUG 61, 62, 63
-LOWER = np.array([87, 14, 317])  # iBUG 67, 66, 65
-UPPER_LIP = np.array([[37, 82], [0, 13], [267, 312]])  # outer, inner point of each column
-LOWER_LIP = np.array([[84, 87], [17, 14], [314, 317]])
-CORNERS = (78, 308)  # iBUG 60, 64: the inner corners
-RIGHT_EYE = [33, 160, 158, 133, 153, 144]  # the iBUG eye points (ibug68.py), for the scale
-LEFT_EYE = [362, 385, 387, 263, 373, 380]
+from talkingface.face.ibug68 import INNER_LIPS, LEFT_EYE, OUTER_LIPS, RIGHT_EYE
+
+# Mesh indices, through the iBUG-68 table (ibug68.py): the inner-lip pairs, upper (iBUG 61,
+# 62, 63) and lower (67, 66, 65) point of each; the outer lip above and below each pair (50,
+# 51, 52 and 58, 57, 56) with the pair's own point; the inner corners (60, 64).
+UPPER = np.array(INNER_LIPS[1:4])
+LOWER = np.array(INNER_LIPS[7:4:-1])
+UPPER_LIP = np.stack([OUTER_LIPS[2:5], UPPER], axis=1)  # outer, inner point of each column
+LOWER_LIP = np.stack([OUTER_LIPS[10:7:-1], LOWER], axis=1)
+CORNERS = (INNER_LIPS[0], INNER_LIPS[4])
 SAMPLES = 64  # colours along each pair's line
 REACH = 0.1  # of the inter-ocular distance, beyond each point of the pair
 OUTER = 0.5  # but never past this fraction of the way from the pair's midpoint to the outer lip
