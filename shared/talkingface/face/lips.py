@@ -31,7 +31,7 @@ Nothing is moved, and `ingest.json` says why, when
   ends: the mesh's lips are not where the pixels' are. This is so on the photo puppets,
   whose painted mouth covers what the mesh reads as lip.
 
-Measured on SynthTalk seeds 11, 12, 13 and on the photo puppets: docs/ingest.md ("The inner
+Measured on SynthTalk seeds 11 to 16 and on the photo puppets: docs/ingest.md ("The inner
 lips from the pixels").
 """
 
