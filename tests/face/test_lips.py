@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from talkingface.face import lips
+from talkingface.face.ibug68 import LEFT_EYE, RIGHT_EYE
 
 SKIN, LIP, CAVITY, TEETH = (200, 160, 140), (150, 60, 60), (30, 10, 10), (235, 235, 225)
 EYE_Y, EYE_HALF = 40.0, 30.0  # eyes' centres 60 px apart
@@ -43,8 +44,8 @@ def mouth(
     read_gap = read(gap)
     points = np.zeros((468, 3), np.float32)
     place = {
-        **{i: (100 - EYE_HALF, EYE_Y) for i in lips.RIGHT_EYE},
-        **{i: (100 + EYE_HALF, EYE_Y) for i in lips.LEFT_EYE},
+        **{i: (100 - EYE_HALF, EYE_Y) for i in RIGHT_EYE},
+        **{i: (100 + EYE_HALF, EYE_Y) for i in LEFT_EYE},
         lips.CORNERS[0]: (100 - HALF_WIDTH, MOUTH_Y), lips.CORNERS[1]: (100 + HALF_WIDTH, MOUTH_Y),
     }  # fmt: skip
     for upper, lower, x in zip(lips.UPPER_LIP, lips.LOWER_LIP, (90.0, 100.0, 110.0), strict=True):

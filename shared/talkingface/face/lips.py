@@ -40,8 +40,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
-from talkingface.face.ibug68 import INNER_LIPS, LEFT_EYE, OUTER_LIPS, RIGHT_EYE
+from talkingface.face.ibug68 import IBUG68, INNER_LIPS, OUTER_LIPS, interocular
 
 # Mesh indices, through the iBUG-68 table (ibug68.py): the inner-lip pairs, upper (iBUG 61,
 # 62, 63) and lower (67, 66, 65) point of each; the outer lip above and below each pair (50,
@@ -52,9 +53,9 @@ UPPER_LIP = np.stack([OUTER_LIPS[2:5], UPPER], axis=1)  # outer, inner point of 
 LOWER_LIP = np.stack([OUTER_LIPS[10:7:-1], LOWER], axis=1)
 CORNERS = (INNER_LIPS[0], INNER_LIPS[4])
 SAMPLES = 64  # colours along each pair's line
-REACH = 0.1  # of the inter-ocular distance, beyond each point of the pair
+REACH = 0.07  # of the inter-ocular distance (ibug68.interocular), beyond each point of the pair
 OUTER = 0.5  # but never past this fraction of the way from the pair's midpoint to the outer lip
-SPREAD = 0.02  # between the three parallel lines, of the inter-ocular distance
+SPREAD = 0.014  # between the three parallel lines, of the inter-ocular distance
 RAMP = (0.3, 0.7)  # colour distance (fraction of inside-to-lip) scored 0 .. 1
 MIN_CONTRAST = 20.0  # grey levels (RGB distance) between the inside and the lips
 MIN_ENDS_ON_LIP = 0.5  # of the pairs, or nothing is moved
@@ -156,24 +157,17 @@ def _positions(ends: np.ndarray) -> np.ndarray:
 
 
 def _interocular(points: np.ndarray) -> np.ndarray:
-    """The distance between the eyes' centres of meshes [..., 468, >=2]; [...]."""
-    p = np.asarray(points, np.float64)
-    right, left = p[..., RIGHT_EYE, :2].mean(axis=-2), p[..., LEFT_EYE, :2].mean(axis=-2)
-    return np.linalg.norm(left - right, axis=-1)
+    """The inter-ocular distance (the NME normaliser: the outer eye corners) of meshes
+    [..., 468, >=2]; [...]."""
+    return interocular(np.asarray(points, np.float64)[..., IBUG68, :2])
 
 
 def _bilinear(frame: np.ndarray, where: np.ndarray) -> np.ndarray:
     """The frame's colours [..., 3] at pixel-centre coordinates `where` [..., 2] (x, y),
-    bilinear, clamped to the frame."""
-    h, w = frame.shape[:2]
-    x = np.clip(where[..., 0], 0, w - 1)
-    y = np.clip(where[..., 1], 0, h - 1)
-    x0, y0 = np.minimum(np.floor(x).astype(int), w - 2), np.minimum(np.floor(y).astype(int), h - 2)
-    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-
-    def at(dy: int, dx: int) -> np.ndarray:  # only the pixels needed leave uint8
-        return frame[y0 + dy, x0 + dx].astype(np.float64)
-
-    top = at(0, 0) * (1 - fx) + at(0, 1) * fx
-    bottom = at(1, 0) * (1 - fx) + at(1, 1) * fx
-    return top * (1 - fy) + bottom * fy
+    bilinear, clamped to the frame (one call on the frame as it is: no copy of it)."""
+    points = where.reshape(-1, 1, 2)
+    channel = np.broadcast_to(np.arange(3, dtype=np.float64), (len(points), 3))
+    coords = [np.broadcast_to(points[..., 1], channel.shape), np.broadcast_to(points[..., 0],
+              channel.shape), channel]  # fmt: skip
+    colours = ndimage.map_coordinates(frame, coords, output=np.float64, order=1, mode="nearest")
+    return colours.reshape(*where.shape[:-1], 3)
