@@ -16,6 +16,7 @@ from talkingface.face.ibug68 import IBUG68
 from talkingface.face.pose import (
     apply,
     canonical_shape,
+    decouple_expression,
     euler_degrees,
     frame_poses,
     rotation_angle_degrees,
@@ -23,10 +24,12 @@ from talkingface.face.pose import (
     steady_weights,
     umeyama,
 )
+from talkingface.lm3d import mouth_opening
 
 EXTREME_YAW, EXTREME_PITCH = 45.0, 35.0  # VIDEO_EXTREME_POSE when most frames pass these
 MIN_MOUTH_MOTION = 0.01  # std of the mouth opening (canonical units) below this: VIDEO_FROZEN
 POSE_SMOOTH_FRAMES = 2.0  # the head poses' Gaussian smoothing (sigma, frames): docs/ingest.md
+EXPRESSION_HIGHPASS_FRAMES = 4.0  # what counts as fast in `decouple_expression` (sigma, frames)
 D = np.diag([1.0, -1.0, -1.0])  # image axes (x right, y down, z away) <-> contract axes
 
 
@@ -47,13 +50,13 @@ def head_geometry(mesh: np.ndarray, frame_hw: tuple[int, int], fov_deg: float) -
     weights = steady_weights(mesh[::step], shape, frame_poses(mesh[::step], shape))
     shape = canonical_shape(mesh[::step], weights=weights)
     s, raw_rot, shift, residual = frame_poses(mesh, shape, weights)
-    s, rot, shift = smooth_poses(s, raw_rot, shift, POSE_SMOOTH_FRAMES)
     # The shape in the contract's frame: P = sigma Q D C + o.
     sigma, q, o = umeyama(shape[IBUG68] @ D.T, _contract_template())
-    # Expression in canonical space: each frame's mesh brought back through its own pose.
-    local = np.einsum("tij,tnj->tni", np.swapaxes(rot, 1, 2), mesh - shift[:, None, :])
-    local /= s[:, None, None]
-    lm3d = apply(sigma, q, o, local[:, IBUG68] @ D.T).astype(np.float32)
+    opening = mouth_opening(_canonical(mesh, s, raw_rot, shift, (sigma, q, o)))
+    s, rot, shift, decoupled = decouple_expression(s, raw_rot, shift, opening,
+                                                   EXPRESSION_HIGHPASS_FRAMES)  # fmt: skip
+    s, rot, shift = smooth_poses(s, rot, shift, POSE_SMOOTH_FRAMES)
+    lm3d = _canonical(mesh, s, rot, shift, (sigma, q, o)).astype(np.float32)
     r_cam = rot @ D @ q.T  # contract -> camera rotation (OpenCV axes)
     k = s / sigma  # pixels per canonical unit
     h, w = frame_hw
@@ -69,7 +72,16 @@ def head_geometry(mesh: np.ndarray, frame_hw: tuple[int, int], fov_deg: float) -
         "lm3d": lm3d, "R": r_cam.astype(np.float32), "t": t_cam.astype(np.float32),
         "focal": focal, "k": k, "origin_px": origin_px, "residual": residual, "euler": euler,
         "turn_deg": {"raw": _turns(raw_rot), "smoothed": _turns(rot)},
+        "decoupled": decoupled,
     }  # fmt: skip
+
+
+def _canonical(mesh: np.ndarray, s, rot, shift, contract) -> np.ndarray:
+    """iBUG-68 landmarks [T, 68, 3] in the contract's canonical frame: each frame's mesh
+    brought back through its own pose (s, R, t), then into the contract's frame by `contract`
+    (sigma, Q, o: P = sigma Q D C + o)."""
+    local = np.einsum("tij,tnj->tni", np.swapaxes(rot, 1, 2), mesh[:, IBUG68] - shift[:, None, :])
+    return apply(*contract, (local / s[:, None, None]) @ D.T)
 
 
 def _turns(rot: np.ndarray) -> float:
@@ -79,8 +91,6 @@ def _turns(rot: np.ndarray) -> float:
 
 def check_geometry(geometry: dict) -> None:
     """VIDEO_EXTREME_POSE or VIDEO_FROZEN, when the poses or the mouth say so."""
-    from talkingface.lm3d import mouth_opening
-
     # The pose first: turned away, the mouth cannot be read either.
     yaw, pitch = np.abs(geometry["euler"][:, 0]), np.abs(geometry["euler"][:, 1])
     extreme = float(np.mean((yaw > EXTREME_YAW) | (pitch > EXTREME_PITCH)))

@@ -394,6 +394,8 @@ def _write(out, frames, count, frame_hw, track, geometry, audio, size, say) -> d
         "pose_residual_px": _r(np.median(geometry["residual"])),
         "pose_turn_per_frame_deg": {k: _r(v) for k, v in geometry["turn_deg"].items()},
         "pose_smoothing_frames": POSE_SMOOTH_FRAMES,
+        "pose_expression_removed": geometry["decoupled"] and {
+            k: _r(v) for k, v in geometry["decoupled"].items()},
         "crop": {"x0": _r(x0), "y0": _r(y0), "side": _r(side), "size": size},
         "mask_coverage": {"person": _r(np.mean(coverage)), "head": _r(heads.mean()),
                           "torso": _r(torsos.mean()), "plate_unseen": _r(unseen)},

@@ -27,6 +27,9 @@ RIGID = np.array([107, 336, 168, 197, 5, 4, 98, 97, 2, 326, 327, 33, 133, 362, 2
                   127, 234, 356, 454, 10, 338, 297, 109, 67, 6, 195])  # fmt: skip
 
 
+DECOUPLE_MIN_FRAMES = 100  # 4 s: fewer frames leave `decouple_expression` nothing to fit
+
+
 def rigid_weights(n: int = 468) -> np.ndarray:
     w = np.full(n, 0.2)
     w[RIGID] = 1.0
@@ -139,6 +142,47 @@ def smooth_poses(scale: np.ndarray, rot: np.ndarray, shift: np.ndarray, sigma: f
     rot = (mean * Rotation.from_rotvec(turns)).as_matrix()
     scale = np.exp(_smooth_track(np.log(scale)[:, None], sigma)[:, 0])
     return scale, rot, _smooth_track(np.asarray(shift, np.float64), sigma)
+
+
+def decouple_expression(scale: np.ndarray, rot: np.ndarray, shift: np.ndarray,
+                        expression: np.ndarray, highpass: float):  # fmt: skip
+    """Per-frame similarities (s [T], R [T, 3, 3], t [T, 3], as `frame_poses` gives them) less
+    the part of them that follows the face's expression `expression` [T] or [T, E] (the
+    mouth's opening) linearly, and that part's spread.
+
+    A face mesh's rigid fit tips the head back and shrinks it a little as the jaw drops (on a
+    real photograph whose mouth is opened by a known warp, the pitch error follows the opening
+    with r 0.85 and the scale error with r 0.86: docs/ingest.md). The slopes are fitted on the
+    signals' fast part only, each less its Gaussian smoothing of `highpass` frames: speech
+    moves the mouth several times a second while a head turns slowly, so a head motion that
+    happens to go with the mouth over one video is not taken for the mesh's error. The
+    rotations are turns about their mean (axis-angle), the scales in log, the translations as
+    they are; the expression is centred, so the mean pose is kept. Fewer than
+    DECOUPLE_MIN_FRAMES frames, or a mouth that hardly moves, leave the poses as they are
+    (spread None).
+    """
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.spatial.transform import Rotation
+
+    x = np.asarray(expression, np.float64).reshape(len(rot), -1)
+    x = x - x.mean(axis=0)
+    fast_x = x - gaussian_filter1d(x, highpass, axis=0, mode="nearest")
+    if len(rot) < DECOUPLE_MIN_FRAMES or float(fast_x.std()) < 1e-6:
+        return scale, rot, shift, None
+    mean = Rotation.from_matrix(rot).mean()
+    turns = (mean.inv() * Rotation.from_matrix(rot)).as_rotvec()
+    y = np.concatenate([turns, np.log(scale)[:, None], np.asarray(shift, np.float64)], axis=1)
+    fast_y = y - gaussian_filter1d(y, highpass, axis=0, mode="nearest")
+    slopes = np.linalg.lstsq(fast_x, fast_y, rcond=None)[0]  # [E, 7]
+    part = x @ slopes
+    y = y - part
+    spread = {
+        "rotation_deg": float(np.rad2deg(np.sqrt((part[:, :3] ** 2).sum(axis=1).mean()))),
+        "scale_pct": float(100 * part[:, 3].std()),
+        "shift_px": float(np.sqrt((part[:, 4:6] ** 2).sum(axis=1).mean())),
+    }
+    rot = (mean * Rotation.from_rotvec(y[:, :3])).as_matrix()
+    return np.exp(y[:, 3]), rot, y[:, 4:], spread
 
 
 def _smooth_track(x: np.ndarray, sigma: float) -> np.ndarray:
