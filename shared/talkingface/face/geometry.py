@@ -1,10 +1,10 @@
 """The ingest's geometry: head poses and canonical landmarks from the tracked face meshes.
 
-Each frame's similarity to the person's own rigid shape (`face.pose`), smoothed along time,
-becomes a pinhole pose for intrinsics from a field of view; the shape's iBUG-68 subset,
-aligned to the contract's mean face, places the landmarks in the canonical frame and units of
-`talkingface.lm3d`; each frame's expression is its mesh brought back through its pose
-(docs/ingest.md, "The steps", 3).
+Each frame's similarity to the person's own rigid shape (`face.pose`), less what follows the
+mouth's opening and smoothed along time, becomes a pinhole pose for intrinsics from a field
+of view; the shape's iBUG-68 subset, aligned to the contract's mean face, places the
+landmarks in the canonical frame and units of `talkingface.lm3d`; each frame's expression is
+its mesh brought back through its pose (docs/ingest.md, "The steps", 3).
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ least-squares rotation, scale and translation, weighted towards the points that 
 with expression), average the aligned shapes, and repeat; then again with each point
 weighted by how steadily it sits on that shape in this video (`steady_weights`). Each
 frame's pose is then the similarity that carries the canonical shape onto it
-(`frame_poses`), smoothed along time (`smooth_poses`: the mesh's frame-to-frame noise is not
-the head's motion), and yaw, pitch and roll follow from its rotation (`euler_degrees`).
+(`frame_poses`), less the part of it that follows the mouth's opening (`decouple_expression`:
+the fit tips and shrinks the head as the jaw drops), smoothed along time (`smooth_poses`: the
+mesh's frame-to-frame noise is not the head's motion), and yaw, pitch and roll follow from
+its rotation (`euler_degrees`).
 
 Umeyama, "Least-squares estimation of transformation parameters between two point
 patterns", IEEE TPAMI 13(4), 1991.
