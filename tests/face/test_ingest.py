@@ -336,3 +336,28 @@ def test_a_real_photo_moved_and_talking_is_tracked_as_it_was_moved(synthtalk, as
     # The mouth opens when the puppet's does.
     r = np.corrcoef(mouth_opening(got["lm3d"]), openings)[0, 1]
     assert r >= 0.9, r
+
+
+def test_the_puppet_avatar_script_writes_an_exact_pose_track(synthtalk, tmp_path):
+    """scripts/puppet_avatar.py: the exact track's head turns in the picture's plane exactly
+    as the picture was turned and holds still out of it; the ingest's own track does not."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "puppet_avatar.py"
+    spec = importlib.util.spec_from_file_location("puppet_avatar", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = script.main(["--mouth", str(synthtalk[0]), "--out", str(tmp_path / "p"),
+                       "--size", "128", "--min-seconds", "5"])  # fmt: skip
+    degrees = np.load(tmp_path / "p" / "truth.npz")["degrees"]
+    known = Rotation.from_euler("z", degrees[:, None] - degrees[0], degrees=True).as_matrix()
+
+    def wobble(directory):
+        rot = np.swapaxes(known, 1, 2) @ np.asarray(read_avatar(directory)["R"], np.float64)
+        mean = Rotation.from_matrix(rot).mean().as_matrix()[None]
+        return rotation_angle_degrees(rot, mean)
+
+    exact, ingested = wobble(out["exact"]), wobble(out["ingested"])
+    assert exact.max() < 0.05, exact.max()
+    assert np.median(ingested) > 5 * np.median(exact), (np.median(ingested), np.median(exact))
