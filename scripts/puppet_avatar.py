@@ -30,27 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_puppet(mouth: Path, out: Path, motion_seed: int) -> np.ndarray:
     """DIR/puppet.mp4 and DIR/truth.npz; returns the similarities [T, 2, 3]."""
-    from skimage import data
-
     from talkingface.data.synthtalk.fileformat import read_avatar
-    from talkingface.face.detect import FaceDetector
-    from talkingface.face.mesh import FaceMesh, Roi
-    from talkingface.lm3d import mouth_opening
     from talkingface.media import write_mp4
 
     sys.path.insert(0, str(ROOT))
-    from tests.face.puppet import puppet_video
+    from tests.face.puppet import mouth_openings, puppet_video, still_photo
 
-    photo = data.astronaut()
-    (face,) = FaceDetector().detect(photo)
-    mesh = FaceMesh()
-    result = mesh.run(photo, Roi.from_detection(face))
-    for _ in range(2):
-        result = mesh.run(photo, Roi.from_landmarks(result.points))
-    points = result.points
+    photo, points = still_photo()
     truth = read_avatar(mouth)
-    iod = float(np.linalg.norm(points[33, :2] - points[263, :2]))
-    openings = np.clip(mouth_opening(truth["lm3d"]), 0, None) / 1.1 * iod  # ~1.1 units
+    openings = mouth_openings(truth["lm3d"], points)
     video = puppet_video(photo, points, openings, motion_seed)
     write_mp4(out / "puppet.mp4", video.frames, 25, truth["audio"], 16000, crf=18)
     np.savez(out / "truth.npz", similarity=video.similarity, degrees=video.degrees,

@@ -33,6 +33,32 @@ class PuppetVideo:
     openings: np.ndarray  # [T] mouth opening applied, pixels of the still photo
 
 
+def still_photo() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-image's astronaut portrait [512, 512, 3] and its face mesh [468, 3]: the mesh on
+    the detection's crop, then twice more on the crop around its own points."""
+    from skimage import data
+
+    from talkingface.face.detect import FaceDetector
+    from talkingface.face.mesh import FaceMesh, Roi
+
+    photo = data.astronaut()
+    (face,) = FaceDetector().detect(photo)
+    mesh = FaceMesh()
+    result = mesh.run(photo, Roi.from_detection(face))
+    for _ in range(2):
+        result = mesh.run(photo, Roi.from_landmarks(result.points))
+    return photo, result.points
+
+
+def mouth_openings(lm3d: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """A SynthTalk person's mouth opening (`lm3d` [T, 68, 3]) in pixels of the still photo
+    whose mesh is `points` (about 1.1 canonical units from eye to eye)."""
+    from talkingface.lm3d import mouth_opening
+
+    iod = float(np.linalg.norm(points[33, :2] - points[263, :2]))
+    return np.clip(mouth_opening(lm3d), 0, None) / 1.1 * iod
+
+
 def _track(rng: np.random.Generator, count: int, amplitude: float) -> np.ndarray:
     """A smooth random track in [-amplitude, amplitude]: a sum of three slow sines."""
     t = np.arange(count) / 25.0

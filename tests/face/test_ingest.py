@@ -282,16 +282,9 @@ def test_frames_without_a_face_at_the_ends_are_cut_with_their_sound(synthtalk, t
 
 @pytest.fixture(scope="module")
 def astronaut_mesh():
-    from talkingface.face.detect import FaceDetector
-    from talkingface.face.mesh import FaceMesh, Roi
+    from tests.face.puppet import still_photo
 
-    photo = data.astronaut()
-    (face,) = FaceDetector().detect(photo)
-    mesh = FaceMesh()
-    result = mesh.run(photo, Roi.from_detection(face))
-    for _ in range(2):
-        result = mesh.run(photo, Roi.from_landmarks(result.points))
-    return photo, result.points
+    return still_photo()
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -300,12 +293,11 @@ def test_a_real_photo_moved_and_talking_is_tracked_as_it_was_moved(synthtalk, as
     """A photo puppet: the astronaut's mouth opens as a SynthTalk person's does while the
     picture turns (±12°), zooms (±8 %) and shifts (±12 px) along a smooth random track."""
     from talkingface.face.ibug68 import to_ibug68
-    from tests.face.puppet import puppet_video
+    from tests.face.puppet import mouth_openings, puppet_video
 
     photo, points = astronaut_mesh
     truth = read_avatar(synthtalk[0])
-    iod = float(np.linalg.norm(points[33, :2] - points[263, :2]))
-    openings = np.clip(mouth_opening(truth["lm3d"]), 0, None) / 1.1 * iod  # ~1.1 units eye to eye
+    openings = mouth_openings(truth["lm3d"], points)
     video = puppet_video(photo, points, openings, seed)
     write_mp4(tmp_path / "puppet.mp4", video.frames, 25, truth["audio"], 16000, crf=18)
     report = ingest(tmp_path / "puppet.mp4", tmp_path / "avatar", size=128, min_seconds=5.0)
