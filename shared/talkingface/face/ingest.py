@@ -23,8 +23,6 @@ Steps (docs/ingest.md):
    line rigid with the head just below the chin; the background plate is the per-pixel
    median over the frames where that pixel is background; pixels never uncovered take the
    median of all frames under the torso and their nearest neighbour's value elsewhere.
-   Before the plate, the poses are refined from textured patches of skin and hair tracked
-   through the crops and a bundle adjustment (`face.patches`); the landmarks keep the mesh's.
 6. Checks that fail with a code a person can act on (VIDEO_* codes, docs/ingest.md).
 """
 

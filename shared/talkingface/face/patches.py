@@ -19,11 +19,10 @@ pixels of the skin, brows' surroundings, nose and hair move with the skull exact
    (R, t for the pinhole K) by alternating least squares on the pixel error (triangulation;
    Gauss-Newton per frame), with Huber weights per observation: a patch that slides (a
    collar, a moving brow) weighs little. (Leaving whole points out where their median error
-   was high left the bundle worse conditioned on SynthTalk: 1.6 -> 2.7 px.) Where the
-   patches lie nearly in one plane (a photograph), a small turn out of it and the points'
-   depth trade off and the pixels can hardly tell them apart; the renderer does not mind.
-   (Holding each rotation lightly to the mesh's was tried: on a photo puppet it raised the
-   bundle's median error from 0.21 to 0.92 px.)
+   was high left the bundle worse conditioned on SynthTalk: 1.6 -> 2.7 px.) Each frame's
+   rotation is held lightly to the mesh's (`PRIOR`: a hundredth of the stiffness the patches
+   give a turn in the image plane): where the patches lie nearly in one plane, a turn out of
+   it and the points' depth trade off and the pixels can hardly tell them apart.
 4. The result is carried into the mesh poses' head frame (their mean turn, depth and head
    origin: the bundle's own frame is free up to a similarity), so the canonical landmarks,
    which the mesh's expression gives, keep their frame.
@@ -49,6 +48,7 @@ MIN_CORRELATION = 0.8
 TRACK_STEPS = 8
 BUNDLE_ROUNDS = 6
 HUBER_PX = 1.0
+PRIOR = 0.01  # the mesh's rotation, against the patches' in-plane stiffness (docstring)
 CHUNK_PIXELS = 6_000_000  # frames tracked at once: this many pixels
 MIN_POINTS = 12  # fewer usable points: the mesh poses are kept
 BLUR = 0.6  # px, before tracking: less of the encoder's noise
@@ -202,9 +202,15 @@ def _rotations(v: np.ndarray) -> np.ndarray:
     return Rotation.from_rotvec(v).as_matrix()
 
 
-def resect(k, r, t, points, tracks, weights, steps: int = 6):
+def resect(k, r, t, points, tracks, weights, prior, steps: int = 6):
     """Each frame's pose refined so `points` [N, 3] project onto its `tracks` (Gauss-Newton
-    on a turn about the camera's centre and a shift)."""
+    on a turn about the camera's centre and a shift), its rotation held lightly to `prior`
+    [T, 3, 3] (module docstring, 3)."""
+    from scipy.spatial.transform import Rotation
+
+    spread = tracks - np.einsum("tn,tna->ta", weights, tracks)[:, None] / np.maximum(
+        weights.sum(axis=1), 1e-9)[:, None, None]  # fmt: skip
+    stiffness = PRIOR * np.einsum("tn,tna->t", weights, spread**2)  # px^2 per radian^2
     for _ in range(steps):
         base = project(k, r, t, points)
         cols = [(project(k, _rotations(np.tile(1e-5 * e, (len(r), 1))) @ r, t, points) - base)
@@ -213,19 +219,22 @@ def resect(k, r, t, points, tracks, weights, steps: int = 6):
         jac = np.stack(cols, -1)
         lhs = np.einsum("tn,tnak,tnal->tkl", weights, jac, jac) + 1e-6 * np.eye(6)
         rhs = np.einsum("tn,tnak,tna->tk", weights, jac, base - tracks)
+        lhs[:, :3, :3] += stiffness[:, None, None] * np.eye(3)
+        rhs[:, :3] += stiffness[:, None] * Rotation.from_matrix(
+            r @ np.swapaxes(prior, 1, 2)).as_rotvec()  # fmt: skip
         step = -np.linalg.solve(lhs, rhs[..., None])[..., 0]
         r, t = _rotations(step[:, :3]) @ r, t + step[:, 3:]
     return r, t
 
 
-def bundle(k, r, t, tracks, usable):
+def bundle(k, r, t, tracks, usable, prior):
     """(R, t, points, used [T, N] weights, errors [T, N] px) from the poses (r, t), the
     `tracks` and where they are `usable` [T, N] (module docstring, 3)."""
     base = usable.astype(np.float64)
     weights = base.copy()
     for _ in range(BUNDLE_ROUNDS):
         points = triangulate(k, r, t, tracks, weights)
-        r, t = resect(k, r, t, points, tracks, weights)
+        r, t = resect(k, r, t, points, tracks, weights, prior)
         errors = np.linalg.norm(project(k, r, t, points) - tracks, axis=-1)
         weights = base * np.minimum(1.0, HUBER_PX / np.maximum(errors, 1e-9))
     return r, t, points, weights, errors
@@ -267,7 +276,7 @@ def refine_poses(frames: Callable[[int, int], np.ndarray], count: int, head: np.
         found, score = track(images, count, reference, points, predicted, local)
         progress((step + 0.5) / 3)
         usable = score > MIN_CORRELATION
-        r, t, world, weights, errors = bundle(k, r, t, found, usable)
+        r, t, world, weights, errors = bundle(k, r, t, found, usable, r0)
         progress((step + 1) / 3)
         predicted = project(k, r, t, world)
         # The local map: one reference pixel sideways and down, at the point's depth.
