@@ -39,16 +39,10 @@ from PIL import Image
 
 from talkingface import __version__
 from talkingface.errors import TalkingFaceError
-from talkingface.face import lips, patches
-from talkingface.face.geometry import (
-    POSE_SMOOTH_FRAMES,
-    D,
-    check_geometry,
-    head_geometry,
-)
+from talkingface.face import lips
+from talkingface.face.geometry import POSE_SMOOTH_FRAMES, check_geometry, head_geometry
 from talkingface.face.ibug68 import IBUG68, REGIONS, interocular
 from talkingface.face.masks import background_plate, neck_cut
-from talkingface.face.pose import euler_degrees
 from talkingface.face.track import (
     COUNT_MIN_SCORE,
     FaceTracker,
@@ -361,26 +355,13 @@ def _write(out, frames, count, frame_hw, track, geometry, audio, size, say) -> d
     video.flush()
     heads.flush()
     torsos.flush()
-    say("poses", 0.9)
-    r_cam, t_cam, tracking = patches.refine_poses(
-        lambda lo, hi: video[lo:hi],
-        count,
-        heads,
-        lm2d,
-        K,
-        geometry["R"],
-        geometry["t"],
-        progress=lambda fraction: say("poses", 0.9 + 0.07 * fraction),
-    )
-    euler = euler_degrees(np.einsum("ij,tjk->tik", D, r_cam))
-    say("plate", 0.97)
+    say("plate", 0.9)
     background, unseen = background_plate(video, heads, torsos)
     np.save(out / "background.npy", background)
     write_wav(out / "audio.wav", audio, SAMPLE_RATE)
     np.savez_compressed(out / "landmarks.npz", lm3d=geometry["lm3d"], lm2d=lm2d)
-    np.savez_compressed(out / "poses.npz", R=r_cam.astype(np.float32),
-                        t=t_cam.astype(np.float32), K=K,
-                        euler_deg=euler.astype(np.float32))  # fmt: skip
+    np.savez_compressed(out / "poses.npz", R=geometry["R"], t=geometry["t"], K=K,
+                        euler_deg=geometry["euler"].astype(np.float32))  # fmt: skip
     train = count * 10 // 11
     manifest = {
         "format": ff.AVATAR, "version": ff.FORMAT_VERSION,
@@ -407,15 +388,14 @@ def _write(out, frames, count, frame_hw, track, geometry, audio, size, say) -> d
                           "min_score": COUNT_MIN_SCORE},
         "face_size_px": {"interocular_median_source": _r(np.median(track["iod"])),
                          "interocular_median_crop": _r(np.median(iod))},
-        "pose_degrees": {name: [_r(np.min(euler[:, j])), _r(np.max(euler[:, j]))]
+        "pose_degrees": {name: [_r(np.min(geometry["euler"][:, j])),
+                                _r(np.max(geometry["euler"][:, j]))]
                          for j, name in enumerate(("yaw", "pitch", "roll"))},
         "pose_residual_px": _r(np.median(geometry["residual"])),
         "pose_turn_per_frame_deg": {k: _r(v) for k, v in geometry["turn_deg"].items()},
         "pose_smoothing_frames": POSE_SMOOTH_FRAMES,
         "pose_expression_removed": geometry["decoupled"] and {
             k: _r(v) for k, v in geometry["decoupled"].items()},
-        "pose_tracking": {k: _r(v) if isinstance(v, float) else v
-                          for k, v in tracking.items()},
         "crop": {"x0": _r(x0), "y0": _r(y0), "side": _r(side), "size": size},
         "mask_coverage": {"person": _r(np.mean(coverage)), "head": _r(heads.mean()),
                           "torso": _r(torsos.mean()), "plate_unseen": _r(unseen)},
