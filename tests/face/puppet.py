@@ -53,9 +53,10 @@ def still_photo() -> tuple[np.ndarray, np.ndarray]:
 def mouth_openings(lm3d: np.ndarray, points: np.ndarray) -> np.ndarray:
     """A SynthTalk person's mouth opening (`lm3d` [T, 68, 3]) in pixels of the still photo
     whose mesh is `points` (about 1.1 canonical units from eye to eye)."""
+    from talkingface.face.ibug68 import interocular, to_ibug68
     from talkingface.lm3d import mouth_opening
 
-    iod = float(np.linalg.norm(points[33, :2] - points[263, :2]))
+    iod = float(interocular(to_ibug68(points)))
     return np.clip(mouth_opening(lm3d), 0, None) / 1.1 * iod
 
 
