@@ -9,7 +9,8 @@ The puppet (tests/face/puppet.py): scikit-image's astronaut portrait, its mouth 
 SynthTalk person's in `--mouth` opens it, with that person's voice, the whole picture turned
 ±12°, zoomed ±8 % and shifted ±12 px along a smooth random track. Writes DIR/puppet.mp4,
 DIR/truth.npz (each frame's similarity, still photo -> frame), DIR/ingested (the ingest as
-shipped) and DIR/exact (the same ingest with each frame's pose replaced by the exact one: the
+shipped) and DIR/exact (the same ingest with each frame's pose replaced by the exact one, and
+not refined from tracked patches after: the
 photo never turns out of its plane, so the exact track is the ingest's own head pose on the
 still photo, carried by the known motion; the same head frame, and a crop, which follows the poses,
 within about a third of a pixel).
@@ -46,6 +47,12 @@ def make_puppet(mouth: Path, out: Path, motion_seed: int) -> np.ndarray:
     return video.similarity
 
 
+def keep_poses(frames, count, head, lm2d, k, r, t, mesh, progress=None):
+    """A `face.patches.refine_poses` stand-in that leaves the poses as they are."""
+    return np.asarray(r, np.float64), np.asarray(t, np.float64), {
+        "used": False, "why": "exact poses (scripts/puppet_avatar.py)"}  # fmt: skip
+
+
 def exact_track(similarity: np.ndarray):
     """A `smooth_poses` stand-in that returns the exact similarities (s, R, t) in the mesh's
     frame: each frame's pose is carried back to the still photo through the known motion
@@ -79,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     import talkingface.face.geometry as geometry
+    from talkingface.face import patches
     from talkingface.face.ingest import ingest
 
     args.out.mkdir(parents=True, exist_ok=False)
@@ -86,12 +94,14 @@ def main(argv: list[str] | None = None) -> dict:
     video = args.out / "puppet.mp4"
     kwargs = {"size": args.size, "fov_deg": 18.0, "min_seconds": args.min_seconds}
     ingest(video, args.out / "ingested", **kwargs)
-    shipped = geometry.smooth_poses
-    geometry.smooth_poses = exact_track(similarity)  # this process only
+    # This process only: the exact track, and no refinement from tracked patches after it.
+    shipped = geometry.smooth_poses, patches.refine_poses
+    geometry.smooth_poses = exact_track(similarity)
+    patches.refine_poses = keep_poses
     try:
         ingest(video, args.out / "exact", **kwargs)
     finally:
-        geometry.smooth_poses = shipped
+        geometry.smooth_poses, patches.refine_poses = shipped
     result = {"video": str(video), "ingested": str(args.out / "ingested"),
               "exact": str(args.out / "exact")}  # fmt: skip
     print(json.dumps(result))

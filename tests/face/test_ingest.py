@@ -64,6 +64,8 @@ def test_synthtalk_from_pixels_matches_its_ground_truth(synthtalk, ingested):
     # The lips open and close with the truth's, in the canonical lm3d, their gap read from
     # the pixels (face.lips; r 0.975 when written, 0.954 with the mesh's own inner lips).
     assert report["inner_lips"]["applied"], report["inner_lips"]
+    # Too short a video (8 s) for the poses from the skin: the mesh's are kept (`face.patches`).
+    assert not report["pose_tracking"]["used"], report["pose_tracking"]
     r = np.corrcoef(mouth_opening(got["lm3d"]), mouth_opening(truth["lm3d"]))[0, 1]
     assert r >= 0.96, r
     # Head rotation relative to the first frame.
@@ -288,11 +290,18 @@ def astronaut_mesh():
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_a_real_photo_moved_and_talking_is_tracked_as_it_was_moved(synthtalk, astronaut_mesh,
-                                                                   tmp_path, seed):  # fmt: skip
+def test_a_real_photo_moved_and_talking_is_tracked_as_it_was_moved(
+    synthtalk, astronaut_mesh, tmp_path, seed, monkeypatch
+):
     """A photo puppet: the astronaut's mouth opens as a SynthTalk person's does while the
-    picture turns (±12°), zooms (±8 %) and shifts (±12 px) along a smooth random track."""
+    picture turns (±12°), zooms (±8 %) and shifts (±12 px) along a smooth random track. Its
+    poses are read from the skin although the video is short and small (`face.patches`
+    would keep the mesh's on 8 s at 128 px): real skin is what that step is for."""
+    from talkingface.face import patches
     from talkingface.face.ibug68 import to_ibug68
+
+    monkeypatch.setattr(patches, "MIN_FRAMES", 100)
+    monkeypatch.setattr(patches, "MIN_INTEROCULAR_PX", 20)
     from tests.face.puppet import mouth_openings, puppet_video
 
     photo, points = astronaut_mesh
@@ -318,13 +327,18 @@ def test_a_real_photo_moved_and_talking_is_tracked_as_it_was_moved(synthtalk, as
     turned = (angle - angle[0]) - (video.degrees - video.degrees[0])
     assert np.median(np.abs(turned)) <= 1.0, np.median(np.abs(turned))
     # The photo never turns out of its plane: with the known in-plane turn taken back, the
-    # head holds still (p90 0.47-0.59 degrees; 1.19-1.29 with the pose error that follows the
-    # mouth left in, docs/ingest.md).
+    # head holds nearly still. The mesh's poses held to a p90 of 0.47-0.59 degrees; the
+    # poses from the skin read 1.20 / 1.58 / 1.82 here (8 s at 128 px): a flat picture's
+    # pixels hardly show a small turn out of its plane, and the face mesh's relief, which
+    # the patches' depths start from, is not the picture's (docs/ingest.md, "Poses from
+    # tracked patches on the mesh's depth").
     known = Rotation.from_euler("z", video.degrees[:, None] - video.degrees[0], degrees=True)
     still = np.swapaxes(known.as_matrix(), 1, 2) @ np.asarray(got["R"], np.float64)
     wobble = rotation_angle_degrees(still, Rotation.from_matrix(still).mean().as_matrix()[None])
-    assert np.percentile(wobble, 90) <= 0.8, np.percentile(wobble, 90)
+    assert np.percentile(wobble, 90) <= 2.5, np.percentile(wobble, 90)
     assert report["pose_expression_removed"]["rotation_deg"] > 0.3
+    assert report["pose_tracking"]["used"], report["pose_tracking"]
+    assert report["pose_tracking"]["error_px_median"] < 0.5, report["pose_tracking"]
     # The mouth opens when the puppet's does.
     r = np.corrcoef(mouth_opening(got["lm3d"]), openings)[0, 1]
     assert r >= 0.9, r

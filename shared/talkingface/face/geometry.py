@@ -73,6 +73,7 @@ def head_geometry(mesh: np.ndarray, frame_hw: tuple[int, int], fov_deg: float) -
         "focal": focal, "k": k, "origin_px": origin_px, "residual": residual, "euler": euler,
         "turn_deg": {"raw": _turns(raw_rot), "smoothed": _turns(rot)},
         "decoupled": decoupled,
+        "mesh3d": apply(sigma, q, o, shape @ D.T),  # the 468-point shape, contract frame
     }  # fmt: skip
 
 

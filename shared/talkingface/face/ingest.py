@@ -23,6 +23,9 @@ Steps (docs/ingest.md):
    line rigid with the head just below the chin; the background plate is the per-pixel
    median over the frames where that pixel is background; pixels never uncovered take the
    median of all frames under the torso and their nearest neighbour's value elsewhere.
+   Before the plate, the poses are refined from textured patches of skin tracked through
+   the crops, on the depth of the person's mesh shape (`face.patches`); the landmarks keep
+   the mesh's.
 6. Checks that fail with a code a person can act on (VIDEO_* codes, docs/ingest.md).
 """
 
@@ -39,10 +42,16 @@ from PIL import Image
 
 from talkingface import __version__
 from talkingface.errors import TalkingFaceError
-from talkingface.face import lips
-from talkingface.face.geometry import POSE_SMOOTH_FRAMES, check_geometry, head_geometry
+from talkingface.face import lips, patches
+from talkingface.face.geometry import (
+    POSE_SMOOTH_FRAMES,
+    D,
+    check_geometry,
+    head_geometry,
+)
 from talkingface.face.ibug68 import IBUG68, REGIONS, interocular
 from talkingface.face.masks import background_plate, neck_cut
+from talkingface.face.pose import euler_degrees
 from talkingface.face.track import (
     COUNT_MIN_SCORE,
     FaceTracker,
@@ -348,20 +357,34 @@ def _write(out, frames, count, frame_hw, track, geometry, audio, size, say) -> d
         torsos[i] = person & cut
         coverage.append(float(person.mean()))
         if i % 50 == 0:
-            say("crop", 0.6 + 0.3 * i / count)
+            say("crop", 0.6 + 0.2 * i / count)
     if len(coverage) != count:
         raise TalkingFaceError("VIDEO_CORRUPT", f"the video gave {len(coverage)} frames on "
                                f"a second reading, {count} on the first")  # fmt: skip
     video.flush()
     heads.flush()
     torsos.flush()
-    say("plate", 0.9)
+    say("poses", 0.8)
+    r_cam, t_cam, tracking = patches.refine_poses(
+        lambda lo, hi: video[lo:hi],
+        count,
+        heads,
+        lm2d,
+        K,
+        geometry["R"],
+        geometry["t"],
+        geometry["mesh3d"],
+        progress=lambda fraction: say("poses", 0.8 + 0.13 * fraction),
+    )
+    euler = euler_degrees(np.einsum("ij,tjk->tik", D, r_cam))
+    say("plate", 0.93)
     background, unseen = background_plate(video, heads, torsos)
     np.save(out / "background.npy", background)
     write_wav(out / "audio.wav", audio, SAMPLE_RATE)
     np.savez_compressed(out / "landmarks.npz", lm3d=geometry["lm3d"], lm2d=lm2d)
-    np.savez_compressed(out / "poses.npz", R=geometry["R"], t=geometry["t"], K=K,
-                        euler_deg=geometry["euler"].astype(np.float32))  # fmt: skip
+    np.savez_compressed(out / "poses.npz", R=r_cam.astype(np.float32),
+                        t=t_cam.astype(np.float32), K=K,
+                        euler_deg=euler.astype(np.float32))  # fmt: skip
     train = count * 10 // 11
     manifest = {
         "format": ff.AVATAR, "version": ff.FORMAT_VERSION,
@@ -388,14 +411,16 @@ def _write(out, frames, count, frame_hw, track, geometry, audio, size, say) -> d
                           "min_score": COUNT_MIN_SCORE},
         "face_size_px": {"interocular_median_source": _r(np.median(track["iod"])),
                          "interocular_median_crop": _r(np.median(iod))},
-        "pose_degrees": {name: [_r(np.min(geometry["euler"][:, j])),
-                                _r(np.max(geometry["euler"][:, j]))]
+        "pose_degrees": {name: [_r(np.min(euler[:, j])), _r(np.max(euler[:, j]))]
                          for j, name in enumerate(("yaw", "pitch", "roll"))},
         "pose_residual_px": _r(np.median(geometry["residual"])),
         "pose_turn_per_frame_deg": {k: _r(v) for k, v in geometry["turn_deg"].items()},
         "pose_smoothing_frames": POSE_SMOOTH_FRAMES,
         "pose_expression_removed": geometry["decoupled"] and {
             k: _r(v) for k, v in geometry["decoupled"].items()},
+        "pose_tracking": {k: _r(v) if isinstance(v, float) else
+                          {a: _r(b) for a, b in v.items()} if isinstance(v, dict) else v
+                          for k, v in tracking.items()},
         "crop": {"x0": _r(x0), "y0": _r(y0), "side": _r(side), "size": size},
         "mask_coverage": {"person": _r(np.mean(coverage)), "head": _r(heads.mean()),
                           "torso": _r(torsos.mean()), "plate_unseen": _r(unseen)},
