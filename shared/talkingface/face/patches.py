@@ -239,8 +239,8 @@ class Rays:
 def solve(k, r, t, rays: Rays, z, z_prior, found, usable, steps: int = SOLVE_STEPS):
     """Poses (r [T, 3, 3], t [T, 3]) and depths z [N] that best explain the tracks `found`
     [T, N, 2] where `usable` [T, N] (module docstring, 4). Returns r, t, z and the errors
-    [T, N] in px. Frames are taken `SOLVE_CHUNK` at a time: memory stays bounded on long
-    videos."""
+    [T, N] in px. The Jacobians are formed `SOLVE_CHUNK` frames at a time; what is kept of
+    them is [T, 6, N]."""
     from scipy.spatial.transform import Rotation
 
     fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
@@ -287,27 +287,22 @@ def solve(k, r, t, rays: Rays, z, z_prior, found, usable, steps: int = SOLVE_STE
     for _ in range(steps):
         e = np.linalg.norm(res, axis=-1)
         w = usable * np.minimum(1.0, HUBER_PX / np.maximum(e, 1e-9))  # Huber, as IRLS
-        hpp, gp = np.zeros((len(r), 6, 6)), np.zeros((len(r), 6))
+        hpp, hpz = np.zeros((len(r), 6, 6)), np.zeros((len(r), 6, len(z)))
+        gp = np.zeros((len(r), 6))
         hzz, gz = prior.copy(), prior * (z - z_prior)
         for c in chunks:
-            hpp[c], _, h, gp[c], g = jacobians(c, cam, r, t, w)
+            hpp[c], hpz[c], h, gp[c], g = jacobians(c, cam, r, t, w)
             hzz, gz = hzz + h, gz + g
         while True:
             diagonal = np.einsum("tkk->tk", hpp)[:, :, None] * np.eye(6)
             inverse = np.linalg.inv(hpp + damping * diagonal + 1e-9 * np.eye(6))
             schur, rhs = np.diag(hzz * (1 + damping)), gz.copy()
             for c in chunks:  # the poses eliminated: H_zz - H_zp H_pp^-1 H_pz
-                hpz = jacobians(c, cam, r, t, w)[1]
-                a = np.einsum("tkl,tln->tkn", inverse[c], hpz)
-                schur -= np.einsum("tkn,tkm->nm", hpz, a)
+                a = np.einsum("tkl,tln->tkn", inverse[c], hpz[c])
+                schur -= np.einsum("tkn,tkm->nm", hpz[c], a)
                 rhs -= np.einsum("tkn,tk->n", a, gp[c])
             dz = -np.linalg.solve(schur, rhs)
-            dp = np.zeros((len(r), 6))
-            for c in chunks:
-                hpz = jacobians(c, cam, r, t, w)[1]
-                dp[c] = -np.einsum(
-                    "tkl,tl->tk", inverse[c], gp[c] + np.einsum("tkn,n->tk", hpz, dz)
-                )
+            dp = -np.einsum("tkl,tl->tk", inverse, gp + np.einsum("tkn,n->tk", hpz, dz))
             r_new = Rotation.from_rotvec(dp[:, :3]).as_matrix() @ r
             t_new, z_new = t + dp[:, 3:], z + dz
             cam_new, res_new = residual(r_new, t_new, z_new)
