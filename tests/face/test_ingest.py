@@ -299,10 +299,10 @@ def test_a_real_photo_moved_and_talking_is_tracked_as_it_was_moved(
     would keep the mesh's on 8 s at 128 px): real skin is what that step is for."""
     from talkingface.face import patches
     from talkingface.face.ibug68 import to_ibug68
+    from tests.face.puppet import mouth_openings, puppet_video
 
     monkeypatch.setattr(patches, "MIN_FRAMES", 100)
     monkeypatch.setattr(patches, "MIN_INTEROCULAR_PX", 20)
-    from tests.face.puppet import mouth_openings, puppet_video
 
     photo, points = astronaut_mesh
     truth = read_avatar(synthtalk[0])
@@ -328,10 +328,10 @@ def test_a_real_photo_moved_and_talking_is_tracked_as_it_was_moved(
     assert np.median(np.abs(turned)) <= 1.0, np.median(np.abs(turned))
     # The photo never turns out of its plane: with the known in-plane turn taken back, the
     # head holds nearly still. The mesh's poses held to a p90 of 0.47-0.59 degrees; the
-    # poses from the skin read 1.20 / 1.58 / 1.82 here (8 s at 128 px): a flat picture's
-    # pixels hardly show a small turn out of its plane, and the face mesh's relief, which
-    # the patches' depths start from, is not the picture's (docs/ingest.md, "Poses from
-    # tracked patches on the mesh's depth").
+    # poses from the skin read 1.20 / 1.58 / 1.82 (before face.patches' judge was added): a
+    # flat picture's pixels hardly show a small turn out of its plane, and the face mesh's
+    # relief, which the patches' depths start from, is not the picture's (docs/ingest.md,
+    # "Poses from tracked patches on the mesh's depth").
     known = Rotation.from_euler("z", video.degrees[:, None] - video.degrees[0], degrees=True)
     still = np.swapaxes(known.as_matrix(), 1, 2) @ np.asarray(got["R"], np.float64)
     wobble = rotation_angle_degrees(still, Rotation.from_matrix(still).mean().as_matrix()[None])
