@@ -113,9 +113,14 @@ def project(k: np.ndarray, r: np.ndarray, t: np.ndarray, points: np.ndarray) -> 
     return pixels[..., :2] / pixels[..., 2:3]
 
 
-def fixed_points(k: np.ndarray, r: np.ndarray, t: np.ndarray, tracks: np.ndarray) -> np.ndarray:
+def fixed_points(k: np.ndarray, r: np.ndarray, t: np.ndarray, tracks: np.ndarray,
+                 weights: np.ndarray | None = None,
+                 huber_px: float | None = None) -> np.ndarray:  # fmt: skip
     """The fixed points [N, 3] whose projections under (k, r, t) come nearest `tracks`
-    [T, N, 2]: linear triangulation, then Gauss-Newton on the pixel error."""
+    [T, N, 2]: linear triangulation, then Gauss-Newton on the pixel error; each observation
+    weighted by `weights` [T, N] (default all 1) and, with `huber_px`, by Huber's weight of
+    its current error."""
+    base_weights = np.ones(tracks.shape[:2]) if weights is None else np.asarray(weights, float)
     cameras = np.einsum("ij,tjk->tik", k, np.concatenate([r, t[:, :, None]], axis=2))
     u, v = tracks[..., 0:1], tracks[..., 1:2]  # [T, N, 1]
     rows = np.concatenate(
@@ -124,15 +129,20 @@ def fixed_points(k: np.ndarray, r: np.ndarray, t: np.ndarray, tracks: np.ndarray
             v * cameras[:, None, 2] - cameras[:, None, 1],
         ]
     )  # [2T, N, 4]
+    rows = rows * np.concatenate([base_weights, base_weights])[..., None]
     h = np.linalg.svd(rows.transpose(1, 0, 2), full_matrices=False)[2][:, -1]  # [N, 4]
     points = h[:, :3] / h[:, 3:]
     step = 1e-5
+    w = base_weights
     for _ in range(GAUSS_NEWTON_STEPS):
         base = project(k, r, t, points)
         jac = np.stack([(project(k, r, t, points + step * e) - base) / step for e in np.eye(3)],
                        axis=-1)  # fmt: skip
-        lhs = np.einsum("tnak,tnal->nkl", jac, jac) + 1e-9 * np.eye(3)
-        rhs = np.einsum("tnak,tna->nk", jac, base - tracks)
+        if huber_px is not None:
+            error = np.linalg.norm(base - tracks, axis=-1)
+            w = base_weights * np.minimum(1.0, huber_px / np.maximum(error, 1e-9))
+        lhs = np.einsum("tn,tnak,tnal->nkl", w, jac, jac) + 1e-9 * np.eye(3)
+        rhs = np.einsum("tn,tnak,tna->nk", w, jac, base - tracks)
         points -= np.linalg.solve(lhs, rhs[..., None])[..., 0]
     return points
 

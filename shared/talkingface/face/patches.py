@@ -58,6 +58,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 
+from talkingface.face.evaluate import project
+
 HALF = 4  # patch half-side: 9 x 9 pixels
 MAX_POINTS = 120  # the strongest corners; more, weaker ones made the poses worse
 SPACING = 5  # px between chosen points
@@ -80,10 +82,10 @@ SMOOTH_FRAMES = 1.5  # sigma of the Gaussian along time, as `face.pose.smooth_po
 BLUR = 0.6  # px, before tracking: less of the encoder's noise
 
 
-def gray(frames: np.ndarray, blur: float = BLUR) -> np.ndarray:
-    """[..., H, W, 3] uint8 -> [..., H, W] float32 luma, blurred by `blur` px."""
+def gray(frames: np.ndarray) -> np.ndarray:
+    """[..., H, W, 3] uint8 -> [..., H, W] float32 luma, lightly blurred."""
     g = np.asarray(frames, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return ndimage.gaussian_filter(g, blur, axes=(-2, -1))
+    return ndimage.gaussian_filter(g, BLUR, axes=(-2, -1))
 
 
 def _hull_mask(shape: tuple[int, int], points: np.ndarray, grow: int) -> np.ndarray:
@@ -128,13 +130,6 @@ def select(image: np.ndarray, head: np.ndarray, lm2d: np.ndarray) -> np.ndarray:
         chosen.append((x + 0.5, y + 0.5))
         taken[max(0, y - SPACING) : y + SPACING + 1, max(0, x - SPACING) : x + SPACING + 1] = True
     return np.array(chosen, np.float64).reshape(-1, 2)
-
-
-def project(k: np.ndarray, r: np.ndarray, t: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Pixels [T, N, 2] of `points` [N, 3] under poses r [T, 3, 3], t [T, 3] and K `k`."""
-    cam = np.einsum("tij,nj->tni", r, points) + t[:, None]
-    pixels = np.einsum("ij,tnj->tni", k, cam)
-    return pixels[..., :2] / pixels[..., 2:3]
 
 
 def mesh_depth(k: np.ndarray, r: np.ndarray, t: np.ndarray, mesh: np.ndarray,
@@ -443,23 +438,9 @@ def _finish(r, t, usable, errors, count):
 
 def held_out_error(k, r, t, tracks, usable) -> float:
     """Median px by which `tracks` [T, N, 2] (where `usable` [T, N]) miss their best fixed
-    points under the poses (r, t): each point triangulated, then Gauss-Newton with Huber
-    weights."""
-    weights = usable.astype(np.float64)
-    cams = np.einsum("ij,tjk->tik", k, np.concatenate([r, t[:, :, None]], axis=2))
-    rows = np.concatenate([tracks[..., 0:1] * cams[:, None, 2] - cams[:, None, 0],
-                           tracks[..., 1:2] * cams[:, None, 2] - cams[:, None, 1]])  # fmt: skip
-    rows = rows * np.concatenate([weights, weights])[..., None]
-    h = np.linalg.svd(rows.transpose(1, 0, 2), full_matrices=False)[2][:, -1]
-    points = h[:, :3] / h[:, 3:]
-    w = weights
-    for _ in range(6):
-        base = project(k, r, t, points)
-        jac = np.stack([(project(k, r, t, points + 1e-5 * e) - base) / 1e-5 for e in np.eye(3)],
-                       -1)  # fmt: skip
-        lhs = np.einsum("tn,tnak,tnal->nkl", w, jac, jac) + 1e-9 * np.eye(3)
-        rhs = np.einsum("tn,tnak,tna->nk", w, jac, base - tracks)
-        points = points - np.linalg.solve(lhs, rhs[..., None])[..., 0]
-        errors = np.linalg.norm(project(k, r, t, points) - tracks, axis=-1)
-        w = weights * np.minimum(1.0, HUBER_PX / np.maximum(errors, 1e-9))
-    return float(np.median(errors[weights > 0]))
+    points under the poses (r, t), fitted with Huber weights."""
+    from talkingface.face.evaluate import fixed_points
+
+    points = fixed_points(k, r, t, tracks, usable, huber_px=HUBER_PX)
+    errors = np.linalg.norm(project(k, r, t, points) - tracks, axis=-1)
+    return float(np.median(errors[usable > 0]))
