@@ -13,7 +13,10 @@ avatar whose frames made its video (issue 15's measures, docs/ingest.md "Measure
   projected by the true poses; the best fixed points under the ingest's poses, fitted on its
   train frames, explain those tracks to within this many crop pixels (RMS; train and val
   frames). Zero for poses exact up to a constant change of head frame; what a renderer
-  trained on these poses cannot absorb.
+  trained on these poses cannot absorb;
+- the head mask against the truth's (the truth's resampled through the crop, nearest pixel):
+  intersection over union, and the shares of the frame in the truth's head mask and not the
+  ingest's (`missed`: a cut chin) and the other way (`extra`: neck, shoulders).
 
 The video must have been made from the truth's frames at their size (e.g. `write_mp4`), at
 most `MAX_TRACK_SIDE` pixels on its long side.
@@ -81,6 +84,7 @@ def evaluate_ingest(ingested: Path | str, truth: Path | str) -> dict[str, Any]:
     train, val = np.arange(*splits["train"]), np.arange(*splits["val"])
     points = head_points(true["lm3d"][0])
     consistency = pose_consistency(got, true, keep, points, scale, offset, train, val)
+    heads = head_mask_agreement(got["masks"], true["masks"][keep], scale, offset)
     return {
         "frames": {"in": report["frames"]["in"], "kept": n,
                    "face_found": report["frames"]["face_found"]},
@@ -88,7 +92,26 @@ def evaluate_ingest(ingested: Path | str, truth: Path | str) -> dict[str, Any]:
         "lip_opening_r": round(float(lip_r), 4),
         "rotation_error_deg": {k: round(float(np.median(v)), 3) for k, v in rotation.items()},
         "pose_consistency_px": consistency,
+        "head_mask": heads,
     }  # fmt: skip
+
+
+def head_mask_agreement(got, true, scale: float, offset: np.ndarray) -> dict[str, float]:
+    """IoU, `missed` and `extra` (shares of the ingest's frame) of the head masks `got`
+    [T, S, S] against the truth's [T, H, W] seen through the crop (`scale` ingest pixels per
+    source pixel, the crop's corner at `offset` in the source)."""
+    size, (h, w) = got.shape[1], true.shape[1:]
+    centres = (np.arange(size) + 0.5) / scale  # ingest pixel centres, source corner coords
+    cols = np.clip(np.floor(centres + offset[0]).astype(int), 0, w - 1)
+    rows = np.clip(np.floor(centres + offset[1]).astype(int), 0, h - 1)
+    inter = union = missed = extra = 0
+    for a, b in zip(got, true, strict=True):
+        a, b = np.asarray(a, bool), np.asarray(b, bool)[np.ix_(rows, cols)]
+        inter, union = inter + int((a & b).sum()), union + int((a | b).sum())
+        missed, extra = missed + int((b & ~a).sum()), extra + int((a & ~b).sum())
+    pixels = got.shape[0] * size * size
+    return {"iou": round(inter / max(union, 1), 4), "missed": round(missed / pixels, 4),
+            "extra": round(extra / pixels, 4)}  # fmt: skip
 
 
 def head_points(lm3d: np.ndarray) -> np.ndarray:

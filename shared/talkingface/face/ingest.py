@@ -19,10 +19,11 @@ Steps (docs/ingest.md):
    from `fov_deg` (vertical, of the source frame).
 4. One fixed square crop per video around the median head position (3.2 canonical units on
    a side, SynthTalk's framing), kept inside the frame, resized to `size`.
-5. Person segmentation per cropped frame, split into head (hair included) and torso by a
-   line rigid with the head just below the chin; the background plate is the per-pixel
-   median over the frames where that pixel is background; pixels never uncovered take the
-   median of all frames under the torso and their nearest neighbour's value elsewhere.
+5. Person segmentation per cropped frame, split into head (hair included) and torso (neck
+   and shoulders) along the jaw's edge found near the mesh's jaw line (`face.masks`); the
+   background plate is the per-pixel median over the frames where that pixel is background;
+   pixels never uncovered take the median of all frames under the torso and their nearest
+   neighbour's value elsewhere.
    Before the plate, the poses are refined from textured patches of skin tracked through
    the crops, on the depth of the person's mesh shape (`face.patches`); the landmarks keep
    the mesh's.
@@ -50,7 +51,7 @@ from talkingface.face.geometry import (
     head_geometry,
 )
 from talkingface.face.ibug68 import IBUG68, REGIONS, interocular
-from talkingface.face.masks import background_plate, neck_cut
+from talkingface.face.masks import background_plate, below_jaw, jaw_edge
 from talkingface.face.pose import euler_degrees
 from talkingface.face.track import (
     COUNT_MIN_SCORE,
@@ -342,8 +343,10 @@ def _write(out, frames, count, frame_hw, track, geometry, audio, size, say) -> d
                                       shape=(count, size, size))  # fmt: skip
     torsos = np.lib.format.open_memmap(out / "torso_masks.npy", mode="w+", dtype=np.bool_,
                                        shape=(count, size, size))  # fmt: skip
+    # One inter-ocular distance for the whole video: a per-frame one would add its own
+    # jitter, times the points' distance from the crop's corner.
+    iod = float(np.median(interocular(lm2d)))
     segmenter = PersonSegmenter()
-    below = neck_cut(geometry["lm3d"], geometry["R"], geometry["t"], K, size)
     coverage = []
     transform = (1 / scale, 0.0, x0, 0.0, 1 / scale, y0)  # output -> source, pixel corners
     for i, source in enumerate(frames):
@@ -352,7 +355,7 @@ def _write(out, frames, count, frame_hw, track, geometry, audio, size, say) -> d
                                           resample=Image.BILINEAR))  # fmt: skip
         video[i] = crop
         person = segmenter.run(crop) >= 0.5
-        cut = below(i)
+        cut = below_jaw(jaw_edge(crop, lm2d[i], iod), lm2d[i], iod, size)
         heads[i] = person & ~cut
         torsos[i] = person & cut
         coverage.append(float(person.mean()))
@@ -397,9 +400,6 @@ def _write(out, frames, count, frame_hw, track, geometry, audio, size, say) -> d
         "source": "video",
     }  # fmt: skip
     ff.write_manifest(out, manifest)
-    # One inter-ocular distance for the whole video: a per-frame one would add its own
-    # jitter, times the points' distance from the crop's corner.
-    iod = float(np.median(interocular(lm2d)))
     jitter_raw, jitter_smooth, jitter_one_view = (
         jitter(points / iod) for points in (lm2d_raw, lm2d, lm2d_one_view)
     )
