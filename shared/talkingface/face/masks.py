@@ -1,4 +1,4 @@
-"""The masks and the background plate of `avatar ingest` (docs/ingest.md, steps 5 and 6).
+"""The masks and the background plate of `avatar ingest` (docs/ingest.md, steps 5 and 7).
 
 The torso is the person under the jaw's own edge in the picture (`jaw_edge`) and under the
 lines out from its ends (`below_jaw`): the neck and the shoulders. The head is the rest of
@@ -30,9 +30,10 @@ def jaw_edge(frame: np.ndarray, lm2d: np.ndarray, iod: float) -> np.ndarray:
     """The jaw's edge in `frame` [H, W, 3] uint8 near the mesh's jaw line: [JAW_SAMPLES, 2]
     points (lm2d's pixel-corner coordinates) from iBUG point 0 to 16.
 
-    The mesh follows the cheeks' outline well but can miss the chin's by several pixels
-    (SynthTalk's drawn chin lies up to a tenth of the inter-ocular distance below it when the
-    head turns). So along each normal of the mesh's jaw line, within JAW_BAND, the colour's
+    The mesh follows the cheeks' outline well but can miss the chin's (SynthTalk's drawn chin
+    lies a tenth of the inter-ocular distance below it when the head turns, and on its
+    darkest face up to half, beyond the band: there the chin is cut off). So along each
+    normal of the mesh's jaw line, within JAW_BAND, the colour's
     change per pixel is scored, and one path through the normals is chosen by dynamic
     programming: the strongest edges, bending little from normal to normal, pulled weakly to
     JAW_PRIOR where the picture is flat."""
