@@ -33,10 +33,10 @@ def jaw_edge(frame: np.ndarray, lm2d: np.ndarray, iod: float) -> np.ndarray:
     The mesh follows the cheeks' outline well but can miss the chin's (SynthTalk's drawn chin
     lies a tenth of the inter-ocular distance below it when the head turns, and on its
     darkest face up to half, beyond the band: there the chin is cut off). So along each
-    normal of the mesh's jaw line, within JAW_BAND, the colour's
-    change per pixel is scored, and one path through the normals is chosen by dynamic
-    programming: the strongest edges, bending little from normal to normal, pulled weakly to
-    JAW_PRIOR where the picture is flat."""
+    normal of the mesh's jaw line, within JAW_BAND, the colour's change per pixel is scored,
+    and one path through the normals is chosen by dynamic programming: the strongest edges,
+    bending little from normal to normal, pulled weakly to JAW_PRIOR where the picture is
+    flat."""
     from scipy import ndimage
 
     points = lm2d[0:17].astype(np.float64)
@@ -51,8 +51,8 @@ def jaw_edge(frame: np.ndarray, lm2d: np.ndarray, iod: float) -> np.ndarray:
     offsets = np.arange(JAW_BAND[0] * iod, JAW_BAND[1] * iod + 1e-9, JAW_STEP_PX)
     where = line[:, None] + offsets[None, :, None] * normal[:, None]  # [J, S, 2]
     rows, cols = where[..., 1] - 0.5, where[..., 0] - 0.5  # pixel-centre indices
-    colour = np.stack([ndimage.map_coordinates(frame[..., c].astype(np.float32), [rows, cols],
-                                               order=1, mode="nearest")
+    colour = np.stack([ndimage.map_coordinates(frame[..., c], [rows, cols], order=1,
+                                               mode="nearest", output=np.float32)
                        for c in range(3)], axis=-1)  # fmt: skip
     edge = np.zeros((len(line), len(offsets)))
     edge[:, 1:-1] = np.linalg.norm(colour[:, 2:] - colour[:, :-2], axis=-1) / (2 * JAW_STEP_PX)

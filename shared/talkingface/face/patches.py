@@ -58,7 +58,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 
-from talkingface.face.evaluate import project
+from talkingface.face.evaluate import fixed_points, project
 
 HALF = 4  # patch half-side: 9 x 9 pixels
 MAX_POINTS = 120  # the strongest corners; more, weaker ones made the poses worse
@@ -439,8 +439,6 @@ def _finish(r, t, usable, errors, count):
 def held_out_error(k, r, t, tracks, usable) -> float:
     """Median px by which `tracks` [T, N, 2] (where `usable` [T, N]) miss their best fixed
     points under the poses (r, t), fitted with Huber weights."""
-    from talkingface.face.evaluate import fixed_points
-
     points = fixed_points(k, r, t, tracks, usable, huber_px=HUBER_PX)
     errors = np.linalg.norm(project(k, r, t, points) - tracks, axis=-1)
     return float(np.median(errors[usable > 0]))
