@@ -49,8 +49,6 @@ def train_avatar(
         overrides["steps"] = args.steps
     if getattr(args, "no_torso", False):
         overrides["torso"] = False
-    if _from_video(args.data):  # estimated poses: refine them with the field
-        overrides["refine_poses"] = True
     config = preset(args.preset or "cpu", **overrides)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -127,16 +125,6 @@ def train_avatar(
         }
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
-
-
-def _from_video(data: Path | str) -> bool:
-    """Whether an avatar directory was made from a video (`avatar ingest`: poses estimated)."""
-    from talkingface.data.synthtalk.fileformat import AVATAR, read_manifest
-
-    try:
-        return read_manifest(Path(data), AVATAR).get("source") == "video"
-    except (OSError, ValueError):
-        return False
 
 
 def bundle_files(directory: Path | str) -> dict[str, Path]:

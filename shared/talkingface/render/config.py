@@ -89,8 +89,9 @@ class RenderConfig:
     val_frames: int = 8
     seed: int = 1
     refine_poses: bool = False
-    """Refine each training frame's head pose photometrically with the field (estimated poses,
-    e.g. from `avatar ingest`; `train avatar` turns it on for avatars made from video)."""
+    """Refine each training frame's head pose photometrically with the field. Off: on avatars
+    ingested from video it made the held-out frames worse (docs/renderer.md, "Estimated
+    poses")."""
     pose_lr: float = 1e-3
     pose_start: int = 100
     """Training step from which the poses move (the field first takes a rough shape)."""
