@@ -109,5 +109,11 @@ def test_eval_avatar_and_table5(trained, tiny_avatar, capsys):
     assert result["trained"]["val_psnr"] == report["renderer"]["val_psnr"]
     assert [row["ambient_dim"] for row in result["table5"]] == [2, 3, 4]
     assert all(row["fps"] > 0 and np.isfinite(row["psnr"]) for row in result["table5"])
+    assert main([*argv, "--align-poses", "--max-frames", "3"]) == 0
+    aligned = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert aligned["frames"] == 3 and "aligned" not in result
+    for key in ("psnr", "psnr_head", "psnr_lip", "ssim", "rotation_deg_median", "shift_median"):
+        assert np.isfinite(aligned["aligned"][key]), key
+    assert aligned["aligned"]["steps"] > 0
     assert main(["eval", "avatar", "--data", str(tiny_avatar), "--json"]) == 2
     assert "--bundle" in capsys.readouterr().err

@@ -208,6 +208,44 @@ def test_refining_poses_with_the_field_undoes_a_pose_error(tiny_avatar):
     assert np.median(left) < 0.6 * np.median(before), (np.median(left), np.median(before))
 
 
+def test_aligning_held_out_poses_with_the_frozen_field_undoes_a_pose_error(tiny_avatar):
+    """`align_poses`: held-out poses shifted by known errors (~2 px) come back towards the
+    truth, the field's weights untouched, and the head renders closer to the frames."""
+    from dataclasses import replace
+
+    from talkingface.render.evaluate import psnr_where
+    from talkingface.render.poses import align_poses
+
+    video = load_avatar(tiny_avatar)  # 64 x 64
+    config = replace(preset("tiny"), size=64, steps=240, val_every=1000)
+    torch.manual_seed(0)
+    renderer = new_renderer(config, video)
+    train(renderer, video)
+    frames = np.arange(*video.val)
+    rng = np.random.default_rng(4)
+    error = np.zeros((len(frames), 3), np.float32)
+    error[:, :2] = rng.choice([-1.0, 1.0], (len(frames), 2)) * rng.uniform(
+        0.06, 0.1, (len(frames), 2)
+    )
+    wrong = replace(video, t=np.array(video.t))
+    wrong.t[frames] += error
+    weights = {k: v.clone() for k, v in renderer.field.state_dict().items()}
+    R, t, moved = align_poses(renderer, wrong, frames, steps=120, rays=2048)
+    assert all(torch.equal(v, renderer.field.state_dict()[k]) for k, v in weights.items())
+    before = np.linalg.norm(error[:, :2], axis=1)
+    left = np.linalg.norm((t - video.t[frames])[:, :2], axis=1)
+    assert np.median(left) < 0.5 * np.median(before), (np.median(left), np.median(before))
+    assert moved["steps"] == 120 and moved["shift_median"] > 0
+
+    def head_psnr(R_, t_):
+        with torch.no_grad():
+            out, _ = renderer.render(video.lm3d[frames], R_, t_, video.background)
+        truth = np.asarray(video.frames[frames], np.float32) / 255
+        return psnr_where(out.numpy(), truth, np.asarray(video.masks[frames]))
+
+    assert head_psnr(R, t) > head_psnr(wrong.R[frames], wrong.t[frames]) + 1.0
+
+
 def test_the_silhouette_loss_makes_the_head_opaque_in_its_mask_and_clear_outside(video):
     """`alpha_weight`: the head's accumulated opacity on training rays moves towards the head
     mask (1 inside, 0 outside, the torso included) compared with colour alone."""

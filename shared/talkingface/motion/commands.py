@@ -110,6 +110,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "many frames per row (100)",
     )
     parser.add_argument(
+        "--align-poses",
+        action="store_true",
+        help="avatar: also score each frame with its pose fitted to its pixels, the field "
+        "frozen (avatars made from video: docs/renderer.md)",
+    )
+    parser.add_argument(
         "--ablation",
         action="store_true",
         help="avatar: also train and evaluate N = 2, 3, 4 renderers (table 5; slow)",
@@ -415,7 +421,8 @@ def _eval_avatar(args: argparse.Namespace) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        result = evaluate(args.data, args.bundle, args.max_frames, device)
+        result = evaluate(args.data, args.bundle, args.max_frames, device,
+                          align=args.align_poses)  # fmt: skip
         if args.ablation:
             result["table5"] = ablation(
                 args.data, args.preset, args.steps, max_frames=args.max_frames,

@@ -1,6 +1,12 @@
-"""Refining estimated head poses with the field (`RenderConfig.refine_poses`): a correction
-of each training frame's pose learned from the photometric loss, linear in the estimated pose
-so that held-out frames get it too (docs/renderer.md, "Estimated poses").
+"""Head poses fitted with the field.
+
+- `PoseRefinement` (`RenderConfig.refine_poses`, off unless asked for): a correction of each
+  training frame's pose learned with the field from the photometric loss, linear in the
+  estimated pose so that held-out frames get it too (docs/renderer.md, "Estimated poses").
+- `align_poses` (`eval avatar --align-poses`): the evaluated frames' poses fitted to their own
+  pixels with the trained field frozen, so that an avatar whose poses were estimated is judged
+  on what it renders, not on where the estimate put the head (docs/renderer.md, "Evaluating
+  an avatar made from video").
 """
 
 from __future__ import annotations
@@ -86,4 +92,94 @@ def corrected_track(video: AvatarVideo, frames: np.ndarray,
         "shift_median": round(float(np.median(np.linalg.norm(own[:, 3:], axis=1))), 4),
         "linear_share": round(float((linear**2).sum() / max((own**2).sum(), 1e-12)), 3),
     }
+    return R.astype(np.float32), t.astype(np.float32), stats
+
+
+ALIGN_STEPS = 150
+ALIGN_RAYS = 4096
+ALIGN_LR = 2e-3  # Adam, decayed exponentially to a tenth over the steps
+ALIGN_ANYWHERE = 0.15  # share of each batch drawn anywhere in the frame (the silhouette)
+
+
+def align_poses(
+    renderer, video: AvatarVideo, frames: np.ndarray, *, steps: int = ALIGN_STEPS,
+    rays: int = ALIGN_RAYS, seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, dict]:  # fmt: skip
+    """The poses (R [F, 3, 3], t [F, 3]) of `video`'s `frames` fitted to those frames' pixels
+    with the renderer's field frozen, and how far they moved.
+
+    Each frame's pose gets its own turn about the head's centre and shift, R' = R exp([w]x),
+    t' = t + d (6 numbers), from the frame's `video.R`, `video.t`, by Adam on the head layer's
+    colour error (as in training: the head over the frame's own torso pixels, or over the
+    plate). Rays come from the dilated head masks less the mouth boxes, plus ALIGN_ANYWHERE
+    of them from anywhere: the pose is fitted to the rigid head and its outline, never to the
+    lips the evaluation scores separately. `video` is at the NeRF's size (`config.size`)."""
+    import torch.nn.functional as F
+
+    from talkingface.render.data import camera_rays
+    from talkingface.render.evaluate import mouth_boxes
+    from talkingface.render.volume import RayBatch, render_rays
+
+    frames = np.asarray(frames)
+    dev = renderer.device
+    size = video.size
+    field, config = renderer.field, renderer.config
+    masks = torch.from_numpy(np.asarray(video.masks[frames])).float()[:, None]
+    core = F.max_pool2d(masks, 5, stride=1, padding=2)[:, 0] > 0
+    core &= ~torch.from_numpy(mouth_boxes(video.lm2d[frames], size))
+    core = core.reshape(-1).nonzero()[:, 0]
+    pixels = torch.from_numpy(np.ascontiguousarray(video.frames[frames])).reshape(-1, 3)
+    plate = torch.from_numpy(video.background).reshape(-1, 3)
+    torso = None
+    if renderer.torso is not None and video.torso is not None:
+        torso = torch.from_numpy(np.ascontiguousarray(video.torso[frames])).reshape(-1)
+    R0 = torch.from_numpy(np.asarray(video.R[frames], np.float32)).to(dev)
+    t0 = torch.from_numpy(np.asarray(video.t[frames], np.float32)).to(dev)
+    lm3d = torch.from_numpy(np.asarray(video.lm3d[frames], np.float32)).to(dev)
+    with torch.no_grad():
+        cond_all = field.encode_landmarks(field.clamp_landmarks(lm3d))
+    c = torch.zeros(len(frames), 6, device=dev, requires_grad=True)
+    optimiser = torch.optim.Adam([c], lr=ALIGN_LR)
+    generator = torch.Generator().manual_seed(seed)
+    frozen = [p.requires_grad for p in field.parameters()]
+    for p in field.parameters():
+        p.requires_grad_(False)
+    try:
+        for step in range(steps):
+            n_core = round(rays * (1 - ALIGN_ANYWHERE))
+            pick = core[torch.randint(0, len(core), (n_core,), generator=generator)]
+            anywhere = torch.randint(0, len(frames) * size * size, (rays - n_core,),
+                                     generator=generator)  # fmt: skip
+            flat = torch.cat([pick, anywhere])
+            row, pixel = flat // (size * size), flat % (size * size)
+            xy = torch.stack([pixel % size + 0.5, pixel // size + 0.5], -1).float().to(dev)
+            target = pixels[flat].float().to(dev) / 255.0
+            bg = plate[pixel]
+            if torso is not None:
+                bg = torch.where(torso[flat][:, None], pixels[flat].float() / 255.0, bg)
+            row = row.to(dev)
+            R = R0[row] @ so3_exp(c[row, :3])
+            origins, dirs = camera_rays(renderer.K, R, t0[row] + c[row, 3:], xy)
+            result = render_rays(field, RayBatch(origins, dirs, cond_all[row], bg.to(dev)),
+                                 renderer.occupancy, config.samples, config.chunks,
+                                 config.stop_transmittance)  # fmt: skip
+            loss = F.mse_loss(result.rgb, target)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            for group in optimiser.param_groups:
+                group["lr"] = ALIGN_LR * 0.1 ** ((step + 1) / steps)
+    finally:
+        for p, was in zip(field.parameters(), frozen, strict=True):
+            p.requires_grad_(was)
+    with torch.no_grad():
+        R = (R0 @ so3_exp(c[:, :3])).cpu().numpy()
+        t = (t0 + c[:, 3:]).cpu().numpy()
+    moved = c.detach().cpu().double().numpy()
+    stats = {
+        "steps": steps,
+        "rotation_deg_median": round(float(np.rad2deg(np.median(np.linalg.norm(moved[:, :3],
+                                                                               axis=1)))), 3),
+        "shift_median": round(float(np.median(np.linalg.norm(moved[:, 3:], axis=1))), 4),
+    }  # fmt: skip
     return R.astype(np.float32), t.astype(np.float32), stats
