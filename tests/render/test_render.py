@@ -244,6 +244,9 @@ def test_aligning_held_out_poses_with_the_frozen_field_undoes_a_pose_error(tiny_
         return psnr_where(out.numpy(), truth, np.asarray(video.masks[frames]))
 
     assert head_psnr(R, t) > head_psnr(wrong.R[frames], wrong.t[frames]) + 1.0
+    headless = replace(video, masks=np.zeros_like(video.masks))
+    with pytest.raises(ValueError, match="head masks are empty"):
+        align_poses(renderer, headless, frames, steps=1)
 
 
 def test_the_silhouette_loss_makes_the_head_opaque_in_its_mask_and_clear_outside(video):

@@ -128,6 +128,8 @@ def align_poses(
     core = F.max_pool2d(masks, 5, stride=1, padding=2)[:, 0] > 0
     core &= ~torch.from_numpy(mouth_boxes(video.lm2d[frames], size))
     core = core.reshape(-1).nonzero()[:, 0]
+    if not len(core):
+        raise ValueError("the evaluated frames' head masks are empty: no pose to align")
     pixels = torch.from_numpy(np.ascontiguousarray(video.frames[frames])).reshape(-1, 3)
     plate = torch.from_numpy(video.background).reshape(-1, 3)
     torso = None
