@@ -98,7 +98,6 @@ def corrected_track(video: AvatarVideo, frames: np.ndarray,
 ALIGN_STEPS = 150
 ALIGN_RAYS = 4096
 ALIGN_LR = 2e-3  # Adam, decayed exponentially to a tenth over the steps
-ALIGN_ANYWHERE = 0.15  # share of each batch drawn anywhere in the frame (the silhouette)
 
 
 def align_poses(
@@ -110,59 +109,38 @@ def align_poses(
 
     Each frame's pose gets its own turn about the head's centre and shift, R' = R exp([w]x),
     t' = t + d (6 numbers), from the frame's `video.R`, `video.t`, by Adam on the head layer's
-    colour error (as in training: the head over the frame's own torso pixels, or over the
-    plate). Rays come from the dilated head masks less the mouth boxes, plus ALIGN_ANYWHERE
-    of them from anywhere: the pose is fitted to the rigid head and its outline, never to the
-    lips the evaluation scores separately. `video` is at the NeRF's size (`config.size`)."""
+    colour error, with training's rays (`train.RaySampler`: most from the dilated head masks,
+    the rest anywhere; the head over the frame's own torso pixels, or over the plate) less
+    the mouth boxes: the pose is fitted to the rigid head and its outline, never to the lips
+    the evaluation scores separately. `video` is at the NeRF's size (`config.size`)."""
     import torch.nn.functional as F
 
     from talkingface.render.data import camera_rays
     from talkingface.render.evaluate import mouth_boxes
+    from talkingface.render.train import RaySampler
     from talkingface.render.volume import RayBatch, render_rays
 
     frames = np.asarray(frames)
     dev = renderer.device
-    size = video.size
     field, config = renderer.field, renderer.config
-    masks = torch.from_numpy(np.asarray(video.masks[frames])).float()[:, None]
-    core = F.max_pool2d(masks, 5, stride=1, padding=2)[:, 0] > 0
-    core &= ~torch.from_numpy(mouth_boxes(video.lm2d[frames], size))
-    core = core.reshape(-1).nonzero()[:, 0]
-    if not len(core):
+    sampler = RaySampler(video, frames, seed, str(dev), with_torso=renderer.torso is not None,
+                         exclude=mouth_boxes(video.lm2d[frames], video.size))  # fmt: skip
+    if not len(sampler.core):
         raise ValueError("the evaluated frames' head masks are empty: no pose to align")
-    pixels = torch.from_numpy(np.ascontiguousarray(video.frames[frames])).reshape(-1, 3)
-    plate = torch.from_numpy(video.background).reshape(-1, 3)
-    torso = None
-    if renderer.torso is not None and video.torso is not None:
-        torso = torch.from_numpy(np.ascontiguousarray(video.torso[frames])).reshape(-1)
-    R0 = torch.from_numpy(np.asarray(video.R[frames], np.float32)).to(dev)
-    t0 = torch.from_numpy(np.asarray(video.t[frames], np.float32)).to(dev)
-    lm3d = torch.from_numpy(np.asarray(video.lm3d[frames], np.float32)).to(dev)
+    R0, t0 = sampler.R.to(dev), sampler.t.to(dev)
     with torch.no_grad():
-        cond_all = field.encode_landmarks(field.clamp_landmarks(lm3d))
+        cond_all = field.encode_landmarks(field.clamp_landmarks(sampler.lm3d.to(dev)))
     c = torch.zeros(len(frames), 6, device=dev, requires_grad=True)
     optimiser = torch.optim.Adam([c], lr=ALIGN_LR)
-    generator = torch.Generator().manual_seed(seed)
     frozen = [p.requires_grad for p in field.parameters()]
-    for p in field.parameters():
+    for p in field.parameters():  # no gradients for the weights: only the poses move
         p.requires_grad_(False)
     try:
         for step in range(steps):
-            n_core = round(rays * (1 - ALIGN_ANYWHERE))
-            pick = core[torch.randint(0, len(core), (n_core,), generator=generator)]
-            anywhere = torch.randint(0, len(frames) * size * size, (rays - n_core,),
-                                     generator=generator)  # fmt: skip
-            flat = torch.cat([pick, anywhere])
-            row, pixel = flat // (size * size), flat % (size * size)
-            xy = torch.stack([pixel % size + 0.5, pixel // size + 0.5], -1).float().to(dev)
-            target = pixels[flat].float().to(dev) / 255.0
-            bg = plate[pixel]
-            if torso is not None:
-                bg = torch.where(torso[flat][:, None], pixels[flat].float() / 255.0, bg)
-            row = row.to(dev)
+            row, xy, target, bg, _ = sampler.sample(rays)
             R = R0[row] @ so3_exp(c[row, :3])
             origins, dirs = camera_rays(renderer.K, R, t0[row] + c[row, 3:], xy)
-            result = render_rays(field, RayBatch(origins, dirs, cond_all[row], bg.to(dev)),
+            result = render_rays(field, RayBatch(origins, dirs, cond_all[row], bg),
                                  renderer.occupancy, config.samples, config.chunks,
                                  config.stop_transmittance)  # fmt: skip
             loss = F.mse_loss(result.rgb, target)

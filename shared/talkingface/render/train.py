@@ -64,9 +64,11 @@ class RaySampler:
     """Random training rays: pixel colours, background, pose and landmarks of their frame."""
 
     def __init__(self, video: AvatarVideo, frames: np.ndarray, seed: int, device: str = "cpu",
-                 region_share: float = 0.0, with_torso: bool = False):  # fmt: skip
+                 region_share: float = 0.0, with_torso: bool = False,
+                 exclude: np.ndarray | None = None):  # fmt: skip
         """`region_share` of every batch is drawn inside the frames' eye and lip boxes;
-        `with_torso`: the torso's pixels are the head's background (their own colour)."""
+        `with_torso`: the torso's pixels are the head's background (their own colour);
+        `exclude` [F, H, W]: pixels left out of the head-mask share of each batch."""
         self.video = video
         self.region_share = region_share
         self.regions = torch.from_numpy(landmark_boxes(video.lm2d[frames], video.size))
@@ -80,6 +82,8 @@ class RaySampler:
         self.inside = masks.reshape(-1) > 0  # the head layer's silhouette, per pixel
         k = 2 * CARVE_DILATE + 1
         core = F.max_pool2d(masks, k, stride=1, padding=CARVE_DILATE)[:, 0] > 0
+        if exclude is not None:
+            core &= ~torch.from_numpy(np.asarray(exclude, bool))
         self.core = core.reshape(-1).nonzero()[:, 0].to(torch.int64)
         self.total = len(self.frames) * size * size
         self.generator = torch.Generator().manual_seed(seed)
