@@ -104,7 +104,8 @@ def test_a_flat_picture_moved_in_its_plane_does_not_turn_out_of_it():
     # flat picture hardly show: 0.51 degrees (p90) when written, and no drift.
     assert np.percentile(out_of_plane, 90) < 1.0, np.percentile(out_of_plane, 90)
     assert np.degrees(np.linalg.norm(off[:, :2].mean(axis=0))) < 0.2
-    assert np.median(rotation_angle_degrees(got_r, r @ frame)) < 0.3
+    # 0.27 degrees with a depth prior of 10^3, 0.31 with the 10^2 it has since 2026-12-07.
+    assert np.median(rotation_angle_degrees(got_r, r @ frame)) < 0.4
 
 
 def test_the_judge_prefers_the_poses_that_explain_held_out_points():
@@ -130,6 +131,69 @@ def test_poses_of_frames_without_patches_come_from_their_neighbours():
     np.testing.assert_allclose(got_r[[4, 5]], r[[4, 5]], atol=1e-9)
     np.testing.assert_allclose(got_t[[4, 5]], t[[4, 5]], atol=1e-9)
     np.testing.assert_allclose(got_r[0], r[1], atol=1e-9)  # before the first: held
+
+
+def test_smoothing_by_information_takes_out_the_noise_the_patches_leave_loose():
+    """Poses read with the noise that tracks of a face's front leave in them (large along a
+    nod against a vertical shift, small where the patches pin the pose down) come out
+    nearer the head's motion than the Gaussian of the same module used to leave them, and a
+    clean track of a head turning at 0.2-0.5 Hz hardly moves in the picture."""
+    from talkingface.face.pose import smooth_poses
+
+    points, _, _, rng = _scene(relief=0.4, turns=0.0, frames=300)
+    time = np.arange(300) / 25.0
+    turns = np.c_[6 * np.sin(2 * np.pi * 0.5 * time), 10 * np.sin(2 * np.pi * 0.3 * time + 1),
+                  2 * np.sin(2 * np.pi * 0.2 * time)]  # fmt: skip
+    r = Rotation.from_rotvec(np.deg2rad(turns)).as_matrix()
+    t = np.c_[0.05 * np.sin(time), 0.03 * np.cos(0.7 * time), 8.5 + 0.1 * np.sin(0.5 * time)]
+    found = project(K, r, t, points)
+    rays = patches.Rays(K, r[0], t[0], found[0])
+    z = (points @ r[0].T + t[0])[:, 2]
+    usable = np.ones(found.shape[:2])
+    information, metric = patches.pose_information(K, r, t, rays, z, found, usable)
+    # Each frame's pose off by what 1 px of noise on every track would leave it: the inverse
+    # of its information (the tracks' errors on a drawn face are larger, and shared).
+    cov = np.linalg.inv(information)
+    off = np.einsum("tij,tj->ti", np.linalg.cholesky(cov), rng.normal(size=(300, 6)))
+    loose = np.linalg.eigvalsh(cov)
+    assert loose[:, -1].mean() > 30 * loose[:, 0].mean()  # a direction the patches leave loose
+    r_noisy = Rotation.from_rotvec(off[:, :3]).as_matrix() @ r
+    t_noisy = t + off[:, 3:]
+    grid = np.array([[x, y, zz] for x in (-1, 0, 1) for y in (-1, 0, 1) for zz in (-0.6, 0, 0.6)])
+    r_got, t_got = patches.smooth(r_noisy, t_noisy, information, metric, patches.STIFFNESS)
+    _, r_gauss, t_gauss = smooth_poses(np.ones(300), r_noisy, t_noisy, 1.5)
+    noisy, got = _miss(grid, r, t, r_noisy, t_noisy), _miss(grid, r, t, r_got, t_got)
+    gauss = _miss(grid, r, t, r_gauss, t_gauss)
+    # Measured when written: 0.62 px as read, 0.27 after the Gaussian, 0.21 after `smooth`.
+    assert got < 0.85 * gauss and gauss < 0.5 * noisy, (noisy, gauss, got)
+    # The clean track keeps its motion: a 0.5 Hz nod of 6 degrees is rounded by little.
+    r_clean, t_clean = patches.smooth(r, t, information, metric, patches.STIFFNESS)
+    # What moves is mostly along the loose direction, which the pixels hardly show (0.08 px
+    # when written; the rotation itself by up to 0.6 degrees at the track's free ends).
+    assert _miss(grid, r, t, r_clean, t_clean) < 0.12
+
+
+def test_each_patch_is_found_against_its_own_reference_frame():
+    """Patches chosen in two reference frames, each tracked against the frame it was chosen
+    in: a picture seen in frame A, in frame B moved by (3, 2) px, and in the tracked frame
+    by (1, 1) px from A."""
+    rng = np.random.default_rng(4)
+    texture = ndimage.gaussian_filter(rng.uniform(0, 255, (80, 80)), 1.2)
+
+    def moved(dx: float, dy: float) -> np.ndarray:
+        return ndimage.shift(texture, (dy, dx), order=3, mode="nearest")
+
+    references = np.stack([moved(0, 0), moved(3, 2)]).astype(np.float32)
+    at = rng.uniform(25, 55, size=(12, 2))
+    owner = np.repeat([0, 1], 6)
+    points = at + np.where(owner[:, None] == 1, [3.0, 2.0], [0.0, 0.0])
+    frame = moved(1, 1)[None].astype(np.float32)
+    predicted = points[None].copy()  # where they were in their own reference
+    local = np.tile(np.eye(2), (1, 12, 1, 1))
+    found, score = patches.track(lambda lo, hi: frame[lo:hi], 1, references, owner, points,
+                                 predicted, local)  # fmt: skip
+    np.testing.assert_allclose(found[0], at + 1.0, atol=0.1)
+    assert score.min() > 0.98, score
 
 
 def test_the_mesh_depth_is_the_surface_under_each_pixel():

@@ -5,11 +5,12 @@ average face: on a drawn face its rotation is off by 1.7-1.8 degrees (median), a
 frame to frame and as a bias that follows the turn. The skin of the forehead, the nose and
 the cheeks moves with the skull exactly, so:
 
-1. `select`: in one reference frame (the one nearest the mean head rotation), up to
-   `MAX_POINTS` corners (Shi-Tomasi: the smaller eigenvalue of the 9 x 9 structure tensor, at
-   least `MIN_TEXTURE` of the largest), `SPACING` px apart, inside the head mask eroded by
-   `MARGIN` px and inside the face mesh's outline, away from what moves on its own: the mouth
-   and jaw (the hull of the lips and the lower jaw line), the eyes (blinks) and the brows.
+1. `select`: in each of `REFERENCES` reference frames (the video cut into that many
+   stretches, in each the frame nearest the mean head rotation), up to `MAX_POINTS` corners
+   (Shi-Tomasi: the smaller eigenvalue of the 9 x 9 structure tensor, at least
+   `MIN_TEXTURE` of the largest), `SPACING` px apart, inside the head mask eroded by `MARGIN`
+   px and inside the face mesh's outline, away from what moves on its own: the mouth and jaw
+   (the hull of the lips and the lower jaw line), the eyes (blinks) and the brows.
 2. `mesh_depth`: each point's depth, where the person's own mesh shape (the one the poses
    were fitted to) lies under the reference frame's pose, linear across the triangles of its
    projection. Hair and ears lie outside the mesh and have no depth: they are not used (with
@@ -28,11 +29,19 @@ the cheeks moves with the skull exactly, so:
    in one plane (a photograph, or a face that hardly turns), a small turn out of that plane
    and the depths trade off; the prior decides those and nothing else. The points are defined
    on the reference frame's rays of the given poses, so the result keeps their head frame.
+   Each reference frame's mesh pose is off in its own way, and every patch of that frame
+   (its ray, its depth prior) inherits that error: with one reference frame the poses of a
+   video moved by up to 0.4 px of pose consistency when the reference moved by a frame or
+   two (SynthTalk seed 13). Patches from two frames far apart in time share the solve and
+   average those errors.
 5. Steps 3-4 `ROUNDS` times, each round's tracking predicted from the last round's poses,
    every `HOLD_OUT`-th patch tracked but left out of the solve. Frames where fewer than
-   `MIN_FRAME_POINTS` patches were found take their pose from their neighbours in time; the
-   poses are smoothed along time like the mesh's (`SMOOTH_FRAMES`: the tracks keep about
-   0.3 px of noise per frame).
+   `MIN_FRAME_POINTS` patches were found take their pose from their neighbours in time.
+   The poses are then smoothed along time by their own information (`smooth`): the patches
+   of a face's front pin down a turn and a sideways shift far better than a nod against a
+   vertical shift, so each frame's pose is held to its solution as firmly as its patches
+   hold it, and every pose's acceleration is penalised (`STIFFNESS`) in the pixels of the
+   patch points. A loose direction follows its neighbours; a firm one keeps its motion.
 6. The judge: each held-out patch's best fixed point under the mesh's poses, and under the
    new ones; the poses whose points miss their tracks by less (median px) are kept. When the
    new ones win, a last solve with every patch, from there.
@@ -43,8 +52,9 @@ worse than the mesh's: 1.02 against 0.78 degrees at 256 px, 2.51 at 128), fewer 
 `MIN_POINTS` textured patches on the mesh, or the judge prefers the mesh.
 
 On SynthTalk (seeds 11, 12, 13, 60 s at 256 px; docs/ingest.md, "Poses from tracked patches
-on the mesh's depth") the rotation error falls from 1.7-1.8 to 0.7-1.4 degrees and the pose
-consistency from about 2 px to 0.7-1.3 px.
+on the mesh's depth" and "Smoothing the patches' poses by their information") the rotation
+error falls from 1.7-1.8 to 0.6-1.4 degrees and the pose consistency from about 2 px to
+0.7-1.3 px.
 
 Lucas and Kanade, "An iterative image registration technique with an application to stereo
 vision", IJCAI 1981; Shi and Tomasi, "Good features to track", CVPR 1994; Triggs et al.,
@@ -53,6 +63,7 @@ vision", IJCAI 1981; Shi and Tomasi, "Good features to track", CVPR 1994; Triggs
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -61,7 +72,8 @@ from scipy import ndimage
 from talkingface.face.evaluate import fixed_points, project
 
 HALF = 4  # patch half-side: 9 x 9 pixels
-MAX_POINTS = 120  # the strongest corners; more, weaker ones made the poses worse
+MAX_POINTS = 120  # the strongest corners of each reference frame
+REFERENCES = 2  # reference frames, one per stretch of the video (docs/ingest.md)
 SPACING = 5  # px between chosen points
 MIN_TEXTURE = 0.005  # of the strongest corner's score on the mesh
 MARGIN = 6  # px inside the head mask's outline (the background does not move with the head)
@@ -70,7 +82,7 @@ TRACK_STEPS = 8
 ROUNDS = 3
 SOLVE_STEPS = 20
 SOLVE_CHUNK = 1000  # frames whose Jacobians are held at once
-DEPTH_PRIOR = 1e3  # px^2 per (camera unit of depth)^2: weak, see 4. above
+DEPTH_PRIOR = 1e2  # px^2 per (camera unit of depth)^2: weak, see 4. above
 HUBER_PX = 1.0
 CHUNK_PIXELS = 6_000_000  # frames tracked at once: this many pixels
 MIN_POINTS = 12  # fewer usable points: the mesh poses are kept
@@ -78,7 +90,8 @@ MIN_FRAMES = 500  # 20 s: fewer frames leave the patches' depths and the turns t
 MIN_INTEROCULAR_PX = 50  # a smaller face in the crop: too few pixels of skin to track
 HOLD_OUT = 4  # every 4th patch judges the poses (module docstring, 6)
 MIN_FRAME_POINTS = 6  # fewer found in a frame: its pose comes from its neighbours
-SMOOTH_FRAMES = 1.5  # sigma of the Gaussian along time, as `face.pose.smooth_poses`
+STIFFNESS = 1e4  # `smooth`: the weight of a pose's acceleration against its patches
+FILL_WEIGHT = 0.1  # a frame with too few patches: held this much (in points) to its fill
 BLUR = 0.6  # px, before tracking: less of the encoder's noise
 
 
@@ -161,23 +174,28 @@ def _unit(patch):
     return patch / (patch.norm(dim=-1, keepdim=True) + 1e-6)
 
 
-def track(frames: Callable[[int, int], np.ndarray], count: int, reference: np.ndarray,
-          points: np.ndarray, predicted: np.ndarray, local: np.ndarray):  # fmt: skip
+def track(frames: Callable[[int, int], np.ndarray], count: int, references: np.ndarray,
+          owner: np.ndarray, points: np.ndarray, predicted: np.ndarray,
+          local: np.ndarray):  # fmt: skip
     """Where each reference patch around `points` [N, 2] lies in each of `count` frames.
 
-    frames(lo, hi) -> `gray` images [hi - lo, H, W]; `reference` [H, W]; `predicted`
-    [T, N, 2] and `local` [T, N, 2, 2] (the reference -> frame affine map around each point).
-    Returns positions [T, N, 2] and normalised correlations [T, N].
+    frames(lo, hi) -> `gray` images [hi - lo, H, W]; `references` [J, H, W], point n's patch
+    taken from references[owner[n]]; `predicted` [T, N, 2] and `local` [T, N, 2, 2] (the
+    reference -> frame affine map around each point). Returns positions [T, N, 2] and
+    normalised correlations [T, N].
     """
     import torch
 
     offsets = torch.stack(torch.meshgrid(torch.arange(-HALF, HALF + 1.0),
                                          torch.arange(-HALF, HALF + 1.0), indexing="xy"),
                           -1).reshape(-1, 2).double()  # fmt: skip
-    ref = torch.from_numpy(np.asarray(reference, np.float32))[None, None]
-    at = torch.from_numpy(points)[None, :, None, :] + offsets
-    template = _unit(_sample(ref, at.float())[:, 0].double())  # [1, N, P]
-    h, w = reference.shape
+    template = torch.zeros(1, len(points), len(offsets), dtype=torch.float64)
+    for j, reference in enumerate(np.asarray(references, np.float32)):
+        mine = torch.from_numpy(np.flatnonzero(owner == j))
+        at = torch.from_numpy(points)[None, mine, None, :] + offsets
+        ref = torch.from_numpy(reference)[None, None]
+        template[:, mine] = _unit(_sample(ref, at.float())[:, 0].double())  # [1, n, P]
+    h, w = references.shape[-2:]
     chunk = max(1, CHUNK_PIXELS // (h * w))
     found = np.zeros_like(predicted)
     score = np.zeros(predicted.shape[:2])
@@ -214,20 +232,43 @@ def _skew(v: np.ndarray) -> np.ndarray:
                      np.stack([-v[..., 1], v[..., 0], zero], -1)], -2)  # fmt: skip
 
 
+def _pixels(k: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """Pixels [..., 2] of camera-frame points `cam` [..., 3] through the pinhole `k`."""
+    return np.stack([k[0, 0] * cam[..., 0] / cam[..., 2] + k[0, 2],
+                     k[1, 1] * cam[..., 1] / cam[..., 2] + k[1, 2]], -1)  # fmt: skip
+
+
+def _pose_jacobian(k: np.ndarray, cam: np.ndarray, t: np.ndarray):
+    """For camera-frame points `cam` [T, N, 3] of frames whose shifts are `t` [T, 3]: the
+    pixels' derivatives by the camera-frame point [T, N, 2, 3], and by the pose [T, N, 2, 6]
+    (a turn w, R <- exp([w]x) R, then a shift)."""
+    x, y, depth = cam[..., 0], cam[..., 1], cam[..., 2]
+    zero = np.zeros_like(depth)
+    jp = np.stack([np.stack([k[0, 0] / depth, zero, -k[0, 0] * x / depth**2], -1),
+                   np.stack([zero, k[1, 1] / depth, -k[1, 1] * y / depth**2], -1)],
+                  -2)  # fmt: skip
+    # A turn moves a point by w x (R p) = -[R p]x w, with R p = cam - t; a shift by itself.
+    return jp, np.concatenate([jp @ -_skew(cam - t[:, None]), jp], -1)
+
+
 class Rays:
-    """Points on the rays of a reference camera (r_ref, t_ref): point n is the head-frame point
-    at camera depth z[n] along `rays[n]` (the ray's direction with unit depth)."""
+    """Points on the rays of reference cameras (r_ref, t_ref: one pose [3, 3], [3] for every
+    point, or each point's own [N, 3, 3], [N, 3]): point n is the head-frame point at camera
+    depth z[n] along `rays[n]` (the ray's direction with unit depth)."""
 
     def __init__(self, k, r_ref, t_ref, pixels):
-        self.r_ref, self.t_ref = np.asarray(r_ref, np.float64), np.asarray(t_ref, np.float64)
-        self.rays = np.linalg.solve(k, np.c_[pixels, np.ones(len(pixels))].T).T
+        n = len(pixels)
+        self.r_ref = np.broadcast_to(np.asarray(r_ref, np.float64), (n, 3, 3))
+        self.t_ref = np.broadcast_to(np.asarray(t_ref, np.float64), (n, 3))
+        self.rays = np.linalg.solve(k, np.c_[pixels, np.ones(n)].T).T
 
     def points(self, z: np.ndarray) -> np.ndarray:
-        return (self.rays * z[:, None] - self.t_ref) @ self.r_ref
+        return np.einsum("nj,nji->ni", self.rays * z[:, None] - self.t_ref, self.r_ref)
 
     def subset(self, which: np.ndarray) -> Rays:
         part = Rays.__new__(Rays)
-        part.r_ref, part.t_ref, part.rays = self.r_ref, self.t_ref, self.rays[which]
+        part.r_ref, part.t_ref = self.r_ref[which], self.t_ref[which]
+        part.rays = self.rays[which]
         return part
 
 
@@ -238,16 +279,13 @@ def solve(k, r, t, rays: Rays, z, z_prior, found, usable, steps: int = SOLVE_STE
     them is [T, 6, N]."""
     from scipy.spatial.transform import Rotation
 
-    fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
-    along = rays.rays @ rays.r_ref  # each point's direction of motion with its depth
+    along = np.einsum("nj,nji->ni", rays.rays, rays.r_ref)  # each point's motion with depth
     prior = np.full(len(z), DEPTH_PRIOR)
     chunks = [slice(lo, lo + SOLVE_CHUNK) for lo in range(0, len(r), SOLVE_CHUNK)]
 
     def residual(r, t, z):
         cam = np.einsum("tij,nj->tni", r, rays.points(z)) + t[:, None]
-        uv = np.stack([fx * cam[..., 0] / cam[..., 2] + cx, fy * cam[..., 1] / cam[..., 2] + cy],
-                      -1)  # fmt: skip
-        return cam, uv - found
+        return cam, _pixels(k, cam) - found
 
     def cost(res, z):
         e = np.linalg.norm(res, axis=-1)
@@ -256,18 +294,8 @@ def solve(k, r, t, rays: Rays, z, z_prior, found, usable, steps: int = SOLVE_STE
 
     def jacobians(c, cam, r, t, w):
         """The weighted blocks of the normal equations of the frames `c`."""
-        x, y, depth = cam[c, :, 0], cam[c, :, 1], cam[c, :, 2]
-        zero = np.zeros_like(depth)
-        jp = np.stack(
-            [
-                np.stack([fx / depth, zero, -fx * x / depth**2], -1),
-                np.stack([zero, fy / depth, -fy * y / depth**2], -1),
-            ],
-            -2,
-        )  # [T,N,2,3]
-        # R <- exp([w]x) R moves a point by w x (R p) = -[R p]x w, R p = cam - t; a shift
-        # moves it by itself; a depth, along the point's ray turned with the head.
-        j_pose = np.concatenate([jp @ -_skew(cam[c] - t[c, None]), jp], -1)  # [T, N, 2, 6]
+        jp, j_pose = _pose_jacobian(k, cam[c], t[c])
+        # A depth moves its point along the point's ray turned with the head.
         j_depth = np.einsum("tnak,tkj,nj->tna", jp, r[c], along)  # [T, N, 2]
         wc = w[c]
         return (np.einsum("tn,tnak,tnal->tkl", wc, j_pose, j_pose),
@@ -317,15 +345,17 @@ def solve(k, r, t, rays: Rays, z, z_prior, found, usable, steps: int = SOLVE_STE
 
 def _prediction(k, r, t, world, r_ref, t_ref):
     """Where the points `world` [N, 3] lie under the poses (r [T, 3, 3], t [T, 3]) [T, N, 2],
-    and the local affine maps [T, N, 2, 2] from the reference frame's (r_ref, t_ref) pixels to
-    theirs: one reference pixel sideways and down, at the point's depth."""
+    and the local affine maps [T, N, 2, 2] from each point's reference frame's pixels (its
+    pose r_ref [N, 3, 3], t_ref [N, 3]) to theirs: one reference pixel sideways and down, at
+    the point's depth."""
     predicted = project(k, r, t, world)
-    cam = world @ r_ref.T + t_ref
+    cam = np.einsum("nij,nj->ni", r_ref, world) + t_ref
     local = np.zeros((len(r), len(world), 2, 2))
     for axis in range(2):
         moved = cam.copy()
         moved[:, axis] += cam[:, 2] / k[axis, axis]
-        local[..., axis] = project(k, r, t, (moved - t_ref) @ r_ref) - predicted
+        back = np.einsum("nj,nji->ni", moved - t_ref, r_ref)
+        local[..., axis] = project(k, r, t, back) - predicted
     return predicted, local
 
 
@@ -361,40 +391,52 @@ def refine_poses(frames: Callable[[int, int], np.ndarray], count: int, head: np.
     if iod < MIN_INTEROCULAR_PX:
         return r0, t0, {"used": False, "why": f"the face is {iod:.0f} px from eye to eye in "
                         f"the crop, under {MIN_INTEROCULAR_PX}"}  # fmt: skip
+    # The reference frames: in each of REFERENCES stretches of the video, the frame nearest
+    # the mean head turn; each gives its own patches, on its own mesh pose's rays.
     mean = Rotation.from_matrix(r0).mean()
-    ref = int(np.argmin((Rotation.from_matrix(r0) * mean.inv()).magnitude()))
-    reference = gray(frames(ref, ref + 1))[0]
-    # Only on the mesh (under the reference frame's pose): elsewhere there is no depth.
-    on_mesh = _hull_mask(reference.shape, project(k, r0[ref : ref + 1], t0[ref : ref + 1],
-                                                  np.asarray(mesh, np.float64))[0], 0)  # fmt: skip
-    points = select(reference, np.asarray(head[ref]) & on_mesh,
-                    np.asarray(lm2d[ref], np.float64))  # fmt: skip
-    z_mesh = mesh_depth(k, r0[ref], t0[ref], mesh, points) if len(points) else np.zeros(0)
-    points, z_mesh = points[np.isfinite(z_mesh)], z_mesh[np.isfinite(z_mesh)]
-    report: dict = {"reference_frame": ref, "points": len(points)}
+    off = (Rotation.from_matrix(r0) * mean.inv()).magnitude()
+    bounds = np.linspace(0, count, REFERENCES + 1).astype(int)
+    refs = np.array([lo + int(np.argmin(off[lo:hi])) for lo, hi in itertools.pairwise(bounds)])
+    references = gray(np.concatenate([frames(i, i + 1) for i in refs]))
+    mesh = np.asarray(mesh, np.float64)
+    parts, owners, depths = [], [], []
+    for j, ref in enumerate(refs):
+        # Only on the mesh (under the reference frame's pose): elsewhere there is no depth.
+        outline = project(k, r0[ref : ref + 1], t0[ref : ref + 1], mesh)[0]
+        on_mesh = _hull_mask(references[j].shape, outline, 0)
+        chosen = select(references[j], np.asarray(head[ref]) & on_mesh,
+                        np.asarray(lm2d[ref], np.float64))  # fmt: skip
+        z = mesh_depth(k, r0[ref], t0[ref], mesh, chosen) if len(chosen) else np.zeros(0)
+        parts.append(chosen[np.isfinite(z)])
+        depths.append(z[np.isfinite(z)])
+        owners.append(np.full(len(parts[-1]), j))
+    points, z_mesh, owner = (np.concatenate(a) for a in (parts, depths, owners))
+    report: dict = {"reference_frames": refs.tolist(), "points": len(points)}
     if len(points) < MIN_POINTS:
         return r0, t0, {**report, "used": False, "why": "too little texture to track"}
 
     # Every HOLD_OUT-th patch is tracked but left out of the solve, to judge the poses by.
     held = np.arange(len(points)) % HOLD_OUT == HOLD_OUT - 1
-    rays = Rays(k, r0[ref], t0[ref], points)
+    rays = Rays(k, r0[refs[owner]], t0[refs[owner]], points)
     r, t, z = r0, t0, z_mesh.copy()
     for step in range(ROUNDS):
         world = rays.points(z)
         found, score = np.zeros((count, len(world), 2)), np.zeros((count, len(world)))
         for lo in range(0, count, SOLVE_CHUNK):
             hi = min(count, lo + SOLVE_CHUNK)
-            predicted, local = _prediction(k, r[lo:hi], t[lo:hi], world, r[ref], t[ref])
+            predicted, local = _prediction(k, r[lo:hi], t[lo:hi], world, r[refs[owner]],
+                                           t[refs[owner]])  # fmt: skip
             crops = lambda a, b, lo=lo: gray(frames(lo + a, lo + b))  # noqa: E731
-            found[lo:hi], score[lo:hi] = track(crops, hi - lo, reference, points, predicted,
-                                               local)  # fmt: skip
+            found[lo:hi], score[lo:hi] = track(crops, hi - lo, references, owner, points,
+                                               predicted, local)  # fmt: skip
         progress((step + 0.7) / ROUNDS)
         usable = (score > MIN_CORRELATION).astype(np.float64)
         r, t, z[~held], errors = solve(k, r, t, rays.subset(~held), z[~held], z_mesh[~held],
                                        found[:, ~held], usable[:, ~held])  # fmt: skip
         progress((step + 1) / ROUNDS)
     # Which poses explain the held-out patches better, each patch's point fitted to them?
-    final = _finish(r, t, usable[:, ~held], errors, count)
+    final = _finish(k, rays.subset(~held), (r, t, z[~held], errors), found[:, ~held],
+                    usable[:, ~held])  # fmt: skip
     if final is None:
         return r0, t0, {**report, "used": False, "why": "too few patches stayed on the head"}
     judged = {
@@ -408,7 +450,7 @@ def refine_poses(frames: Callable[[int, int], np.ndarray], count: int, head: np.
     # Then every patch, from there.
     r, t, z, errors = solve(k, r, t, rays, z, z_mesh, found, usable)
     used = (usable > 0) & (errors < 3 * HUBER_PX)
-    r, t = _finish(r, t, usable, errors, count) or final
+    r, t = _finish(k, rays, (r, t, z, errors), found, usable) or final
     report.update(
         used=True,
         points_kept=int(used.any(axis=0).sum()),
@@ -422,18 +464,64 @@ def refine_poses(frames: Callable[[int, int], np.ndarray], count: int, head: np.
     return r, t, report
 
 
-def _finish(r, t, usable, errors, count):
-    """The solved poses with the frames where too few patches were found taken from their
-    neighbours, smoothed along time; None when too few patches stayed on the head."""
-    from talkingface.face.pose import smooth_poses
-
+def _finish(k, rays: Rays, solved, found, usable):
+    """The solved poses (`solve`'s r, t, z, errors) smoothed along time by their own
+    information (`smooth`), the frames where too few patches were found held only weakly
+    to their neighbours' poses; None when too few patches stayed on the head."""
+    r, t, z, errors = solved
     used = (usable > 0) & (errors < 3 * HUBER_PX)
     good = used.sum(axis=1) >= MIN_FRAME_POINTS
     if used.any(axis=0).sum() < MIN_POINTS * (HOLD_OUT - 1) // HOLD_OUT or not good.any():
         return None
     r, t = _fill(r, t, good)
-    _, r, t = smooth_poses(np.ones(count), r, t, SMOOTH_FRAMES)
-    return r, t
+    information, metric = pose_information(k, r, t, rays, z, found, usable)
+    information[~good] = FILL_WEIGHT * metric
+    return smooth(r, t, information, metric, STIFFNESS)
+
+
+def pose_information(k, r, t, rays: Rays, z, found, usable):
+    """Each frame's Gauss-Newton information about its pose [T, 6, 6] (a turn, then a
+    shift, as `solve` moves them) from its tracks `found` [T, N, 2] where `usable`, with
+    `solve`'s Huber weights; and the mean information of one point's track in one frame
+    [6, 6], the pixel measure `smooth` puts on a pose's change."""
+    world = rays.points(z)
+    information = np.zeros((len(r), 6, 6))
+    metric = np.zeros((6, 6))
+    for lo in range(0, len(r), SOLVE_CHUNK):
+        c = slice(lo, lo + SOLVE_CHUNK)
+        cam = np.einsum("tij,nj->tni", r[c], world) + t[c, None]
+        error = np.linalg.norm(_pixels(k, cam) - found[c], axis=-1)
+        w = usable[c] * np.minimum(1.0, HUBER_PX / np.maximum(error, 1e-9))
+        j_pose = _pose_jacobian(k, cam, t[c])[1]
+        information[c] = np.einsum("tn,tnak,tnal->tkl", w, j_pose, j_pose)
+        metric += np.einsum("tnak,tnal->kl", j_pose, j_pose)
+    return information, metric / (len(r) * len(world))
+
+
+def smooth(r, t, information, metric, stiffness: float):
+    """Poses (r [T, 3, 3], t [T, 3]) smoothed along time, each frame held by its own
+    `information` [T, 6, 6] (`pose_information`) and every pose's second difference in time
+    penalised by `stiffness` in the pixel measure `metric` [6, 6]: one sparse linear solve
+    over all frames (the rotations as turns about their mean). A direction of the pose the
+    frame's patches pin down stays as they put it, up to a low-pass at about 1.2 Hz for
+    the default stiffness and 80 patches; one they hardly see (a nod against a vertical
+    shift, for a face's front) follows its neighbours. Unlike a Gaussian of fixed width,
+    this smooths each frame and each direction as much as its own data leave loose."""
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+    from scipy.spatial.transform import Rotation
+
+    count = len(r)
+    if count < 3:
+        return r, t
+    mean = Rotation.from_matrix(r).mean()
+    pose = np.c_[(Rotation.from_matrix(r) * mean.inv()).as_rotvec(), t].ravel()
+    held = sparse.block_diag(list(information), format="csr")
+    ones = np.ones(count - 2)
+    second = sparse.diags([ones, -2 * ones, ones], [0, 1, 2], shape=(count - 2, count))
+    lhs = held + stiffness * sparse.kron(second.T @ second, sparse.csr_matrix(metric))
+    pose = spsolve((lhs + 1e-9 * sparse.eye(6 * count)).tocsc(), held @ pose).reshape(count, 6)
+    return (Rotation.from_rotvec(pose[:, :3]) * mean).as_matrix(), pose[:, 3:]
 
 
 def held_out_error(k, r, t, tracks, usable) -> float:
