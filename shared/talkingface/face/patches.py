@@ -72,13 +72,15 @@ from scipy import ndimage
 from talkingface.face.evaluate import fixed_points, project
 
 HALF = 4  # patch half-side: 9 x 9 pixels
-MAX_POINTS = 120  # the strongest corners of each reference frame
+MAX_POINTS = 60  # the strongest corners of each reference frame (120 in all, as with one)
 REFERENCES = 2  # reference frames, one per stretch of the video (docs/ingest.md)
 SPACING = 5  # px between chosen points
 MIN_TEXTURE = 0.005  # of the strongest corner's score on the mesh
 MARGIN = 6  # px inside the head mask's outline (the background does not move with the head)
 MIN_CORRELATION = 0.8
-TRACK_STEPS = 8
+TRACK_STEPS = 8  # Gauss-Newton steps at most; fewer once nearly every patch has settled:
+CONVERGED_PX = 0.01  # a patch whose last step was under this (px, per axis) has settled
+UNCONVERGED_SHARE = 0.01  # stop when fewer than this share of a chunk's patches move on
 ROUNDS = 3
 SOLVE_STEPS = 20
 SOLVE_CHUNK = 1000  # frames whose Jacobians are held at once
@@ -219,6 +221,8 @@ def track(frames: Callable[[int, int], np.ndarray], count: int, references: np.n
             det = a11 * a22 - a12 * a12 + 1e-6
             step = torch.stack([(a22 * b1 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det], -1)
             centre = centre + step.clamp(-1.5, 1.5)
+            if float((step.abs() > CONVERGED_PX).any(-1).double().mean()) < UNCONVERGED_SHARE:
+                break  # the rest would move by less than CONVERGED_PX
         final = _sample(stack[:, :1], (centre[:, :, None] + warp).float())[:, 0].double()
         found[lo:hi] = centre.numpy()
         score[lo:hi] = (_unit(final) * template).sum(-1).numpy()
@@ -321,9 +325,9 @@ def solve(k, r, t, rays: Rays, z, z_prior, found, usable, steps: int = SOLVE_STE
             inverse = np.linalg.inv(hpp + damping * diagonal + 1e-9 * np.eye(6))
             schur, rhs = np.diag(hzz * (1 + damping)), gz.copy()
             for c in chunks:  # the poses eliminated: H_zz - H_zp H_pp^-1 H_pz
-                a = np.einsum("tkl,tln->tkn", inverse[c], hpz[c])
-                schur -= np.einsum("tkn,tkm->nm", hpz[c], a)
-                rhs -= np.einsum("tkn,tk->n", a, gp[c])
+                a = inverse[c] @ hpz[c]  # [T, 6, N]; the products below as one GEMM each
+                schur -= hpz[c].reshape(-1, len(z)).T @ a.reshape(-1, len(z))
+                rhs -= a.reshape(-1, len(z)).T @ gp[c].reshape(-1)
             dz = -np.linalg.solve(schur, rhs)
             dp = -np.einsum("tkl,tl->tk", inverse, gp + np.einsum("tkn,n->tk", hpz, dz))
             r_new = Rotation.from_rotvec(dp[:, :3]).as_matrix() @ r
