@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from talkingface.face import patches
+from talkingface.face import bundle, patches
 from talkingface.face.evaluate import fixed_points, project
 from talkingface.face.pose import rotation_angle_degrees
 
@@ -47,11 +47,11 @@ def _solve(points, r, t, r0, t0, rng, depth_error: np.ndarray, noise_px: float =
     `depth_error`."""
     found = project(K, r, t, points) + rng.normal(scale=noise_px, size=(len(r), len(points), 2))
     pixels = found[0]
-    rays = patches.Rays(K, r0[0], t0[0], pixels)
+    rays = bundle.Rays(K, r0[0], t0[0], pixels)
     cam = points @ r[0].T + t[0]  # the true depth in frame 0 ...
     z_mesh = cam[:, 2] * depth_error  # ... as the mesh reads it
     usable = np.ones(found.shape[:2])
-    return patches.solve(K, r0, t0, rays, z_mesh.copy(), z_mesh, found, usable)
+    return bundle.solve(K, r0, t0, rays, z_mesh.copy(), z_mesh, found, usable)
 
 
 def _miss(points, r, t, r_got, t_got) -> float:
@@ -147,10 +147,10 @@ def test_smoothing_by_information_takes_out_the_noise_the_patches_leave_loose():
     r = Rotation.from_rotvec(np.deg2rad(turns)).as_matrix()
     t = np.c_[0.05 * np.sin(time), 0.03 * np.cos(0.7 * time), 8.5 + 0.1 * np.sin(0.5 * time)]
     found = project(K, r, t, points)
-    rays = patches.Rays(K, r[0], t[0], found[0])
+    rays = bundle.Rays(K, r[0], t[0], found[0])
     z = (points @ r[0].T + t[0])[:, 2]
     usable = np.ones(found.shape[:2])
-    information, metric = patches.pose_information(K, r, t, rays, z, found, usable)
+    information, metric = bundle.pose_information(K, r, t, rays, z, found, usable)
     # Each frame's pose off by what 1 px of noise on every track would leave it: the inverse
     # of its information (the tracks' errors on a drawn face are larger, and shared).
     cov = np.linalg.inv(information)
@@ -160,14 +160,14 @@ def test_smoothing_by_information_takes_out_the_noise_the_patches_leave_loose():
     r_noisy = Rotation.from_rotvec(off[:, :3]).as_matrix() @ r
     t_noisy = t + off[:, 3:]
     grid = np.array([[x, y, zz] for x in (-1, 0, 1) for y in (-1, 0, 1) for zz in (-0.6, 0, 0.6)])
-    r_got, t_got = patches.smooth(r_noisy, t_noisy, information, metric, patches.STIFFNESS)
+    r_got, t_got = bundle.smooth(r_noisy, t_noisy, information, metric, bundle.STIFFNESS)
     _, r_gauss, t_gauss = smooth_poses(np.ones(300), r_noisy, t_noisy, 1.5)
     noisy, got = _miss(grid, r, t, r_noisy, t_noisy), _miss(grid, r, t, r_got, t_got)
     gauss = _miss(grid, r, t, r_gauss, t_gauss)
     # Measured when written: 0.62 px as read, 0.27 after the Gaussian, 0.21 after `smooth`.
     assert got < 0.85 * gauss and gauss < 0.5 * noisy, (noisy, gauss, got)
     # The clean track keeps its motion: a 0.5 Hz nod of 6 degrees is rounded by little.
-    r_clean, t_clean = patches.smooth(r, t, information, metric, patches.STIFFNESS)
+    r_clean, t_clean = bundle.smooth(r, t, information, metric, bundle.STIFFNESS)
     # What moves is mostly along the loose direction, which the pixels hardly show (0.08 px
     # when written; the rotation itself by up to 0.6 degrees at the track's free ends).
     assert _miss(grid, r, t, r_clean, t_clean) < 0.12
