@@ -4,7 +4,9 @@ avatar whose frames made its video (issue 15's measures, docs/ingest.md "Measure
 - faces found, and the frames kept (those cut at the ends are left out of every measure);
 - landmark NME per iBUG-68 region: each frame's mean point distance, in the source's pixels
   through the recorded crop, over the truth's inter-ocular distance; median over frames;
-- the inner-lip opening's Pearson r with the truth's (canonical lm3d);
+- the inner-lip opening's Pearson r with the truth's (canonical lm3d); the eyes' opening
+  ratio's (`render.regions.eye_ratio`, both eyes' mean) likewise, and its amplitude: the
+  slope of the ingest's ratio on the truth's (1: blinks as deep as the truth's);
 - head rotation error, three ways: after the best constant rotation between the two head
   frames (the ingest's and SynthTalk's differ by one), relative to the first frame, and
   between random pairs of frames (a fixed sample); medians, in degrees;
@@ -43,6 +45,7 @@ def evaluate_ingest(ingested: Path | str, truth: Path | str) -> dict[str, Any]:
 
     from talkingface.data.synthtalk.fileformat import read_avatar
     from talkingface.lm3d import mouth_opening
+    from talkingface.render.regions import eye_ratio
 
     ingested = Path(ingested)
     if not (ingested / "ingest.json").is_file():
@@ -64,6 +67,10 @@ def evaluate_ingest(ingested: Path | str, truth: Path | str) -> dict[str, Any]:
     nme = {name: round(float(np.median(err[:, part].mean(axis=1))), 4)
            for name, part in REGIONS.items()}  # fmt: skip
     lip_r = np.corrcoef(mouth_opening(got["lm3d"]), mouth_opening(true["lm3d"][keep]))[0, 1]
+    eye_got = eye_ratio(np.asarray(got["lm3d"], np.float64))
+    eye_true = eye_ratio(np.asarray(true["lm3d"][keep], np.float64))
+    eye_r = np.corrcoef(eye_got, eye_true)[0, 1]
+    eye_slope = np.polyfit(eye_true, eye_got, 1)[0]
 
     r_got = np.asarray(got["R"], np.float64)
     r_true = np.asarray(true["R"][keep], np.float64)
@@ -90,6 +97,7 @@ def evaluate_ingest(ingested: Path | str, truth: Path | str) -> dict[str, Any]:
                    "face_found": report["frames"]["face_found"]},
         "nme_iod": nme,
         "lip_opening_r": round(float(lip_r), 4),
+        "eye_opening": {"r": round(float(eye_r), 4), "slope": round(float(eye_slope), 3)},
         "rotation_error_deg": {k: round(float(np.median(v)), 3) for k, v in rotation.items()},
         "pose_consistency_px": consistency,
         "head_mask": heads,

@@ -9,9 +9,10 @@ Steps (docs/ingest.md):
 2. Track the face (`face.track.FaceTracker`, one view: MediaPipe's own reading): 468-point
    meshes and the face count, which the checks of step 6 that need them use at once. Then
    each kept face is read again as the mean of ten views of its crop (`face.mesh.VIEWS`),
-   its inner lips' gap read from the pixels where the mouth's inside shows (`face.lips`),
-   gaps filled by interpolation; One-Euro smoothing, with the jitter of the one-view, the
-   ten-view and the smoothed points.
+   its inner lips' gap read from the pixels where the mouth's inside shows (`face.lips`)
+   and its eyelids' gaps where the eye shows against the skin (`face.eyes`), gaps filled
+   by interpolation; One-Euro smoothing, with the jitter of the one-view, the ten-view and
+   the smoothed points.
 3. Pose without a 3DMM (`face.pose`): the person's rigid shape from their own frames, each
    frame's similarity from it; the shape is placed in the contract's canonical frame and
    units (`talkingface.lm3d`) by aligning its iBUG-68 subset to the contract's mean face, and
@@ -43,7 +44,7 @@ import numpy as np
 
 from talkingface.audio.decode import SAMPLE_RATE, decode_audio
 from talkingface.errors import TalkingFaceError
-from talkingface.face import lips
+from talkingface.face import eyes, lips
 from talkingface.face.geometry import check_geometry, head_geometry
 from talkingface.face.ibug68 import IBUG68, interocular
 from talkingface.face.track import (
@@ -256,16 +257,19 @@ def _checked(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _refined(frames: Iterator[np.ndarray], track: dict[str, Any], say) -> dict[str, Any]:
     """Each kept frame's face read again in the mesh model's ten views of the crop around
-    its one-view mesh, the inner lips read from the pixels (face.lips), gaps interpolated
-    again, then smoothed: {"raw", "mesh", "lips" (the lips' report)}."""
+    its one-view mesh, the inner lips and the lids read from the pixels (face.lips,
+    face.eyes), gaps interpolated again, then smoothed: {"raw", "mesh", "lips", "eyes" (their
+    reports)}."""
     found = track["found"]
     colours = np.zeros((len(found), 3 * lips.SAMPLES + 2, 3), np.uint8)
+    eye_colours = np.zeros((len(found), 4 * eyes.SAMPLES, 3), np.uint8)
 
     def progress(i: int) -> None:
         say("refine", 0.4 + 0.2 * i / len(found))
 
     def keep_colours(i: int, frame: np.ndarray, points: np.ndarray) -> None:
         colours[i] = lips.profile(frame, points)
+        eye_colours[i] = eyes.profile(frame, points)
 
     try:
         meshes = read_in_views(frames, track["one_view"], found, progress=progress,
@@ -275,6 +279,8 @@ def _refined(frames: Iterator[np.ndarray], track: dict[str, Any], say) -> dict[s
                                f"reading than on the first ({exc})") from None  # fmt: skip
     # The inner lips' gap from the pixels where the mouth's inside shows (face.lips).
     meshes[found], lip_report = lips.refine(meshes[found], colours[found])
+    # The lids likewise, where the eye shows against the skin (face.eyes).
+    meshes[found], eye_report = eyes.refine(meshes[found], eye_colours[found])
     filled = _interpolate(meshes, found)
     # Light smoothing: lips move at up to ~8 Hz, so the cut-off must rise fast with speed
     # (on SynthTalk, one view: jitter -25 %, lip-opening correlation 0.937 -> 0.934; 1.5 Hz
@@ -283,7 +289,7 @@ def _refined(frames: Iterator[np.ndarray], track: dict[str, Any], say) -> dict[s
     # 0.953/0.957/0.939 forward, 0.957/0.959/0.945 both ways, the same jitter).
     smoothed = smooth(filled, min_cutoff=SMOOTH_MIN_CUTOFF, beta=SMOOTH_BETA, zero_phase=True)
     smoothed = smoothed.astype(np.float32)
-    return {"raw": filled, "mesh": smoothed, "lips": lip_report}
+    return {"raw": filled, "mesh": smoothed, "lips": lip_report, "eyes": eye_report}
 
 
 def _interpolate(meshes: np.ndarray, found: np.ndarray) -> np.ndarray:
