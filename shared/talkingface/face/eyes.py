@@ -33,7 +33,7 @@ Nothing is moved, and `ingest.json` says why, when
 - the eye never shows clearly: its contrast under `MIN_CONTRAST` grey levels (RGB distance);
 - the pixels' gaps do not follow the mesh's over the video (correlation of the gaps in eye
   widths under `MIN_AGREEMENT`): the line is not on the eye, or the eyes never move. The
-  photo puppets, whose eyes never blink, agree at 0.32-0.44; SynthTalk's eyes at 0.74-0.86.
+  photo puppets, whose eyes never blink, agree at 0.32-0.44; SynthTalk's eyes at 0.74-0.89.
 
 Measured on SynthTalk seeds 11 to 13 and on the photo puppets: docs/ingest.md.
 """

@@ -10,7 +10,7 @@ Steps (docs/ingest.md):
    meshes and the face count, which the checks of step 6 that need them use at once. Then
    each kept face is read again as the mean of ten views of its crop (`face.mesh.VIEWS`),
    its inner lips' gap read from the pixels where the mouth's inside shows (`face.lips`)
-   and its eyelids' gaps where the eye shows against the skin (`face.eyes`), gaps filled
+   and its upper eyelids where the eye starts below the skin (`face.eyes`), gaps filled
    by interpolation; One-Euro smoothing, with the jitter of the one-view, the ten-view and
    the smoothed points.
 3. Pose without a 3DMM (`face.pose`): the person's rigid shape from their own frames, each
@@ -257,7 +257,7 @@ def _checked(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _refined(frames: Iterator[np.ndarray], track: dict[str, Any], say) -> dict[str, Any]:
     """Each kept frame's face read again in the mesh model's ten views of the crop around
-    its one-view mesh, the inner lips and the lids read from the pixels (face.lips,
+    its one-view mesh, the inner lips and the upper lids read from the pixels (face.lips,
     face.eyes), gaps interpolated again, then smoothed: {"raw", "mesh", "lips", "eyes" (their
     reports)}."""
     found = track["found"]
@@ -279,7 +279,7 @@ def _refined(frames: Iterator[np.ndarray], track: dict[str, Any], say) -> dict[s
                                f"reading than on the first ({exc})") from None  # fmt: skip
     # The inner lips' gap from the pixels where the mouth's inside shows (face.lips).
     meshes[found], lip_report = lips.refine(meshes[found], colours[found])
-    # The lids likewise, where the eye shows against the skin (face.eyes).
+    # The upper lids where, below the skin, the eye starts (face.eyes).
     meshes[found], eye_report = eyes.refine(meshes[found], eye_colours[found])
     filled = _interpolate(meshes, found)
     # Light smoothing: lips move at up to ~8 Hz, so the cut-off must rise fast with speed
