@@ -15,10 +15,10 @@ line through the pair's midpoint, perpendicular to the line between the eye's co
 mean of three parallel lines `SPREAD` eye widths apart. `refine` then, for the whole video:
 
 - takes the skin's colour above and below the eye from the `ENDS` outermost samples at each
-  end of the frame's own line; where a frame's end is more than `FAR_END` of the eye's
-  contrast from the video's median there (a brow, a hand), the video's. At 0.3 it
-  replaced the ends of the blink frames, whose lid skin is another shade, and the upper
-  lids came out too high in just the frames that matter;
+  end of the frame's own line (not the video's: in a blink the lid's skin comes down the
+  line in another shade, and the video's colour there put the upper lids too high in just
+  the frames that matter). A brow, hair or a hand over a line's top end is not guarded
+  against: the eye would seem to start there;
 - scores each sample by its colour distance from the skin on its side, as a fraction of the
   eye's contrast (over the widest-open tenth of frames by the mesh, the median of each
   line's largest distance: one number for the video); the score ramps from 0 at `RAMP[0]`
@@ -27,7 +27,8 @@ mean of three parallel lines `SPREAD` eye widths apart. `refine` then, for the w
   worth of score (linear between samples; at the line's lower end where it never does);
 - keeps the mesh's mean place of the upper lid over the video (the lashes sit above the
   lid's edge; the motion is the pixels', the mean place the mesh's), and never lets it
-  below the lower lid. Image x, y, along the pair's downward direction; the depth is kept.
+  below the lower lid. The upper point goes on its pair's line at that place (image x, y;
+  the depth is kept).
 
 Nothing is moved, and `ingest.json` says why, when
 - the eye never shows clearly: its contrast under `MIN_CONTRAST` grey levels (RGB distance);
@@ -57,7 +58,6 @@ SPREAD = 0.06  # between the three parallel lines, in eye widths
 ENDS = 3  # samples at each end of a line that give the skin's colour
 RAMP = (0.2, 0.5)  # colour distance from the skin (fraction of the eye's contrast) scored 0 .. 1
 EDGE = 1.0  # samples' worth of eye, from the top, that place the upper lid
-FAR_END = 0.6  # a frame's end this far from the video's (fraction of the contrast) is not skin
 MIN_CONTRAST = 20.0  # grey levels between the eye and the skin
 MIN_AGREEMENT = 0.5  # correlation of the pixels' lid gaps with the mesh's, or nothing is moved
 WIDEST = 0.1  # the fraction of frames, widest open by the mesh, that give the eye's contrast
@@ -108,27 +108,20 @@ def refine(meshes: np.ndarray, profiles: np.ndarray) -> tuple[np.ndarray, dict[s
     colours = profiles.reshape(len(meshes), 4, SAMPLES, 3).astype(np.float64)
     s = positions(width)  # [T, 4, SAMPLES]
     ends = np.stack([colours[:, :, :ENDS].mean(axis=2), colours[:, :, -ENDS:].mean(axis=2)], 2)
-    video_ends = np.median(ends, axis=0)  # [4, 2, 3]
-    above = (s < 0)[..., None]
-
-    def distance(ends: np.ndarray) -> np.ndarray:  # from the skin on each sample's side
-        skin = np.where(above, ends[:, :, None, 0], ends[:, :, None, 1])
-        return np.linalg.norm(colours - skin, axis=-1)
+    skin = np.where((s < 0)[..., None], ends[:, :, None, 0], ends[:, :, None, 1])
+    distance = np.linalg.norm(colours - skin, axis=-1)  # from the skin on each sample's side
 
     # Each lid's place along `down` from its pair's midpoint [T, 4]: the mesh's.
     upper_mesh, lower_mesh = (np.einsum("tkc,tkc->tk", meshes[:, PAIRS[:, end], :2] - centre,
                                         down) for end in range(2))  # fmt: skip
     gap_mesh = lower_mesh - upper_mesh
     widest = gap_mesh.mean(axis=1) >= np.quantile(gap_mesh.mean(axis=1), 1 - WIDEST)
-    contrast = float(np.median(distance(ends)[widest].max(axis=-1)))
+    contrast = float(np.median(distance[widest].max(axis=-1)))
     report: dict[str, Any] = {"contrast": round(contrast, 1), "min_contrast": MIN_CONTRAST}
     if contrast < MIN_CONTRAST:
         reason = "the eyes never show clearly (too little contrast with the skin around them)"
         return meshes, {**report, "applied": False, "reason": reason}
-    # A frame's end far from the video's (a brow, a lash, a hand there) gives way to it.
-    far = np.linalg.norm(ends - video_ends, axis=-1) > FAR_END * contrast  # [T, 4, 2]
-    ends = np.where(far[..., None], video_ends, ends)
-    score = np.clip((distance(ends) / contrast - RAMP[0]) / (RAMP[1] - RAMP[0]), 0.0, 1.0)
+    score = np.clip((distance / contrast - RAMP[0]) / (RAMP[1] - RAMP[0]), 0.0, 1.0)
     # The upper lid: where, coming down the line, the eye has shown for EDGE samples' worth
     # (linear between samples); the line's lower end where it never does (closed).
     seen = np.cumsum(score, axis=-1)
@@ -150,9 +143,7 @@ def refine(meshes: np.ndarray, profiles: np.ndarray) -> tuple[np.ndarray, dict[s
     agreement = [float(np.corrcoef(got[:, k], had[:, k])[0, 1])
                  if got[:, k].std() > 0 and had[:, k].std() > 0 else 0.0
                  for k in range(4)]  # fmt: skip
-    report.update(ends_replaced=round(float(far.mean()), 3),
-                  agreement=round(float(np.median(agreement)), 3),
-                  min_agreement=MIN_AGREEMENT)  # fmt: skip
+    report.update(agreement=round(float(np.median(agreement)), 3), min_agreement=MIN_AGREEMENT)
     if np.median(agreement) < MIN_AGREEMENT:
         reason = "the lids in the pixels do not follow the mesh's (no blinks, or no eye seen)"
         return meshes, {**report, "applied": False, "reason": reason}
