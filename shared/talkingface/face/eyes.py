@@ -148,9 +148,9 @@ def refine(meshes: np.ndarray, profiles: np.ndarray) -> tuple[np.ndarray, dict[s
         reason = "the lids in the pixels do not follow the mesh's (no blinks, or no eye seen)"
         return meshes, {**report, "applied": False, "reason": reason}
     meshes[:, PAIRS[:, 0], :2] = centre + upper[..., None] * down
+    gap = (lower_mesh - upper).mean(axis=1)
     change = ((lower_mesh - upper - gap_mesh) / width).mean(axis=1)
-    closed = (lower_mesh - upper).mean(axis=1) <= np.quantile((lower_mesh - upper).mean(axis=1),
-                                                              CLOSEST)  # fmt: skip
+    closed = gap <= np.quantile(gap, CLOSEST)
     report.update(applied=True, gap_change_width={  # medians: all frames, the closest
         "median": round(float(np.median(change)), 4),
         "closest": round(float(np.median(change[closed])), 4),
