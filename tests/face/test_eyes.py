@@ -13,6 +13,7 @@ SKIN, SCLERA, IRIS, LASH = (200, 160, 140), (235, 230, 222), (70, 90, 140), (30,
 CENTRES = ((70.0, 60.0), (130.0, 60.0))  # the eyes' centres; each WIDTH px corner to corner
 WIDTH = 36.0
 SUPER = 4  # supersampling of the drawing
+DEPTH_SLOPE = 0.3  # the drawn mesh's upper lid's depth difference from the lower, per px of gap
 
 
 LINE = np.sqrt(1 - (1 / 3) ** 2)  # a lid's height at a pair's line (a third of the width
@@ -59,6 +60,10 @@ def face(opening: float, turn_deg: float = 0.0, eye=(SCLERA, IRIS), lash: bool =
             # pixel-centre coordinates: the drawing's (u, v) is pixel (u - 0.5, v - 0.5)
             points[index, :2] = turn @ (np.array(xy) - (100, 60)) + (100, 60) - 0.5
     points[:, 2] = np.arange(468)  # a depth to keep
+    # the mesh's upper lid comes forward as it rises (its depth difference from the lower lid
+    # follows the gap it reads)
+    gap = gaps(points[None])[0]
+    points[eyes.PAIRS[:, 0], 2] = points[eyes.PAIRS[:, 1], 2] + DEPTH_SLOPE * gap
     return frame, points
 
 
@@ -128,7 +133,11 @@ def test_a_blink_is_read_from_the_pixels_where_the_mesh_under_reads_it(turn, low
     assert np.abs(np.einsum("tkc,tkc->tk", off_line, along)).max() < 1e-3
     others = np.setdiff1d(np.arange(468), eyes.PAIRS[:, 0])
     assert np.array_equal(after[:, others], before[:, others])
-    assert np.array_equal(after[..., 2], before[..., 2])
+    # the upper lid's depth difference from the lower keeps the mesh's share of the gap
+    depth = after[:, eyes.PAIRS[:, 0], 2] - after[:, eyes.PAIRS[:, 1], 2]
+    np.testing.assert_allclose(depth, DEPTH_SLOPE * gaps(after), atol=1e-3)
+    had = before[:, eyes.PAIRS[:, 0], 2] - before[:, eyes.PAIRS[:, 1], 2]
+    assert np.abs(depth - had).max() > 1.0  # the mesh's own depth moved by over a pixel's worth
 
 
 def test_nothing_moves_when_the_eyes_never_blink_or_never_show():

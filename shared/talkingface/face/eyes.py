@@ -27,8 +27,10 @@ mean of three parallel lines `SPREAD` eye widths apart. `refine` then, for the w
   worth of score (linear between samples; at the line's lower end where it never does);
 - keeps the mesh's mean place of the upper lid over the video (the lashes sit above the
   lid's edge; the motion is the pixels', the mean place the mesh's), and never lets it
-  below the lower lid. The upper point goes on its pair's line at that place (image x, y;
-  the depth is kept).
+  below the lower lid. The upper point goes on its pair's line at that place (image x, y),
+  and its depth difference from the lower lid's point scales with the gap (as a fraction
+  of the mesh's gap, at most `MAX_FOLLOW` times): in the mesh's reading the lid's depth
+  moves with its height, and left alone it kept the mesh's blink in `lm3d`.
 
 Nothing is moved, and `ingest.json` says why, when
 - the eye never shows clearly: its contrast under `MIN_CONTRAST` grey levels (RGB distance);
@@ -62,6 +64,7 @@ MIN_CONTRAST = 20.0  # grey levels between the eye and the skin
 MIN_AGREEMENT = 0.5  # correlation of the pixels' lid gaps with the mesh's, or nothing is moved
 WIDEST = 0.1  # the fraction of frames, widest open by the mesh, that give the eye's contrast
 CLOSEST = 0.02  # the fraction of frames, closest by the pixels, whose change is reported
+MAX_FOLLOW = 2.0  # the upper lid's depth difference from the lower: at most this times the mesh's
 
 
 def lines(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -148,6 +151,11 @@ def refine(meshes: np.ndarray, profiles: np.ndarray) -> tuple[np.ndarray, dict[s
         reason = "the lids in the pixels do not follow the mesh's (no blinks, or no eye seen)"
         return meshes, {**report, "applied": False, "reason": reason}
     meshes[:, PAIRS[:, 0], :2] = centre + upper[..., None] * down
+    # The depth follows: the upper point keeps its share of the mesh's depth difference from
+    # the lower one as much as the gap keeps of the mesh's (the lid closing over the eyeball).
+    follow = np.clip((lower_mesh - upper) / np.maximum(gap_mesh, 1e-3 * width), 0.0, MAX_FOLLOW)
+    below = meshes[:, PAIRS[:, 1], 2]
+    meshes[:, PAIRS[:, 0], 2] = below + (meshes[:, PAIRS[:, 0], 2] - below) * follow
     gap = (lower_mesh - upper).mean(axis=1)
     change = ((lower_mesh - upper - gap_mesh) / width).mean(axis=1)
     closed = gap <= np.quantile(gap, CLOSEST)
