@@ -3,6 +3,8 @@ near a jaw line that misses it, and the torso's side of it."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from talkingface.face.masks import (
     JAW_PRIOR,
     below_jaw,
     jaw_edge,
+    nan_median,
 )
 
 SIZE = 200
@@ -116,3 +119,17 @@ def test_beside_the_jaw_is_head_the_shoulders_torso_and_the_cut_turns_with_the_h
     cut = below_jaw(jaw_edge(picture, tilted, IOD), tilted, IOD, SIZE)
     assert (face_tilted & cut).sum() <= 0.003 * face_tilted.sum()
     assert cut[int(CY + 1.6 * RY), int(CX - 0.3 * RX)]  # under the tilted chin
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 8])
+def test_the_plates_median_is_numpys_nanmedian(count):
+    rng = np.random.default_rng(count)
+    stack = rng.integers(0, 256, (count, 6, 5, 3)).astype(np.float32)
+    stack[rng.random(stack.shape) < 0.4] = np.nan
+    stack[:, 0, 0] = np.nan  # a pixel never seen
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "All-NaN slice" there
+        expected = np.nanmedian(stack, axis=0)
+    got = nan_median(stack.copy())
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)  # NaN where numpy's is

@@ -9,8 +9,6 @@ where the background is never seen.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 # The jaw's edge, searched along the normals of the mesh's jaw line (iBUG points 0-16):
@@ -110,9 +108,7 @@ def background_plate(video, heads, torsos) -> tuple[np.ndarray, float]:
     grow = np.ones((1, 3, 3), bool)
     person = ndimage.binary_dilation(head | torso, grow, iterations=max(1, size // 64))
     stack[person] = np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # pixels never seen: filled below
-        plate = np.nanmedian(stack, axis=0)
+    plate = nan_median(stack)  # NaN where never seen: filled below
     unseen = np.isnan(plate[..., 0])
     shoulders = unseen & (torso.mean(axis=0) > head.mean(axis=0))
     plate[shoulders] = everything[shoulders]
@@ -123,3 +119,14 @@ def background_plate(video, heads, torsos) -> tuple[np.ndarray, float]:
         _, (iy, ix) = ndimage.distance_transform_edt(rest, return_indices=True)
         plate = plate[iy, ix]
     return np.clip(np.rint(plate), 0, 255).astype(np.uint8), float(unseen.mean())
+
+
+def nan_median(stack: np.ndarray) -> np.ndarray:
+    """The median along the first axis of a float `stack` [N, ...], NaNs left out (NaN where
+    all are): `np.nanmedian`'s values, by one sort (in place: `stack` is reordered) instead
+    of numpy's masked arrays, about ten times faster on a plate's stack."""
+    stack.sort(axis=0)  # NaNs last
+    n = (~np.isnan(stack)).sum(axis=0)
+    lo = np.take_along_axis(stack, np.maximum(n - 1, 0)[None] // 2, axis=0)[0]
+    hi = np.take_along_axis(stack, np.minimum(n // 2, len(stack) - 1)[None], axis=0)[0]
+    return np.where(n > 0, (lo + hi) / 2, np.nan).astype(stack.dtype)
