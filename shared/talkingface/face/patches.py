@@ -203,6 +203,7 @@ def track(frames: Callable[[int, int], np.ndarray], count: int, references: np.n
         at = torch.from_numpy(points)[None, mine, None, :] + offsets
         ref = torch.from_numpy(reference)[None, None]
         template[:, mine] = _unit(_sample(ref, at.float())[:, 0].double())  # [1, n, P]
+    template32 = (template * np.sqrt(len(offsets) - 1)).float()  # unit std, as the residual's
     h, w = references.shape[-2:]
     chunk = max(1, CHUNK_PIXELS // (h * w))
     found = np.zeros_like(predicted)
@@ -215,18 +216,19 @@ def track(frames: Callable[[int, int], np.ndarray], count: int, references: np.n
         warp = torch.einsum("tnij,pj->tnpi", torch.from_numpy(local[lo:hi]), offsets)
         centre = torch.from_numpy(predicted[lo:hi]).clone()
         for _ in range(TRACK_STEPS):
-            values = _sample(stack, (centre[:, :, None] + warp).float()).double()
-            patch, gx_, gy_ = values[:, 0], values[:, 1], values[:, 2]
-            spread = patch.std(-1, keepdim=True) + 1e-6
-            residual = (patch - patch.mean(-1, keepdim=True)) / spread
-            residual = residual - template * np.sqrt(patch.shape[-1] - 1)
-            jx = (gx_ - gx_.mean(-1, keepdim=True)) / spread
-            jy = (gy_ - gy_.mean(-1, keepdim=True)) / spread
+            # single precision: the patches are 81 samples of 8-bit pixels
+            values = _sample(stack, (centre[:, :, None] + warp).float())
+            values = values - values.mean(-1, keepdim=True)  # zero-mean: the patch, gx, gy
+            patch, jx, jy = values[:, 0], values[:, 1], values[:, 2]
+            spread = (patch * patch).sum(-1, keepdim=True).div_(patch.shape[-1] - 1).sqrt_()
+            scale = 1.0 / (spread + 1e-6)
+            residual = patch * scale - template32
+            jx, jy = jx * scale, jy * scale
             a11, a12, a22 = (jx * jx).sum(-1), (jx * jy).sum(-1), (jy * jy).sum(-1)
             b1, b2 = -(jx * residual).sum(-1), -(jy * residual).sum(-1)
             det = a11 * a22 - a12 * a12 + 1e-6
             step = torch.stack([(a22 * b1 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det], -1)
-            centre = centre + step.clamp(-1.5, 1.5)
+            centre = centre + step.double().clamp(-1.5, 1.5)
             if float((step.abs() > CONVERGED_PX).any(-1).double().mean()) < UNCONVERGED_SHARE:
                 break  # the rest would move by less than CONVERGED_PX
         final = _sample(stack[:, :1], (centre[:, :, None] + warp).float())[:, 0].double()
