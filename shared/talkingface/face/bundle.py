@@ -32,13 +32,6 @@ def huber_weights(usable: np.ndarray, error: np.ndarray) -> np.ndarray:
     return usable * np.minimum(1.0, HUBER_PX / np.maximum(error, 1e-9))
 
 
-def _skew(v: np.ndarray) -> np.ndarray:
-    zero = np.zeros(v.shape[:-1])
-    return np.stack([np.stack([zero, -v[..., 2], v[..., 1]], -1),
-                     np.stack([v[..., 2], zero, -v[..., 0]], -1),
-                     np.stack([-v[..., 1], v[..., 0], zero], -1)], -2)  # fmt: skip
-
-
 def _pixels(k: np.ndarray, cam: np.ndarray) -> np.ndarray:
     """Pixels [..., 2] of camera-frame points `cam` [..., 3] through the pinhole `k`."""
     return np.stack([k[0, 0] * cam[..., 0] / cam[..., 2] + k[0, 2],
@@ -55,7 +48,9 @@ def _pose_jacobian(k: np.ndarray, cam: np.ndarray, t: np.ndarray):
                    np.stack([zero, k[1, 1] / depth, -k[1, 1] * y / depth**2], -1)],
                   -2)  # fmt: skip
     # A turn moves a point by w x (R p) = -[R p]x w, with R p = cam - t; a shift by itself.
-    return jp, np.concatenate([jp @ -_skew(cam - t[:, None]), jp], -1)
+    # Each row j of jp: j^T (-[q]x) = (q x j)^T.
+    turn = np.cross((cam - t[:, None])[..., None, :], jp)
+    return jp, np.concatenate([turn, jp], -1)
 
 
 class Rays:
@@ -91,7 +86,7 @@ def solve(k, r, t, rays: Rays, z, z_prior, found, usable, steps: int = SOLVE_STE
     chunks = [slice(lo, lo + SOLVE_CHUNK) for lo in range(0, len(r), SOLVE_CHUNK)]
 
     def residual(r, t, z):
-        cam = np.einsum("tij,nj->tni", r, rays.points(z)) + t[:, None]
+        cam = rays.points(z) @ r.transpose(0, 2, 1) + t[:, None]
         return cam, _pixels(k, cam) - found
 
     def cost(res, z):
@@ -103,13 +98,15 @@ def solve(k, r, t, rays: Rays, z, z_prior, found, usable, steps: int = SOLVE_STE
         """The weighted blocks of the normal equations of the frames `c`."""
         jp, j_pose = _pose_jacobian(k, cam[c], t[c])
         # A depth moves its point along the point's ray turned with the head.
-        j_depth = np.einsum("tnak,tkj,nj->tna", jp, r[c], along)  # [T, N, 2]
+        j_depth = (jp @ (along @ r[c].transpose(0, 2, 1))[..., None])[..., 0]  # [T, N, 2]
         wc = w[c]
-        return (np.einsum("tn,tnak,tnal->tkl", wc, j_pose, j_pose),
-                np.einsum("tn,tnak,tna->tkn", wc, j_pose, j_depth),
-                np.einsum("tn,tna,tna->n", wc, j_depth, j_depth),
-                np.einsum("tn,tnak,tna->tk", wc, j_pose, res[c]),
-                np.einsum("tn,tna,tna->n", wc, j_depth, res[c]))  # fmt: skip
+        weighted = j_pose * wc[..., None, None]  # [T, N, 2, 6]
+        flat, flat_w = (a.reshape(len(a), -1, 6) for a in (j_pose, weighted))
+        return (flat_w.transpose(0, 2, 1) @ flat,
+                (weighted * j_depth[..., None]).sum(axis=2).transpose(0, 2, 1),
+                (wc * (j_depth**2).sum(axis=-1)).sum(axis=0),
+                (flat_w.transpose(0, 2, 1) @ res[c].reshape(len(flat), -1, 1))[..., 0],
+                (wc * (j_depth * res[c]).sum(axis=-1)).sum(axis=0))  # fmt: skip
 
     damping = 1e-3
     cam, res = residual(r, t, z)
@@ -132,7 +129,7 @@ def solve(k, r, t, rays: Rays, z, z_prior, found, usable, steps: int = SOLVE_STE
                 schur -= hpz[c].reshape(-1, len(z)).T @ a.reshape(-1, len(z))
                 rhs -= a.reshape(-1, len(z)).T @ gp[c].reshape(-1)
             dz = -np.linalg.solve(schur, rhs)
-            dp = -np.einsum("tkl,tl->tk", inverse, gp + np.einsum("tkn,n->tk", hpz, dz))
+            dp = -np.einsum("tkl,tl->tk", inverse, gp + hpz @ dz)
             r_new = Rotation.from_rotvec(dp[:, :3]).as_matrix() @ r
             t_new, z_new = t + dp[:, 3:], z + dz
             cam_new, res_new = residual(r_new, t_new, z_new)
@@ -160,12 +157,13 @@ def pose_information(k, r, t, rays: Rays, z, found, usable):
     metric = np.zeros((6, 6))
     for lo in range(0, len(r), SOLVE_CHUNK):
         c = slice(lo, lo + SOLVE_CHUNK)
-        cam = np.einsum("tij,nj->tni", r[c], world) + t[c, None]
+        cam = world @ r[c].transpose(0, 2, 1) + t[c, None]
         error = np.linalg.norm(_pixels(k, cam) - found[c], axis=-1)
         w = huber_weights(usable[c], error)
-        j_pose = _pose_jacobian(k, cam, t[c])[1]
-        information[c] = np.einsum("tn,tnak,tnal->tkl", w, j_pose, j_pose)
-        metric += np.einsum("tnak,tnal->kl", j_pose, j_pose)
+        j_pose = _pose_jacobian(k, cam, t[c])[1].reshape(len(cam), -1, 6)  # [T, 2N, 6]
+        information[c] = (j_pose * np.repeat(w, 2, axis=1)[..., None]).transpose(0, 2, 1) @ j_pose
+        flat = j_pose.reshape(-1, 6)
+        metric += flat.T @ flat
     return information, metric / (len(r) * len(world))
 
 
