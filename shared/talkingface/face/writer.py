@@ -9,6 +9,10 @@ the head geometry to `write_avatar`.
 
 from __future__ import annotations
 
+import collections
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -64,24 +68,46 @@ def write_avatar(out, frames, count, frame_hw, track, geometry, audio, size,
     # One inter-ocular distance for the whole video: a per-frame one would add its own
     # jitter, times the points' distance from the crop's corner.
     iod = float(np.median(interocular(lm2d)))
-    segmenter = PersonSegmenter()
-    coverage = []
     transform = (1 / scale, 0.0, x0, 0.0, 1 / scale, y0)  # output -> source, pixel corners
-    for i, source in enumerate(frames):
+    local = threading.local()
+
+    def cut(i: int, source: np.ndarray):  # on a worker, with its own segmenter
+        if not hasattr(local, "segmenter"):
+            local.segmenter = PersonSegmenter()
         frame = Image.fromarray(np.ascontiguousarray(source))
         crop = np.asarray(frame.transform((size, size), Image.AFFINE, transform,
                                           resample=Image.BILINEAR))  # fmt: skip
+        person = local.segmenter.run(crop) >= 0.5
+        return i, crop, person, below_jaw(jaw_edge(crop, lm2d[i], iod), lm2d[i], iod, size)
+
+    def keep(i: int, crop: np.ndarray, person: np.ndarray, under: np.ndarray) -> None:
         video[i] = crop
-        person = segmenter.run(crop) >= 0.5
-        cut = below_jaw(jaw_edge(crop, lm2d[i], iod), lm2d[i], iod, size)
-        heads[i] = person & ~cut
-        torsos[i] = person & cut
-        coverage.append(float(person.mean()))
-        if i % 50 == 0:
-            say("crop", 0.6 + 0.2 * i / count)
-    if len(coverage) != count:
-        raise TalkingFaceError("VIDEO_CORRUPT", f"the video gave {len(coverage)} frames on "
-                               f"a second reading, {count} on the first")  # fmt: skip
+        heads[i] = person & ~under
+        torsos[i] = person & under
+        coverage[i] = person.mean()
+
+    # Frames are cut on threads (the segmenter and PIL let go of the GIL), at most two a
+    # worker waiting in memory.
+    coverage = np.zeros(count)
+    workers = min(4, len(os.sched_getaffinity(0)))
+    seen = 0
+    with ThreadPoolExecutor(workers, thread_name_prefix="crop") as pool:
+        pending: collections.deque = collections.deque()
+        for i, source in enumerate(frames):
+            seen += 1
+            if i >= count:
+                break
+            pending.append(pool.submit(cut, i, source))
+            while len(pending) > 2 * workers:
+                keep(*pending.popleft().result())
+            if i % 50 == 0:
+                say("crop", 0.6 + 0.2 * i / count)
+        for future in pending:
+            keep(*future.result())
+    if seen != count:
+        got = f"more than {count}" if seen > count else str(seen)
+        raise TalkingFaceError("VIDEO_CORRUPT", f"the video gave {got} frames on a second "
+                               f"reading, {count} on the first")  # fmt: skip
     video.flush()
     heads.flush()
     torsos.flush()
