@@ -67,6 +67,11 @@ def test_every_stage_benchmark_is_built():
         assert callable(importlib.import_module(f"talkingface.bench.{stage}").run), stage
 
 
+def test_the_ingest_bench_refuses_a_video_under_the_ingests_minimum(capsys):
+    assert main(["bench", "ingest", "--seconds", "5"]) == 2
+    assert "--seconds must be at least 20" in capsys.readouterr().err
+
+
 def test_synth_rejects_bad_arguments(tmp_path, capsys):
     assert main(["synth", "avatar", "--seconds", "1", "--size", "33", "--out", str(tmp_path)]) == 2
     assert "size must be" in capsys.readouterr().err
