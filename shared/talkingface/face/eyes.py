@@ -142,7 +142,8 @@ def refine(meshes: np.ndarray, profiles: np.ndarray) -> tuple[np.ndarray, dict[s
     upper = np.minimum(upper + shift, lower_mesh)
     # Do the pixels' lids open and close with the mesh's? In eye widths, so that a head
     # coming nearer (both gaps grow) is not taken for it.
-    got, had = (lower_mesh - upper) / width, gap_mesh / width
+    gap_new = lower_mesh - upper
+    got, had = gap_new / width, gap_mesh / width
     agreement = [float(np.corrcoef(got[:, k], had[:, k])[0, 1])
                  if got[:, k].std() > 0 and had[:, k].std() > 0 else 0.0
                  for k in range(4)]  # fmt: skip
@@ -153,11 +154,11 @@ def refine(meshes: np.ndarray, profiles: np.ndarray) -> tuple[np.ndarray, dict[s
     meshes[:, PAIRS[:, 0], :2] = centre + upper[..., None] * down
     # The depth follows: the upper point keeps its share of the mesh's depth difference from
     # the lower one as much as the gap keeps of the mesh's (the lid closing over the eyeball).
-    follow = np.clip((lower_mesh - upper) / np.maximum(gap_mesh, 1e-3 * width), 0.0, MAX_FOLLOW)
+    follow = np.clip(gap_new / np.maximum(gap_mesh, 1e-3 * width), 0.0, MAX_FOLLOW)
     below = meshes[:, PAIRS[:, 1], 2]
     meshes[:, PAIRS[:, 0], 2] = below + (meshes[:, PAIRS[:, 0], 2] - below) * follow
-    gap = (lower_mesh - upper).mean(axis=1)
-    change = ((lower_mesh - upper - gap_mesh) / width).mean(axis=1)
+    gap = gap_new.mean(axis=1)
+    change = (got - had).mean(axis=1)
     closed = gap <= np.quantile(gap, CLOSEST)
     report.update(applied=True, gap_change_width={  # medians: all frames, the closest
         "median": round(float(np.median(change)), 4),
