@@ -15,6 +15,7 @@ from talkingface.face.track import (
     PersonSegmenter,
     StreamTooShort,
     jitter,
+    on_threads,
     read_in_views,
     smooth,
 )
@@ -87,6 +88,37 @@ def test_faces_read_again_in_views_on_threads(photo):
     assert 0 < moved < 0.02, moved
     with pytest.raises(StreamTooShort):
         read_in_views(iter(frames[:5]), meshes, found)
+
+
+def test_on_threads_keeps_the_order_and_holds_few_items_in_memory():
+    """Results come back in the items' order although later items finish first, at most
+    two items a worker are taken from the stream before their results are used, and a
+    worker's exception reaches the caller."""
+    import time
+
+    taken, used = [], []
+
+    def items():
+        for i in range(30):
+            taken.append(i)
+            yield i, (29 - i) % 7 * 0.002
+
+    def slow(i, wait):
+        time.sleep(wait)
+        return i * i
+
+    for result in on_threads(slow, items(), 3, "test"):
+        used.append(result)
+        assert len(taken) - len(used) <= 2 * 3 + 1
+    assert used == [i * i for i in range(30)]
+
+    def fails(i):
+        if i == 4:
+            raise ValueError("frame 4")
+        return i
+
+    with pytest.raises(ValueError, match="frame 4"):
+        list(on_threads(fails, ((i,) for i in range(10)), 2, "test"))
 
 
 def test_one_euro_smooths_rest_and_follows_motion():

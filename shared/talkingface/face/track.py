@@ -24,9 +24,10 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -99,6 +100,21 @@ def _count(faces) -> int:
     return sum(face.score >= COUNT_MIN_SCORE for face in faces)
 
 
+def on_threads(fn: Callable[..., Any], items: Iterable[tuple], workers: int,
+               name: str) -> Iterator[Any]:  # fmt: skip
+    """`fn(*item)` for each of `items` on `workers` threads, yielded in the items' order; at
+    most two items a worker wait in memory (a video's frames are streamed, not stored). For
+    work that lets go of the GIL: LiteRT's interpreters, PIL's resampling."""
+    with ThreadPoolExecutor(workers, thread_name_prefix=name) as pool:
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append(pool.submit(fn, *item))
+            while len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 class StreamTooShort(ValueError):
     """`read_in_views` got fewer frames than meshes."""
 
@@ -128,23 +144,21 @@ def read_in_views(frames: Iterable[np.ndarray], meshes: np.ndarray, found: np.nd
             also(i, frame, points)
         return i, points
 
-    pending: collections.deque = collections.deque()
     count = 0
-    with ThreadPoolExecutor(workers, thread_name_prefix="face-views") as pool:
+
+    def feed():
+        nonlocal count
         for i, frame in enumerate(frames):
             if i >= len(out):
                 break
             count += 1
-            if found[i]:
-                pending.append(pool.submit(read, i, np.ascontiguousarray(frame)))
-            while len(pending) > 2 * workers:
-                j, points = pending.popleft().result()
-                out[j] = points
             if progress is not None and i % 50 == 0:
                 progress(i)
-        for future in pending:
-            j, points = future.result()
-            out[j] = points
+            if found[i]:
+                yield i, np.ascontiguousarray(frame)
+
+    for j, points in on_threads(read, feed(), workers, "face-views"):
+        out[j] = points
     if count < len(out):
         raise StreamTooShort(f"the stream gave {count} frames for {len(out)} meshes")
     return out

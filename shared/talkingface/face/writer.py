@@ -9,10 +9,8 @@ the head geometry to `write_avatar`.
 
 from __future__ import annotations
 
-import collections
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from talkingface.face.geometry import POSE_SMOOTH_FRAMES, D
 from talkingface.face.ibug68 import IBUG68, REGIONS, interocular
 from talkingface.face.masks import background_plate, below_jaw, jaw_edge
 from talkingface.face.pose import euler_degrees
-from talkingface.face.track import COUNT_MIN_SCORE, PersonSegmenter, jitter
+from talkingface.face.track import COUNT_MIN_SCORE, PersonSegmenter, jitter, on_threads
 from talkingface.face.video import FPS
 
 CROP_UNITS = 3.2  # side of the square crop in canonical units (10 cm): SynthTalk's framing
@@ -86,24 +84,22 @@ def write_avatar(out, frames, count, frame_hw, track, geometry, audio, size,
         torsos[i] = person & under
         coverage[i] = person.mean()
 
-    # Frames are cut on threads (the segmenter and PIL let go of the GIL), at most two a
-    # worker waiting in memory.
+    # Frames are cut on threads (the segmenter and PIL let go of the GIL).
     coverage = np.zeros(count)
-    workers = min(4, len(os.sched_getaffinity(0)))
     seen = 0
-    with ThreadPoolExecutor(workers, thread_name_prefix="crop") as pool:
-        pending: collections.deque = collections.deque()
+
+    def feed():
+        nonlocal seen
         for i, source in enumerate(frames):
             seen += 1
             if i >= count:
                 break
-            pending.append(pool.submit(cut, i, source))
-            while len(pending) > 2 * workers:
-                keep(*pending.popleft().result())
             if i % 50 == 0:
                 say("crop", 0.6 + 0.2 * i / count)
-        for future in pending:
-            keep(*future.result())
+            yield i, source
+
+    for result in on_threads(cut, feed(), min(4, len(os.sched_getaffinity(0))), "crop"):
+        keep(*result)
     if seen != count:
         got = f"more than {count}" if seen > count else str(seen)
         raise TalkingFaceError("VIDEO_CORRUPT", f"the video gave {got} frames on a second "
