@@ -40,3 +40,16 @@ def test_exceptions_are_kept_on_one_line(capsys, restore_root_logger):
     entry = json.loads(lines[-1])
     assert entry["job_id"] == "j1" and "RuntimeError: boom" in entry["exc"]
     assert entry["level"] == "ERROR"
+
+
+def test_one_shot_commands_log_to_stderr(capsys, restore_root_logger):
+    """`train` / `eval` / `judge` keep stdout for their result (`--json`); services log to
+    stdout."""
+    configure_logging("eval", "INFO", "json", stderr=True)
+    logging.getLogger("talkingface.test").info("to stderr")
+    captured = capsys.readouterr()
+    assert captured.out == "" and json.loads(captured.err)["msg"] == "to stderr"
+    configure_logging("broker", "INFO", "json")
+    logging.getLogger("talkingface.test").info("to stdout")
+    captured = capsys.readouterr()
+    assert captured.err == "" and json.loads(captured.out)["msg"] == "to stdout"

@@ -1,4 +1,7 @@
-"""Process-wide logging: one JSON object per line on stdout (or plain text for people)."""
+"""Process-wide logging: one JSON object per line (or plain text for people).
+
+Services log to stdout, where a container's logs are collected; one-shot commands (`train`,
+`eval`, `judge`) log to stderr, so that their stdout holds only their result (`--json`)."""
 
 from __future__ import annotations
 
@@ -35,9 +38,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_logging(service: str = "", level: str = "INFO", fmt: str = "json") -> None:
-    """Route all logging to stdout in the chosen format; safe to call more than once."""
-    handler = logging.StreamHandler(sys.stdout)
+def configure_logging(service: str = "", level: str = "INFO", fmt: str = "json",
+                      stderr: bool = False) -> None:  # fmt: skip
+    """Route all logging to stdout (stderr with `stderr`) in the chosen format; safe to call
+    more than once."""
+    handler = logging.StreamHandler(sys.stderr if stderr else sys.stdout)
     if fmt == "json":
         handler.setFormatter(JsonFormatter(service))
     else:

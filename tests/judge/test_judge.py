@@ -216,7 +216,7 @@ def test_train_and_eval_commands(trained, judge_corpus, tiny_corpus, cache, tmp_
     out = tmp_path / "judge"
     argv = ["train", "judge", "--data", str(judge_corpus), "--out", str(out)]
     assert main([*argv, "--preset", "tiny", "--seed", "1", "--quiet", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads(capsys.readouterr().out)  # the report alone: logs go to stderr
     assert report["version"] == trained[1]["version"]  # same data + seed -> same judge
     assert report["training"]["loss_last"] < report["training"]["loss_first"]
     assert main([*argv, "--preset", "tiny", "--quiet", "--json"]) == 2  # frozen: no overwrite
@@ -224,7 +224,7 @@ def test_train_and_eval_commands(trained, judge_corpus, tiny_corpus, cache, tmp_
 
     argv = ["eval", "judge", "--judge", str(out), "--quiet", "--json"]
     assert main([*argv, "--data", str(tiny_corpus)]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = json.loads(capsys.readouterr().out)
     assert result["version"] == report["version"] and result["disjoint"]["corpus_seed"] == 3
     assert result["utterances"] > 0 and "offset_accuracy" in result
     assert set(result["shifted"]) == {"0", "2", "4", "8"}

@@ -47,7 +47,7 @@ def _setup(command: str):
     from talkingface.logs import configure_logging
 
     settings = Settings.from_env()
-    configure_logging(command, settings.log_level, settings.log_format)
+    configure_logging(command, settings.log_level, settings.log_format, stderr=True)
     return settings
 
 

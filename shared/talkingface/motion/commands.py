@@ -166,7 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings = _settings()
     except ConfigError as exc:
         return _fail("train", exc)
-    configure_logging("train", settings.log_level, settings.log_format)
+    configure_logging("train", settings.log_level, settings.log_format, stderr=True)
     device = args.device or settings.device
     try:
         if args.what == "postnet":
@@ -308,7 +308,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         settings = _settings()
     except ConfigError as exc:
         return _fail("eval", exc)
-    configure_logging("eval", settings.log_level, settings.log_format)
+    configure_logging("eval", settings.log_level, settings.log_format, stderr=True)
     if args.what == "projection":
         return _eval_projection(args, settings)
     from talkingface.motion.evaluate import evaluate
@@ -369,7 +369,7 @@ def _eval_all(args: argparse.Namespace) -> int:
         settings = _settings()
     except ConfigError as exc:
         return _fail("eval all", exc)
-    configure_logging("eval", settings.log_level, settings.log_format)
+    configure_logging("eval", settings.log_level, settings.log_format, stderr=True)
     if args.root is None and args.plan not in PLANS:
         return _fail("eval all", f"--plan must be one of {', '.join(PLANS)}")
     root = args.root or demo_root(settings, args.plan)
@@ -414,7 +414,7 @@ def _eval_avatar(args: argparse.Namespace) -> int:
         settings = _settings()
     except ConfigError as exc:
         return _fail("eval", exc)
-    configure_logging("eval", settings.log_level, settings.log_format)
+    configure_logging("eval", settings.log_level, settings.log_format, stderr=True)
     device = settings.device
     if device == "auto":
         import torch
