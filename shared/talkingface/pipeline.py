@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-FPS = 25
+from talkingface.lm3d import FPS
+
 SAMPLE_RATE = 16000
 
 

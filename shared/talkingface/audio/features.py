@@ -17,8 +17,8 @@ from talkingface.audio.decode import SAMPLE_RATE
 from talkingface.audio.logmel import LogMelFrontEnd
 from talkingface.audio.pitch import PitchMethod, f0_to_bins, loudness_db, pitch
 from talkingface.errors import TalkingFaceError
+from talkingface.lm3d import FPS
 
-FPS = 25
 HOP = SAMPLE_RATE // FPS  # 640 samples
 # Audio is "silent" when no frame reaches this RMS level (dBFS): digital silence, dither
 # and a quiet noise floor are below it; any speech recording is far above it.

@@ -50,6 +50,7 @@ from talkingface.broker.stages import Scratch, StageClients, job_issuer
 from talkingface.broker.worker import Cancelled, HandBack, Heartbeat, LeaseLost
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError
+from talkingface.lm3d import FPS
 from talkingface.storage import ObjectStore, StoreError
 from talkingface.storage.errors import as_talkingface_error
 from talkingface.v1 import common_pb2, renderer_pb2
@@ -57,7 +58,6 @@ from talkingface.v1 import common_pb2, renderer_pb2
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-FPS = 25
 SAMPLE_RATE = 16000
 MP4 = "video/mp4"
 POSE_MODES = {

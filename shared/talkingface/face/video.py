@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from talkingface.errors import TalkingFaceError
+from talkingface.lm3d import FPS
 from talkingface.sandbox import Limits, SandboxError, TaskError, run_task
 
-FPS = 25
 PROBE_TASK = "talkingface.face.video:probe_task"
 FRAMES_TASK = "talkingface.face.video:frames_task"
 _OPEN_OPTIONS = {"probesize": "5000000", "analyzeduration": "5000000"}

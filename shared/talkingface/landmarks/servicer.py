@@ -26,6 +26,7 @@ import numpy as np
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError, abort
 from talkingface.landmarks.projection import DEFAULT_ALPHA, DEFAULT_K, ProjectionIndex
+from talkingface.lm3d import FPS
 from talkingface.serving.cache import ByteLRU
 from talkingface.serving.capability import StageGuard
 from talkingface.serving.payloads import read_lm3d, store_tensors
@@ -36,7 +37,6 @@ from talkingface.v1 import common_pb2
 from talkingface.v1 import landmark_projection_pb2 as pb
 
 log = logging.getLogger(__name__)
-FPS = 25.0
 STORE_PREFIX = "projection"
 MIB = 1024 * 1024
 MAX_K = 256  # more neighbours than this is a mistake, not a setting

@@ -26,6 +26,7 @@ import numpy as np
 from talkingface.audio.pitch import F0_BINS
 from talkingface.config import ConfigError, Settings, env_name
 from talkingface.errors import TalkingFaceError, abort
+from talkingface.lm3d import FPS
 from talkingface.serving.cache import ByteLRU
 from talkingface.serving.capability import StageGuard
 from talkingface.serving.payloads import read_payload, store_tensors
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from talkingface.motion.infer import MotionModel, PostnetModel
 
 log = logging.getLogger(__name__)
-FPS = 25.0
 STORE_PREFIX = "motion"
 MIB = 1024 * 1024
 NPY_HEADER_SLACK = 64 * 1024  # a .npy header is at most a few hundred bytes

@@ -43,6 +43,7 @@ import torch
 
 from talkingface.config import Settings
 from talkingface.errors import TalkingFaceError, abort
+from talkingface.lm3d import FPS
 from talkingface.render.checkpoint import pose_indices
 from talkingface.render.condition import smooth_landmarks
 from talkingface.render.renderer import Renderer
@@ -65,7 +66,6 @@ from talkingface.v1 import common_pb2
 from talkingface.v1 import renderer_pb2 as pb
 
 log = logging.getLogger(__name__)
-FPS = 25
 STORE_PREFIX = "render"
 MIB = 1024 * 1024
 JPEG_QSCALE = 3  # FFmpeg's -q:v for mjpeg: 2 (best) .. 31; 3 is about JPEG quality 90

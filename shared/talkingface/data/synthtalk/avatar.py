@@ -28,9 +28,9 @@ from talkingface.data.synthtalk.sentences import sentence
 from talkingface.data.synthtalk.speaker import sample_speaker
 from talkingface.data.synthtalk.speech import LANGUAGES, random_voice, synthesize
 from talkingface.data.synthtalk.video import PersonRenderer, render_video, sample_appearance
+from talkingface.lm3d import FPS
 from talkingface.media import write_wav
 
-FPS = 25
 PERSON, SCRIPT, MOTION, ARTICULATION = range(4)  # random stream purposes
 TORSO = 7  # the torso's own sway (after clip.py's 4..6, so no stream is shared)
 PAUSE_SECONDS = (0.25, 0.6)
