@@ -1,7 +1,7 @@
 """Process-wide logging: one JSON object per line (or plain text for people).
 
 Services log to stdout, where a container's logs are collected; one-shot commands (`train`,
-`eval`, `judge`) log to stderr, so that their stdout holds only their result (`--json`)."""
+`eval`) log to stderr, so that their stdout holds only their result (`--json`)."""
 
 from __future__ import annotations
 
