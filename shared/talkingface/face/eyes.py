@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from talkingface.face.ibug68 import IBUG68
-from talkingface.face.lips import _bilinear
+from talkingface.face.lips import colours_at
 
 # Mesh indices, through the iBUG-68 table (ibug68.py): the lid pairs (upper, lower) and each
 # pair's eye's corners.
@@ -97,7 +97,7 @@ def profile(frame: np.ndarray, points: np.ndarray) -> np.ndarray:
     # [4, SAMPLES, 3 lines, 2]
     where = (centre[:, None, None, :] + s[:, :, None, None] * down[:, None, None, :]
              + offsets[:, None, :, None] * along[:, None, None, :])  # fmt: skip
-    colours = _bilinear(frame, where).mean(axis=2).reshape(4 * SAMPLES, 3)
+    colours = colours_at(frame, where).mean(axis=2).reshape(4 * SAMPLES, 3)
     return np.clip(np.rint(colours), 0, 255).astype(np.uint8)
 
 

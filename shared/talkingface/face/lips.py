@@ -92,8 +92,8 @@ def profile(frame: np.ndarray, points: np.ndarray) -> np.ndarray:
     offsets = np.array([-1.0, 0.0, 1.0]) * SPREAD * _interocular(p)
     where = (centre[:, None, None, :] + s[:, :, None, None] * down
              + offsets[None, None, :, None] * along)  # [3, SAMPLES, 3 lines, 2]  # fmt: skip
-    colours = _bilinear(frame, where).mean(axis=2).reshape(3 * SAMPLES, 3)
-    lips = [_bilinear(frame, p[body].mean(axis=1)).mean(axis=0) for body in (UPPER_LIP, LOWER_LIP)]
+    colours = colours_at(frame, where).mean(axis=2).reshape(3 * SAMPLES, 3)
+    lips = [colours_at(frame, p[body].mean(axis=1)).mean(axis=0) for body in (UPPER_LIP, LOWER_LIP)]
     return np.clip(np.rint(np.concatenate([colours, lips])), 0, 255).astype(np.uint8)
 
 
@@ -162,7 +162,7 @@ def _interocular(points: np.ndarray) -> np.ndarray:
     return interocular(np.asarray(points, np.float64)[..., IBUG68, :2])
 
 
-def _bilinear(frame: np.ndarray, where: np.ndarray) -> np.ndarray:
+def colours_at(frame: np.ndarray, where: np.ndarray) -> np.ndarray:
     """The frame's colours [..., 3] at pixel-centre coordinates `where` [..., 2] (x, y),
     bilinear, clamped to the frame (one call on the frame as it is: no copy of it)."""
     points = where.reshape(-1, 1, 2)
